@@ -1,0 +1,7 @@
+"""``python -m relay`` works the same as ``atmos``."""
+
+import sys
+
+from relay.cli import main
+
+sys.exit(main())

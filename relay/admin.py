@@ -1,0 +1,171 @@
+"""``atmos admin``: the operator CLI for scripted set-ups (DESIGN §3).
+
+It opens the same store (SQLite WAL: safe beside a running server) and reads the
+spool read-only, so it can run while ``atmos serve`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from relay.address import is_did, is_domain, normalize_domain
+from relay.apikey import generate_api_key, hash_api_key
+from relay.config import Config
+from relay.dkimkeys import SecretBox, new_domain_keys
+from relay.store import open_store
+from relay.store.base import DomainLimitReached, DomainTaken, Store
+
+
+class AdminError(Exception):
+    """A refused admin command; the message says what to fix."""
+
+
+def add_parser(sub: Any) -> None:
+    admin = sub.add_parser("admin", help="operator commands")
+    admin.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
+    asub = admin.add_subparsers(dest="admin_command", required=True)
+
+    enroll = asub.add_parser("enroll", help="enroll a member DID and a sending domain")
+    enroll.add_argument("--did", required=True)
+    enroll.add_argument("--domain", required=True)
+    enroll.add_argument("--handle")
+    enroll.add_argument("--skip-dns", action="store_true", help="mark the domain verified without DNS checks")
+    enroll.add_argument("--new-key", action="store_true", help="issue a new API key even if one exists")
+    enroll.add_argument("--json", action="store_true")
+
+    members = asub.add_parser("members", help="members")
+    msub = members.add_subparsers(dest="members_command", required=True)
+    mlist = msub.add_parser("list")
+    mlist.add_argument("--json", action="store_true")
+    for name in ("suspend", "unsuspend"):
+        p = msub.add_parser(name)
+        p.add_argument("did")
+        p.add_argument("--reason", default="operator decision")
+        p.add_argument("--json", action="store_true")
+
+    queue = asub.add_parser("queue", help="the spool")
+    qsub = queue.add_subparsers(dest="queue_command", required=True)
+    qlist = qsub.add_parser("list")
+    qlist.add_argument("--json", action="store_true")
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    handlers = {"enroll": enroll, "members": members, "queue": queue}
+    result = handlers[args.admin_command](cfg, args)
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2))
+    else:
+        print(_human(result))
+    return 0
+
+
+def _store(cfg: Config) -> Store:
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    return open_store(cfg.store_url)
+
+
+def verify_token(secret: bytes, did: str) -> str:
+    """The ownership challenge value, bound to the DID so it cannot be reused by another member."""
+    mac = hmac.new(secret, b"atmos-verify:" + did.encode(), hashlib.sha256).digest()
+    return base64.b32encode(mac[:20]).decode().lower()
+
+
+def enroll(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    did, domain = args.did.strip(), normalize_domain(args.domain)
+    if not is_did(did):
+        raise AdminError(f"--did: {did!r} is not a did:plc or did:web identifier")
+    if not is_domain(domain):
+        raise AdminError(f"--domain: {args.domain!r} is not a valid domain name")
+    store = _store(cfg)
+    try:
+        store.create_member(did, args.handle.lower().lstrip("@") if args.handle else None)
+        existing = store.get_domain(domain)
+        if existing is not None and existing.did != did:
+            raise AdminError(f"--domain: {domain} is already enrolled by another member")
+        keys = new_domain_keys(domain)
+        box = SecretBox(cfg.secret_key)
+        token = verify_token(cfg.secret_key, did)
+        if existing is None:
+            try:
+                store.add_domain(did=did, domain=domain, selector=keys.selector,
+                                 rsa_private=box.encrypt(keys.rsa_private_pem),
+                                 ed25519_private=box.encrypt(keys.ed25519_private_raw),
+                                 verify_token=token, state="verified" if args.skip_dns else "pending")
+            except DomainLimitReached:
+                raise AdminError(f"--domain: {did} already has the maximum of 2 sending domains") from None
+            except DomainTaken:
+                raise AdminError(f"--domain: {domain} is already enrolled by another member") from None
+        elif args.skip_dns:
+            store.set_domain_state(domain, "verified")
+        row = store.get_domain(domain)
+        assert row is not None
+        api_key = None
+        if args.new_key or store.get_api_key_hash(did) is None:
+            api_key = generate_api_key()
+            store.set_api_key_hash(did, hash_api_key(api_key))
+        return {
+            "did": did, "domain": domain, "state": row.state, "api_key": api_key,
+            "api_key_note": None if api_key else "member already has an API key (use --new-key to replace it)",
+            "dkim": _dkim_records(cfg, row.selector, domain, row) if existing else keys.records(),
+            "challenge": {"name": f"_atmos-challenge.{domain}", "type": "TXT", "value": f"atmos-verify={token}"},
+        }
+    finally:
+        store.close()
+
+
+def _dkim_records(cfg: Config, selector: str, domain: str, row: Any) -> dict[str, Any]:
+    from relay.dkimkeys import public_records
+
+    box = SecretBox(cfg.secret_key)
+    return public_records(domain, selector, box.decrypt(row.rsa_private), box.decrypt(row.ed25519_private))
+
+
+def members(cfg: Config, args: argparse.Namespace) -> Any:
+    store = _store(cfg)
+    try:
+        cmd = args.members_command
+        if cmd in ("suspend", "unsuspend"):
+            if store.get_member(args.did) is None:
+                raise AdminError(f"no member {args.did}")
+            status = "suspended" if cmd == "suspend" else "active"
+            store.set_member_status(args.did, status, args.reason if cmd == "suspend" else None)
+        out = []
+        for m in store.list_members():
+            out.append({"did": m.did, "handle": m.handle, "status": m.status, "reason": m.suspension_reason,
+                        "domains": [d.domain for d in store.domains_for(m.did)], "created_at": m.created_at})
+        return out
+    finally:
+        store.close()
+
+
+def queue(cfg: Config, args: argparse.Namespace) -> Any:
+    from spool import SpoolLog
+
+    spool_dir = cfg.state_path / "spool"
+    if not Path(spool_dir).exists():
+        return []
+    log = SpoolLog.open_readonly(spool_dir)
+    now = time.time()
+    out = []
+    for msg in log.live():
+        out.append({
+            "queue_id": msg.queue_id, "did": msg.envelope.did, "from": msg.envelope.mail_from,
+            "recipients": [{"id": rid, "address": rcpt, "state": msg.rcpt_state(rid)}
+                           for rid, rcpt in zip(msg.rcpt_ids, msg.envelope.rcpts, strict=True)],
+            "arrival": msg.envelope.arrival, "age_seconds": round(now - msg.envelope.arrival, 1),
+            "size": msg.length, "attrs": dict(msg.envelope.attrs),
+        })
+    return out
+
+
+def _human(result: Any) -> str:
+    if isinstance(result, list):
+        return "\n".join(json.dumps(item) for item in result) or "(none)"
+    return json.dumps(result, indent=2)

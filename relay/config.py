@@ -1,0 +1,258 @@
+"""One frozen configuration, read from one TOML file (DESIGN §3).
+
+Unknown keys and bad values are errors that name the key (``ConfigError``).
+Secrets never live in the file: ``ATMOS_ADMIN_TOKEN`` and ``ATMOS_SECRET_KEY``
+come from the environment, or in ``--dev`` are generated once into
+``<state_dir>/secrets/`` with mode 0600.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the offending key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Addr:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, value: str, key: str) -> Addr:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(f"{key}: expected host:port, got {value!r}")
+        host = host.strip("[]")  # [::1]:25
+        try:
+            number = int(port)
+        except ValueError:
+            raise ConfigError(f"{key}: port {port!r} is not a number") from None
+        if not 0 <= number <= 65535:
+            raise ConfigError(f"{key}: port {number} out of range 0-65535")
+        return cls(host, number)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    submission_addr: Addr = Addr("127.0.0.1", 2587)
+    inbound_addr: Addr = Addr("127.0.0.1", 2525)
+    hostname: str = ""  # banner/EHLO name; defaults to operator_domain
+    max_connections: int = 2000
+    command_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7 server timeout
+    data_timeout: float = 180.0  # §4.5.3.2.5 DATA block
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    addr: Addr = Addr("127.0.0.1", 8080)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: str = ""  # empty in dev: a self-signed cert is generated into state_dir/tls/
+    key_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    port: int = 25
+    relayhost: str = ""  # optional smarthost host:port
+    nameservers: tuple[str, ...] = ()  # empty: the system resolver
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    hourly: int = 100
+    daily: int = 1000
+    relay_per_minute: int = 500
+    warming_tiers: tuple[tuple[int, int, int], ...] = ((0, 5, 20), (7, 10, 50))  # (from day, hour, day)
+    message_size: int = 25 * MiB
+    json_body: int = 1 * MiB
+    recipients_per_message: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str = ""  # default sqlite:///<state_dir>/relay.db
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolConfig:
+    max_bytes: int = 0  # 0: no limit beyond the disk itself
+    segment_bytes: int = 64 * MiB
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    operator_domain: str = "relay.localhost"
+    public_url: str = ""
+    state_dir: str = "state"
+    dev: bool = True
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    # secrets: never from the file (see load_secrets)
+    admin_token: str = field(default="", repr=False)
+    secret_key: bytes = field(default=b"", repr=False)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def banner_host(self) -> str:
+        return self.smtp.hostname or self.operator_domain
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.state_path / 'relay.db'}"
+
+
+PRODUCTION_DEFAULTS: dict[str, Any] = {
+    "smtp": {"submission_addr": "0.0.0.0:587", "inbound_addr": "0.0.0.0:25"},
+    "http": {"addr": "0.0.0.0:8080"},
+}
+_SECRET_KEYS = {"admin_token", "secret_key"}
+
+
+def load(path: str | Path | None, *, dev: bool, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), apply defaults for dev or production, load secrets."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    if not dev:
+        raw = _merge(PRODUCTION_DEFAULTS, raw)
+    for key in _SECRET_KEYS & raw.keys():
+        raise ConfigError(f"{key}: secrets are not read from the config file; set ATMOS_{key.upper()}")
+    cfg = _build(Config, raw, "")
+    cfg = dataclasses.replace(cfg, dev=dev)
+    if not cfg.public_url:
+        cfg = dataclasses.replace(cfg, public_url=_default_public_url(cfg))
+    _validate(cfg)
+    return load_secrets(cfg, os.environ if env is None else env)
+
+
+def load_secrets(cfg: Config, env: typing.Mapping[str, str]) -> Config:
+    token = env.get("ATMOS_ADMIN_TOKEN", "")
+    secret = env.get("ATMOS_SECRET_KEY", "")
+    if cfg.dev:
+        secrets_dir = cfg.state_path / "secrets"
+        token = token or _generated(secrets_dir / "admin_token")
+        secret = secret or _generated(secrets_dir / "secret_key")
+    for name, value in (("ATMOS_ADMIN_TOKEN", token), ("ATMOS_SECRET_KEY", secret)):
+        if len(value) < 16:
+            raise ConfigError(f"{name}: must be set in the environment (at least 16 characters)")
+    return dataclasses.replace(cfg, admin_token=token, secret_key=secret.encode())
+
+
+def _generated(path: Path) -> str:
+    """Read a dev secret, creating it 0600 on first use (O_EXCL: two processes never race)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    value = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+def _default_public_url(cfg: Config) -> str:
+    host = cfg.http.addr.host
+    if host in ("0.0.0.0", "::", ""):
+        return f"https://{cfg.operator_domain}"
+    return f"http://{Addr(host, cfg.http.addr.port)}"
+
+
+def _validate(cfg: Config) -> None:
+    if not cfg.dev and not (cfg.tls.cert_file and cfg.tls.key_file):
+        raise ConfigError("tls.cert_file: production needs tls.cert_file and tls.key_file (or run --dev)")
+    if bool(cfg.tls.cert_file) != bool(cfg.tls.key_file):
+        raise ConfigError("tls.key_file: tls.cert_file and tls.key_file go together")
+    for key, value in (("limits.message_size", cfg.limits.message_size),
+                       ("limits.json_body", cfg.limits.json_body),
+                       ("limits.recipients_per_message", cfg.limits.recipients_per_message)):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if not cfg.store_url.startswith(("sqlite:///", "postgresql://")):
+        raise ConfigError(f"store.url: expected sqlite:///path or postgresql://..., got {cfg.store_url!r}")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type[Any], raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a table")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _SECRET_KEYS and f.name != "dev"}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = prefix + key
+        if key not in fields:
+            raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(fields))})")
+        kwargs[key] = _coerce(hints[key], value, name)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint) and hint is not Addr:
+        return _build(hint, value, key + ".")
+    if hint is Addr:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected \"host:port\" string")
+        return Addr.parse(value, key)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected an array")
+        args = typing.get_args(hint)
+        inner = args[0]
+        return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{key}: unsupported type")  # not used by Config
+    expected = {str: str, int: int, float: (int, float), bool: bool, bytes: str}[hint]
+    if isinstance(value, bool) and hint is not bool:
+        raise ConfigError(f"{key}: expected {hint.__name__}, got a boolean")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return float(value) if hint is float else value

@@ -1,0 +1,60 @@
+"""``--dev`` first-run convenience: a demo member so a newcomer can send at once.
+
+Creates ``did:plc:devdemo...`` with the verified domain ``demo.localhost`` and an
+API key written to ``<state>/dev-credentials.json`` (0600). Never runs outside dev.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from relay.apikey import generate_api_key, hash_api_key
+from relay.config import Config
+from relay.dkimkeys import SecretBox, new_domain_keys
+from relay.store.base import Store
+
+DEMO_DID = "did:plc:devdemoaaaaaaaaaaaaaaaaaa"
+DEMO_DOMAIN = "demo.localhost"
+
+
+def credentials_path(cfg: Config) -> Path:
+    return cfg.state_path / "dev-credentials.json"
+
+
+def ensure_demo_member(cfg: Config, store: Store) -> dict[str, Any]:
+    path = credentials_path(cfg)
+    if path.exists() and store.get_member(DEMO_DID) is not None:
+        creds: dict[str, Any] = json.loads(path.read_text())
+        return creds
+    store.create_member(DEMO_DID, "demo.localhost")
+    if store.get_domain(DEMO_DOMAIN) is None:
+        keys = new_domain_keys(DEMO_DOMAIN)
+        box = SecretBox(cfg.secret_key)
+        store.add_domain(did=DEMO_DID, domain=DEMO_DOMAIN, selector=keys.selector,
+                         rsa_private=box.encrypt(keys.rsa_private_pem),
+                         ed25519_private=box.encrypt(keys.ed25519_private_raw),
+                         verify_token="dev", state="verified")
+    key = generate_api_key()
+    store.set_api_key_hash(DEMO_DID, hash_api_key(key))
+    creds = {"did": DEMO_DID, "domain": DEMO_DOMAIN, "api_key": key}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(creds, fh, indent=2)
+    return creds
+
+
+def first_message_hint(cfg: Config, creds: dict[str, Any], http_url: str, submission: str) -> str:
+    host, _, port = submission.rpartition(":")
+    return "\n".join([
+        "Send a first message (demo member, credentials in " + str(credentials_path(cfg)) + "):",
+        f"  curl -s {http_url}/v1/send -H 'Authorization: Bearer {creds['api_key']}' \\",
+        f"       -H 'X-Atmos-DID: {creds['did']}' -H 'Content-Type: application/json' \\",
+        f"       -d '{{\"from\":\"hello@{creds['domain']}\",\"to\":\"you@example.com\","
+        "\"subject\":\"Hi\",\"text\":\"First message\"}'",
+        f"  swaks --server {host} --port {port} --tls --auth PLAIN \\",
+        f"       --auth-user {creds['did']} --auth-password {creds['api_key']} \\",
+        f"       --from hello@{creds['domain']} --to you@example.com",
+    ])

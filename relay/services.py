@@ -1,0 +1,24 @@
+"""The running relay's shared services, built once by the supervisor and handed to the layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.acceptor import Acceptor
+from relay.apikey import ApiKeyCache
+from relay.auth import Authenticator
+from relay.config import Config
+from relay.store.aio import AsyncStore
+from relay.store.writer import StatusWriter
+from spool import Spool
+
+
+@dataclass(slots=True)
+class Services:
+    cfg: Config
+    store: AsyncStore
+    spool: Spool
+    writer: StatusWriter
+    keys: ApiKeyCache
+    auth: Authenticator
+    acceptor: Acceptor

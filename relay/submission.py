@@ -1,0 +1,84 @@
+"""The submission policy behind port 587: the app side of the SMTP server (DESIGN §3).
+
+Every hook returns a Reply or raises a RelayError whose reply the server sends.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from relay.acceptor import Acceptor
+from relay.address import split_address
+from relay.auth import Authenticator, Principal
+from relay.errors import AuthRequired, InvalidRequest, RelayError, SuppressedRecipient
+from relay.sender import check_header_from, check_sender, parse_headers
+from relay.smtp.handler import Session
+from relay.smtp.reply import Reply
+from relay.store.aio import AsyncStore
+
+log = logging.getLogger("relay.submission")
+
+TRANSACTIONAL = frozenset({"transactional", "login-link", "password-reset", "mfa-otp", "verification"})
+
+
+class SubmissionHandler:
+    def __init__(self, auth: Authenticator, store: AsyncStore, acceptor: Acceptor) -> None:
+        self._auth = auth
+        self._store = store
+        self._acceptor = acceptor
+
+    async def on_connect(self, session: Session) -> Reply | None:
+        return None
+
+    async def on_auth(self, session: Session, username: str, password: str) -> Reply:
+        principal = await self._auth.authenticate(username, password)
+        session.did = principal.did
+        session.extra["principal"] = principal
+        log.info("auth ok did=%s peer=%s", principal.did, session.peer[0])
+        return Reply(235, "2.7.0", "authentication succeeded")
+
+    async def on_mail(self, session: Session, address: str, params: dict[str, str]) -> Reply:
+        principal = _principal(session)
+        if not address:
+            # A null reverse-path is for bounces (RFC 5321 §4.5.5); members never send those.
+            raise InvalidRequest("null sender <> is not allowed on submission")
+        check_sender(principal, address)
+        return Reply(250, "2.1.0", "sender ok")
+
+    async def on_rcpt(self, session: Session, address: str, params: dict[str, str]) -> Reply:
+        principal = _principal(session)
+        try:
+            split_address(address)
+        except ValueError as exc:
+            return Reply(553, "5.1.3", f"bad recipient address syntax: {exc}")
+        if await self._store.is_suppressed(principal.did, address):
+            raise SuppressedRecipient()
+        return Reply(250, "2.1.5", "recipient ok")
+
+    async def on_message(self, session: Session, data: bytes) -> Reply:
+        principal = _principal(session)
+        check_header_from(principal, data)
+        headers = parse_headers(data)
+        category = headers.get("x-atmos-category", "").strip().lower()
+        attrs = {
+            "source": "smtp",
+            "subject": headers.get("subject", ""),
+            "category": category,
+            "transactional": "1" if category in TRANSACTIONAL else "",
+        }
+        assert session.mail_from is not None
+        accepted = await self._acceptor.accept(
+            did=principal.did, mail_from=session.mail_from, rcpts=list(session.rcpts), data=data, attrs=attrs
+        )
+        ids = ",".join(str(i) for i in accepted.ids)
+        return Reply(250, "2.0.0", f"queued as {ids}")
+
+
+def _principal(session: Session) -> Principal:
+    principal = session.extra.get("principal")
+    if not isinstance(principal, Principal):
+        raise AuthRequired()
+    return principal
+
+
+__all__ = ["TRANSACTIONAL", "RelayError", "SubmissionHandler"]

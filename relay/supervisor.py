@@ -1,0 +1,166 @@
+"""``atmos serve``: one Trio root nursery, services started in dependency order (DESIGN §2).
+
+    store -> spool (recovery first) -> status writer -> SMTP submission -> HTTP
+
+Each service reports its real bound address through ``task_status`` so port 0
+works everywhere. SIGTERM/SIGINT: the listeners close first (idle SMTP sessions
+get 421), in-flight sessions and requests get a grace period, the status
+writer flushes, then the nursery is cancelled and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from relay import devsetup
+from relay.acceptor import Acceptor, reconcile_rows
+from relay.apikey import ApiKeyCache
+from relay.auth import Authenticator
+from relay.config import Config
+from relay.services import Services
+from relay.smtp.core import Limits
+from relay.smtp.server import SmtpServer, SmtpServerConfig
+from relay.store import open_store
+from relay.store.aio import AsyncStore
+from relay.store.writer import StatusWriter
+from relay.submission import SubmissionHandler
+from relay.tlscert import server_context
+from spool import Spool
+
+log = logging.getLogger("relay.supervisor")
+
+
+@dataclass
+class Bound:
+    """Where the running relay listens (printed at start, used by tests)."""
+
+    submission: list[tuple[str, int]] = field(default_factory=list)
+    http: list[str] = field(default_factory=list)
+
+    def as_json(self) -> str:
+        return json.dumps({"submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http})
+
+
+async def run_relay(
+    cfg: Config, shutdown: trio.Event, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED
+) -> None:
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    sync_store = open_store(cfg.store_url)
+    store = AsyncStore(sync_store)
+    try:
+        async with trio.open_nursery() as root:
+            spool = Spool(cfg.state_path / "spool", segment_bytes=cfg.spool.segment_bytes,
+                          max_bytes=cfg.spool.max_bytes or None)
+            report = await root.start(spool.run)
+            log.info("spool recovered: %s", report)
+            writer = StatusWriter(store)
+            await root.start(writer.run)
+            rows = reconcile_rows(spool.live())
+            if rows:  # rows lost to a crash before the batched writer flushed
+                await store.insert_messages(rows)
+            keys = ApiKeyCache()
+            services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
+                                auth=Authenticator(store, keys), acceptor=Acceptor(spool, writer))
+            bound = Bound()
+            smtp = SmtpServer(_submission_config(cfg), SubmissionHandler(services.auth, store, services.acceptor))
+            bound.submission = await root.start(smtp.serve)
+            http_stop = trio.Event()
+            bound.http = await root.start(_serve_http, services, http_stop)
+            task_status.started(bound)
+            await shutdown.wait()
+            log.info("shutting down: closing listeners")
+            with trio.move_on_after(cfg.smtp.shutdown_grace + 5):
+                await smtp.shutdown(cfg.smtp.shutdown_grace)
+            http_stop.set()
+            await writer.flush()
+            root.cancel_scope.cancel()
+    finally:
+        sync_store.close()
+
+
+def _submission_config(cfg: Config) -> SmtpServerConfig:
+    addr = cfg.smtp.submission_addr
+    return SmtpServerConfig(
+        host=addr.host, port=addr.port, hostname=cfg.banner_host, ssl_context=server_context(cfg),
+        require_tls_for_auth=True, require_auth=True,
+        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message),
+        command_timeout=cfg.smtp.command_timeout, data_timeout=cfg.smtp.data_timeout,
+        max_connections=cfg.smtp.max_connections,
+    )
+
+
+async def _serve_http(
+    services: Services, stop: trio.Event, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    from web.app import create_app
+
+    hc = HypercornConfig()
+    hc.bind = [str(services.cfg.http.addr)]
+    hc.accesslog = None
+    hc.graceful_timeout = services.cfg.smtp.shutdown_grace
+    hc.include_server_header = False
+    app: Any = create_app(services)
+    await hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+
+
+async def _main(cfg: Config) -> None:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, shutdown)
+        bound: Bound = await nursery.start(run_relay, cfg, shutdown)
+        _announce(cfg, bound)
+        await shutdown.wait()
+        # run_relay returns after its graceful shutdown; then stop the signal watcher.
+    log.info("stopped")
+
+
+async def _watch_signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            shutdown.set()
+            return
+
+
+def _announce(cfg: Config, bound: Bound) -> None:
+    http_url = bound.http[0] if bound.http else ""
+    lines = [f"Atmosphere Relay ({'dev' if cfg.dev else 'production'}) state in {cfg.state_path.resolve()}"]
+    for host, port in bound.submission:
+        lines.append(f"  SMTP submission   {host}:{port}  (STARTTLS, then AUTH PLAIN/LOGIN)")
+    for url in bound.http:
+        lines.append(f"  HTTP API          {url}/v1/send   health {url}/healthz")
+    if cfg.dev and bound.submission and http_url:
+        store = open_store(cfg.store_url)
+        try:
+            creds = devsetup.ensure_demo_member(cfg, store)
+        finally:
+            store.close()
+        host, port = bound.submission[0]
+        lines.append(devsetup.first_message_hint(cfg, creds, http_url, f"{host}:{port}"))
+    print("\n".join(lines), flush=True)
+    print("ATMOS_READY " + bound.as_json(), flush=True)
+    log.info("ready: %s", bound.as_json())
+
+
+def serve_forever(cfg: Config) -> int:
+    try:
+        trio.run(_main, cfg)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # e.g. address already in use: say which, no traceback
+        print(f"atmos serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["Bound", "partial", "run_relay", "serve_forever"]

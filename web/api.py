@@ -1,0 +1,151 @@
+"""The /v1 HTTP API: send, per-message status, health (DESIGN §3)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, current_app, jsonify, request
+
+from relay.auth import Principal
+from relay.errors import AuthRequired, InvalidDid, InvalidRequest, PayloadTooLarge, RelayError
+from relay.sender import check_sender
+from relay.services import Services
+from relay.submission import TRANSACTIONAL
+from web.compose import compose
+from web.validate import parse_send_request
+
+blueprint = Blueprint("api", __name__)
+IDEMPOTENCY_TTL = 24 * 3600
+_idem_locks: dict[tuple[str, str], trio.Lock] = {}
+
+
+def services() -> Services:
+    svc: Services = current_app.extensions["atmos"]
+    return svc
+
+
+async def authenticate() -> Principal:
+    """Bearer API key + X-Atmos-DID header (or ?did=)."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, key = auth.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise AuthRequired("Authorization: Bearer <api key> header required")
+    did = request.headers.get("X-Atmos-DID") or request.args.get("did") or ""
+    if not did:
+        raise AuthRequired("X-Atmos-DID header or ?did= parameter required")
+    if not did.startswith("did:"):
+        raise InvalidDid()
+    return await services().auth.authenticate(did, key.strip())
+
+
+async def read_json() -> Any:
+    limit = services().cfg.limits.json_body
+    if (request.content_length or 0) > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    raw = await request.get_data(cache=True)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+
+
+@blueprint.post("/v1/send")
+async def send() -> Response:
+    svc = services()
+    if (request.content_length or 0) > svc.cfg.limits.json_body:
+        raise PayloadTooLarge(f"request body larger than {svc.cfg.limits.json_body} bytes")
+    principal = await authenticate()
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if not key:
+        return await _send(svc, principal)
+    if len(key) > 255:
+        raise InvalidRequest("Idempotency-Key: at most 255 characters")
+    # One request per key at a time: a concurrent duplicate waits and then replays.
+    lock = _idem_locks.setdefault((principal.did, key), trio.Lock())
+    try:
+        async with lock:
+            return await _send_idempotent(svc, principal, key)
+    finally:
+        if not lock.locked() and lock.statistics().tasks_waiting == 0:
+            _idem_locks.pop((principal.did, key), None)
+
+
+async def _send_idempotent(svc: Services, principal: Principal, key: str) -> Response:
+    body = await request.get_data(cache=True)
+    digest = hashlib.sha256(body).hexdigest()
+    prior = await svc.store.get_idempotent(principal.did, key)
+    if prior is not None and prior.created_at > time.time() - IDEMPOTENCY_TTL:
+        if prior.request_hash != digest:
+            resp = jsonify({"error": "Idempotency-Key was already used with a different request body",
+                            "code": "IDEMPOTENCY_KEY_REUSED"})
+            resp.status_code = 422
+            return resp
+        resp = Response(prior.response_json, status=prior.status_code, content_type="application/json")
+        resp.headers["Idempotent-Replayed"] = "true"
+        return resp
+    resp = await _send(svc, principal)
+    if resp.status_code == 200:  # errors are not remembered: fixing the input and retrying must work
+        await svc.store.put_idempotent(principal.did, key, digest, resp.status_code,
+                                       (await resp.get_data(as_text=True)), time.time())
+    return resp
+
+
+async def _send(svc: Services, principal: Principal) -> Response:
+    req = parse_send_request(await read_json(), max_recipients=svc.cfg.limits.recipients_per_message)
+    check_sender(principal, req.sender, what="from")
+    transactional = req.category in TRANSACTIONAL
+    accepted_rcpts: list[str] = []
+    rejected: list[dict[str, Any]] = []
+    for rcpt in req.to:
+        if not transactional and await svc.store.is_suppressed(principal.did, rcpt):
+            rejected.append({"recipient": rcpt, "reason": "suppressed recipient", "code": "SUPPRESSED"})
+        else:
+            accepted_rcpts.append(rcpt)
+    accepted: list[dict[str, Any]] = []
+    if accepted_rcpts:
+        data = compose(req)
+        if len(data) > svc.cfg.limits.message_size:
+            raise PayloadTooLarge("composed message larger than the message size limit")
+        attrs = {"source": "http", "subject": req.subject, "category": req.category,
+                 "transactional": "1" if transactional else ""}
+        result = await svc.acceptor.accept(did=principal.did, mail_from=req.sender, rcpts=accepted_rcpts,
+                                           data=data, attrs=attrs)
+        accepted = [{"recipient": r, "messageId": i} for r, i in zip(accepted_rcpts, result.ids, strict=True)]
+    return jsonify({"accepted": accepted, "rejected": rejected})
+
+
+@blueprint.get("/v1/messages/<int:message_id>")
+async def message_status(message_id: int) -> Response:
+    svc = services()
+    principal = await authenticate()
+    row = await svc.store.get_message(message_id)
+    if row is None:
+        await svc.writer.flush()  # status rows are batched: the message may be a few ms old
+        row = await svc.store.get_message(message_id)
+    if row is None or row.did != principal.did:
+        resp = jsonify({"error": f"no message {message_id} for this DID", "code": "NOT_FOUND"})
+        resp.status_code = 404
+        return resp
+    attempts = await svc.store.attempts_for(message_id)
+    return jsonify({
+        "messageId": row.id, "status": row.status, "recipient": row.recipient, "from": row.mail_from,
+        "subject": row.subject, "category": row.category, "source": row.source,
+        "attempts": row.attempts, "lastReply": row.last_reply, "nextAttemptAt": row.next_attempt_at,
+        "createdAt": row.created_at, "updatedAt": row.updated_at,
+        "timeline": [{"at": a.at, "mxHost": a.mx_host, "reply": a.reply, "tls": a.tls, "outcome": a.outcome}
+                     for a in attempts],
+    })
+
+
+@blueprint.get("/healthz")
+async def healthz() -> Response:
+    stats = services().spool.stats()
+    return jsonify({"status": "ok", "spool": {"liveMessages": stats.live_messages,
+                                              "liveRecipients": stats.live_recipients}})
+
+
+__all__ = ["RelayError", "blueprint"]
