@@ -39,6 +39,9 @@ class Acceptor:
     async def accept(
         self, *, did: str, mail_from: str, rcpts: Iterable[str], data: bytes, attrs: Mapping[str, str]
     ) -> Accepted:
+        if self._writer.overloaded:
+            # The store is far behind (down or slow): refuse for now rather than grow without bound.
+            raise QueueUnavailable()
         envelope = Envelope(
             mail_from=mail_from, rcpts=tuple(rcpts), did=did, attrs=dict(attrs), arrival=time.time()
         )
@@ -47,8 +50,8 @@ class Acceptor:
         except SpoolFull as exc:
             log.warning("spool full, refusing message from %s: %s", did, exc)
             raise InsufficientStorage() from None
-        except SpoolUnavailable as exc:
-            log.error("spool unavailable, refusing message from %s: %s", did, exc)
+        except SpoolUnavailable:
+            log.exception("spool unavailable, refusing message from %s", did)
             raise QueueUnavailable() from None
         self.accepted_messages += 1
         self._writer.submit_nowait(rows_for(result.queue_id, result.rcpt_ids, envelope))
@@ -67,7 +70,7 @@ def rows_for(queue_id: int, ids: Iterable[int], env: Envelope) -> list[MessageRo
             recipient=rcpt,
             subject=env.attrs.get("subject", "")[:300],
             category=env.attrs.get("category", ""),
-            source=env.attrs.get("source", "smtp"),
+            source="http" if env.attrs.get("source") == "http" else "smtp",
             status="accepted",
             attempts=0,
             last_reply="",

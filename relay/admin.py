@@ -134,8 +134,10 @@ def members(cfg: Config, args: argparse.Namespace) -> Any:
         if cmd in ("suspend", "unsuspend"):
             if store.get_member(args.did) is None:
                 raise AdminError(f"no member {args.did}")
-            status = "suspended" if cmd == "suspend" else "active"
-            store.set_member_status(args.did, status, args.reason if cmd == "suspend" else None)
+            if cmd == "suspend":
+                store.set_member_status(args.did, "suspended", args.reason)
+            else:
+                store.set_member_status(args.did, "active", None)
         out = []
         for m in store.list_members():
             out.append({"did": m.did, "handle": m.handle, "status": m.status, "reason": m.suspension_reason,

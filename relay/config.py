@@ -235,7 +235,7 @@ def _build(cls: type[Any], raw: dict[str, Any], prefix: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(hint) and hint is not Addr:
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and hint is not Addr:
         return _build(hint, value, key + ".")
     if hint is Addr:
         if not isinstance(value, str):
@@ -250,9 +250,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (types.UnionType, typing.Union):
         raise ConfigError(f"{key}: unsupported type")  # not used by Config
-    expected = {str: str, int: int, float: (int, float), bool: bool, bytes: str}[hint]
+    types_by_hint: dict[Any, type | tuple[type, ...]] = {str: str, int: int, float: (int, float), bool: bool}
+    expected = types_by_hint[hint]
     if isinstance(value, bool) and hint is not bool:
         raise ConfigError(f"{key}: expected {hint.__name__}, got a boolean")
     if not isinstance(value, expected):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-    return float(value) if hint is float else value
+    return float(typing.cast(float, value)) if hint is float else value

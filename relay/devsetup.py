@@ -16,7 +16,7 @@ from relay.config import Config
 from relay.dkimkeys import SecretBox, new_domain_keys
 from relay.store.base import Store
 
-DEMO_DID = "did:plc:devdemoaaaaaaaaaaaaaaaaaa"
+DEMO_DID = "did:plc:devdemoaaaaaaaaaaaaaaaaa"
 DEMO_DOMAIN = "demo.localhost"
 
 

@@ -28,7 +28,7 @@ from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
 from relay.config import Config
 from relay.services import Services
-from relay.smtp.core import Limits
+from relay.smtp.limits import Limits
 from relay.smtp.server import SmtpServer, SmtpServerConfig
 from relay.store import open_store
 from relay.store.aio import AsyncStore
@@ -94,7 +94,8 @@ def _submission_config(cfg: Config) -> SmtpServerConfig:
         host=addr.host, port=addr.port, hostname=cfg.banner_host, ssl_context=server_context(cfg),
         require_tls_for_auth=True, require_auth=True,
         limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message),
-        command_timeout=cfg.smtp.command_timeout, data_timeout=cfg.smtp.data_timeout,
+        command_timeout=cfg.smtp.command_timeout, data_block_timeout=cfg.smtp.data_timeout,
+        shutdown_grace=cfg.smtp.shutdown_grace,
         max_connections=cfg.smtp.max_connections,
     )
 

@@ -75,8 +75,8 @@ async def send() -> Response:
 
 
 async def _send_idempotent(svc: Services, principal: Principal, key: str) -> Response:
-    body = await request.get_data(cache=True)
-    digest = hashlib.sha256(body).hexdigest()
+    body = await request.get_data(cache=True, as_text=False)
+    digest = hashlib.sha256(body if isinstance(body, bytes) else body.encode()).hexdigest()
     prior = await svc.store.get_idempotent(principal.did, key)
     if prior is not None and prior.created_at > time.time() - IDEMPOTENCY_TTL:
         if prior.request_hash != digest:

@@ -90,7 +90,7 @@ def _headers(value: Any) -> tuple[tuple[str, str], ...]:
         if not _HEADER_NAME.fullmatch(name):
             raise InvalidRequest(f"headers.{name}: not a valid header name")
         if name.lower() in RESERVED:
-            raise InvalidRequest(f"headers.{name}: reserved header, set it through its own field or let the relay add it")
+            raise InvalidRequest(f"headers.{name}: reserved header (use its own field, or the relay adds it)")
         if not isinstance(val, str):
             raise InvalidRequest(f"headers.{name}: value must be a string")
         _no_newlines(val, f"headers.{name}")

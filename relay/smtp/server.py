@@ -1,0 +1,464 @@
+"""The Trio SMTP server: listeners, one task per connection, timeouts, STARTTLS, shutdown.
+
+Thin by design: the protocol lives in ``relay.smtp.core`` (pure); this module moves
+bytes, runs the TLS handshake, applies the RFC 5321 §4.5.3.2 timeouts, calls the
+``SessionHandler`` hooks and turns their failures into replies.
+
+Graceful shutdown, as the supervisor drives it::
+
+    server = SmtpServer(config, handler)
+    addresses = await nursery.start(server.serve)   # [(host, port), ...]
+    ...
+    await server.shutdown(grace=10)   # returns once every session has ended
+
+``shutdown`` closes the listeners at once; sessions waiting for a command outside
+a transaction get ``421 4.3.2`` and are closed; sessions in a transaction (or in a
+handler, e.g. spooling) may finish within ``grace``, and get ``421 4.3.2`` as
+soon as they go idle; after ``grace`` the rest are cancelled (421 sent if the
+socket still takes it). ``serve_smtp(config, handler, shutdown=event)`` wraps the
+same for supervisors that signal with a ``trio.Event``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
+
+import trio
+
+from relay.errors import RelayError
+from relay.smtp.core import ServerConnection, State
+from relay.smtp.events import (
+    NEED_DATA,
+    AuthChallenge,
+    ConnectionClosed,
+    Credentials,
+    Data,
+    Ehlo,
+    Event,
+    Help,
+    MailFrom,
+    MessageComplete,
+    Noop,
+    ProtocolError,
+    Quit,
+    RcptTo,
+    Rset,
+    StartTls,
+    Vrfy,
+)
+from relay.smtp.handler import Session, SessionHandler
+from relay.smtp.limits import Limits
+from relay.smtp.reply import Reply
+
+log = logging.getLogger("relay.smtp")
+
+T = TypeVar("T")
+Address = tuple[str, int]
+
+RECEIVE_SIZE = 65536
+#: States in which a session waiting for a command is idle (no transaction open).
+IDLE_STATES = (State.INIT, State.READY)
+
+SHUTTING_DOWN = Reply(421, "4.3.2", "service shutting down")
+TIMEOUT = Reply(421, "4.4.2", "timeout exceeded, closing connection")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "too many connections, try again later")
+LOCAL_ERROR = Reply(451, "4.3.0", "local error, try again later")
+_TLS_FAILED = Reply(421, "4.7.0", "TLS handshake failed")  # never sent: the channel is unusable
+
+# Errors from accept() that mean "out of resources", not "listener broken" (as trio.serve_listeners).
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    hostname: str = "localhost"  # banner and EHLO name
+    ssl_context: ssl.SSLContext | None = None  # None: STARTTLS not offered
+    require_tls_for_auth: bool = True  # AUTH before STARTTLS -> 530 5.7.0
+    require_auth: bool = False  # submission: MAIL before AUTH -> 530 5.7.0
+    auth_enabled: bool = True  # False on port 25: AUTH -> 502, not advertised
+    limits: Limits = field(default_factory=Limits)
+    command_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7; also bounds hooks and writes
+    data_block_timeout: float = 180.0  # §4.5.3.2.5: each read during DATA
+    data_termination_timeout: float = 600.0  # §4.5.3.2.6: bounds on_message
+    max_connections: int = 1000
+    shutdown_grace: float = 10.0
+
+
+class Drain:
+    """Shutdown signal shared by the sessions of one server.
+
+    Sessions wait for commands inside ``idle()``; ``start()`` cancels those waits,
+    and every later ``idle()`` wait is cancelled at once.
+    """
+
+    def __init__(self) -> None:
+        self.started = False
+        self._idle: set[trio.CancelScope] = set()
+
+    def start(self) -> None:
+        self.started = True
+        for scope in self._idle:
+            scope.cancel()
+
+    @contextmanager
+    def idle(self, active: bool = True) -> Iterator[trio.CancelScope]:
+        """A cancel scope for one idle wait (a no-op scope when not ``active``)."""
+        with trio.CancelScope() as scope:
+            if not active:
+                yield scope
+                return
+            if self.started:
+                scope.cancel()
+            self._idle.add(scope)
+            try:
+                yield scope
+            finally:
+                self._idle.discard(scope)
+
+
+async def handle_connection(
+    stream: trio.abc.Stream,
+    peer: Address,
+    config: SmtpServerConfig,
+    handler: SessionHandler,
+    *,
+    drain: Drain | None = None,
+) -> None:
+    """Run one SMTP session on ``stream`` until it ends; closes the stream.
+
+    Never raises for peer or handler misbehaviour; only ``trio.Cancelled``.
+    """
+    await _Connection(stream, peer, config, handler, drain or Drain()).run()
+
+
+class _Connection:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        peer: Address,
+        config: SmtpServerConfig,
+        handler: SessionHandler,
+        drain: Drain,
+    ) -> None:
+        self.stream = stream
+        self.config = config
+        self.handler = handler
+        self.drain = drain
+        self.session = Session(peer=peer)
+        self.conn = ServerConnection(
+            hostname=config.hostname,
+            limits=config.limits,
+            tls_available=config.ssl_context is not None,
+            auth_enabled=config.auth_enabled,
+            require_tls_for_auth=config.require_tls_for_auth,
+            require_auth=config.require_auth,
+        )
+        self._out = bytearray()  # replies not yet written (RFC 2920 §3.1 batching)
+
+    async def run(self) -> None:
+        log.debug("connect from %s", self.session.peer)
+        try:
+            await self._greet()
+            while self.conn.state is not State.CLOSED:
+                await self._step()
+            await self._flush()
+        except trio.Cancelled:
+            await self._last_words()
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("connection from %s lost", self.session.peer)
+        except trio.TooSlowError:
+            log.info("write to %s timed out", self.session.peer)
+        finally:
+            await trio.aclose_forcefully(self.stream)
+            log.debug("disconnect from %s", self.session.peer)
+
+    async def _greet(self) -> None:
+        if self.drain.started:
+            greeting: Reply | None = SHUTTING_DOWN
+        else:
+            greeting = await self._hook(
+                "on_connect", lambda: self.handler.on_connect(self.session), self.config.command_timeout
+            )
+        self._out += self.conn.send(greeting or Reply(220, None, f"{self.config.hostname} ESMTP ready"))
+
+    async def _step(self) -> None:
+        if self.drain.started and self.conn.state in IDLE_STATES:
+            self._out += self.conn.close(SHUTTING_DOWN)
+            return
+        event = self.conn.next_event()
+        if event is NEED_DATA:
+            await self._flush()
+            await self._receive()
+            return
+        if isinstance(event, ConnectionClosed):
+            return
+        reply = await self._answer(event)
+        self._out += self.conn.send(reply)
+        self._record(event, reply)
+        if self.conn.state is State.TLS:
+            await self._start_tls()
+
+    async def _receive(self) -> None:
+        state = self.conn.state
+        timeout = self.config.data_block_timeout if state is State.DATA else self.config.command_timeout
+        data = None
+        with trio.move_on_after(timeout), self.drain.idle(state in IDLE_STATES) as idle:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        if data is not None:
+            self.conn.receive_data(data)
+        else:
+            self._out += self.conn.close(SHUTTING_DOWN if idle.cancelled_caught else TIMEOUT)
+
+    async def _flush(self) -> None:
+        if self._out:
+            data = bytes(self._out)
+            self._out.clear()
+            with trio.fail_after(self.config.command_timeout):
+                await self.stream.send_all(data)
+
+    async def _last_words(self) -> None:
+        """Cancelled (shutdown grace over): try to say 421 before closing."""
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+            self._out += self.conn.close(SHUTTING_DOWN)
+            try:
+                await self._flush()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                pass
+
+    async def _start_tls(self) -> None:
+        """RFC 3207: the 220 is out; the handshake runs on the raw stream."""
+        await self._flush()
+        assert self.config.ssl_context is not None
+        tls = trio.SSLStream(self.stream, self.config.ssl_context, server_side=True, https_compatible=True)
+        with trio.move_on_after(self.config.command_timeout):
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError as exc:
+                log.debug("TLS handshake with %s failed: %s", self.session.peer, exc.__cause__ or exc)
+            else:
+                self.stream = tls
+                self.conn.tls_started()
+                self.session.tls = True
+                self.session.ehlo = self.session.did = None  # RFC 3207 §4.2
+                return
+        self.conn.close(_TLS_FAILED)  # close quietly: the channel is neither TLS nor plaintext
+
+    # ---- events -> replies -------------------------------------------------------------
+
+    async def _answer(self, event: Event) -> Reply:
+        session, handler, timeout = self.session, self.handler, self.config.command_timeout
+        match event:
+            case ProtocolError() | AuthChallenge():
+                return event.reply
+            case Ehlo():
+                return self.conn.ehlo_reply(event)
+            case StartTls():
+                return Reply(220, "2.0.0", "ready to start TLS")
+            case Credentials():
+                return await self._auth(event)
+            case MailFrom(address, params):
+                return await self._hook("on_mail", lambda: handler.on_mail(session, address, params), timeout)
+            case RcptTo(address, params):
+                return await self._hook("on_rcpt", lambda: handler.on_rcpt(session, address, params), timeout)
+            case Data():
+                return Reply(354, None, "end data with <CR><LF>.<CR><LF>")
+            case MessageComplete(data):
+                deadline = self.config.data_termination_timeout
+                return await self._hook("on_message", lambda: handler.on_message(session, data), deadline)
+            case Rset() | Noop():
+                return Reply(250, "2.0.0", "OK")
+            case Vrfy():  # RFC 5321 §3.5.3: no verification, no refusal either
+                return Reply(252, "2.5.0", "cannot VRFY user, but will accept message and attempt delivery")
+            case Help():
+                return Reply(214, "2.0.0", "see RFC 5321")
+            case Quit():
+                return Reply(221, "2.0.0", "bye")
+        raise AssertionError(f"unexpected event {event!r}")
+
+    async def _auth(self, event: Credentials) -> Reply:
+        if event.authzid and event.authzid != event.username:
+            # RFC 4616 §2: acting as someone else is not something members may do.
+            return Reply(535, "5.7.8", "authentication failed")
+        call = partial(self.handler.on_auth, self.session, event.username, event.password)
+        return await self._hook("on_auth", call, self.config.command_timeout)
+
+    async def _hook(self, name: str, call: Callable[[], Awaitable[T]], seconds: float) -> T | Reply:
+        """Run a handler hook; failures become replies, never exceptions."""
+        try:
+            with trio.fail_after(seconds):
+                return await call()
+        except RelayError as exc:
+            return exc.smtp_reply
+        except trio.TooSlowError:
+            # The traceback shows where the hook was stuck.
+            log.exception("handler %s timed out after %.0f s (peer %s)", name, seconds, self.session.peer)
+            return LOCAL_ERROR
+        except Exception:
+            log.exception("handler %s failed (peer %s)", name, self.session.peer)
+            return LOCAL_ERROR
+
+    def _record(self, event: Event, reply: Reply) -> None:
+        """Keep the Session in step with what the core accepted."""
+        session = self.session
+        if 200 <= reply.code < 300:
+            if isinstance(event, Ehlo):
+                session.ehlo = event.name
+            elif isinstance(event, MailFrom):
+                session.mail_from, session.rcpts = event.address, []
+            elif isinstance(event, RcptTo):
+                session.rcpts.append(event.address)
+        if self.conn.state in IDLE_STATES and (session.mail_from is not None or session.rcpts):
+            session.mail_from, session.rcpts = None, []  # the transaction is over
+
+
+class SmtpServer:
+    """Listeners plus sessions, with graceful shutdown (see the module docstring)."""
+
+    def __init__(self, config: SmtpServerConfig, handler: SessionHandler) -> None:
+        self.config = config
+        self.handler = handler
+        self._drain = Drain()
+        self._accept_scope = trio.CancelScope()
+        self._sessions_scope: trio.CancelScope | None = None
+        self._active = 0
+        self._drained = trio.Event()
+        self._stopped = trio.Event()
+        self._serving = False
+
+    @property
+    def active_sessions(self) -> int:
+        return self._active
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``config.host:config.port``; reports the bound addresses."""
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host or None)
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+        *,
+        task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on ready-made listeners (tests pass in-memory ones); returns after shutdown."""
+        self._serving = True
+        try:
+            async with trio.open_nursery() as sessions:
+                self._sessions_scope = sessions.cancel_scope
+                with self._accept_scope:
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            acceptors.start_soon(self._accept_loop, listener, sessions)
+                        task_status.started(_addresses(listeners))
+                await _close_listeners(listeners)  # shutdown began: stop accepting right away
+        finally:
+            await _close_listeners(listeners)
+            self._stopped.set()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, drain sessions for ``grace`` seconds, then cancel the rest."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        self._drain.start()
+        self._accept_scope.cancel()
+        if self._active:
+            with trio.move_on_after(grace):
+                await self._drained.wait()
+        if self._sessions_scope is not None:
+            self._sessions_scope.cancel()
+        if self._serving:
+            await self._stopped.wait()
+
+    async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream], sessions: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.warning("accept: %s; pausing 100 ms", exc)
+                await trio.sleep(0.1)
+                continue
+            if self._active >= self.config.max_connections:
+                sessions.start_soon(self._refuse, stream)
+            else:
+                self._active += 1
+                sessions.start_soon(self._session, stream)
+
+    async def _session(self, stream: trio.abc.Stream) -> None:
+        try:
+            await handle_connection(stream, _peer(stream), self.config, self.handler, drain=self._drain)
+        except Exception:  # a bug in this layer must not take the listener down
+            log.exception("session with %s crashed", _peer(stream))
+        finally:
+            self._active -= 1
+            if self._active == 0 and self._drain.started:
+                self._drained.set()
+
+    async def _refuse(self, stream: trio.abc.Stream) -> None:
+        log.warning("refusing %s: %d sessions open", _peer(stream), self._active)
+        with trio.move_on_after(5):
+            try:
+                await stream.send_all(TOO_MANY_CONNECTIONS.to_bytes())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(stream)
+
+
+async def serve_smtp(
+    config: SmtpServerConfig,
+    handler: SessionHandler,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run an SmtpServer; when ``shutdown`` is set, shut down gracefully and return.
+
+    Example (supervisor)::
+
+        stop = trio.Event()
+        addrs = await nursery.start(functools.partial(serve_smtp, cfg, handler, shutdown=stop))
+        ...
+        stop.set()   # listeners close; idle sessions get 421 4.3.2; busy ones get cfg.shutdown_grace
+    """
+    server = SmtpServer(config, handler)
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(server.serve)
+        task_status.started(addresses)
+        if shutdown is not None:
+            await shutdown.wait()
+            await server.shutdown()
+
+
+def _peer(stream: trio.abc.Stream) -> Address:
+    sock = getattr(stream, "socket", None)
+    try:
+        host, port = sock.getpeername()[:2] if sock is not None else ("", 0)
+    except OSError:
+        return ("", 0)
+    return (str(host), int(port))
+
+
+def _addresses(listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> list[Address]:
+    out = []
+    for listener in listeners:
+        sock = getattr(listener, "socket", None)
+        if sock is not None:
+            host, port = sock.getsockname()[:2]
+            out.append((str(host), int(port)))
+    return out
+
+
+async def _close_listeners(listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> None:
+    with trio.CancelScope(shield=True):
+        for listener in listeners:
+            await listener.aclose()

@@ -1,0 +1,180 @@
+"""Async facade over a synchronous Store for the Trio relay.
+
+Every call runs in a worker thread under one ``CapacityLimiter(1)``, so the
+single sqlite3 connection is used by exactly one thread at a time (trio may
+pick a different pooled thread per call; serial use is what sqlite3 needs)
+and the event loop never blocks on disk. Calls are not abandoned on
+cancellation: a transaction always finishes before the limiter is released.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import trio
+
+from relay.store.base import Store
+from relay.store.rows import (
+    Attempt,
+    DkimState,
+    Domain,
+    DomainState,
+    IdempotentResponse,
+    Member,
+    MemberStatus,
+    MessageRow,
+    MessageStatus,
+    NewAttempt,
+    StatusUpdate,
+    Suppression,
+    WriteOp,
+)
+
+T = TypeVar("T")
+
+
+class AsyncStore:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    async def aclose(self) -> None:
+        await self._run(self._store.close)
+
+    async def schema_version(self) -> int:
+        return await self._run(self._store.schema_version)
+
+    # members
+    async def create_member(self, did: str, handle: str | None = None) -> Member:
+        return await self._run(functools.partial(self._store.create_member, did, handle))
+
+    async def get_member(self, did: str) -> Member | None:
+        return await self._run(functools.partial(self._store.get_member, did))
+
+    async def get_member_by_handle(self, handle: str) -> Member | None:
+        return await self._run(functools.partial(self._store.get_member_by_handle, handle))
+
+    async def list_members(self) -> list[Member]:
+        return await self._run(self._store.list_members)
+
+    async def set_member_status(self, did: str, status: MemberStatus, reason: str | None = None) -> Member:
+        return await self._run(functools.partial(self._store.set_member_status, did, status, reason))
+
+    # domains
+    async def add_domain(
+        self,
+        did: str,
+        domain: str,
+        *,
+        selector: str,
+        rsa_private: bytes,
+        ed25519_private: bytes,
+        verify_token: str,
+        state: DomainState = "pending",
+    ) -> Domain:
+        fn = functools.partial(
+            self._store.add_domain,
+            did,
+            domain,
+            selector=selector,
+            rsa_private=rsa_private,
+            ed25519_private=ed25519_private,
+            verify_token=verify_token,
+            state=state,
+        )
+        return await self._run(fn)
+
+    async def get_domain(self, domain: str) -> Domain | None:
+        return await self._run(functools.partial(self._store.get_domain, domain))
+
+    async def domains_for(self, did: str) -> list[Domain]:
+        return await self._run(functools.partial(self._store.domains_for, did))
+
+    async def set_domain_state(
+        self, domain: str, state: DomainState | None = None, dkim_state: DkimState | None = None
+    ) -> Domain:
+        return await self._run(functools.partial(self._store.set_domain_state, domain, state, dkim_state))
+
+    async def set_forward_to(self, domain: str, forward_to: str | None) -> Domain:
+        return await self._run(functools.partial(self._store.set_forward_to, domain, forward_to))
+
+    # API keys
+    async def set_api_key_hash(self, did: str, key_hash: str) -> None:
+        await self._run(functools.partial(self._store.set_api_key_hash, did, key_hash))
+
+    async def get_api_key_hash(self, did: str) -> str | None:
+        return await self._run(functools.partial(self._store.get_api_key_hash, did))
+
+    # messages and attempts
+    async def insert_messages(self, rows: Sequence[MessageRow]) -> int:
+        return await self._run(functools.partial(self._store.insert_messages, rows))
+
+    async def update_statuses(self, updates: Sequence[StatusUpdate]) -> int:
+        return await self._run(functools.partial(self._store.update_statuses, updates))
+
+    async def add_attempts(self, rows: Sequence[NewAttempt]) -> None:
+        await self._run(functools.partial(self._store.add_attempts, rows))
+
+    async def apply_batch(self, ops: Sequence[WriteOp]) -> None:
+        await self._run(functools.partial(self._store.apply_batch, ops))
+
+    async def get_message(self, message_id: int) -> MessageRow | None:
+        return await self._run(functools.partial(self._store.get_message, message_id))
+
+    async def list_messages(
+        self,
+        did: str | None = None,
+        status: MessageStatus | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[MessageRow]:
+        return await self._run(functools.partial(self._store.list_messages, did, status, limit, before_id))
+
+    async def counts_by_status(self) -> dict[MessageStatus, int]:
+        return await self._run(self._store.counts_by_status)
+
+    async def attempts_for(self, message_id: int) -> list[Attempt]:
+        return await self._run(functools.partial(self._store.attempts_for, message_id))
+
+    # suppressions
+    async def add_suppression(self, did: str, recipient: str, reason: str) -> bool:
+        return await self._run(functools.partial(self._store.add_suppression, did, recipient, reason))
+
+    async def remove_suppression(self, did: str, recipient: str) -> bool:
+        return await self._run(functools.partial(self._store.remove_suppression, did, recipient))
+
+    async def list_suppressions(self, did: str) -> list[Suppression]:
+        return await self._run(functools.partial(self._store.list_suppressions, did))
+
+    async def is_suppressed(self, did: str, recipient: str) -> bool:
+        return await self._run(functools.partial(self._store.is_suppressed, did, recipient))
+
+    # idempotency
+    async def get_idempotent(self, did: str, key: str) -> IdempotentResponse | None:
+        return await self._run(functools.partial(self._store.get_idempotent, did, key))
+
+    async def put_idempotent(
+        self,
+        did: str,
+        key: str,
+        request_hash: str,
+        status_code: int,
+        response_json: str,
+        created_at: float | None = None,
+    ) -> bool:
+        fn = functools.partial(
+            self._store.put_idempotent, did, key, request_hash, status_code, response_json, created_at
+        )
+        return await self._run(fn)
+
+    async def purge_idempotent(self, older_than: float) -> int:
+        return await self._run(functools.partial(self._store.purge_idempotent, older_than))
+
+    # retention
+    async def purge(self, now: float) -> int:
+        return await self._run(functools.partial(self._store.purge, now))

@@ -1,0 +1,177 @@
+"""The store interface every backend implements (SQLite now, PostgreSQL later).
+
+Errors::
+
+    StoreError
+    ├── StoreUnavailable     database locked past busy_timeout, disk full, I/O error
+    ├── UnsupportedStore     a store URL this build cannot open (postgresql:// for now)
+    ├── SchemaTooNew         the database was migrated by a newer build
+    ├── NotFound             a mutator named a row that does not exist (getters return None)
+    ├── InvalidRow           a value broke a constraint (unknown status, ...)
+    ├── DomainLimitReached   a DID already has MAX_DOMAINS_PER_DID domains
+    └── DomainTaken          the domain is enrolled under another DID
+
+The relay maps StoreUnavailable to ``451 4.4.2`` / 503 (relay.errors.QueueUnavailable).
+Methods are synchronous; the relay uses them through relay.store.aio.AsyncStore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from relay.store.rows import (
+    Attempt,
+    DkimState,
+    Domain,
+    DomainState,
+    IdempotentResponse,
+    Member,
+    MemberStatus,
+    MessageRow,
+    MessageStatus,
+    NewAttempt,
+    StatusUpdate,
+    Suppression,
+    WriteOp,
+)
+
+__all__ = [
+    "MAX_DOMAINS_PER_DID",
+    "MESSAGE_RETENTION",
+    "Attempt",
+    "DkimState",
+    "Domain",
+    "DomainLimitReached",
+    "DomainState",
+    "DomainTaken",
+    "IdempotentResponse",
+    "InvalidRow",
+    "Member",
+    "MemberStatus",
+    "MessageRow",
+    "MessageStatus",
+    "NewAttempt",
+    "NotFound",
+    "SchemaTooNew",
+    "StatusUpdate",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "Suppression",
+    "UnsupportedStore",
+    "WriteOp",
+]  # row types are re-exported: callers may take everything from relay.store.base
+
+MAX_DOMAINS_PER_DID = 2
+MESSAGE_RETENTION = 30 * 86400.0  # DESIGN §4: terminal message rows are kept 30 days
+
+
+class StoreError(Exception):
+    pass
+
+
+class StoreUnavailable(StoreError):
+    pass
+
+
+class UnsupportedStore(StoreError):
+    pass
+
+
+class SchemaTooNew(StoreError):
+    pass
+
+
+class NotFound(StoreError, LookupError):
+    pass
+
+
+class InvalidRow(StoreError, ValueError):
+    pass
+
+
+class DomainLimitReached(StoreError):
+    def __init__(self, did: str, limit: int = MAX_DOMAINS_PER_DID) -> None:
+        super().__init__(f"{did} already has {limit} domains (the maximum)")
+        self.did = did
+        self.limit = limit
+
+
+class DomainTaken(StoreError):
+    def __init__(self, domain: str) -> None:
+        super().__init__(f"{domain} is already enrolled by another member")
+        self.domain = domain
+
+
+class Store(Protocol):
+    def close(self) -> None: ...
+    def schema_version(self) -> int: ...
+
+    # members
+    def create_member(self, did: str, handle: str | None = None) -> Member: ...
+    def get_member(self, did: str) -> Member | None: ...
+    def get_member_by_handle(self, handle: str) -> Member | None: ...
+    def list_members(self) -> list[Member]: ...
+    def set_member_status(self, did: str, status: MemberStatus, reason: str | None = None) -> Member: ...
+
+    # domains
+    def add_domain(
+        self,
+        did: str,
+        domain: str,
+        *,
+        selector: str,
+        rsa_private: bytes,
+        ed25519_private: bytes,
+        verify_token: str,
+        state: DomainState = "pending",
+    ) -> Domain: ...
+    def get_domain(self, domain: str) -> Domain | None: ...
+    def domains_for(self, did: str) -> list[Domain]: ...
+    def set_domain_state(
+        self, domain: str, state: DomainState | None = None, dkim_state: DkimState | None = None
+    ) -> Domain: ...
+    def set_forward_to(self, domain: str, forward_to: str | None) -> Domain: ...
+
+    # API keys
+    def set_api_key_hash(self, did: str, key_hash: str) -> None: ...
+    def get_api_key_hash(self, did: str) -> str | None: ...
+
+    # messages and attempts
+    def insert_messages(self, rows: Sequence[MessageRow]) -> int: ...
+    def update_statuses(self, updates: Sequence[StatusUpdate]) -> int: ...
+    def add_attempts(self, rows: Sequence[NewAttempt]) -> None: ...
+    def apply_batch(self, ops: Sequence[WriteOp]) -> None: ...
+    def get_message(self, message_id: int) -> MessageRow | None: ...
+    def list_messages(
+        self,
+        did: str | None = None,
+        status: MessageStatus | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[MessageRow]: ...
+    def counts_by_status(self) -> dict[MessageStatus, int]: ...
+    def attempts_for(self, message_id: int) -> list[Attempt]: ...
+
+    # suppressions
+    def add_suppression(self, did: str, recipient: str, reason: str) -> bool: ...
+    def remove_suppression(self, did: str, recipient: str) -> bool: ...
+    def list_suppressions(self, did: str) -> list[Suppression]: ...
+    def is_suppressed(self, did: str, recipient: str) -> bool: ...
+
+    # idempotency (HTTP Idempotency-Key, 24 h replay)
+    def get_idempotent(self, did: str, key: str) -> IdempotentResponse | None: ...
+    def put_idempotent(
+        self,
+        did: str,
+        key: str,
+        request_hash: str,
+        status_code: int,
+        response_json: str,
+        created_at: float | None = None,
+    ) -> bool: ...
+    def purge_idempotent(self, older_than: float) -> int: ...
+
+    # retention
+    def purge(self, now: float) -> int: ...

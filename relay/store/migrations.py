@@ -1,0 +1,173 @@
+"""Versioned schema migrations for the SQLite store.
+
+``MIGRATIONS`` is append-only: never edit a released entry, add a new version.
+Each one runs in its own ``BEGIN IMMEDIATE`` transaction together with its
+``schema_version`` row, so a crash leaves either all of it or none of it, and
+two processes starting at once (server + ``atmos admin``) cannot both apply it:
+the second waits on the write lock, then sees the version already recorded.
+
+Planned later versions: rate counters (48 h retention), labels, bounce/complaint events.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from relay.store.base import SchemaTooNew
+
+_V1 = """
+CREATE TABLE members (
+    did               TEXT PRIMARY KEY,
+    handle            TEXT COLLATE NOCASE UNIQUE,
+    status            TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+    suspension_reason TEXT,
+    created_at        REAL NOT NULL,
+    updated_at        REAL NOT NULL
+);
+
+CREATE TABLE domains (
+    domain          TEXT PRIMARY KEY CHECK (domain = lower(domain)),
+    did             TEXT NOT NULL REFERENCES members(did),
+    selector        TEXT NOT NULL,
+    rsa_private     BLOB NOT NULL,
+    ed25519_private BLOB NOT NULL,
+    verify_token    TEXT NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'verified')),
+    dkim_state      TEXT NOT NULL DEFAULT 'unverified' CHECK (dkim_state IN ('unverified', 'verified')),
+    forward_to      TEXT,
+    created_at      REAL NOT NULL,
+    verified_at     REAL
+);
+CREATE INDEX domains_did ON domains(did);
+
+CREATE TABLE api_keys (
+    did        TEXT PRIMARY KEY REFERENCES members(did),
+    hash       TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+
+-- One row per recipient. No foreign keys on purpose: a status row must never be
+-- refused because of other tables, the spool already accepted the message.
+CREATE TABLE messages (
+    id              INTEGER PRIMARY KEY,
+    queue_id        INTEGER NOT NULL,
+    did             TEXT NOT NULL,
+    from_domain     TEXT NOT NULL,
+    mail_from       TEXT NOT NULL,
+    recipient       TEXT NOT NULL,
+    subject         TEXT,
+    category        TEXT,
+    source          TEXT NOT NULL CHECK (source IN ('smtp', 'http')),
+    status          TEXT NOT NULL
+                    CHECK (status IN ('accepted', 'deferred', 'sent', 'bounced', 'held')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_reply      TEXT,
+    next_attempt_at REAL,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL
+);
+CREATE INDEX messages_did_created ON messages(did, created_at);
+CREATE INDEX messages_status ON messages(status);
+CREATE INDEX messages_queue ON messages(queue_id);
+
+CREATE TABLE attempts (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id INTEGER NOT NULL,
+    at         REAL NOT NULL,
+    mx_host    TEXT,
+    reply      TEXT NOT NULL,
+    tls        INTEGER NOT NULL CHECK (tls IN (0, 1)),
+    outcome    TEXT NOT NULL
+);
+CREATE INDEX attempts_message ON attempts(message_id, at);
+
+CREATE TABLE suppressions (
+    did        TEXT NOT NULL,
+    recipient  TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (did, recipient)
+) WITHOUT ROWID;
+
+CREATE TABLE idempotency (
+    did           TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    status_code   INTEGER NOT NULL,
+    response_json TEXT NOT NULL,
+    created_at    REAL NOT NULL,
+    PRIMARY KEY (did, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_created ON idempotency(created_at);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, _V1),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+_BOOTSTRAP = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+)
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    return max(_applied(conn), default=0)
+
+
+def statements(sql: str) -> list[str]:
+    """Split a script into statements (executescript would COMMIT our transaction first)."""
+    out: list[str] = []
+    buf = ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] = MIGRATIONS) -> list[int]:
+    """Apply pending migrations in order; return the versions applied (empty: already current).
+
+    ``conn`` must be in autocommit mode (isolation_level=None): transactions are explicit here.
+    A current database is only read, so opening it never waits for another process's writer.
+    """
+    known = {v for v, _ in migrations}
+    applied_before = _applied(conn)
+    newest = max(applied_before, default=0)
+    if newest > max(known, default=0):
+        raise SchemaTooNew(f"database schema version {newest} is newer than this build ({max(known)})")
+    if known <= applied_before:
+        return []
+    conn.execute(_BOOTSTRAP)
+    return [version for version, sql in sorted(migrations) if _apply(conn, version, sql)]
+
+
+def _applied(conn: sqlite3.Connection) -> set[int]:
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
+    if exists.fetchone() is None:
+        return set()
+    return {int(row[0]) for row in conn.execute("SELECT version FROM schema_version")}
+
+
+def _apply(conn: sqlite3.Connection, version: int, sql: str) -> bool:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-checked under the write lock: another process may have applied it meanwhile.
+        if conn.execute("SELECT 1 FROM schema_version WHERE version = ?", (version,)).fetchone():
+            conn.execute("ROLLBACK")
+            return False
+        for statement in statements(sql):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time()))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return True

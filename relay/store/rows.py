@@ -1,0 +1,132 @@
+"""Typed rows of the store (DESIGN §4). Times are unix float seconds.
+
+Rows (``Member``, ``Domain``, ``MessageRow``, ``Attempt``, ...) mirror one
+table row each. ``MessageRow``, ``StatusUpdate`` and ``NewAttempt`` are also the
+write ops (``WriteOp``) the relay hands to relay.store.writer.StatusWriter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+MemberStatus: TypeAlias = Literal["active", "suspended"]
+DomainState: TypeAlias = Literal["pending", "verified"]
+DkimState: TypeAlias = Literal["unverified", "verified"]
+# 'held' is an operator hold (atmos admin queue hold); the others are DESIGN §5's statuses.
+MessageStatus: TypeAlias = Literal["accepted", "deferred", "sent", "bounced", "held"]
+Source: TypeAlias = Literal["smtp", "http"]
+
+MESSAGE_STATUSES: tuple[MessageStatus, ...] = ("accepted", "deferred", "sent", "bounced", "held")
+TERMINAL_STATUSES: tuple[MessageStatus, ...] = ("sent", "bounced")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    did: str
+    handle: str | None = None
+    status: MemberStatus = "active"
+    suspension_reason: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    domain: str
+    did: str
+    selector: str  # base selector: DNS names are <selector>r / <selector>e
+    # Encrypted (relay.dkimkeys.SecretBox); kept out of repr so logs never carry key material.
+    rsa_private: bytes = field(default=b"", repr=False)
+    ed25519_private: bytes = field(default=b"", repr=False)
+    verify_token: str = ""
+    state: DomainState = "pending"
+    dkim_state: DkimState = "unverified"
+    forward_to: str | None = None
+    created_at: float = 0.0
+    verified_at: float | None = None  # first successful ownership check; kept across re-checks
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageRow:
+    """One recipient of an accepted message (inserted by the accept path, read back by the API).
+
+    ``id`` is the spool's recipient id, ``queue_id`` the spool's message id.
+    Spool recovery re-inserts rows with their current state, hence status and
+    counters are part of the insert.
+    """
+
+    id: int
+    queue_id: int
+    did: str
+    from_domain: str
+    mail_from: str
+    recipient: str
+    source: Source
+    created_at: float
+    updated_at: float
+    subject: str | None = None
+    category: str | None = None
+    status: MessageStatus = "accepted"
+    attempts: int = 0
+    last_reply: str | None = None
+    next_attempt_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """New status of one recipient row.
+
+    ``attempts`` and ``last_reply`` left as None keep the stored value;
+    ``next_attempt_at`` is always written (None once nothing is scheduled).
+    Values are absolute, not increments, so replaying an update is harmless.
+    """
+
+    id: int
+    status: MessageStatus
+    at: float
+    attempts: int | None = None
+    last_reply: str | None = None
+    next_attempt_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewAttempt:
+    message_id: int
+    at: float
+    mx_host: str | None  # None when no host was reached (DNS failure, null MX)
+    reply: str
+    tls: bool
+    outcome: str  # 'sent' | 'deferred' | 'bounced' (free text kept for later kinds)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    id: int
+    message_id: int
+    at: float
+    mx_host: str | None
+    reply: str
+    tls: bool
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    did: str
+    recipient: str
+    reason: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentResponse:
+    did: str
+    key: str
+    request_hash: str
+    status_code: int
+    response_json: str
+    created_at: float
+
+
+WriteOp: TypeAlias = MessageRow | StatusUpdate | NewAttempt

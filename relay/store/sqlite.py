@@ -1,0 +1,476 @@
+"""SQLite implementation of the store (stdlib sqlite3).
+
+Settings and why:
+- WAL: readers never block the writer and vice versa, so ``atmos admin`` in
+  another process can read and write while the server runs.
+- ``synchronous=NORMAL``: in WAL mode a power cut can lose the last commits but
+  never corrupts the file; acceptable because the spool (fsynced) is the source
+  of truth for messages and status rows are re-derived from it at recovery.
+- ``busy_timeout`` 5 s: a second process waits for the write lock instead of
+  failing at once; past it, StoreUnavailable (the relay answers 451 4.4.2).
+- Every write is ``BEGIN IMMEDIATE``: taking the write lock up front avoids the
+  deferred-transaction upgrade that fails with SQLITE_BUSY without waiting.
+
+The connection is opened with ``check_same_thread=False`` because AsyncStore
+runs calls in a worker thread; it is only ever used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from relay.address import normalize_domain
+from relay.store import migrations
+from relay.store.base import (
+    MAX_DOMAINS_PER_DID,
+    MESSAGE_RETENTION,
+    DomainLimitReached,
+    DomainTaken,
+    InvalidRow,
+    NotFound,
+    StoreUnavailable,
+)
+from relay.store.rows import (
+    MESSAGE_STATUSES,
+    TERMINAL_STATUSES,
+    Attempt,
+    DkimState,
+    Domain,
+    DomainState,
+    IdempotentResponse,
+    Member,
+    MemberStatus,
+    MessageRow,
+    MessageStatus,
+    NewAttempt,
+    StatusUpdate,
+    Suppression,
+    WriteOp,
+)
+
+Clock = Callable[[], float]
+
+_INSERT_MESSAGE = """
+INSERT INTO messages (id, queue_id, did, from_domain, mail_from, recipient, subject, category, source,
+                      status, attempts, last_reply, next_attempt_at, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO NOTHING
+"""
+# ON CONFLICT (id) rather than INSERT OR IGNORE: OR IGNORE would also silently skip CHECK failures.
+
+# A None handle keeps the stored one; updated_at moves only when the handle changes.
+_UPSERT_MEMBER = """
+INSERT INTO members (did, handle, status, created_at, updated_at) VALUES (?, ?, 'active', ?, ?)
+ON CONFLICT (did) DO UPDATE SET
+    handle = COALESCE(excluded.handle, handle),
+    updated_at = CASE WHEN excluded.handle IS NOT NULL AND excluded.handle IS NOT handle
+                      THEN excluded.updated_at ELSE updated_at END
+"""
+
+_UPDATE_STATUS = """
+UPDATE messages SET status = ?, updated_at = ?, attempts = COALESCE(?, attempts),
+       last_reply = COALESCE(?, last_reply), next_attempt_at = ?
+WHERE id = ?
+"""
+
+_INSERT_ATTEMPT = """
+INSERT INTO attempts (message_id, at, mx_host, reply, tls, outcome) VALUES (?, ?, ?, ?, ?, ?)
+"""
+
+_TERMINAL = "status IN ({})".format(", ".join(f"'{s}'" for s in TERMINAL_STATUSES))
+
+
+def connect(path: str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
+    """Open, configure and migrate a database file (or ``:memory:``)."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")  # persistent in the file; 'memory' for :memory:
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrations.migrate(conn)
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.DatabaseError):  # locked, not a database, unreadable
+            raise StoreUnavailable(f"cannot open store {path}: {exc}") from exc
+        raise
+    return conn
+
+
+class SqliteStore:
+    def __init__(self, conn: sqlite3.Connection, *, clock: Clock = time.time) -> None:
+        self._conn = conn
+        self._clock = clock
+
+    @classmethod
+    def open(cls, path: str, *, busy_timeout: float = 5.0, clock: Clock = time.time) -> SqliteStore:
+        return cls(connect(path, busy_timeout=busy_timeout), clock=clock)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def schema_version(self) -> int:
+        with _errors():
+            return migrations.current_version(self._conn)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with _errors():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with _errors():
+            return self._conn.execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with _errors():
+            row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
+            return row
+
+    # -- members ------------------------------------------------------------------------------
+
+    def create_member(self, did: str, handle: str | None = None) -> Member:
+        """Create the member, or update its handle; None keeps the stored handle."""
+        now = self._clock()
+        handle = _norm_handle(handle) if handle else None
+        with self._tx() as c:
+            if handle is not None:
+                # atproto handles move between DIDs: the DID that proved it last owns it.
+                c.execute(
+                    "UPDATE members SET handle = NULL, updated_at = ? WHERE handle = ? AND did != ?",
+                    (now, handle, did),
+                )
+            c.execute(_UPSERT_MEMBER, (did, handle, now, now))
+            return _member(c.execute("SELECT * FROM members WHERE did = ?", (did,)).fetchone())
+
+    def get_member(self, did: str) -> Member | None:
+        row = self._one("SELECT * FROM members WHERE did = ?", (did,))
+        return _member(row) if row else None
+
+    def get_member_by_handle(self, handle: str) -> Member | None:
+        row = self._one("SELECT * FROM members WHERE handle = ?", (_norm_handle(handle),))
+        return _member(row) if row else None
+
+    def list_members(self) -> list[Member]:
+        return [_member(r) for r in self._all("SELECT * FROM members ORDER BY created_at, did")]
+
+    def set_member_status(self, did: str, status: MemberStatus, reason: str | None = None) -> Member:
+        """Suspend (with a reason shown on /account) or reactivate (clears the reason)."""
+        reason = reason if status == "suspended" else None
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE members SET status = ?, suspension_reason = ?, updated_at = ? WHERE did = ?",
+                (status, reason, self._clock(), did),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no member {did}")
+            return _member(c.execute("SELECT * FROM members WHERE did = ?", (did,)).fetchone())
+
+    # -- domains ------------------------------------------------------------------------------
+
+    def add_domain(
+        self,
+        did: str,
+        domain: str,
+        *,
+        selector: str,
+        rsa_private: bytes,
+        ed25519_private: bytes,
+        verify_token: str,
+        state: DomainState = "pending",
+    ) -> Domain:
+        """Enroll a domain. Re-adding one's own domain returns the stored row unchanged
+        (its DKIM keys may already be published). ``state="verified"`` is for operator
+        enrollment without DNS checks (``atmos admin enroll --skip-dns``, dev demo)."""
+        domain = normalize_domain(domain)
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM members WHERE did = ?", (did,)).fetchone() is None:
+                raise NotFound(f"no member {did}")
+            existing = c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone()
+            if existing is not None:
+                if existing["did"] != did:
+                    raise DomainTaken(domain)
+                return _domain(existing)
+            # Counted under the write lock, so two processes cannot both add a third domain.
+            (count,) = c.execute("SELECT COUNT(*) FROM domains WHERE did = ?", (did,)).fetchone()
+            if count >= MAX_DOMAINS_PER_DID:
+                raise DomainLimitReached(did)
+            now = self._clock()
+            c.execute(
+                "INSERT INTO domains (domain, did, selector, rsa_private, ed25519_private, verify_token,"
+                " state, created_at, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (domain, did, selector, rsa_private, ed25519_private, verify_token, state, now,
+                 now if state == "verified" else None),
+            )  # fmt: skip
+            return _domain(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone())
+
+    def get_domain(self, domain: str) -> Domain | None:
+        row = self._one("SELECT * FROM domains WHERE domain = ?", (normalize_domain(domain),))
+        return _domain(row) if row else None
+
+    def domains_for(self, did: str) -> list[Domain]:
+        rows = self._all("SELECT * FROM domains WHERE did = ? ORDER BY created_at, domain", (did,))
+        return [_domain(r) for r in rows]
+
+    def set_domain_state(
+        self, domain: str, state: DomainState | None = None, dkim_state: DkimState | None = None
+    ) -> Domain:
+        """Record a DNS check; None leaves that part unchanged. ``verified_at`` keeps the
+        first verification so a DNS hiccup does not restart warming."""
+        domain = normalize_domain(domain)
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE domains SET state = COALESCE(?, state), dkim_state = COALESCE(?, dkim_state),"
+                " verified_at = CASE WHEN COALESCE(?, state) = 'verified' THEN COALESCE(verified_at, ?)"
+                " ELSE verified_at END WHERE domain = ?",
+                (state, dkim_state, state, self._clock(), domain),
+            )
+            return _domain(_updated(c, cur, domain))
+
+    def set_forward_to(self, domain: str, forward_to: str | None) -> Domain:
+        domain = normalize_domain(domain)
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE domains SET forward_to = ? WHERE domain = ?", (forward_to or None, domain)
+            )
+            return _domain(_updated(c, cur, domain))
+
+    # -- API keys -----------------------------------------------------------------------------
+
+    def set_api_key_hash(self, did: str, key_hash: str) -> None:
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM members WHERE did = ?", (did,)).fetchone() is None:
+                raise NotFound(f"no member {did}")
+            c.execute(
+                "INSERT INTO api_keys (did, hash, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (did) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at",
+                (did, key_hash, self._clock()),
+            )
+
+    def get_api_key_hash(self, did: str) -> str | None:
+        row = self._one("SELECT hash FROM api_keys WHERE did = ?", (did,))
+        return str(row["hash"]) if row else None
+
+    # -- messages and attempts ----------------------------------------------------------------
+
+    def insert_messages(self, rows: Sequence[MessageRow]) -> int:
+        """Insert recipient rows; ids already present are skipped (spool recovery replays)."""
+        with self._tx() as c:
+            return _insert_messages(c, rows)
+
+    def update_statuses(self, updates: Sequence[StatusUpdate]) -> int:
+        with self._tx() as c:
+            return _update_statuses(c, updates)
+
+    def add_attempts(self, rows: Sequence[NewAttempt]) -> None:
+        with self._tx() as c:
+            _add_attempts(c, rows)
+
+    def apply_batch(self, ops: Sequence[WriteOp]) -> None:
+        """Apply mixed ops in one transaction: inserts, then updates, then attempts, each
+        kind in submission order. Safe because a row is always inserted before it is updated,
+        and an update for a missing row is a no-op that recovery later re-derives."""
+        with self._tx() as c:
+            _insert_messages(c, [op for op in ops if isinstance(op, MessageRow)])
+            _update_statuses(c, [op for op in ops if isinstance(op, StatusUpdate)])
+            _add_attempts(c, [op for op in ops if isinstance(op, NewAttempt)])
+
+    def get_message(self, message_id: int) -> MessageRow | None:
+        row = self._one("SELECT * FROM messages WHERE id = ?", (message_id,))
+        return _message(row) if row else None
+
+    def list_messages(
+        self,
+        did: str | None = None,
+        status: MessageStatus | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[MessageRow]:
+        """Newest first; page with ``before_id`` = the last id of the previous page."""
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (("did = ?", did), ("status = ?", status), ("id < ?", before_id)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = "SELECT * FROM messages"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._all(sql + " ORDER BY id DESC LIMIT ?", [*params, max(1, limit)])
+        return [_message(r) for r in rows]
+
+    def counts_by_status(self) -> dict[MessageStatus, int]:
+        counts: dict[MessageStatus, int] = dict.fromkeys(MESSAGE_STATUSES, 0)
+        for row in self._all("SELECT status, COUNT(*) AS n FROM messages GROUP BY status"):
+            counts[row["status"]] = int(row["n"])
+        return counts
+
+    def attempts_for(self, message_id: int) -> list[Attempt]:
+        rows = self._all("SELECT * FROM attempts WHERE message_id = ? ORDER BY at, id", (message_id,))
+        return [_attempt(r) for r in rows]
+
+    # -- suppressions -------------------------------------------------------------------------
+
+    def add_suppression(self, did: str, recipient: str, reason: str) -> bool:
+        """True when newly added; an existing entry keeps its first reason and time."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO suppressions (did, recipient, reason, created_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (did, recipient) DO NOTHING",
+                (did, _norm_address(recipient), reason, self._clock()),
+            )
+            return cur.rowcount > 0
+
+    def remove_suppression(self, did: str, recipient: str) -> bool:
+        with self._tx() as c:
+            cur = c.execute(
+                "DELETE FROM suppressions WHERE did = ? AND recipient = ?", (did, _norm_address(recipient))
+            )
+            return cur.rowcount > 0
+
+    def list_suppressions(self, did: str) -> list[Suppression]:
+        rows = self._all(
+            "SELECT * FROM suppressions WHERE did = ? ORDER BY created_at DESC, recipient", (did,)
+        )
+        return [Suppression(**dict(r)) for r in rows]
+
+    def is_suppressed(self, did: str, recipient: str) -> bool:
+        row = self._one(
+            "SELECT 1 FROM suppressions WHERE did = ? AND recipient = ?", (did, _norm_address(recipient))
+        )
+        return row is not None
+
+    # -- idempotency --------------------------------------------------------------------------
+
+    def get_idempotent(self, did: str, key: str) -> IdempotentResponse | None:
+        row = self._one("SELECT * FROM idempotency WHERE did = ? AND key = ?", (did, key))
+        return IdempotentResponse(**dict(row)) if row else None
+
+    def put_idempotent(
+        self,
+        did: str,
+        key: str,
+        request_hash: str,
+        status_code: int,
+        response_json: str,
+        created_at: float | None = None,
+    ) -> bool:
+        """Store the first response for (did, key); False if one is already stored (it wins)."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO idempotency (did, key, request_hash, status_code, response_json, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (did, key) DO NOTHING",
+                (
+                    did,
+                    key,
+                    request_hash,
+                    status_code,
+                    response_json,
+                    self._clock() if created_at is None else created_at,
+                ),
+            )
+            return cur.rowcount > 0
+
+    def purge_idempotent(self, older_than: float) -> int:
+        with self._tx() as c:
+            return c.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,)).rowcount
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def purge(self, now: float) -> int:
+        """Delete terminal message rows (and their attempts) finished over 30 days ago."""
+        cutoff = now - MESSAGE_RETENTION
+        old = f"SELECT id FROM messages WHERE {_TERMINAL} AND updated_at < ?"
+        with self._tx() as c:
+            c.execute(f"DELETE FROM attempts WHERE message_id IN ({old})", (cutoff,))
+            return c.execute(f"DELETE FROM messages WHERE id IN ({old})", (cutoff,)).rowcount
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Translate sqlite3 errors into the backend-neutral StoreError family."""
+    try:
+        yield
+    except (sqlite3.IntegrityError, sqlite3.DataError) as exc:
+        raise InvalidRow(str(exc)) from exc
+    except sqlite3.ProgrammingError:
+        raise  # a bug in this module (closed connection, bad SQL), not an outage
+    except sqlite3.DatabaseError as exc:  # OperationalError: locked, disk full, I/O error
+        raise StoreUnavailable(f"store unavailable: {exc}") from exc
+
+
+def _updated(c: sqlite3.Connection, cur: sqlite3.Cursor, domain: str) -> sqlite3.Row:
+    if cur.rowcount == 0:
+        raise NotFound(f"no domain {domain}")
+    row: sqlite3.Row = c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone()
+    return row
+
+
+def _insert_messages(c: sqlite3.Connection, rows: Sequence[MessageRow]) -> int:
+    params = [
+        (r.id, r.queue_id, r.did, r.from_domain, r.mail_from, r.recipient, r.subject, r.category, r.source,
+         r.status, r.attempts, r.last_reply, r.next_attempt_at, r.created_at, r.updated_at)
+        for r in rows
+    ]  # fmt: skip
+    return c.executemany(_INSERT_MESSAGE, params).rowcount if params else 0
+
+
+def _update_statuses(c: sqlite3.Connection, updates: Sequence[StatusUpdate]) -> int:
+    params = [(u.status, u.at, u.attempts, u.last_reply, u.next_attempt_at, u.id) for u in updates]
+    return c.executemany(_UPDATE_STATUS, params).rowcount if params else 0
+
+
+def _add_attempts(c: sqlite3.Connection, rows: Sequence[NewAttempt]) -> None:
+    params = [(a.message_id, a.at, a.mx_host, a.reply, a.tls, a.outcome) for a in rows]
+    if params:
+        c.executemany(_INSERT_ATTEMPT, params)
+
+
+def _norm_handle(handle: str) -> str:
+    return handle.strip().lstrip("@").lower()
+
+
+def _norm_address(address: str) -> str:
+    return address.strip().lower()
+
+
+def _member(row: sqlite3.Row) -> Member:
+    return Member(**dict(row))
+
+
+def _domain(row: sqlite3.Row) -> Domain:
+    return Domain(**dict(row))
+
+
+def _message(row: sqlite3.Row) -> MessageRow:
+    return MessageRow(**dict(row))
+
+
+def _attempt(row: sqlite3.Row) -> Attempt:
+    return Attempt(**{**dict(row), "tls": bool(row["tls"])})

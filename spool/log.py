@@ -1,0 +1,439 @@
+"""SpoolLog: the synchronous core: segments on disk, the index in memory, no trio.
+
+One writer per directory (an flock on ``LOCK`` enforces it); any number of read-only readers
+(``open_readonly``) may scan beside it. A write goes through four steps so that the async
+committer can run the blocking ones in a thread and the cheap ones on the event loop:
+
+    draft   (caller)      encode the envelope, CRC the message bytes; no shared state
+    seal    (event loop)  allocate ids in log order, finish headers
+    write   (thread)      roll the segment if needed, one write, one fdatasync
+    apply   (event loop)  update the index; only now is anything visible or acknowledged
+
+``append``/``transition`` chain the four for synchronous callers (tests, tools).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spool import segment
+from spool.errors import SpoolFull, SpoolUnavailable, classify
+from spool.index import Index
+from spool.message import Accepted, Envelope, QueuedMessage
+from spool.record import HEADER_SIZE, MessageDraft, draft_message, encode_transition, seal_message
+from spool.recovery import RecoveryReport, Scan, scan
+from spool.transition import Transition
+
+log = logging.getLogger("spool")
+
+DEFAULT_SEGMENT_BYTES = 64 << 20
+LOCK_FILE = "LOCK"
+
+
+@dataclass(slots=True)
+class TransitionDraft:
+    changes: tuple[Transition, ...]
+    records: bytes  # framed TRANSITION records, back to back
+
+    @property
+    def size(self) -> int:
+        return len(self.records)
+
+
+Draft = MessageDraft | TransitionDraft
+
+
+@dataclass(slots=True)
+class Sealed:
+    """A batch ready to write: its bytes, and where each draft lands in them."""
+
+    drafts: list[Draft]
+    chunks: list[bytes] = field(default_factory=list)
+    first_ids: list[int] = field(default_factory=list)  # per draft; -1 for transitions
+    offsets: list[int] = field(default_factory=list)  # per draft, from the batch start
+    nbytes: int = 0
+    counter: int = 0  # the id counter before this batch: the name of a segment opened for it
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    segment: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    live_messages: int
+    live_recipients: int
+    bytes: int  # total size of all segment files
+    segments: int
+    commits: int  # group commits (one fdatasync each)
+    appends: int  # drafts committed (a message, or one transition call)
+    mean_batch: float  # appends per commit
+
+
+class SpoolLog:
+    def __init__(self, directory: Path, *, segment_bytes: int, max_bytes: int | None, readonly: bool) -> None:
+        """Use ``SpoolLog.open`` or ``SpoolLog.open_readonly``."""
+        if segment_bytes <= HEADER_SIZE:
+            raise ValueError("segment_bytes is too small")
+        self.directory = Path(directory)
+        self.readonly = readonly
+        self._segment_bytes = segment_bytes
+        self._max_bytes = max_bytes
+        self._index = Index()
+        self._sizes: dict[int, int] = {}
+        self._bytes = 0
+        self._readers: dict[int, int] = {}
+        self._lock_fd = -1
+        self._cur_seq = 0
+        self._cur_fd = -1
+        self._rolled = False
+        self._poisoned = False  # never append to the current segment again (failed fdatasync or undo)
+        self._closed = False
+        self.next_id = 1
+        self.commits = 0
+        self.appends = 0
+        self.report: RecoveryReport
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, directory: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, max_bytes: int | None = None
+    ) -> SpoolLog:
+        """Lock the directory, recover (truncate, quarantine, compact) and get ready to append."""
+        self = cls(directory, segment_bytes=segment_bytes, max_bytes=max_bytes, readonly=False)
+        try:
+            self._open_writable()
+        except OSError as exc:
+            self.close()
+            raise classify(exc, f"recovering the spool in {self.directory}") from exc
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    @classmethod
+    def open_readonly(cls, directory: Path) -> SpoolLog:
+        """Scan without locking or changing anything; safe beside a running server."""
+        self = cls(directory, segment_bytes=DEFAULT_SEGMENT_BYTES, max_bytes=None, readonly=True)
+        started = time.monotonic()
+        found = scan(self.directory, self._index, readonly=True)
+        self._adopt(found.sizes, found.next_id)
+        self.report = self._report(found, 0, started)
+        return self
+
+    def _open_writable(self) -> None:
+        started = time.monotonic()
+        if not self.directory.exists():
+            self.directory.mkdir(parents=True)
+            segment.fsync_dir(self.directory.parent)
+        self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpoolUnavailable(f"{self.directory} is in use by another process") from None
+        found = scan(self.directory, self._index, readonly=False)
+        self._adopt(found.sizes, found.next_id)
+        if self._sizes:
+            self._cur_seq = max(self._sizes)
+            self._cur_fd = os.open(self.directory / segment.name(self._cur_seq), os.O_RDWR | os.O_CLOEXEC)
+        else:
+            self._cur_seq = self.next_id
+            self._cur_fd = segment.create(self.directory, self._cur_seq)
+            self._sizes[self._cur_seq] = 0
+            self._index.add_segment(self._cur_seq)
+        self._rolled = True  # reap every segment replay left unreferenced
+        victims = self.reap()
+        self.unlink(victims)
+        self.report = self._report(found, len(victims), started)
+        log.info("spool recovered: %s", self.report)
+
+    def _adopt(self, sizes: dict[int, int], next_id: int) -> None:
+        self._sizes = dict(sizes)
+        self._bytes = sum(sizes.values())
+        self.next_id = next_id
+        self._index.freed.clear()
+
+    def _report(self, found: Scan, compacted: int, started: float) -> RecoveryReport:
+        return RecoveryReport(
+            segments=len(self._sizes),
+            records=found.records,
+            messages_live=len(self._index.messages),
+            recipients_live=self._index.live_rcpts,
+            truncated_bytes=found.truncated_bytes,
+            torn_tail=found.torn_tail,
+            quarantined=tuple(found.quarantined),
+            orphan_transitions=self._index.orphans,
+            compacted_segments=compacted,
+            next_id=self.next_id,
+            seconds=time.monotonic() - started,
+            readonly=self.readonly,
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        for fd in [*self._readers.values(), self._cur_fd, self._lock_fd]:
+            if fd >= 0:
+                os.close(fd)
+        self._readers.clear()
+        self._cur_fd = self._lock_fd = -1
+
+    def __enter__(self) -> SpoolLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- read side -------------------------------------------------------------------------------
+
+    def get(self, queue_id: int) -> QueuedMessage | None:
+        return self._index.messages.get(queue_id)
+
+    def live(self) -> Iterator[QueuedMessage]:
+        """Every live message, oldest first (a snapshot)."""
+        return self._index.live()
+
+    def read_data(self, queue_id: int) -> bytes:
+        """The raw message bytes of a live message (KeyError if it is not live)."""
+        msg = self._index.messages.get(queue_id)
+        if msg is None:
+            raise KeyError(queue_id)
+        if self._closed:
+            raise SpoolUnavailable("spool is closed")
+        try:
+            fd = self._readers.get(msg.segment)
+            if fd is None:
+                fd = os.open(self.directory / segment.name(msg.segment), os.O_RDONLY | os.O_CLOEXEC)
+                self._readers[msg.segment] = fd
+            data = os.pread(fd, msg.length, msg.offset)
+        except OSError as exc:
+            raise SpoolUnavailable(f"reading message {queue_id}: {exc.strerror or exc}") from exc
+        if len(data) != msg.length:
+            raise SpoolUnavailable(f"reading message {queue_id}: segment {msg.segment} is short")
+        return data
+
+    def stats(self) -> SpoolStats:
+        return SpoolStats(
+            live_messages=len(self._index.messages),
+            live_recipients=self._index.live_rcpts,
+            bytes=self._bytes,
+            segments=len(self._sizes),
+            commits=self.commits,
+            appends=self.appends,
+            mean_batch=self.appends / self.commits if self.commits else 0.0,
+        )
+
+    # -- synchronous writes ----------------------------------------------------------------------
+
+    def append(self, envelope: Envelope, data: bytes) -> Accepted:
+        """Durably append one message (fdatasync'ed before this returns)."""
+        draft = self.draft_message(envelope, data)
+        if not self.has_room(draft.size):
+            raise SpoolFull("spool is at its size limit")
+        (result,) = self.commit([draft])
+        assert result is not None
+        return result
+
+    def transition(self, changes: Iterable[Transition]) -> None:
+        """Durably record state changes (fdatasync'ed before this returns)."""
+        draft = self.draft_transitions(changes)
+        if draft is not None:
+            self.commit([draft])
+
+    def commit(self, drafts: list[Draft]) -> list[Accepted | None]:
+        sealed = self.seal(drafts)
+        written = self.write(sealed)
+        results = self.apply(sealed, written)
+        self.unlink(self.reap())
+        return results
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def draft_message(self, envelope: Envelope, data: bytes) -> MessageDraft:
+        _check_envelope(envelope)
+        return draft_message(envelope, bytes(data))
+
+    def draft_transitions(self, changes: Iterable[Transition]) -> TransitionDraft | None:
+        """Encode the changes that can still matter; None when none can.
+
+        A change to a message that is no longer live, or to a recipient already terminal, is
+        dropped here (apply would ignore it anyway): it races a delivery or a delete and lost.
+        """
+        keep = []
+        for t in changes:
+            msg = self._index.messages.get(t.queue_id)
+            if msg is None:
+                if t.queue_id >= self.next_id or t.queue_id <= 0:
+                    raise ValueError(f"no message {t.queue_id} was ever queued")
+                continue
+            if not 0 <= t.rcpt_id - t.queue_id < len(msg.states):
+                raise ValueError(f"recipient {t.rcpt_id} is not part of message {t.queue_id}")
+            if not msg.states[t.rcpt_id - t.queue_id].terminal:
+                keep.append(t)
+        if not keep:
+            return None
+        return TransitionDraft(tuple(keep), b"".join(encode_transition(t) for t in keep))
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether ``max_bytes`` lets the spool grow by ``nbytes`` (checked for messages only:
+        transitions are how messages become terminal and space is freed, so refusing them when
+        full would wedge the spool)."""
+        return self._max_bytes is None or self._bytes + nbytes <= self._max_bytes
+
+    def seal(self, drafts: list[Draft]) -> Sealed:
+        """Allocate ids (in log order) and lay the batch out. Cheap: runs on the event loop."""
+        s = Sealed(drafts, counter=self.next_id)
+        chunks = s.chunks
+        pos = 0
+        for d in drafts:
+            s.offsets.append(pos)
+            if isinstance(d, MessageDraft):
+                first = self.next_id
+                self.next_id += d.nrcpts  # never rolled back: a failed batch's ids stay unused
+                header, suffix = seal_message(d, first)
+                chunks += (header, d.prefix, d.data, suffix)
+                s.first_ids.append(first)
+                pos += d.size
+            else:
+                chunks.append(d.records)
+                s.first_ids.append(-1)
+                pos += d.size
+        s.nbytes = pos
+        return s
+
+    def write(self, s: Sealed) -> Written:
+        """One write and one fdatasync for the whole batch (blocking: runs in a thread).
+
+        On failure the segment is cut back to where the batch began, so the log stays a valid
+        sequence of acknowledged records, and the error is raised for every draft in the batch.
+        """
+        if self.readonly:
+            raise SpoolUnavailable("spool opened read-only")
+        if self._cur_fd < 0:
+            raise SpoolUnavailable("spool is closed")
+        cur = self._sizes[self._cur_seq]
+        if self._poisoned or (cur > 0 and cur + s.nbytes > self._segment_bytes):
+            try:
+                self._roll(s.counter)
+            except OSError as exc:
+                raise classify(exc, "creating a spool segment") from exc
+        fd, start = self._cur_fd, self._sizes[self._cur_seq]
+        buf = memoryview(b"".join(s.chunks))
+        done = 0
+        try:
+            while done < len(buf):
+                done += _pwrite(fd, buf[done:], start + done)
+        except OSError as exc:
+            self._undo(fd, start, poison=False)
+            raise classify(exc, "writing the spool") from exc
+        try:
+            # One fdatasync per batch is the point of group commit; nothing in the batch is
+            # acknowledged before it returns.
+            os.fdatasync(fd)
+        except OSError as exc:
+            # After a failed fdatasync the page cache may no longer match the disk ("fsyncgate"):
+            # keep what is acknowledged, but write new batches to a fresh segment.
+            self._undo(fd, start, poison=True)
+            raise classify(exc, "syncing the spool") from exc
+        self._sizes[self._cur_seq] = start + done
+        self._bytes += done
+        return Written(self._cur_seq, start)
+
+    def _undo(self, fd: int, start: int, *, poison: bool) -> None:
+        try:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError as exc:
+            # The tail is unknown: never append after it. The next batch opens a fresh segment and
+            # recovery quarantines whatever is left here.
+            log.error("spool: cannot truncate a failed batch (%s); rolling to a new segment", exc)  # noqa: TRY400
+            poison = True
+        self._poisoned = self._poisoned or poison
+
+    def _roll(self, counter: int) -> None:
+        # The name is at least the id counter (a high-water mark that survives compaction) and
+        # strictly greater than the current segment's (names must stay unique and ordered).
+        seq = max(counter, self._cur_seq + 1)
+        fd = segment.create(self.directory, seq)
+        old = self._cur_fd
+        self._cur_fd, self._cur_seq = fd, seq
+        self._sizes[seq] = 0
+        self._rolled, self._poisoned = True, False
+        os.close(old)
+
+    def apply(self, s: Sealed, w: Written) -> list[Accepted | None]:
+        """Make a durable batch visible: index its records. Returns one result per draft."""
+        index = self._index
+        index.add_segment(w.segment)
+        results: list[Accepted | None] = []
+        for d, first, rel in zip(s.drafts, s.first_ids, s.offsets, strict=True):
+            if isinstance(d, MessageDraft):
+                data_at = w.offset + rel + HEADER_SIZE + len(d.prefix)
+                index.add(first, d.envelope, w.segment, data_at, len(d.data))
+                results.append(Accepted(first, tuple(range(first, first + d.nrcpts))))
+            else:
+                for t in d.changes:
+                    index.apply(t, w.segment)
+                results.append(None)
+        self.commits += 1
+        self.appends += len(s.drafts)
+        return results
+
+    def reap(self) -> list[int]:
+        """Forget segments no live message needs (never the current one); returns them, oldest first.
+
+        The caller must then ``unlink`` them, in the returned order.
+        """
+        if not (self._index.freed or self._rolled):
+            return []
+        self._index.freed.clear()
+        self._rolled = False
+        victims = sorted(seq for seq in self._index.unreferenced() if seq != self._cur_seq)
+        for seq in victims:
+            self._index.drop_segment(seq)
+            self._bytes -= self._sizes.pop(seq, 0)
+            fd = self._readers.pop(seq, None)
+            if fd is not None:
+                os.close(fd)
+        return victims
+
+    def unlink(self, victims: list[int]) -> None:
+        """Delete reaped segments, oldest first, each durably before the next (blocking).
+
+        Order matters: a message is stored in the oldest segment that mentions it, so if a crash
+        keeps only some deletions, what survives is a newer segment's orphan transitions
+        (harmless), never an old copy of a message whose "sent" record is gone (a resend).
+        """
+        for seq in victims:
+            try:
+                os.unlink(self.directory / segment.name(seq))
+                segment.fsync_dir(self.directory)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                # Stop here: deleting a later one could break the order above. Recovery will find
+                # the rest unreferenced and delete them at the next start.
+                log.error("spool: cannot delete segment %s: %s", seq, exc)  # noqa: TRY400
+                return
+            log.info("spool: compacted segment %s", seq)
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> int:
+    n = os.pwrite(fd, data, offset)
+    if n <= 0:  # a regular file never does this, but a zero would loop forever
+        raise OSError(errno.EIO, "pwrite wrote nothing")
+    return n
+
+
+def _check_envelope(env: Envelope) -> None:
+    if not env.rcpts:
+        raise ValueError("a message needs at least one recipient")

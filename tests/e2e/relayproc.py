@@ -1,0 +1,143 @@
+"""Run the real ``atmos serve`` as a subprocess on free loopback ports, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trustme
+
+ROOT = Path(__file__).resolve().parents[2]
+ATMOS = [sys.executable, "-m", "relay"]
+
+
+@dataclass
+class TLSFiles:
+    ca: trustme.CA
+    cert: Path
+    key: Path
+    ca_pem: Path
+
+
+def make_tls(directory: Path) -> TLSFiles:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1", "relay.test")
+    cert, key, ca_pem = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    return TLSFiles(ca, cert, key, ca_pem)
+
+
+@dataclass
+class RelayProcess:
+    base: Path
+    tls: TLSFiles
+    extra_toml: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[str] | None = None
+    submission: tuple[str, int] = ("", 0)
+    http: str = ""
+    output: list[str] = field(default_factory=list)
+    _drainer: threading.Thread | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.base / "atmos.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.base / "state"
+
+    def write_config(self) -> None:
+        self.config_path.write_text(
+            f'operator_domain = "relay.test"\nstate_dir = "{self.state_dir}"\n'
+            '[smtp]\nsubmission_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\nshutdown_grace = 3.0\n'
+            '[http]\naddr = "127.0.0.1:0"\n'
+            f'[tls]\ncert_file = "{self.tls.cert}"\nkey_file = "{self.tls.key}"\n' + self.extra_toml
+        )
+
+    def full_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"ATMOS_ADMIN_TOKEN": "admin-token-" + "x" * 20, "ATMOS_SECRET_KEY": "secret-key-" + "y" * 24,
+                    "PYTHONPATH": str(ROOT), "ATMOS_LOG_LEVEL": "WARNING"})
+        env.update(self.env)
+        return env
+
+    def start(self, timeout: float = 30.0) -> RelayProcess:
+        if not self.config_path.exists():
+            self.write_config()
+        self.output = []
+        self.proc = subprocess.Popen(
+            [*ATMOS, "serve", "--config", str(self.config_path)], cwd=self.base, env=self.full_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                rc = self.proc.wait()
+                self.proc.stdout.close()
+                raise RuntimeError(f"relay exited rc={rc}:\n" + "".join(self.output))
+            self.output.append(line)
+            if line.startswith("ATMOS_READY "):
+                ready = json.loads(line.split(" ", 1)[1])
+                host, _, port = ready["submission"][0].rpartition(":")
+                self.submission = (host, int(port))
+                self.http = ready["http"][0]
+                self._drainer = threading.Thread(target=self._drain, daemon=True)
+                self._drainer.start()
+                return self
+        raise RuntimeError("relay did not become ready:\n" + "".join(self.output))
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def admin(self, *args: str, check: bool = True) -> Any:
+        res = subprocess.run([*ATMOS, "admin", "--config", str(self.config_path), *args, "--json"],
+                             cwd=self.base, env=self.full_env(), capture_output=True, text=True, timeout=60)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"atmos admin {args} failed rc={res.returncode}: {res.stderr}")
+        return json.loads(res.stdout) if res.returncode == 0 else res
+
+    def enroll(self, did: str, domain: str, handle: str | None = None) -> dict[str, Any]:
+        if not self.config_path.exists():
+            self.write_config()
+        args = ["enroll", "--did", did, "--domain", domain, "--skip-dns"]
+        if handle:
+            args += ["--handle", handle]
+        result: dict[str, Any] = self.admin(*args)
+        return result
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
+        self._close_output()
+        return rc
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._close_output()
+
+    def _close_output(self) -> None:
+        if self._drainer is not None:
+            self._drainer.join(timeout=10)
+            self._drainer = None
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()

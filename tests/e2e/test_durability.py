@@ -1,0 +1,190 @@
+"""The durability promise, proven against the real process: a 250/200 means on disk.
+
+kill -9 at random moments over 20 cycles while several SMTP and HTTP clients
+submit; after each kill every acknowledged message is in the spool byte-for-byte
+and exactly once. Also: a full spool answers 452 and loses nothing; SIGTERM
+closes listeners first and idle sessions get 421.
+"""
+
+from __future__ import annotations
+
+import collections
+import email
+import random
+import signal
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from email import policy
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spool import SpoolLog
+from tests.e2e.conftest import message
+from tests.e2e.relayproc import RelayProcess, TLSFiles
+
+DID = "did:plc:durableaaaaaaaaaaaaaaaaa"
+DOMAIN = "durable.example.com"
+
+
+def spool_by_message_id(relay: RelayProcess) -> dict[str, list[bytes]]:
+    log = SpoolLog.open_readonly(relay.state_dir / "spool")
+    found: dict[str, list[bytes]] = collections.defaultdict(list)
+    for queued in log.live():
+        data = log.read_data(queued.queue_id)
+        mid = email.message_from_bytes(data, policy=policy.compat32)["Message-ID"]
+        found[str(mid)].append(data)
+    return found
+
+
+class Clients:
+    """Submitters that record exactly what the relay acknowledged."""
+
+    def __init__(self, relay: RelayProcess, key: str, ctx: ssl.SSLContext, tag: str) -> None:
+        self.relay, self.key, self.ctx, self.tag = relay, key, ctx, tag
+        self.acked: dict[str, bytes] = {}
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def smtp_worker(self, n: int) -> None:
+        try:
+            s = smtplib.SMTP(*self.relay.submission, timeout=5)
+        except OSError:
+            return
+        try:
+            s.starttls(context=self.ctx)
+            s.login(DID, self.key)
+            i = 0
+            while not self.stop.is_set():
+                mid = f"<{self.tag}-s{n}-{i}@test>"
+                data = message(f"a@{DOMAIN}", "x@example.org", subject="d", body=f"{mid}\r\n" + ("z" * 76 + "\r\n") * 20)
+                data = data.replace(b"<d@test>", mid.encode())
+                s.sendmail(f"a@{DOMAIN}", ["x@example.org"], data)  # raises unless 250
+                with self.lock:
+                    self.acked[mid] = data
+                i += 1
+        except (OSError, smtplib.SMTPException):
+            return  # the relay was killed under us: only what was acknowledged counts
+        finally:
+            s.close()
+
+    def http_worker(self, n: int) -> None:
+        headers = {"Authorization": f"Bearer {self.key}", "X-Atmos-DID": DID}
+        i = 0
+        with httpx.Client(timeout=5) as client:
+            while not self.stop.is_set():
+                subject = f"{self.tag}-h{n}-{i}"
+                try:
+                    r = client.post(f"{self.relay.http}/v1/send", headers=headers, json={
+                        "from": f"a@{DOMAIN}", "to": "y@example.org", "subject": subject, "text": "x" * 1500})
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    with self.lock:
+                        self.acked[f"http:{r.json()['accepted'][0]['messageId']}"] = subject.encode()
+                i += 1
+
+    def run_until_killed(self, seconds: float) -> None:
+        threads = [threading.Thread(target=self.smtp_worker, args=(n,)) for n in range(3)]
+        threads += [threading.Thread(target=self.http_worker, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        self.relay.kill()
+        self.stop.set()
+        for t in threads:
+            t.join(timeout=15)
+
+
+def verify(relay: RelayProcess, acked: dict[str, bytes]) -> None:
+    by_mid = spool_by_message_id(relay)
+    log = SpoolLog.open_readonly(relay.state_dir / "spool")
+    for key, sent in acked.items():
+        if key.startswith("http:"):
+            queued = log.get(int(key[5:]))
+            assert queued is not None, f"acknowledged HTTP message {key} lost"
+            assert sent in log.read_data(queued.queue_id)
+        else:
+            copies = by_mid.get(key, [])
+            assert len(copies) == 1, f"acknowledged {key}: {len(copies)} copies in the spool"
+            assert copies[0] == sent, f"{key} differs from what was acknowledged"
+    ids = [q.queue_id for q in log.live()]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.slow
+def test_kill9_never_loses_an_acknowledged_message(tmp_path: Path, tls_files: TLSFiles,
+                                                    client_ctx: ssl.SSLContext) -> None:
+    relay = RelayProcess(base=tmp_path, tls=tls_files)
+    key = relay.enroll(DID, DOMAIN)["api_key"]
+    rng = random.Random(20261125)
+    acked: dict[str, bytes] = {}
+    smtp_acked = 0
+    for cycle in range(20):
+        relay.start()
+        clients = Clients(relay, key, client_ctx, f"c{cycle}")
+        clients.run_until_killed(rng.uniform(0.5, 2.0))
+        acked.update(clients.acked)
+        smtp_acked += sum(1 for k in clients.acked if not k.startswith("http:"))
+        verify(relay, acked)
+    assert len(acked) > 200, f"only {len(acked)} messages acknowledged: the test did not exercise much"
+    assert smtp_acked > 100, f"only {smtp_acked} SMTP messages acknowledged"
+    relay.start()  # recovery after the last kill keeps everything too
+    relay.stop()
+    verify(relay, acked)
+
+
+def test_full_spool_is_452_and_loses_nothing(tmp_path: Path, tls_files: TLSFiles,
+                                            client_ctx: ssl.SSLContext) -> None:
+    relay = RelayProcess(base=tmp_path, tls=tls_files, extra_toml="[spool]\nmax_bytes = 40000\n")
+    key = relay.enroll(DID, DOMAIN)["api_key"]
+    relay.start()
+    s = smtplib.SMTP(*relay.submission, timeout=10)
+    s.starttls(context=client_ctx)
+    s.login(DID, key)
+    acked: dict[str, bytes] = {}
+    refused = None
+    for i in range(60):
+        mid = f"<full-{i}@test>"
+        data = message(f"a@{DOMAIN}", "x@example.org", subject="d", body=("q" * 76 + "\r\n") * 26)
+        data = data.replace(b"<d@test>", mid.encode())
+        s.mail(f"a@{DOMAIN}")
+        s.rcpt("x@example.org")
+        code, text = s.data(data)
+        if code == 250:
+            acked[mid] = data
+        else:
+            refused = (code, text)
+            break
+    assert refused is not None and refused[0] == 452 and b"4.3.1" in refused[1], refused
+    r = httpx.post(f"{relay.http}/v1/send", headers={"Authorization": f"Bearer {key}", "X-Atmos-DID": DID},
+                   json={"from": f"a@{DOMAIN}", "to": "y@example.org", "subject": "s", "text": "t " * 3000})
+    assert r.status_code == 507 and r.json()["code"] == "INSUFFICIENT_STORAGE"
+    s.quit()
+    assert relay.stop() == 0
+    relay.start()
+    verify(relay, acked)
+    relay.stop()
+
+
+def test_sigterm_closes_listeners_idle_sessions_get_421(tmp_path: Path, tls_files: TLSFiles) -> None:
+    relay = RelayProcess(base=tmp_path, tls=tls_files)
+    relay.enroll(DID, DOMAIN)
+    relay.start()
+    idle = socket.create_connection(relay.submission, timeout=10)
+    assert idle.recv(1024).startswith(b"220")
+    idle.sendall(b"EHLO idle.test\r\n")
+    time.sleep(0.2)
+    idle.recv(4096)
+    with idle:
+        assert relay.stop(signal.SIGTERM) == 0
+        rest = b""
+        while chunk := idle.recv(4096):
+            rest += chunk
+    assert rest.startswith(b"421"), rest
+    with pytest.raises(OSError):
+        socket.create_connection(relay.submission, timeout=2)
