@@ -53,6 +53,10 @@ from relay.smtp.reply import Reply
 
 
 class State(enum.Enum):
+    # Identity hash in C: Enum's default hashes the name in Python, and the
+    # transition table is looked up on every command.
+    __hash__ = object.__hash__
+
     GREETING = "greeting"  # connected; the app has not sent its greeting yet
     INIT = "init"  # greeted; EHLO/HELO expected
     READY = "ready"  # after EHLO: no mail transaction
@@ -65,6 +69,8 @@ class State(enum.Enum):
 
 
 class Cmd(enum.Enum):
+    __hash__ = object.__hash__
+
     EHLO = "EHLO"
     HELO = "HELO"
     STARTTLS = "STARTTLS"
@@ -98,6 +104,8 @@ TRANSITIONS: dict[tuple[State, Cmd], State] = {
     (S.RCPT, C.RCPT): S.RCPT,
     (S.RCPT, C.DATA): S.DATA,
 }
+
+_VERBS = {cmd.value: cmd for cmd in Cmd}
 
 #: Commands whose success is one specific code; for the others any 2xx.
 SUCCESS_CODE = {C.STARTTLS: 220, C.DATA: 354, C.QUIT: 221}
@@ -289,9 +297,8 @@ class ServerConnection:
             return text
         verb, _, arg = text.partition(" ")
         verb, arg = verb.upper(), arg.strip()
-        try:
-            cmd = Cmd(verb)
-        except ValueError:
+        cmd = _VERBS.get(verb)
+        if cmd is None:
             return self._unknown(verb)
         refusal = self._refuse(cmd)
         if refusal is not None:

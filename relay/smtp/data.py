@@ -50,7 +50,8 @@ class DataReader:
         """
         last_lf = buf.rfind(b"\n")
         if last_lf >= 0:
-            block = bytes(buf[: last_lf + 1])
+            with memoryview(buf) as view, view[: last_lf + 1] as head:
+                block = bytes(head)  # one copy (buf[:n] would make two)
             end, resume = self._find_end(block)
             if end >= 0:
                 self._take(block[:end])
@@ -83,20 +84,20 @@ class DataReader:
         """Account for complete lines (``part`` ends in LF, or is empty)."""
         if self.bare or not part:
             return
-        crlf = part.count(b"\r\n")
+        lines = part.split(b"\r\n")  # the last item is b"" (part ends in CRLF) unless bare
+        crlf = len(lines) - 1
         if part.count(b"\n") != crlf or part.count(b"\r") != crlf:
             self.bare = True
             self._parts.clear()
             return
         if self.too_big:
             return
+        if not self.long_line and len(part) > self._max_line:
+            # Only a part longer than one full line can hold an over-long line.
+            self.long_line = max(map(len, lines)) > self._max_line - 2
         # §4.5.2: a line starting with "." lost its first dot on the way in.
         body = part[1:] if self._crlf_start and part.startswith(b".") else part
-        body = body.replace(b"\r\n.", b"\r\n")
-        if len(part) > self._max_line and not self.long_line:
-            # Only a part longer than one full line can hold an over-long line.
-            self.long_line = max(map(len, part.split(b"\r\n"))) > self._max_line - 2
-        self._add(body)
+        self._add(body.replace(b"\r\n.", b"\r\n"))
 
     def _drop_partial(self, buf: bytearray) -> None:
         """An unfinished line reached ``max_line``: it is too long; drop all but its last byte.

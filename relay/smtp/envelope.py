@@ -104,6 +104,8 @@ def _split_path(text: str, bad: Reply) -> tuple[str, str]:
 
 def _closing_bracket(text: str) -> int:
     """Index of the ``>`` that closes the path, skipping quoted strings."""
+    if '"' not in text:
+        return text.find(">")
     quoted, i = False, 1
     while i < len(text):
         ch = text[i]

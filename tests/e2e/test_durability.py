@@ -49,33 +49,42 @@ class Clients:
         self.acked: dict[str, bytes] = {}
         self.stop = threading.Event()
         self.lock = threading.Lock()
+        self.ready = threading.Semaphore(0)  # released once per worker after its (bcrypt-priced) AUTH
 
     def smtp_worker(self, n: int) -> None:
+        released = False
         try:
-            s = smtplib.SMTP(*self.relay.submission, timeout=5)
-        except OSError:
-            return
-        try:
-            s.starttls(context=self.ctx)
-            s.login(DID, self.key)
-            i = 0
-            while not self.stop.is_set():
-                mid = f"<{self.tag}-s{n}-{i}@test>"
-                data = message(f"a@{DOMAIN}", "x@example.org", subject="d", body=f"{mid}\r\n" + ("z" * 76 + "\r\n") * 20)
-                data = data.replace(b"<d@test>", mid.encode())
-                s.sendmail(f"a@{DOMAIN}", ["x@example.org"], data)  # raises unless 250
-                with self.lock:
-                    self.acked[mid] = data
-                i += 1
+            with smtplib.SMTP(*self.relay.submission, timeout=5) as s:
+                s.starttls(context=self.ctx)
+                s.login(DID, self.key)
+                self.ready.release()
+                released = True
+                i = 0
+                while not self.stop.is_set():
+                    mid = f"<{self.tag}-s{n}-{i}@test>"
+                    data = message(f"a@{DOMAIN}", "x@example.org", subject="d",
+                                   body=f"{mid}\r\n" + ("z" * 76 + "\r\n") * 20)
+                    data = data.replace(b"<d@test>", mid.encode())
+                    s.sendmail(f"a@{DOMAIN}", ["x@example.org"], data)  # raises unless 250
+                    with self.lock:
+                        self.acked[mid] = data
+                    i += 1
         except (OSError, smtplib.SMTPException):
             return  # the relay was killed under us: only what was acknowledged counts
         finally:
-            s.close()
+            if not released:
+                self.ready.release()
 
     def http_worker(self, n: int) -> None:
         headers = {"Authorization": f"Bearer {self.key}", "X-Atmos-DID": DID}
         i = 0
         with httpx.Client(timeout=5) as client:
+            try:
+                client.get(f"{self.relay.http}/v1/messages/1", headers=headers)  # warm the key cache
+            except httpx.HTTPError:
+                return
+            finally:
+                self.ready.release()
             while not self.stop.is_set():
                 subject = f"{self.tag}-h{n}-{i}"
                 try:
@@ -93,6 +102,8 @@ class Clients:
         threads += [threading.Thread(target=self.http_worker, args=(n,)) for n in range(2)]
         for t in threads:
             t.start()
+        for _ in threads:  # the kill timer starts once every client is submitting
+            self.ready.acquire(timeout=20)
         time.sleep(seconds)
         self.relay.kill()
         self.stop.set()
@@ -127,12 +138,12 @@ def test_kill9_never_loses_an_acknowledged_message(tmp_path: Path, tls_files: TL
     for cycle in range(20):
         relay.start()
         clients = Clients(relay, key, client_ctx, f"c{cycle}")
-        clients.run_until_killed(rng.uniform(0.5, 2.0))
+        clients.run_until_killed(rng.uniform(0.2, 1.2))
         acked.update(clients.acked)
         smtp_acked += sum(1 for k in clients.acked if not k.startswith("http:"))
         verify(relay, acked)
-    assert len(acked) > 200, f"only {len(acked)} messages acknowledged: the test did not exercise much"
-    assert smtp_acked > 100, f"only {smtp_acked} SMTP messages acknowledged"
+    assert len(acked) > 100, f"only {len(acked)} messages acknowledged: the test did not exercise much"
+    assert smtp_acked > 50, f"only {smtp_acked} SMTP messages acknowledged"
     relay.start()  # recovery after the last kill keeps everything too
     relay.stop()
     verify(relay, acked)
