@@ -51,7 +51,10 @@ def test_only_spool_calls_fsync() -> None:
             assert "fsync(" not in text and "fdatasync(" not in text, f"{path} calls fsync"
 
 
-SANS_IO = ["relay/smtp/core.py", "relay/smtp/events.py", "relay/smtp/reply.py"]
+SANS_IO = [
+    "relay/smtp/core.py", "relay/smtp/events.py", "relay/smtp/reply.py", "relay/smtp/lines.py",
+    "relay/smtp/envelope.py", "relay/smtp/data.py", "relay/smtp/limits.py",
+]
 
 
 @pytest.mark.parametrize("rel", SANS_IO)

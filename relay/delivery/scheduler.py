@@ -1,0 +1,321 @@
+"""The delivery scheduler: one service that moves spooled recipients to sent or bounced (DESIGN §5).
+
+It owns the in-memory schedule (a heap of due times per queue id) and the set of
+recipients in flight; the spool owns durable state. Work is grouped by
+destination domain: each domain has its own queue and at most
+``per_destination`` workers, all workers share one relay-wide limit, and a
+worker delivers its domain's jobs one after another so the transport can reuse
+a connection (RSET between messages).
+
+One transaction per recipient: the envelope sender is a VERP address carrying
+that recipient's id, so a bounce names exactly whom it is about (DESIGN §5).
+
+Ordering of effects after an attempt: the spool transition is made durable
+first, then the store row is queued, then (for a bounce) the DSN is spooled. A
+crash between the remote's 250 and our transition redelivers the message on
+restart: delivery is at-least-once, never zero times.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from relay.delivery import verp
+from relay.delivery.dsn import FailedRecipient, build_dsn
+from relay.delivery.retry import DEFAULT_POLICY, Decision, Outcome, OutcomeKind, RetryPolicy, decide
+from relay.store.rows import NewAttempt, StatusUpdate
+from relay.store.writer import StatusWriter
+from spool import Envelope, QueuedMessage, Spool, SpoolError, State, Transition
+
+log = logging.getLogger("relay.delivery")
+
+_STORE_STATUS = {"sent": "sent", "bounced": "bounced", "deferred": "deferred"}
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    outcome: Outcome
+    mx_host: str | None = None
+    tls: bool = False
+
+
+class Transport(Protocol):
+    async def attempt(self, domain: str, mail_from: str, rcpt: str, data: bytes) -> AttemptResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    operator_domain: str
+    secret: bytes
+    reporting_mta: str
+    max_concurrency: int = 50
+    per_destination: int = 5
+    policy: RetryPolicy = DEFAULT_POLICY
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    queue_id: int
+    rcpt_id: int
+    rcpt: str
+    domain: str
+
+
+@dataclass
+class _Destination:
+    jobs: deque[Job] = field(default_factory=deque)
+    workers: int = 0
+    paused: bool = False
+
+
+class Scheduler:
+    def __init__(
+        self,
+        spool: Spool,
+        writer: StatusWriter,
+        transport: Transport,
+        config: SchedulerConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._spool = spool
+        self._writer = writer
+        self._transport = transport
+        self._cfg = config
+        self._now = clock
+        self._heap: list[tuple[float, int]] = []
+        self._in_flight: set[int] = set()  # rcpt ids
+        self._queued: set[int] = set()  # rcpt ids waiting in a destination queue
+        self._dest: dict[str, _Destination] = defaultdict(_Destination)
+        self._limit = trio.CapacityLimiter(config.max_concurrency)
+        self._wakeup = trio.Event()
+        self._stopping = False
+        self._nursery: trio.Nursery | None = None
+        self._workers_scope = trio.CancelScope()
+        self._idle = trio.Event()
+        self.delivered = 0
+        self.bounced = 0
+        self.deferred = 0
+
+    # ---- service -------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for msg in self._spool.live():
+            self._push(self._first_due(msg), msg.queue_id)
+        with self._workers_scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while not self._stopping:
+                    timeout = self._dispatch_due()
+                    with trio.move_on_after(timeout):
+                        await self._wakeup.wait()
+                    self._wakeup = trio.Event()
+                # Stopping: no new jobs; in-flight deliveries finish (or are cancelled by shutdown()).
+                self._drop_queued()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop dispatching; in-flight deliveries get ``grace`` seconds, then are cancelled (they stay spooled)."""
+        self._stopping = True
+        self._wakeup.set()
+        with trio.move_on_after(grace):
+            while self._in_flight:
+                await trio.sleep(0.05)
+        self._workers_scope.cancel()
+
+    def notify(self, queue_id: int) -> None:
+        """A new message was accepted: deliver it now (called on the accept path, never blocks)."""
+        self._push(self._now(), queue_id)
+        self._wakeup.set()
+
+    # ---- operator actions (admin API / console) --------------------------------------------
+    async def hold(self, queue_id: int) -> int:
+        return await self._set_state(queue_id, State.HELD, "held", "held by operator",
+                                     lambda st: st.state in (State.ACCEPTED, State.DEFERRED, State.RELEASED))
+
+    async def release(self, queue_id: int) -> int:
+        n = await self._set_state(queue_id, State.RELEASED, "accepted", "released by operator",
+                                  lambda st: st.state is State.HELD)
+        self.notify(queue_id)
+        return n
+
+    async def delete(self, queue_id: int) -> int:
+        return await self._set_state(queue_id, State.DELETED, "bounced", "deleted by operator (no DSN sent)",
+                                     lambda st: not st.terminal)
+
+    async def retry_now(self, queue_id: int) -> int:
+        n = await self._set_state(queue_id, State.DEFERRED, "deferred", "retry requested by operator",
+                                  lambda st: st.state is State.DEFERRED, next_attempt_at=self._now())
+        self.notify(queue_id)
+        return n
+
+    def pause(self, domain: str, paused: bool = True) -> None:
+        self._dest[domain.lower()].paused = paused
+        self._wakeup.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def _set_state(self, queue_id: int, state: State, store_status: str, note: str,
+                         which: Callable[..., bool], next_attempt_at: float | None = None) -> int:
+        msg = self._spool.get(queue_id)
+        if msg is None:
+            return 0
+        changes = [Transition(queue_id, rid, state, attempts=st.attempts, next_attempt_at=next_attempt_at, info=note)
+                   for rid, _, st in msg.recipients() if which(st) and rid not in self._in_flight]
+        if changes:
+            await self._spool.transition(changes)
+            now = self._now()
+            self._writer.submit_nowait([StatusUpdate(id=c.rcpt_id, status=store_status, at=now,  # type: ignore[arg-type]
+                                                     last_reply=note, next_attempt_at=next_attempt_at)
+                                        for c in changes])
+        return len(changes)
+
+    # ---- dispatch ------------------------------------------------------------------------
+    def _push(self, due: float, queue_id: int) -> None:
+        heapq.heappush(self._heap, (due, queue_id))
+
+    def _first_due(self, msg: QueuedMessage) -> float:
+        dues = [st.next_attempt_at or 0.0 for _, _, st in msg.recipients() if _pending(st.state)]
+        return min(dues, default=0.0)
+
+    def _dispatch_due(self) -> float:
+        """Queue every due recipient; return seconds until the next due time (inf if none)."""
+        now = self._now()
+        while self._heap and self._heap[0][0] <= now:
+            _, queue_id = heapq.heappop(self._heap)
+            msg = self._spool.get(queue_id)
+            if msg is not None:
+                self._queue_recipients(msg, now)
+        for domain, dest in self._dest.items():
+            self._start_workers(domain, dest)
+        if not self._heap:
+            return float("inf")
+        return max(0.0, self._heap[0][0] - now)
+
+    def _queue_recipients(self, msg: QueuedMessage, now: float) -> None:
+        later: list[float] = []
+        for rid, rcpt, st in msg.recipients():
+            if not _pending(st.state) or rid in self._in_flight or rid in self._queued:
+                continue
+            if st.next_attempt_at is not None and st.next_attempt_at > now:
+                later.append(st.next_attempt_at)
+                continue
+            domain = rcpt.rpartition("@")[2].lower()
+            self._dest[domain].jobs.append(Job(msg.queue_id, rid, rcpt, domain))
+            self._queued.add(rid)
+        if later:
+            self._push(min(later), msg.queue_id)
+
+    def _start_workers(self, domain: str, dest: _Destination) -> None:
+        assert self._nursery is not None
+        while dest.jobs and not dest.paused and dest.workers < self._cfg.per_destination and not self._stopping:
+            dest.workers += 1
+            self._nursery.start_soon(self._worker, domain, dest)
+
+    def _drop_queued(self) -> None:
+        for dest in self._dest.values():
+            dest.jobs.clear()
+        self._queued.clear()
+
+    async def _worker(self, domain: str, dest: _Destination) -> None:
+        try:
+            while dest.jobs and not dest.paused and not self._stopping:
+                job = dest.jobs.popleft()
+                self._queued.discard(job.rcpt_id)
+                self._in_flight.add(job.rcpt_id)
+                try:
+                    async with self._limit:
+                        await self._deliver(job)
+                except SpoolError as exc:  # cannot record the outcome: retry later from the spool's state
+                    log.exception("spool error recording delivery of %s: %s", job.rcpt_id, exc)
+                    self._push(self._now() + 60, job.queue_id)
+                finally:
+                    self._in_flight.discard(job.rcpt_id)
+        finally:
+            dest.workers -= 1
+
+    # ---- one attempt -----------------------------------------------------------------------
+    async def _deliver(self, job: Job) -> None:
+        msg = self._spool.get(job.queue_id)
+        if msg is None:
+            return
+        st = msg.recipient(job.rcpt_id)
+        if not _pending(st.state):
+            return
+        data = await trio.to_thread.run_sync(self._spool.read_data, job.queue_id)
+        env = msg.envelope
+        # Null reverse-path stays null (a DSN); everything else goes out with a VERP sender.
+        mail_from = verp.encode(job.rcpt_id, secret=self._cfg.secret, domain=self._cfg.operator_domain) \
+            if env.mail_from else ""
+        try:
+            result = await self._transport.attempt(job.domain, mail_from, job.rcpt, data)
+        except Exception as exc:  # a bug in a transport must not kill the scheduler: retry later
+            log.exception("transport failed for %s", job.rcpt_id)
+            result = AttemptResult(Outcome(OutcomeKind.CONNECTION_FAILED, f"local error: {type(exc).__name__}"))
+        now = self._now()
+        attempts = st.attempts + 1
+        decision = decide(result.outcome, attempts=attempts, now=now, arrival=env.arrival, policy=self._cfg.policy)
+        await self._spool.transition([Transition(job.queue_id, job.rcpt_id, State(decision.state), attempts=attempts,
+                                                 next_attempt_at=decision.next_attempt_at,
+                                                 reply=result.outcome.text)])
+        self._record(job, decision, result, attempts, now)
+        if decision.state == "deferred" and decision.next_attempt_at is not None:
+            self._push(decision.next_attempt_at, job.queue_id)
+            self._wakeup.set()
+        elif decision.state == "bounced" and env.mail_from:
+            await self._bounce(env, data, job, decision, result, now)
+        log.info("delivery %s to=%s via=%s tls=%s -> %s: %s", job.rcpt_id, job.rcpt, result.mx_host,
+                 result.tls, decision.state, result.outcome.text)
+
+    def _record(self, job: Job, decision: Decision, result: AttemptResult, attempts: int, now: float) -> None:
+        if decision.state == "sent":
+            self.delivered += 1
+        elif decision.state == "bounced":
+            self.bounced += 1
+        else:
+            self.deferred += 1
+        self._writer.submit_nowait([
+            StatusUpdate(id=job.rcpt_id, status=_STORE_STATUS[decision.state], at=now,  # type: ignore[arg-type]
+                         attempts=attempts, last_reply=result.outcome.text,
+                         next_attempt_at=decision.next_attempt_at),
+            NewAttempt(message_id=job.rcpt_id, at=now, mx_host=result.mx_host, reply=result.outcome.text,
+                       tls=result.tls, outcome=decision.state),
+        ])
+
+    async def _bounce(self, env: Envelope, data: bytes, job: Job, decision: Decision, result: AttemptResult,
+                      now: float) -> None:
+        """RFC 3464 DSN to the original envelope sender, with a null reverse-path (never bounce a bounce)."""
+        dsn = build_dsn(
+            reporting_mta=self._cfg.reporting_mta,
+            original_envelope_from=env.mail_from,
+            original_headers=_headers(data),
+            failed=[FailedRecipient(recipient=job.rcpt, status=decision.status, action="failed",
+                                    remote_mta=result.mx_host, diagnostic=result.outcome.text, last_attempt=now)],
+            arrival=env.arrival,
+            now=now,
+            message_id_domain=self._cfg.operator_domain,
+            from_address=f"MAILER-DAEMON@{self._cfg.operator_domain}",
+        )
+        bounce_env = Envelope(mail_from="", rcpts=(env.mail_from,), did=env.did,
+                              attrs={"dsn": "1", "source": "dsn", "subject": "Undelivered Mail Returned to Sender",
+                                     "original_rcpt_id": str(job.rcpt_id)}, arrival=now)
+        accepted = await self._spool.accept(bounce_env, dsn)
+        self.notify(accepted.queue_id)
+
+
+def _pending(state: State) -> bool:
+    return state in (State.ACCEPTED, State.DEFERRED, State.RELEASED)
+
+
+def _headers(data: bytes) -> bytes:
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
