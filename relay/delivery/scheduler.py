@@ -125,9 +125,9 @@ class Scheduler:
         """Stop dispatching; in-flight deliveries get ``grace`` seconds, then are cancelled (they stay spooled)."""
         self._stopping = True
         self._wakeup.set()
-        with trio.move_on_after(grace):
-            while self._in_flight:
-                await trio.sleep(0.05)
+        if self._in_flight:
+            with trio.move_on_after(grace):
+                await self._idle.wait()
         self._workers_scope.cancel()
 
     def notify(self, queue_id: int) -> None:
@@ -236,10 +236,12 @@ class Scheduler:
                     async with self._limit:
                         await self._deliver(job)
                 except SpoolError as exc:  # cannot record the outcome: retry later from the spool's state
-                    log.exception("spool error recording delivery of %s: %s", job.rcpt_id, exc)
+                    log.error("spool error recording delivery of %s: %s", job.rcpt_id, exc)
                     self._push(self._now() + 60, job.queue_id)
                 finally:
                     self._in_flight.discard(job.rcpt_id)
+                    if self._stopping and not self._in_flight:
+                        self._idle.set()
         finally:
             dest.workers -= 1
 
