@@ -12,12 +12,14 @@ import hashlib
 import hmac
 import json
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from relay.address import is_did, is_domain, normalize_domain
 from relay.apikey import generate_api_key, hash_api_key
-from relay.config import Config
+from relay.config import Addr, Config
 from relay.dkimkeys import SecretBox, new_domain_keys
 from relay.store import open_store
 from relay.store.base import DomainLimitReached, DomainTaken, Store
@@ -54,6 +56,11 @@ def add_parser(sub: Any) -> None:
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     qlist = qsub.add_parser("list")
     qlist.add_argument("--json", action="store_true")
+    for name in ("show", "retry", "hold", "release", "delete"):
+        p = qsub.add_parser(name, help=f"{name} a queued message (talks to the running relay)")
+        p.add_argument("queue_id", type=int)
+        p.add_argument("--url", help="the relay's HTTP base URL (default: from state/run.json)")
+        p.add_argument("--json", action="store_true")
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -148,6 +155,10 @@ def members(cfg: Config, args: argparse.Namespace) -> Any:
 
 
 def queue(cfg: Config, args: argparse.Namespace) -> Any:
+    if args.queue_command == "show":
+        return _relay_api(cfg, args.url, "GET", f"/admin/api/queue/{args.queue_id}")
+    if args.queue_command != "list":
+        return _relay_api(cfg, args.url, "POST", f"/admin/api/queue/{args.queue_id}/{args.queue_command}")
     from spool import SpoolLog
 
     spool_dir = cfg.state_path / "spool"
@@ -165,6 +176,34 @@ def queue(cfg: Config, args: argparse.Namespace) -> Any:
             "size": msg.length, "attrs": dict(msg.envelope.attrs),
         })
     return out
+
+
+def base_url(cfg: Config) -> str:
+    """The running relay's HTTP URL: what it wrote to state/run.json at start, else the config."""
+    try:
+        run = json.loads((cfg.state_path / "run.json").read_text())
+        return str(run["http"][0])
+    except (OSError, ValueError, KeyError, IndexError):
+        host = cfg.http.addr.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        return f"http://{Addr(host, cfg.http.addr.port)}"
+
+
+def _relay_api(cfg: Config, url: str | None, method: str, path: str) -> Any:
+    target = (url or base_url(cfg)).rstrip("/") + path
+    req = urllib.request.Request(target, method=method, data=b"" if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {cfg.admin_token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            detail = exc.reason
+        raise AdminError(f"{method} {path}: {exc.code} {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise AdminError(f"cannot reach the relay at {target}: {exc} (is `atmos serve` running?)") from None
 
 
 def _human(result: Any) -> str:

@@ -8,6 +8,7 @@ from relay.acceptor import Acceptor
 from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
 from relay.config import Config
+from relay.delivery.scheduler import Scheduler
 from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
 from spool import Spool
@@ -22,3 +23,4 @@ class Services:
     keys: ApiKeyCache
     auth: Authenticator
     acceptor: Acceptor
+    scheduler: Scheduler | None = None

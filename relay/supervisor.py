@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -76,6 +77,9 @@ async def run_relay(
             bound.submission = await root.start(smtp.serve)
             http_stop = trio.Event()
             bound.http = await root.start(_serve_http, services, http_stop)
+            run_file = cfg.state_path / "run.json"
+            run_file.write_text(bound.as_json())  # lets `atmos admin` find a relay bound to port 0
+            root.start_soon(_retention, store)
             task_status.started(bound)
             await shutdown.wait()
             log.info("shutting down: closing listeners")
@@ -83,9 +87,24 @@ async def run_relay(
                 await smtp.shutdown(cfg.smtp.shutdown_grace)
             http_stop.set()
             await writer.flush()
+            run_file.unlink(missing_ok=True)
             root.cancel_scope.cancel()
     finally:
         sync_store.close()
+
+
+async def _retention(store: AsyncStore, every: float = 3600.0) -> None:
+    """Purge terminal message rows after 30 days and idempotency records after 24 h (DESIGN §4)."""
+    while True:
+        now = time.time()
+        try:
+            purged = await store.purge(now)
+            await store.purge_idempotent(now - 24 * 3600)
+            if purged:
+                log.info("retention: purged %d terminal message rows", purged)
+        except Exception:
+            log.exception("retention purge failed; will try again")
+        await trio.sleep(every)
 
 
 def _submission_config(cfg: Config) -> SmtpServerConfig:

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from relay.errors import PayloadTooLarge, RelayError
 from relay.services import Services
-from web import api
+from web import admin, api
 
 log = logging.getLogger("web")
 
@@ -26,6 +26,7 @@ def create_app(services: Services) -> QuartTrio:
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["atmos"] = services
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(admin.blueprint)
 
     @app.errorhandler(RelayError)
     async def relay_error(exc: RelayError) -> Response:

@@ -1,0 +1,115 @@
+"""The operator's HTTP API (/admin/api): queue inspection and actions (DESIGN §3).
+
+Bearer admin token (``ATMOS_ADMIN_TOKEN``), compared in constant time. The
+``atmos admin queue ...`` commands and the console use these endpoints, because
+only the running relay may write its spool.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from quart import Blueprint, Response, jsonify, request
+
+from relay.errors import AuthFailed, AuthRequired, InvalidRequest
+from relay.services import Services
+from spool import QueuedMessage
+from web.api import services
+
+blueprint = Blueprint("admin", __name__)
+ACTIONS = ("retry", "hold", "release", "delete")
+
+
+def require_admin() -> Services:
+    svc = services()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthRequired("Authorization: Bearer <admin token> required")
+    if not hmac.compare_digest(token.strip().encode(), svc.cfg.admin_token.encode()):
+        raise AuthFailed("admin token rejected")
+    return svc
+
+
+def queued_json(msg: QueuedMessage, now: float) -> dict[str, Any]:
+    env = msg.envelope
+    return {
+        "queue_id": msg.queue_id, "did": env.did, "from": env.mail_from, "size": msg.length,
+        "arrival": env.arrival, "age_seconds": round(now - env.arrival, 1), "attrs": dict(env.attrs),
+        "recipients": [{"id": rid, "address": addr, "state": st.state.value, "attempts": st.attempts,
+                        "next_attempt_at": st.next_attempt_at, "last_reply": st.reply, "info": st.info}
+                       for rid, addr, st in msg.recipients()],
+    }
+
+
+@blueprint.get("/admin/api/queue")
+async def queue_list() -> Response:
+    svc = require_admin()
+    now = time.time()
+    state = request.args.get("state")
+    items = [queued_json(m, now) for m in svc.spool.live()]
+    if state:
+        items = [i for i in items if any(r["state"] == state for r in i["recipients"])]
+    return jsonify({"messages": items, "stats": _stats(svc)})
+
+
+@blueprint.get("/admin/api/queue/<int:queue_id>")
+async def queue_show(queue_id: int) -> Response:
+    svc = require_admin()
+    msg = svc.spool.get(queue_id)
+    rows = []
+    ids = msg.rcpt_ids if msg is not None else (queue_id,)
+    for rid in ids:
+        row = await svc.store.get_message(rid)
+        if row is None:
+            continue
+        attempts = await svc.store.attempts_for(rid)
+        rows.append({"id": rid, "recipient": row.recipient, "status": row.status, "last_reply": row.last_reply,
+                     "timeline": [{"at": a.at, "mx_host": a.mx_host, "reply": a.reply, "tls": a.tls,
+                                   "outcome": a.outcome} for a in attempts]})
+    if msg is None and not rows:
+        return _not_found(queue_id)
+    return jsonify({"queued": queued_json(msg, time.time()) if msg else None, "store": rows})
+
+
+@blueprint.post("/admin/api/queue/<int:queue_id>/<action>")
+async def queue_action(queue_id: int, action: str) -> Response:
+    svc = require_admin()
+    if action not in ACTIONS:
+        raise InvalidRequest(f"action: expected one of {', '.join(ACTIONS)}, got {action!r}")
+    if svc.scheduler is None:
+        raise InvalidRequest("delivery is not running on this relay")
+    if svc.spool.get(queue_id) is None:
+        return _not_found(queue_id)
+    method = {"retry": svc.scheduler.retry_now, "hold": svc.scheduler.hold,
+              "release": svc.scheduler.release, "delete": svc.scheduler.delete}[action]
+    changed = await method(queue_id)
+    return jsonify({"queue_id": queue_id, "action": action, "changed": changed})
+
+
+@blueprint.post("/admin/api/destinations/<domain>/<action>")
+async def destination_action(domain: str, action: str) -> Response:
+    svc = require_admin()
+    if action not in ("pause", "resume"):
+        raise InvalidRequest(f"action: expected pause or resume, got {action!r}")
+    if svc.scheduler is None:
+        raise InvalidRequest("delivery is not running on this relay")
+    svc.scheduler.pause(domain, action == "pause")
+    return jsonify({"domain": domain.lower(), "paused": action == "pause"})
+
+
+def _stats(svc: Services) -> dict[str, Any]:
+    st = svc.spool.stats()
+    out: dict[str, Any] = {"live_messages": st.live_messages, "live_recipients": st.live_recipients,
+                           "bytes": st.bytes, "segments": st.segments}
+    if svc.scheduler is not None:
+        out.update(in_flight=svc.scheduler.in_flight, delivered=svc.scheduler.delivered,
+                   deferred=svc.scheduler.deferred, bounced=svc.scheduler.bounced)
+    return out
+
+
+def _not_found(queue_id: int) -> Response:
+    resp = jsonify({"error": f"no queued message {queue_id}", "code": "NOT_FOUND"})
+    resp.status_code = 404
+    return resp
