@@ -8,11 +8,14 @@ The bcrypt check runs off the event loop and successful checks are cached
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from relay.address import is_did
 from relay.apikey import ApiKeyCache
 from relay.errors import AuthFailed, InvalidDid, MemberSuspended
 from relay.store.aio import AsyncStore
+from relay.store.base import Store
+from relay.store.rows import Domain, Member
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,18 +47,23 @@ class Authenticator:
 
     async def authenticate(self, username: str, api_key: str) -> Principal:
         did = await self.resolve_did(username)
-        member = await self._store.get_member(did)
-        stored = await self._store.get_api_key_hash(did) if member is not None else None
+        member, stored, domains = await self._store.call(partial(_lookup, did))
         if member is None or stored is None or not await self._keys.verify(did, api_key, stored):
             raise AuthFailed()
         # Checked only after the key: a suspension is not disclosed to someone without the key.
         if member.status == "suspended":
             reason = f"member suspended: {member.suspension_reason}" if member.suspension_reason else None
             raise MemberSuspended(reason)
-        domains = await self._store.domains_for(did)
         return Principal(
             did=did,
             handle=member.handle,
             domains=frozenset(d.domain for d in domains if d.state == "verified"),
             pending=frozenset(d.domain for d in domains if d.state != "verified"),
         )
+
+
+def _lookup(did: str, store: Store) -> tuple[Member | None, str | None, list[Domain]]:
+    member = store.get_member(did)
+    if member is None:
+        return None, None, []
+    return member, store.get_api_key_hash(did), store.domains_for(did)

@@ -100,8 +100,10 @@ async def _send(svc: Services, principal: Principal) -> Response:
     transactional = req.category in TRANSACTIONAL
     accepted_rcpts: list[str] = []
     rejected: list[dict[str, Any]] = []
-    for rcpt in req.to:
-        if not transactional and await svc.store.is_suppressed(principal.did, rcpt):
+    suppressed = [False] * len(req.to) if transactional else await svc.store.call(
+        lambda s: [s.is_suppressed(principal.did, r) for r in req.to])
+    for rcpt, is_suppressed in zip(req.to, suppressed, strict=True):
+        if is_suppressed:
             rejected.append({"recipient": rcpt, "reason": "suppressed recipient", "code": "SUPPRESSED"})
         else:
             accepted_rcpts.append(rcpt)

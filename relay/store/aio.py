@@ -43,6 +43,10 @@ class AsyncStore:
     async def _run(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
+    async def call(self, fn: Callable[[Store], T]) -> T:
+        """Several reads in one worker-thread hop (each hop costs the event loop a wake-up)."""
+        return await self._run(functools.partial(fn, self._store))
+
     async def aclose(self) -> None:
         await self._run(self._store.close)
 

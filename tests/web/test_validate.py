@@ -78,3 +78,24 @@ def test_compose_non_ascii_subject_is_encoded() -> None:
     assert raw.isascii() is False or b"=?utf-8?" in raw
     msg = email.message_from_bytes(raw, policy=policy.default)
     assert msg["Subject"] == "Grüße ✉"
+
+
+@pytest.mark.parametrize("text", ["plain ascii", "Grüße, ça va? ✉", "x" * 3000, "line1\nline2\r\n.dot\n", ""])
+def test_compose_body_round_trips(text: str) -> None:
+    raw = compose(parse(text=text, html="<p>" + text + "</p>"))  # type: ignore[arg-type]
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    plain, html = list(msg.iter_parts())
+    assert plain.get_content().replace("\r\n", "\n").rstrip("\n") == text.replace("\r\n", "\n").rstrip("\n")
+    assert html.get_content_type() == "text/html"
+    assert text.replace("\r\n", "\n").rstrip("\n")[:50] in html.get_content().replace("\r\n", "\n")
+
+
+def test_compose_html_only_and_long_custom_header() -> None:
+    long = "v" * 50 + " " + "w" * 60 + " " + "z" * 40
+    raw = compose(parse(text=None, html="<b>hi</b>", headers={"X-Long": long, "X-Uni": "naïve"}))  # type: ignore[arg-type]
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert msg.get_content_type() == "text/html"
+    assert msg["X-Long"] == long and msg["X-Uni"] == "naïve"
+    assert all(len(line) <= 78 for line in raw.split(b"\r\n\r\n")[0].split(b"\r\n"))
