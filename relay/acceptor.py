@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from relay.address import domain_of
@@ -35,6 +35,7 @@ class Acceptor:
         self._spool = spool
         self._writer = writer
         self.accepted_messages = 0
+        self.on_accept: Callable[[int], None] | None = None  # the scheduler's notify
 
     async def accept(
         self, *, did: str, mail_from: str, rcpts: Iterable[str], data: bytes, attrs: Mapping[str, str]
@@ -55,6 +56,8 @@ class Acceptor:
             raise QueueUnavailable() from None
         self.accepted_messages += 1
         self._writer.submit_nowait(rows_for(result.queue_id, result.rcpt_ids, envelope))
+        if self.on_accept is not None:
+            self.on_accept(result.queue_id)
         return Accepted(result.queue_id, tuple(result.rcpt_ids))
 
 
@@ -86,5 +89,7 @@ def reconcile_rows(live: Iterable[QueuedMessage]) -> list[MessageRow]:
     """Store rows for every live spool message (INSERT OR IGNORE makes replays harmless)."""
     rows: list[MessageRow] = []
     for msg in live:
+        if msg.envelope.attrs.get("dsn"):
+            continue  # bounces the relay generated are not a member's messages
         rows.extend(rows_for(msg.queue_id, msg.rcpt_ids, msg.envelope))
     return rows

@@ -73,8 +73,15 @@ class TlsConfig:
 @dataclass(frozen=True, slots=True)
 class DeliveryConfig:
     port: int = 25
-    relayhost: str = ""  # optional smarthost host:port
-    nameservers: tuple[str, ...] = ()  # empty: the system resolver
+    relayhost: str = ""  # optional smarthost: "[host]:port" (no MX lookup) or "host:port"
+    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system resolver
+    tls: str = "may"  # may (opportunistic) | verify | none  (Postfix smtp_tls_security_level)
+    max_concurrency: int = 100  # deliveries in flight relay-wide
+    per_destination: int = 5  # concurrent connections per destination domain
+    retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
+    allow_loopback_mx: bool = False  # tests: MX records pointing at 127.0.0.1
+    capture: bool = True  # dev only, without relayhost: deliver to the built-in capture sink
+    shutdown_grace: float = 10.0  # in-flight deliveries get this long at SIGTERM
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +211,14 @@ def _validate(cfg: Config) -> None:
     for key, value in (("limits.message_size", cfg.limits.message_size),
                        ("limits.json_body", cfg.limits.json_body),
                        ("limits.recipients_per_message", cfg.limits.recipients_per_message)):
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if cfg.delivery.tls not in ("may", "verify", "none"):
+        raise ConfigError(f"delivery.tls: expected may, verify or none, got {cfg.delivery.tls!r}")
+    if not cfg.delivery.retry_schedule or any(d <= 0 for d in cfg.delivery.retry_schedule):
+        raise ConfigError("delivery.retry_schedule: a non-empty list of positive seconds")
+    for key, value in (("delivery.max_concurrency", cfg.delivery.max_concurrency),
+                       ("delivery.per_destination", cfg.delivery.per_destination)):
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
     if not cfg.store_url.startswith(("sqlite:///", "postgresql://")):

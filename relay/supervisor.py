@@ -28,7 +28,14 @@ from relay.acceptor import Acceptor, reconcile_rows
 from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
 from relay.config import Config
+from relay.delivery.client import ConnectionPool
+from relay.delivery.retry import RetryPolicy
+from relay.delivery.routing import Resolver
+from relay.delivery.scheduler import Scheduler, SchedulerConfig
+from relay.delivery.sink import CaptureSink
+from relay.delivery.transport import SmtpTransport
 from relay.services import Services
+from relay.smtp.client import TlsPolicy
 from relay.smtp.limits import Limits
 from relay.smtp.server import SmtpServer, SmtpServerConfig
 from relay.store import open_store
@@ -36,7 +43,7 @@ from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
 from relay.submission import SubmissionHandler
 from relay.tlscert import server_context
-from spool import Spool
+from spool import Spool, SpoolError
 
 log = logging.getLogger("relay.supervisor")
 
@@ -47,9 +54,11 @@ class Bound:
 
     submission: list[tuple[str, int]] = field(default_factory=list)
     http: list[str] = field(default_factory=list)
+    capture: list[tuple[str, int]] = field(default_factory=list)
 
     def as_json(self) -> str:
-        return json.dumps({"submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http})
+        return json.dumps({"submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http,
+                           "capture": [f"{h}:{p}" for h, p in self.capture]})
 
 
 async def run_relay(
@@ -70,9 +79,12 @@ async def run_relay(
             if rows:  # rows lost to a crash before the batched writer flushed
                 await store.insert_messages(rows)
             keys = ApiKeyCache()
-            services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
-                                auth=Authenticator(store, keys), acceptor=Acceptor(spool, writer))
+            acceptor = Acceptor(spool, writer)
             bound = Bound()
+            scheduler, pool = await _start_delivery(cfg, root, spool, writer, bound)
+            acceptor.on_accept = scheduler.notify
+            services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
+                                auth=Authenticator(store, keys), acceptor=acceptor, scheduler=scheduler)
             smtp = SmtpServer(_submission_config(cfg), SubmissionHandler(services.auth, store, services.acceptor))
             bound.submission = await root.start(smtp.serve)
             http_stop = trio.Event()
@@ -86,11 +98,41 @@ async def run_relay(
             with trio.move_on_after(cfg.smtp.shutdown_grace + 5):
                 await smtp.shutdown(cfg.smtp.shutdown_grace)
             http_stop.set()
+            log.info("shutting down: in-flight deliveries get %.0f s", cfg.delivery.shutdown_grace)
+            await scheduler.shutdown(cfg.delivery.shutdown_grace)
+            with trio.move_on_after(5):
+                await pool.aclose()
             await writer.flush()
             run_file.unlink(missing_ok=True)
             root.cancel_scope.cancel()
     finally:
         sync_store.close()
+
+
+async def _start_delivery(
+    cfg: Config, root: trio.Nursery, spool: Spool, writer: StatusWriter, bound: Bound
+) -> tuple[Scheduler, ConnectionPool]:
+    """Transport (routing + SMTP client + connection pool), then the scheduler over the spool."""
+    relayhost = cfg.delivery.relayhost
+    if cfg.dev and not relayhost and cfg.delivery.capture:
+        # Dev: everything goes to the built-in capture sink, so a newcomer sees send -> deliver offline.
+        sink = CaptureSink(cfg.state_path / "captured", hostname="capture.localhost", ssl_context=server_context(cfg))
+        host, port = await root.start(sink.serve)
+        bound.capture = [(host, port)]
+        relayhost = f"[{host}]:{port}"
+    pool = ConnectionPool()
+    await root.start(pool.run)
+    transport = SmtpTransport(
+        Resolver.from_config(cfg.delivery), pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
+        relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls), allow_loopback_mx=cfg.delivery.allow_loopback_mx,
+    )
+    scheduler = Scheduler(spool, writer, transport, SchedulerConfig(
+        operator_domain=cfg.operator_domain, secret=cfg.secret_key, reporting_mta=cfg.banner_host,
+        max_concurrency=cfg.delivery.max_concurrency, per_destination=cfg.delivery.per_destination,
+        policy=RetryPolicy(schedule=cfg.delivery.retry_schedule),
+    ))
+    await root.start(scheduler.run)
+    return scheduler, pool
 
 
 async def _retention(store: AsyncStore, every: float = 3600.0) -> None:
@@ -159,6 +201,9 @@ def _announce(cfg: Config, bound: Bound) -> None:
         lines.append(f"  SMTP submission   {host}:{port}  (STARTTLS, then AUTH PLAIN/LOGIN)")
     for url in bound.http:
         lines.append(f"  HTTP API          {url}/v1/send   health {url}/healthz")
+    for host, port in bound.capture:
+        lines.append(f"  capture sink      {host}:{port}  (dev: all outbound mail lands in "
+                     f"{cfg.state_path / 'captured'})")
     if cfg.dev and bound.submission and http_url:
         store = open_store(cfg.store_url)
         try:
@@ -177,10 +222,25 @@ def serve_forever(cfg: Config) -> int:
         trio.run(_main, cfg)
     except KeyboardInterrupt:
         pass
-    except OSError as exc:  # e.g. address already in use: say which, no traceback
-        print(f"atmos serve: {exc}", file=sys.stderr)
+    except (OSError, SpoolError, BaseExceptionGroup) as exc:
+        # e.g. a port already in use: say which, without a traceback.
+        found = _first_oserror(exc)
+        if found is None:
+            raise
+        print(f"atmos serve: cannot start: {found}", file=sys.stderr)
         return 1
     return 0
+
+
+def _first_oserror(exc: BaseException) -> OSError | SpoolError | None:
+    if isinstance(exc, OSError | SpoolError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_oserror(inner)
+            if found is not None:
+                return found
+    return None
 
 
 __all__ = ["Bound", "partial", "run_relay", "serve_forever"]

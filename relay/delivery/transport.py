@@ -1,0 +1,84 @@
+"""The real transport behind the scheduler: route (MX, relayhost) then SMTP (DESIGN §5).
+
+MX hosts are tried in preference order (RFC 5321 §5.1) while they cannot be
+reached, refuse the session or break off; the first host that answers for the
+recipient decides this attempt (a 4xx there defers, it does not fall through to
+the next MX, as in Postfix).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+
+from relay.delivery.client import ConnectionPool, DeliveryResult, deliver
+from relay.delivery.retry import Outcome, OutcomeKind
+from relay.delivery.routing import MxHost, Resolver, Route, RoutingError, route
+from relay.delivery.scheduler import AttemptResult
+from relay.smtp.client import ClientTimeouts, TlsPolicy
+
+log = logging.getLogger("relay.delivery")
+
+
+class SmtpTransport:
+    def __init__(
+        self,
+        resolver: Resolver,
+        pool: ConnectionPool,
+        *,
+        helo_name: str,
+        port: int = 25,
+        relayhost: str = "",
+        tls_policy: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
+        timeouts: ClientTimeouts | None = None,
+        allow_loopback_mx: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._resolver = resolver
+        self._pool = pool
+        self._helo = helo_name
+        self._port = port
+        self._relayhost = relayhost
+        self._tls = tls_policy
+        self._timeouts = timeouts or ClientTimeouts()
+        self._allow_loopback = allow_loopback_mx or bool(relayhost)
+        self._ssl_context = ssl_context
+
+    async def attempt(self, domain: str, mail_from: str, rcpt: str, data: bytes) -> AttemptResult:
+        try:
+            found = await route(domain, resolver=self._resolver, port=self._port, relayhost=self._relayhost)
+        except RoutingError as exc:
+            kind = OutcomeKind.DNS_PERMANENT if exc.permanent else OutcomeKind.DNS_TEMPORARY
+            return AttemptResult(Outcome(kind, str(exc), exc.enhanced))
+        hosts = self._usable(found)
+        if not hosts:
+            # Never deliver to ourselves: an MX on loopback would loop mail back into the relay.
+            text = f"{domain}: every MX host resolves to a loopback address"
+            return AttemptResult(Outcome(OutcomeKind.DNS_PERMANENT, text, "5.4.6"))
+        smtputf8 = not (mail_from.isascii() and rcpt.isascii())
+        last: DeliveryResult | None = None
+        for host in hosts:
+            result = await deliver(host.addresses, found.port, host.name, mail_from=mail_from, rcpts=[rcpt], data=data,
+                                   helo_name=self._helo, tls_policy=self._tls, timeouts=self._timeouts,
+                                   pool=self._pool, ssl_context=self._ssl_context, smtputf8=smtputf8)
+            reply = result.per_rcpt.get(rcpt)
+            if reply is not None:
+                return AttemptResult(Outcome.from_reply(reply), mx_host=host.name, tls=result.tls)
+            last = result  # unreachable, refused the session, or broke off: try the next MX host
+        assert last is not None
+        if last.connection_reply is not None:
+            return AttemptResult(Outcome.from_reply(last.connection_reply), mx_host=last.mx_host, tls=last.tls)
+        kind = OutcomeKind.TIMEOUT if "timed out" in (last.connection_error or "") else OutcomeKind.CONNECTION_FAILED
+        return AttemptResult(Outcome(kind, last.connection_error or "connection failed"), mx_host=last.mx_host)
+
+    def _usable(self, found: Route) -> list[MxHost]:
+        if self._allow_loopback:
+            return found.hosts
+        hosts = []
+        for host in found.hosts:
+            addresses = [a for a in host.addresses if not ipaddress.ip_address(a).is_loopback]
+            if addresses:
+                hosts.append(MxHost(host.name, host.preference, addresses))
+        return hosts
+
