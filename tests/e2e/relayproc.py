@@ -64,6 +64,9 @@ class RelayProcess:
             '[smtp]\nsubmission_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\nshutdown_grace = 3.0\n'
             '[http]\naddr = "127.0.0.1:0"\n'
             f'[tls]\ncert_file = "{self.tls.cert}"\nkey_file = "{self.tls.key}"\n' + self.extra_toml
+            # Never route test mail through the machine's resolver: unless the test brings its own
+            # [delivery], mail goes to a closed loopback port and stays deferred in the spool.
+            + ("" if "[delivery]" in self.extra_toml else '[delivery]\nrelayhost = "[127.0.0.1]:1"\n')
         )
 
     def full_env(self) -> dict[str, str]:

@@ -49,8 +49,8 @@ def test_send_accepts_and_spools_before_200(relay: RelayProcess, member: Member)
     assert msg["From"] == f"hello@{member.domain}" and msg["X-Campaign"] == "c1"
     assert msg.get_content_type() == "multipart/alternative"
     status = httpx.get(f"{relay.http}/v1/messages/{ids[1]}", headers=auth(member)).json()
-    assert status["status"] == "accepted" and status["recipient"] == "b@example.org"
-    assert status["source"] == "http" and status["timeline"] == []
+    assert status["status"] in ("accepted", "deferred") and status["recipient"] == "b@example.org"
+    assert status["source"] == "http"
 
 
 def test_did_in_query_string(relay: RelayProcess, member: Member) -> None:
