@@ -355,7 +355,7 @@ class SpoolLog:
         except OSError as exc:
             # The tail is unknown: never append after it. The next batch opens a fresh segment and
             # recovery quarantines whatever is left here.
-            log.error("spool: cannot truncate a failed batch (%s); rolling to a new segment", exc)  # noqa: TRY400
+            log.error("spool: cannot truncate a failed batch (%s); rolling to a new segment", exc)
             poison = True
         self._poisoned = self._poisoned or poison
 
@@ -422,7 +422,7 @@ class SpoolLog:
             except OSError as exc:
                 # Stop here: deleting a later one could break the order above. Recovery will find
                 # the rest unreferenced and delete them at the next start.
-                log.error("spool: cannot delete segment %s: %s", seq, exc)  # noqa: TRY400
+                log.error("spool: cannot delete segment %s: %s", seq, exc)
                 return
             log.info("spool: compacted segment %s", seq)
 
