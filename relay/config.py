@@ -85,6 +85,18 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """What members publish (DESIGN §7) and how the relay checks it."""
+
+    relay_ips: tuple[str, ...] = ()  # SPF: "v=spf1 ip4:<ip> -all" when no spf_include
+    spf_include: str = ""  # SPF: "include:<this>" (the operator's SPF record) instead of ip4/ip6
+    mx_host: str = ""  # MX members may point at the relay for reply forwarding; default operator_domain
+    nameservers: tuple[str, ...] = ()  # for checks; empty: delivery.nameservers, then the system resolver
+    recheck_interval: float = 86400.0  # verified domains re-checked daily
+    pending_recheck_interval: float = 300.0  # pending domains retried every few minutes
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     hourly: int = 100
     daily: int = 1000
@@ -116,6 +128,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
