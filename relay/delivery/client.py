@@ -57,6 +57,7 @@ class DeliveryResult:
     tls_version: str | None = None
     tls_cipher: str | None = None
     reused: bool = False  # the connection came from the pool
+    started: bool = False  # a transaction began on this host (its outcome is final for this attempt)
 
 
 class PoolKey(NamedTuple):
@@ -139,6 +140,7 @@ async def _transaction(
             tls_version=client.tls_version,
             tls_cipher=client.tls_cipher,
             reused=reused,
+            started=True,
         )
 
     try:

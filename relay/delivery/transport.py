@@ -1,9 +1,9 @@
 """The real transport behind the scheduler: route (MX, relayhost) then SMTP (DESIGN §5).
 
 MX hosts are tried in preference order (RFC 5321 §5.1) while they cannot be
-reached, refuse the session or break off; the first host that answers for the
-recipient decides this attempt (a 4xx there defers, it does not fall through to
-the next MX, as in Postfix).
+reached or refuse the session; the first host where a transaction begins decides
+this attempt (a 4xx or a broken connection there defers, it does not fall
+through to the next MX, as in Postfix, so a message is never sent twice at once).
 """
 
 from __future__ import annotations
@@ -65,7 +65,14 @@ class SmtpTransport:
             reply = result.per_rcpt.get(rcpt)
             if reply is not None:
                 return AttemptResult(Outcome.from_reply(reply), mx_host=host.name, tls=result.tls)
-            last = result  # unreachable, refused the session, or broke off: try the next MX host
+            if result.started:
+                # Broke off mid-transaction (perhaps after the final dot): trying the next MX now could
+                # deliver twice; this attempt is over and the retry schedule takes it from here.
+                kind = OutcomeKind.TIMEOUT if "timed out" in (result.connection_error or "") \
+                    else OutcomeKind.CONNECTION_FAILED
+                return AttemptResult(Outcome(kind, result.connection_error or "connection lost"),
+                                     mx_host=host.name, tls=result.tls)
+            last = result  # unreachable or refused the session: try the next MX host
         assert last is not None
         if last.connection_reply is not None:
             return AttemptResult(Outcome.from_reply(last.connection_reply), mx_host=last.mx_host, tls=last.tls)

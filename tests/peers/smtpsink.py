@@ -93,8 +93,10 @@ class SmtpSink:
         self.dump_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # the free port may be taken between the probe and smtp-sink's bind
             self.port = _free_port()
+            # -u is required when running as root (it names the user to switch to), refused otherwise.
+            user = ["-u", "root"] if os.geteuid() == 0 else []
             argv = [
-                self.program, "-c", "-u", "root", "-h", self.hostname, "-t", "30",
+                self.program, "-c", *user, "-h", self.hostname, "-t", "30",
                 "-d", f"{self.dump_dir}/%M.", *self.flags, f"{self.host}:{self.port}", "100",
             ]  # fmt: skip
             with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
@@ -165,7 +167,7 @@ class SmtpSink:
             time.sleep(0.01)
 
     def messages(self) -> list[SinkMessage]:
-        """The dumped messages, oldest first."""
+        """The dumped messages, by file time (messages within one clock tick may come in any order)."""
         files = sorted(self.dump_dir.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name))
         return [_parse_dump(p) for p in files]
 
