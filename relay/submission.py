@@ -46,13 +46,13 @@ class SubmissionHandler:
         return Reply(250, "2.1.0", "sender ok")
 
     async def on_rcpt(self, session: Session, address: str, params: dict[str, str]) -> Reply:
-        principal = _principal(session)
+        _principal(session)
         try:
             split_address(address)
         except ValueError as exc:
             return Reply(553, "5.1.3", f"bad recipient address syntax: {exc}")
-        if await self._store.is_suppressed(principal.did, address):
-            raise SuppressedRecipient()
+        # The suppression check waits for the end of DATA: only then is X-Atmos-Category known,
+        # and transactional mail (a password reset) must reach someone who left a newsletter.
         return Reply(250, "2.1.5", "recipient ok")
 
     async def on_message(self, session: Session, data: bytes) -> Reply:
@@ -67,11 +67,21 @@ class SubmissionHandler:
             "transactional": "1" if category in TRANSACTIONAL else "",
         }
         assert session.mail_from is not None
+        rcpts = list(session.rcpts)
+        suppressed: list[str] = []
+        if category not in TRANSACTIONAL:
+            flags = await self._store.call(lambda s: [s.is_suppressed(principal.did, r) for r in rcpts])
+            suppressed = [r for r, flag in zip(rcpts, flags, strict=True) if flag]
+            rcpts = [r for r, flag in zip(rcpts, flags, strict=True) if not flag]
+        if not rcpts:
+            raise SuppressedRecipient()
         accepted = await self._acceptor.accept(
-            did=principal.did, mail_from=session.mail_from, rcpts=list(session.rcpts), data=data, attrs=attrs
+            did=principal.did, mail_from=session.mail_from, rcpts=rcpts, data=data, attrs=attrs
         )
         ids = ",".join(str(i) for i in accepted.ids)
-        return Reply(250, "2.0.0", f"queued as {ids}")
+        # After DATA one reply covers every recipient (RFC 5321 §4.1.1.4): suppressed ones are named here.
+        note = f"; not sent to suppressed {', '.join(suppressed)}" if suppressed else ""
+        return Reply(250, "2.0.0", f"queued as {ids}{note}")
 
 
 def _principal(session: Session) -> Principal:

@@ -15,18 +15,19 @@ from werkzeug.exceptions import HTTPException
 
 from relay.errors import PayloadTooLarge, RelayError
 from relay.services import Services
-from web import admin, api
+from web import admin, api, unsubscribe
 
 log = logging.getLogger("web")
 
 
 def create_app(services: Services) -> QuartTrio:
-    app = QuartTrio("atmos")
+    app = QuartTrio("web")  # the package: templates/ and static/ live beside this module
     app.config["MAX_CONTENT_LENGTH"] = services.cfg.limits.json_body
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["atmos"] = services
     app.register_blueprint(api.blueprint)
     app.register_blueprint(admin.blueprint)
+    app.register_blueprint(unsubscribe.blueprint)
 
     @app.errorhandler(RelayError)
     async def relay_error(exc: RelayError) -> Response:

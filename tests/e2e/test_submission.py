@@ -144,10 +144,26 @@ def test_suppressed_recipient_is_550_571(relay: RelayProcess, member: Member, cl
         store.close()
     s = connect(relay, client_ctx)
     s.login(member.did, member.key)
-    s.mail(f"a@{member.domain}")
-    code, text = s.rcpt("gone@example.org")
+    sender = f"a@{member.domain}"
+    # Only a suppressed recipient: refused after DATA, once the category is known.
+    s.mail(sender)
+    s.rcpt("gone@example.org")
+    code, text = s.data(message(sender, "gone@example.org", subject="bulk-1"))
     assert code == 550 and b"5.7.1" in text and b"suppressed recipient" in text
-    assert s.rcpt("fine@example.org")[0] == 250
+    # With another recipient: accepted for that one, the suppressed one named in the reply.
+    s.mail(sender)
+    s.rcpt("gone@example.org")
+    s.rcpt("fine@example.org")
+    code, text = s.data(message(sender, "fine@example.org", subject="bulk-2"))
+    assert code == 250 and b"not sent to suppressed gone@example.org" in text
+    assert len(text.split(b"queued as ")[1].split(b";")[0].split(b",")) == 1
+    # Transactional mail still reaches the suppressed recipient.
+    s.mail(sender)
+    s.rcpt("gone@example.org")
+    reset = message(sender, "gone@example.org", subject="reset").replace(
+        b"Subject: reset", b"Subject: reset\r\nX-Atmos-Category: password-reset")
+    code, text = s.data(reset)
+    assert code == 250 and b"suppressed" not in text
     s.close()
 
 
