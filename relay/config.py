@@ -108,6 +108,28 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SuspensionConfig:
+    """Automatic suspension per DID over a rolling window (DESIGN §6)."""
+
+    window: float = 86400.0
+    max_bounce_rate: float = 0.05  # bounces / sends
+    max_complaint_rate: float = 0.0008  # complaints / sends
+    min_sends: int = 20  # below this volume no rate is judged
+    suppress_hard_bounces: bool = False  # members may opt in: hard-bounced recipients join the suppression list
+
+
+@dataclass(frozen=True, slots=True)
+class InboundConfig:
+    """Port 25: DSNs to VERP addresses, ARF complaints, replies to member domains (DESIGN §6)."""
+
+    operator_inbox: str = ""  # where postmaster@/abuse@/fbl@ of the operator domain go; empty: logged only
+    fbl_local_part: str = "fbl"
+    per_ip_per_minute: int = 30
+    per_ip_burst: int = 10
+    message_size: int = 10 * MiB
+
+
+@dataclass(frozen=True, slots=True)
 class StoreConfig:
     url: str = ""  # default sqlite:///<state_dir>/relay.db
 
@@ -129,6 +151,8 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    suspension: SuspensionConfig = field(default_factory=SuspensionConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
