@@ -21,6 +21,7 @@ from relay.address import is_did, is_domain, normalize_domain
 from relay.apikey import generate_api_key, hash_api_key
 from relay.config import Addr, Config
 from relay.dkimkeys import SecretBox, new_domain_keys
+from relay.operatorkey import OperatorKeys
 from relay.store import open_store
 from relay.store.base import DomainLimitReached, DomainTaken, Store
 
@@ -52,6 +53,13 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--reason", default="operator decision")
         p.add_argument("--json", action="store_true")
 
+    dkim = asub.add_parser("dkim", help="the operator domain's DKIM key")
+    dsub = dkim.add_subparsers(dest="dkim_command", required=True)
+    for name, text in (("show", "the operator keys and the DNS records to publish"),
+                       ("rotate", "new selector; the old key stays valid for a grace period")):
+        p = dsub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true")
+
     queue = asub.add_parser("queue", help="the spool")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     qlist = qsub.add_parser("list")
@@ -64,7 +72,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    handlers = {"enroll": enroll, "members": members, "queue": queue}
+    handlers = {"enroll": enroll, "members": members, "queue": queue, "dkim": dkim}
     result = handlers[args.admin_command](cfg, args)
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
@@ -132,6 +140,19 @@ def _dkim_records(cfg: Config, selector: str, domain: str, row: Any) -> dict[str
 
     box = SecretBox(cfg.secret_key)
     return public_records(domain, selector, box.decrypt(row.rsa_private), box.decrypt(row.ed25519_private))
+
+
+def dkim(cfg: Config, args: argparse.Namespace) -> Any:
+    keys = OperatorKeys(cfg.state_path, cfg.secret_key)
+    if args.dkim_command == "rotate":
+        new, _ = keys.rotate()
+        current = new
+    else:
+        current = keys.current()
+    return {"domain": cfg.operator_domain, "current": current.selector,
+            "keys": [{"selector": k.selector, "created": k.created, **k.record(cfg.operator_domain)}
+                     for k in keys.load()],
+            "note": "publish every listed record; a retired key can be removed from DNS 7 days after rotation"}
 
 
 def members(cfg: Config, args: argparse.Namespace) -> Any:
