@@ -29,11 +29,13 @@ from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
 from relay.config import Config
 from relay.delivery.client import ConnectionPool
+from relay.delivery.prepare import Preparer
 from relay.delivery.retry import RetryPolicy
 from relay.delivery.routing import Resolver
 from relay.delivery.scheduler import Scheduler, SchedulerConfig
 from relay.delivery.sink import CaptureSink
 from relay.delivery.transport import SmtpTransport
+from relay.operatorkey import OperatorKeys
 from relay.services import Services
 from relay.smtp.client import TlsPolicy
 from relay.smtp.limits import Limits
@@ -81,7 +83,7 @@ async def run_relay(
             keys = ApiKeyCache()
             acceptor = Acceptor(spool, writer)
             bound = Bound()
-            scheduler, pool = await _start_delivery(cfg, root, spool, writer, bound)
+            scheduler, pool, prepare = await _start_delivery(cfg, root, spool, writer, store, bound)
             acceptor.on_accept = scheduler.notify
             services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
                                 auth=Authenticator(store, keys), acceptor=acceptor, scheduler=scheduler)
@@ -89,6 +91,8 @@ async def run_relay(
             bound.submission = await root.start(smtp.serve)
             http_stop = trio.Event()
             bound.http = await root.start(_serve_http, services, http_stop)
+            if cfg.http.addr.port == 0 and cfg.public_url.endswith(":0") and bound.http:
+                prepare.public_url = bound.http[0]  # links in mail must name the port actually bound
             run_file = cfg.state_path / "run.json"
             run_file.write_text(bound.as_json())  # lets `atmos admin` find a relay bound to port 0
             root.start_soon(_retention, store)
@@ -110,8 +114,8 @@ async def run_relay(
 
 
 async def _start_delivery(
-    cfg: Config, root: trio.Nursery, spool: Spool, writer: StatusWriter, bound: Bound
-) -> tuple[Scheduler, ConnectionPool]:
+    cfg: Config, root: trio.Nursery, spool: Spool, writer: StatusWriter, store: AsyncStore, bound: Bound
+) -> tuple[Scheduler, ConnectionPool, Preparer]:
     """Transport (routing + SMTP client + connection pool), then the scheduler over the spool."""
     relayhost = cfg.delivery.relayhost
     if cfg.dev and not relayhost and cfg.delivery.capture:
@@ -126,13 +130,16 @@ async def _start_delivery(
         Resolver.from_config(cfg.delivery), pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
         relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls), allow_loopback_mx=cfg.delivery.allow_loopback_mx,
     )
-    scheduler = Scheduler(spool, writer, transport, SchedulerConfig(
+    operator = OperatorKeys(cfg.state_path, cfg.secret_key)
+    await trio.to_thread.run_sync(operator.current)  # created on first start, before any delivery
+    prepare = Preparer(cfg, store, operator)
+    scheduler = Scheduler(spool, writer, transport, prepare=prepare, config=SchedulerConfig(
         operator_domain=cfg.operator_domain, secret=cfg.secret_key, reporting_mta=cfg.banner_host,
         max_concurrency=cfg.delivery.max_concurrency, per_destination=cfg.delivery.per_destination,
         policy=RetryPolicy(schedule=cfg.delivery.retry_schedule),
     ))
     await root.start(scheduler.run)
-    return scheduler, pool
+    return scheduler, pool, prepare
 
 
 async def _retention(store: AsyncStore, every: float = 3600.0) -> None:

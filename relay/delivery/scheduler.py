@@ -51,6 +51,12 @@ class Transport(Protocol):
     async def attempt(self, domain: str, mail_from: str, rcpt: str, data: bytes) -> AttemptResult: ...
 
 
+class Prepare(Protocol):
+    """Turns the spooled bytes into what goes on the wire for one recipient (headers, DKIM)."""
+
+    async def __call__(self, env: Envelope, rcpt_id: int, rcpt: str, data: bytes) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     operator_domain: str
@@ -85,7 +91,9 @@ class Scheduler:
         config: SchedulerConfig,
         *,
         clock: Callable[[], float] = time.time,
+        prepare: Prepare | None = None,
     ) -> None:
+        self._prepare = prepare
         self._spool = spool
         self._writer = writer
         self._transport = transport
@@ -259,7 +267,8 @@ class Scheduler:
         mail_from = verp.encode(job.rcpt_id, secret=self._cfg.secret, domain=self._cfg.operator_domain) \
             if env.mail_from else ""
         try:
-            result = await self._transport.attempt(job.domain, mail_from, job.rcpt, data)
+            wire = data if self._prepare is None else await self._prepare(env, job.rcpt_id, job.rcpt, data)
+            result = await self._transport.attempt(job.domain, mail_from, job.rcpt, wire)
         except Exception as exc:  # a bug in a transport must not kill the scheduler: retry later
             log.exception("transport failed for %s", job.rcpt_id)
             result = AttemptResult(Outcome(OutcomeKind.CONNECTION_FAILED, f"local error: {type(exc).__name__}"))

@@ -6,7 +6,9 @@ Each one runs in its own ``BEGIN IMMEDIATE`` transaction together with its
 two processes starting at once (server + ``atmos admin``) cannot both apply it:
 the second waits on the write lock, then sees the version already recorded.
 
-Planned later versions: rate counters (48 h retention), labels, bounce/complaint events.
+Version 2: rate counters (48 h retention) and reputation counters (bounces, complaints,
+deliveries; hourly aggregates kept 15 days) for relay.reputation.
+Planned later versions: labels.
 """
 
 from __future__ import annotations
@@ -102,8 +104,39 @@ CREATE TABLE idempotency (
 CREATE INDEX idempotency_created ON idempotency(created_at);
 """
 
+# relay.reputation: hourly aggregates, incremented in batches (never one row per message).
+_V2 = """
+CREATE TABLE send_counters (
+    did          TEXT NOT NULL,
+    domain       TEXT NOT NULL,
+    bucket_start INTEGER NOT NULL,
+    count        INTEGER NOT NULL,
+    PRIMARY KEY (did, domain, bucket_start)
+) WITHOUT ROWID;
+CREATE INDEX send_counters_bucket ON send_counters(bucket_start);
+
+CREATE TABLE reputation_counts (
+    did          TEXT NOT NULL,
+    domain       TEXT NOT NULL,
+    bucket_start INTEGER NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('sent', 'bounce', 'complaint')),
+    klass        TEXT NOT NULL DEFAULT '',
+    count        INTEGER NOT NULL,
+    PRIMARY KEY (did, bucket_start, domain, kind, klass)
+) WITHOUT ROWID;
+CREATE INDEX reputation_counts_bucket ON reputation_counts(bucket_start);
+
+CREATE TABLE member_totals (
+    did   TEXT NOT NULL,
+    kind  TEXT NOT NULL CHECK (kind IN ('accepted', 'sent', 'bounce', 'complaint')),
+    count INTEGER NOT NULL,
+    PRIMARY KEY (did, kind)
+) WITHOUT ROWID;
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
+    (2, _V2),
 ]
 
 LATEST = MIGRATIONS[-1][0]

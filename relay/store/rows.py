@@ -16,6 +16,9 @@ DkimState: TypeAlias = Literal["unverified", "verified"]
 # 'held' is an operator hold (atmos admin queue hold); the others are DESIGN §5's statuses.
 MessageStatus: TypeAlias = Literal["accepted", "deferred", "sent", "bounced", "held"]
 Source: TypeAlias = Literal["smtp", "http"]
+# Reputation counters (relay.reputation): hourly aggregates, not one row per event.
+ReputationKind: TypeAlias = Literal["sent", "bounce", "complaint"]
+TotalKind: TypeAlias = Literal["accepted", "sent", "bounce", "complaint"]
 
 MESSAGE_STATUSES: tuple[MessageStatus, ...] = ("accepted", "deferred", "sent", "bounced", "held")
 TERMINAL_STATUSES: tuple[MessageStatus, ...] = ("sent", "bounced")
@@ -127,6 +130,44 @@ class IdempotentResponse:
     status_code: int
     response_json: str
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SendCount:
+    """Recipients accepted from ``did`` on ``domain`` in the hour starting at ``bucket_start``.
+
+    As a write it is an increment (negative: a refund after a failed accept).
+    """
+
+    did: str
+    domain: str
+    bucket_start: int  # unix seconds, a multiple of 3600
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReputationCount:
+    """Delivery outcomes per member, sending domain, hour, kind and class (an increment as a write).
+
+    ``klass`` is the bounce class (hard, soft, policy, mailbox-full) for bounces, the ARF
+    feedback type for complaints, and '' for sent.
+    """
+
+    did: str
+    domain: str
+    bucket_start: int
+    kind: ReputationKind
+    klass: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberTotal:
+    """Lifetime counter of one kind for a member (an increment as a write)."""
+
+    did: str
+    kind: TotalKind
+    count: int
 
 
 WriteOp: TypeAlias = MessageRow | StatusUpdate | NewAttempt

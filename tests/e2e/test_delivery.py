@@ -12,11 +12,14 @@ from email import policy
 from pathlib import Path
 from typing import Any
 
+import dkim
+import dns.resolver as dns_resolver
 import httpx
 import pytest
 
 from relay.delivery import verp
 from relay.delivery.dsn import parse_dsn
+from relay.dkimkeys import zone_txt
 from spool import SpoolLog
 from tests.e2e.conftest import DID, DOMAIN, HANDLE, Member
 from tests.e2e.relayproc import RelayProcess, TLSFiles
@@ -59,11 +62,33 @@ def relay(tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles, sink: S
           dns: KnotServer) -> Iterator[RelayProcess]:
     proc = RelayProcess(base=tmp_path_factory.mktemp("relay"), tls=tls_files, extra_toml=delivery_toml(sink, dns))
     info = proc.enroll(DID, DOMAIN, HANDLE)
+    publish_dkim(dns, DOMAIN, [info["dkim"]["rsa"], info["dkim"]["ed25519"]])
+    publish_dkim(dns, "relay.test", proc.admin("dkim", "show")["keys"])
     proc.member = Member(DID, DOMAIN, HANDLE, info["api_key"])  # type: ignore[attr-defined]
     proc.start()
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:
         proc.stop()
+
+
+def publish_dkim(dns: KnotServer, zone: str, records: list[dict[str, Any]]) -> None:
+    """Publish TXT records (values split into <=255-byte strings) next to the zone's other records."""
+    lines = zones().get(zone, [])
+    for rec in records:
+        label = rec["name"].removesuffix("." + zone)
+        lines = [*lines, f"{label} 300 TXT {zone_txt(rec['value'])}"]
+    dns.update(zone, lines)
+
+
+def knot_txt(dns: KnotServer) -> Callable[..., bytes]:
+    """dkimpy's dnsfunc, answered by the Knot server over real DNS."""
+    def lookup(name: bytes, timeout: int = 5) -> bytes:
+        res = dns_resolver.Resolver(configure=False)
+        res.nameservers = [dns.host]
+        res.port = dns.port
+        answer = res.resolve(name.decode().rstrip("."), "TXT", lifetime=timeout)
+        return b"".join(b"".join(rr.strings) for rr in answer)
+    return lookup
 
 
 def send(relay: RelayProcess, member: Member, to: str, subject: str) -> int:
@@ -97,11 +122,24 @@ def sink_has(sink: SmtpSink, subject: str) -> list[Any]:
     return [m for m in sink.messages() if line.search(m.data)]
 
 
-def test_delivered_via_mx_with_verp_sender(relay: RelayProcess, member: Member, sink: SmtpSink) -> None:
+def test_delivered_via_mx_with_verp_sender(relay: RelayProcess, member: Member, sink: SmtpSink,
+                                           dns: KnotServer) -> None:
     mid = send(relay, member, "alice@example.org", "e2e-deliver-1")
     [got] = wait_for(lambda: sink_has(sink, "e2e-deliver-1"))
     assert got.rcpts == ("alice@example.org",)
     assert verp.decode(got.mail_from, secret=SECRET, domain="relay.test") == mid
+    # Three DKIM signatures, each verified by dkimpy against the keys published in Knot.
+    wire = got.data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    sigs = [line for line in wire.split(b"\r\n") if line.startswith(b"DKIM-Signature:")]
+    assert len(sigs) == 3
+    verifier = dkim.DKIM(wire)
+    assert all(verifier.verify(idx=i, dnsfunc=knot_txt(dns)) for i in range(3))
+    assert b"a=ed25519-sha256" in wire and b"d=relay.test" in wire
+    msg = email.message_from_bytes(wire, policy=policy.default)
+    assert msg["X-Atmos-Member-Did"] == member.did and msg["Feedback-ID"].endswith(":atmos")
+    assert msg["List-Unsubscribe"].startswith(f"<{relay.http}/u/") and msg["List-Unsubscribe-Post"]
+    tampered = wire.replace(b"Subject: e2e-deliver-1", b"Subject: e2e-deliver-X")
+    assert not any(dkim.DKIM(tampered).verify(idx=i, dnsfunc=knot_txt(dns)) for i in range(3))
     st = wait_for(lambda: (s := status(relay, member, mid))["status"] == "sent" and s)
     [attempt] = st["timeline"]
     assert attempt["mxHost"] == "mx.example.org" and attempt["tls"] is False  # smtp-sink offers no STARTTLS

@@ -1,0 +1,103 @@
+"""DKIM "relaxed" canonicalization (RFC 6376 §3.4.2 header, §3.4.4 body) and message splitting.
+
+Written here rather than borrowed from dkimpy: the same rules on whole byte strings with C-level
+``bytes`` methods only (``translate`` tabs to SP, ``replace`` double SP until none is left), no
+regex on the body, ~4x faster than dkimpy's three ``re.sub`` passes on prose (scripts/benchlib/
+dkimbench.py prints both; the tests check both give the same bytes).
+
+Everything works on CRLF text. ``normalize`` turns bare LF line ends into CRLF first (RFC 5322 §2.1:
+a line ends in CRLF; a message that reached us with bare LFs is sent as CRLF on the wire).
+"""
+
+from __future__ import annotations
+
+import re
+
+CRLF = b"\r\n"
+_WSP = b" \t"
+_TAB_TO_SP = bytes.maketrans(b"\t", b" ")
+# WSP left before a line end once runs are compressed: at most one SP (RFC 6376 §3.4.4 a).
+_SP_CRLF = b" \r\n"
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def normalize(message: bytes) -> bytes:
+    """CRLF line ends throughout (bare LF -> CRLF; an existing CRLF is kept) and a final CRLF.
+
+    A message that does not end in CRLF gets one: SMTP DATA adds it on the wire anyway (RFC 5321
+    §4.1.1.4), so signing the text without it would hash a last line the receiver never sees.
+    A lone CR (not followed by LF) is left as it is.
+    """
+    if message.count(b"\n") != message.count(CRLF):
+        message = _BARE_LF.sub(CRLF, message)
+    if message and not message.endswith(CRLF):
+        message += CRLF
+    return message
+
+
+def split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """(header fields, body) of a CRLF message.
+
+    Each field is ``(name, value)`` exactly as in the message: ``value`` is everything after the
+    first colon, continuation lines included (joined by their CRLF), without the final CRLF. The
+    body starts after the empty line; a message without one is all header (empty body). A header
+    line without a colon is kept as a field with that whole line as its name and an empty value:
+    it cannot match a name we sign, and the message is passed on unchanged.
+    """
+    if message.startswith(CRLF):
+        return [], message[2:]
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        block, body = message.removesuffix(CRLF), b""
+    else:
+        block, body = message[:end], message[end + 4 :]
+    fields: list[tuple[bytes, bytes]] = []
+    for line in block.split(CRLF):
+        if line[:1] in (b" ", b"\t") and fields:  # RFC 5322 §2.2.3: a folded continuation line
+            name, value = fields[-1]
+            fields[-1] = (name, value + CRLF + line)
+        else:
+            name, _, value = line.partition(b":")
+            fields.append((name, value))
+    return fields, body
+
+
+def relaxed_header(name: bytes, value: bytes) -> bytes:
+    """One header field in relaxed form, CRLF-terminated (RFC 6376 §3.4.2).
+
+    Lowercase name, no WSP around the colon, unfolded, WSP runs compressed to one SP, no WSP at
+    the start or end of the value.
+    """
+    if CRLF in value:
+        value = value.replace(CRLF, b"")
+    return name.rstrip(_WSP).lower() + b":" + _compress_wsp(value).strip(_WSP) + CRLF
+
+
+def _compress_wsp(data: bytes) -> bytes:
+    """Every run of SP/HTAB as one SP. ``replace`` is not overlapping, so a run of n blanks takes
+    about log2(n) passes; ordinary text needs one search for "  " and none of the passes."""
+    if b"\t" in data:
+        data = data.translate(_TAB_TO_SP)
+    while b"  " in data:
+        data = data.replace(b"  ", b" ")
+    return data
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The body in relaxed form (RFC 6376 §3.4.4).
+
+    WSP runs inside a line become one SP, WSP at the end of each line goes, empty lines at the end
+    go; a non-empty result ends in CRLF, an empty body stays empty (the §3.4.4 rule, not the
+    "simple" one CRLF). A last line without CRLF is treated as if it had one (see ``normalize``).
+    """
+    body = _compress_wsp(body)
+    if _SP_CRLF in body:
+        body = body.replace(_SP_CRLF, CRLF)
+    end = len(body)
+    while body.endswith(CRLF, 0, end):
+        end -= 2
+    if end == 0:
+        return b""
+    if end == len(body):  # no final CRLF at all: the last line's trailing WSP still goes
+        return body.rstrip(_WSP) + CRLF
+    return body[: end + 2]
