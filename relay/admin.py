@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -60,6 +61,13 @@ def add_parser(sub: Any) -> None:
         p = dsub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true")
 
+    domain = asub.add_parser("domain", help="sending domains")
+    dosub = domain.add_subparsers(dest="domain_command", required=True)
+    dcheck = dosub.add_parser("check", help="check the domain's DNS records now and update its state")
+    dcheck.add_argument("domain")
+    dcheck.add_argument("--dry-run", action="store_true", help="report only; do not change the domain's state")
+    dcheck.add_argument("--json", action="store_true")
+
     queue = asub.add_parser("queue", help="the spool")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     qlist = qsub.add_parser("list")
@@ -72,7 +80,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    handlers = {"enroll": enroll, "members": members, "queue": queue, "dkim": dkim}
+    handlers = {"enroll": enroll, "members": members, "queue": queue, "dkim": dkim, "domain": domain_cmd}
     result = handlers[args.admin_command](cfg, args)
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
@@ -125,8 +133,11 @@ def enroll(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         if args.new_key or store.get_api_key_hash(did) is None:
             api_key = generate_api_key()
             store.set_api_key_hash(did, hash_api_key(api_key))
+        from relay.dns.verifier import expected_records
+
         return {
             "did": did, "domain": domain, "state": row.state, "api_key": api_key,
+            "records": [r.to_json() for r in expected_records(row, cfg, cfg.secret_key)],
             "api_key_note": None if api_key else "member already has an API key (use --new-key to replace it)",
             "dkim": _dkim_records(cfg, row.selector, domain, row) if existing else keys.records(),
             "challenge": {"name": f"_atmos-challenge.{domain}", "type": "TXT", "value": f"atmos-verify={token}"},
@@ -140,6 +151,23 @@ def _dkim_records(cfg: Config, selector: str, domain: str, row: Any) -> dict[str
 
     box = SecretBox(cfg.secret_key)
     return public_records(domain, selector, box.decrypt(row.rsa_private), box.decrypt(row.ed25519_private))
+
+
+def domain_cmd(cfg: Config, args: argparse.Namespace) -> Any:
+    import trio
+
+    from relay.dkimkeys import SecretBoxError
+    from relay.dns.verifier import UnknownDomain, check_once
+
+    name = normalize_domain(args.domain)
+    try:
+        report = trio.run(functools.partial(check_once, cfg, None, name, record_states=not args.dry_run))
+    except UnknownDomain:
+        raise AdminError(f"{name} is not enrolled") from None
+    except SecretBoxError as exc:
+        raise AdminError(f"cannot read the DKIM keys of {name}: {exc}") from None
+    out: dict[str, Any] = report.to_json()
+    return out
 
 
 def dkim(cfg: Config, args: argparse.Namespace) -> Any:

@@ -9,6 +9,7 @@ from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
 from relay.config import Config
 from relay.delivery.scheduler import Scheduler
+from relay.dns.verifier import DomainVerifier
 from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
 from spool import Spool
@@ -24,3 +25,4 @@ class Services:
     auth: Authenticator
     acceptor: Acceptor
     scheduler: Scheduler | None = None
+    verifier: DomainVerifier | None = None

@@ -35,6 +35,8 @@ from relay.delivery.routing import Resolver
 from relay.delivery.scheduler import Scheduler, SchedulerConfig
 from relay.delivery.sink import CaptureSink
 from relay.delivery.transport import SmtpTransport
+from relay.dns.checks import DnsLookup
+from relay.dns.verifier import DomainVerifier
 from relay.operatorkey import OperatorKeys
 from relay.services import Services
 from relay.smtp.client import TlsPolicy
@@ -96,6 +98,10 @@ async def run_relay(
             run_file = cfg.state_path / "run.json"
             run_file.write_text(bound.as_json())  # lets `atmos admin` find a relay bound to port 0
             root.start_soon(_retention, store)
+            if not cfg.dev or cfg.dns.nameservers:
+                # Dev without test nameservers: no DNS checks, so a newcomer's relay sends no queries out.
+                services.verifier = DomainVerifier(store, cfg, cfg.secret_key, DnsLookup.from_config(cfg))
+                await root.start(services.verifier.run)
             task_status.started(bound)
             await shutdown.wait()
             log.info("shutting down: closing listeners")

@@ -74,12 +74,12 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
 
 
 def _compress_wsp(data: bytes) -> bytes:
-    """Every run of SP/HTAB as one SP. ``replace`` is not overlapping, so a run of n blanks takes
-    about log2(n) passes; ordinary text needs one search for "  " and none of the passes."""
+    """Every run of SP/HTAB as one SP. ``replace`` does not overlap, so a run of n blanks takes about
+    log2(n) passes; text with single spaces only costs one scan and no copy."""
     if b"\t" in data:
         data = data.translate(_TAB_TO_SP)
-    while b"  " in data:
-        data = data.replace(b"  ", b" ")
+    while len(shorter := data.replace(b"  ", b" ")) != len(data):
+        data = shorter
     return data
 
 
@@ -90,9 +90,7 @@ def relaxed_body(body: bytes) -> bytes:
     go; a non-empty result ends in CRLF, an empty body stays empty (the §3.4.4 rule, not the
     "simple" one CRLF). A last line without CRLF is treated as if it had one (see ``normalize``).
     """
-    body = _compress_wsp(body)
-    if _SP_CRLF in body:
-        body = body.replace(_SP_CRLF, CRLF)
+    body = _compress_wsp(body).replace(_SP_CRLF, CRLF)  # one scan, even when there is nothing to do
     end = len(body)
     while body.endswith(CRLF, 0, end):
         end -= 2

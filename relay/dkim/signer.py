@@ -20,10 +20,11 @@ Choices (each one is a tag the receiver sees):
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,6 +49,7 @@ MUST_NOT_ADD: frozenset[str] = frozenset(name.lower() for name in DEFAULT_HEADER
 
 MAX_LINE = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters, excluding the CRLF
 _FOLD = "\r\n\t"
+_HEAD_SKIP = len("DKIM-Signature: ")  # the name, colon and the SP before v=1
 _RSA_MIN_BITS = 1024  # RFC 8301 §3.2: verifiers MUST NOT accept shorter keys
 # RFC 6376 §3.5 d=/s=: dot-separated sub-domains (A-labels for IDNs). Checked because the values
 # are written into a header field as they are; anything else could inject tags or lines.
@@ -85,7 +87,7 @@ class SigningKey:
         else:
             raise ValueError(f"unknown DKIM algorithm {self.algorithm!r}")
         tags = ["v=1;", f"a={self.algorithm};", "c=relaxed/relaxed;", f"d={self.domain};", f"s={self.selector};"]
-        head, head_len = _fold(tags, " ", "DKIM-Signature:")
+        head, head_len = _fold(tags, " ", "DKIM-Signature:", len("DKIM-Signature:"))
         object.__setattr__(self, "head", head)
         object.__setattr__(self, "head_len", head_len)
 
@@ -115,24 +117,6 @@ def body_hash(body: bytes) -> str:
     return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode("ascii")
 
 
-def signed_names(present: Mapping[str, int], headers_to_sign: Sequence[str], guard: Collection[str]) -> list[str]:
-    """The h= list: for each name (lowercased, first mention wins) present n times, n + 1 entries;
-    absent names get one guard entry if in ``guard`` (lowercase names), none otherwise."""
-    names: list[str] = []
-    seen: set[str] = set()
-    for name in headers_to_sign:
-        lower = name.lower()
-        if lower in seen:
-            continue
-        seen.add(lower)
-        count = present.get(lower, 0)
-        if count:
-            names.extend([lower] * (count + 1))
-        elif lower in guard:
-            names.append(lower)
-    return names
-
-
 def sign(
     message: bytes,
     keys: Sequence[SigningKey],
@@ -146,64 +130,84 @@ def sign(
     such as dkimpy's ``dkim.verify``, see the caller's first choice).
 
     The returned message is the input with CRLF line ends (bare LF is converted and a missing final
-    CRLF added, see ``canon.normalize``): send these bytes, not the original. ``guard`` names are
-    matched case-insensitively. ``now`` (seconds since the epoch) sets t=; default: the current time.
+    CRLF added, see ``canon.normalize``): send these bytes, not the original. ``headers_to_sign`` and
+    ``guard`` names are matched case-insensitively. ``now`` (seconds since the epoch) sets t=;
+    default: the current time.
     """
     message = normalize(message)
     if not keys:
         return message
     fields, body = split_message(message)
 
-    by_name: dict[str, list[bytes]] = {}
+    by_name: dict[bytes, list[bytes]] = {}
     for raw_name, value in fields:
-        by_name.setdefault(raw_name.rstrip(b" \t").lower().decode("latin-1"), []).append(value)
+        by_name.setdefault(raw_name.rstrip(b" \t").lower(), []).append(value)
     if guard is not MUST_NOT_ADD:
-        guard = {g.lower() for g in guard}
-    names = signed_names({name: len(found) for name, found in by_name.items()}, headers_to_sign, guard)
+        guard = frozenset(g.lower() for g in guard)
 
-    # RFC 6376 §5.4.2: the k-th mention of a name selects the k-th field of that name counted from
-    # the bottom; mentions past the last field select nothing (the oversign entries). The hashed
-    # fields are the same for every key, so this state is shared and copied per signature.
+    # The h= list and the hash of the fields it selects, the same for every key: the state is
+    # copied per signature. For each name present n times: n entries selecting the fields from the
+    # bottom up (RFC 6376 §5.4.2), then one more that selects nothing, so a field of that name added
+    # later makes the verifier hash it where we hashed nothing (§8.15). An absent name in ``guard``
+    # gets that one entry alone.
+    names: list[str] = []
     header_hash = hashlib.sha256()
-    taken: dict[str, int] = {}
-    for name in names:
-        k = taken.get(name, 0)
-        taken[name] = k + 1
-        found = by_name.get(name)
-        if found is not None and k < len(found):
-            header_hash.update(relaxed_header(name.encode("ascii"), found[-1 - k]))
+    for name, name_bytes in _lowercase(tuple(headers_to_sign)):
+        found = by_name.get(name_bytes)
+        if found:
+            names.extend([name] * (len(found) + 1))
+            for value in reversed(found):
+                header_hash.update(relaxed_header(name_bytes, value))
+        elif name in guard or name == "from":  # §5.4: From is always signed, even as a guard
+            names.append(name)
 
-    # The rest of the field after each key's cached head: the same for every key.
-    stamp = int(time.time() if now is None else now)
-    h_list = _fold([*(n + ":" for n in names[:-1]), names[-1] + ";"] if names else [";"], "", "h=", 1)[0]
-    stamp_bh = [f"t={stamp};", f"bh={body_hash(body)};"]
-    tail = f"{_FOLD}{h_list}{_FOLD}b="
+    stamp_bh = (f"t={int(time.time() if now is None else now)};", f"bh={body_hash(body)};")
+    tail = f"{_FOLD}{_h_tag(tuple(names))}{_FOLD}b="
     out: list[bytes] = []
     for key in keys:
-        head = _fold(stamp_bh, " ", key.head, key.head_len - len(key.head))[0] + tail
+        head = _fold(stamp_bh, " ", key.head, key.head_len)[0] + tail
         state = header_hash.copy()
         # §3.7: the DKIM-Signature field is hashed last, relaxed, b= empty, without its final CRLF.
-        # Relaxed form of what _fold writes: each fold (CRLF TAB) unfolds to one SP; no other WSP
-        # runs, no WSP after "b=" (the tests check this equals canon.relaxed_header).
-        state.update(b"dkim-signature:" + head[len("DKIM-Signature: ") :].replace(_FOLD, " ").encode("ascii"))
+        # The relaxed form of what _fold writes: each fold (CRLF TAB) unfolds to one SP; there are
+        # no other WSP runs and none after "b=" (test_signer checks the signatures with relaxed_header).
+        state.update(b"dkim-signature:" + head[_HEAD_SKIP:].replace(_FOLD, " ").encode("ascii"))
         b64 = base64.b64encode(key.sign_digest(state.digest())).decode("ascii")
         out.append(f"{head}{_fold_b64(b64)}\r\n".encode("ascii"))
     out.append(message)
     return b"".join(out)
 
 
-def _fold(pieces: Sequence[str], sep: str, start: str, indent: int = 0) -> tuple[str, int]:
-    """``start`` then the pieces joined by ``sep``, breaking lines with CRLF TAB (instead of ``sep``)
-    before a piece that would pass MAX_LINE; returns the text and the length of its last line.
-    ``indent``: characters already on the line before ``start``. A piece longer than a line stays
-    whole (RFC 5322 allows up to 998)."""
+@functools.lru_cache(maxsize=64)
+def _lowercase(headers: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
+    """``headers_to_sign`` lowercased (str and bytes), first mention of each name only."""
+    seen: dict[str, bytes] = {}
+    for name in headers:
+        seen.setdefault(name.lower(), name.lower().encode("ascii"))
+    if "from" not in seen:
+        raise ValueError("headers_to_sign must include From (RFC 6376 §5.4)")
+    return tuple(seen.items())
+
+
+@functools.lru_cache(maxsize=256)
+def _h_tag(names: tuple[str, ...]) -> str:
+    """ "h=a:b:c;" folded after colons (FWS may surround ":", §3.5), starting a line after a TAB.
+    Cached: most messages through the relay carry the same set of fields."""
+    pieces = [name + ":" for name in names]
+    pieces[-1] = names[-1] + ";"  # never empty: From is always listed
+    return _fold(pieces, "", "h=", 1 + 2)[0]
+
+
+def _fold(pieces: Sequence[str], sep: str, start: str, line_len: int) -> tuple[str, int]:
+    """``start`` (whose last line is ``line_len`` characters long) then the pieces joined by ``sep``,
+    breaking lines with CRLF TAB instead of ``sep`` before a piece that would pass MAX_LINE; returns
+    the text and the length of its last line. A piece longer than a line stays whole (RFC 5322
+    allows lines of up to 998 characters)."""
     parts = [start]
-    line_len = indent + len(start)
     for piece in pieces:
         if line_len + len(sep) + len(piece) > MAX_LINE and line_len > 1:
             parts.append(_FOLD)
             line_len = 1  # the TAB
-        elif line_len > 1 or sep:
+        else:
             parts.append(sep)
             line_len += len(sep)
         parts.append(piece)

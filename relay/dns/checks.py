@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 import dns.asyncresolver
 import dns.exception
 import dns.name
+import dns.nameserver
 import dns.rdatatype
 import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.TXT
@@ -125,6 +126,12 @@ class DnsLookup:
         self._resolver = resolver
         self.lifetime = lifetime
         self.queries = 0  # lookups started, for tests and metrics
+
+    @property
+    def nameservers(self) -> tuple[str, ...]:
+        """The servers asked, as "address@port" (for logs and the CLI)."""
+        servers = self._resolver.nameservers
+        return tuple(f"{ns.address}@{ns.port}" for ns in servers if isinstance(ns, dns.nameserver.Do53Nameserver))
 
     @classmethod
     def from_config(cls, cfg: Config, *, lifetime: float = DEFAULT_LIFETIME) -> DnsLookup:
@@ -336,6 +343,7 @@ async def _check(domain: str, record: DnsRecord, memo: _Memo) -> CheckResult:
 
 
 def _result(record: DnsRecord, status: Status, found: list[str], fix: str, **extra: str) -> CheckResult:
+    fix = fix[:1].upper() + fix[1:]  # a sentence
     return CheckResult(record.name, record.kind, status, found, record.value, fix, record.required, **extra)
 
 
@@ -418,51 +426,51 @@ def _dkim_problem(text: str, name: str, expected_k: str, expected_p: str) -> tup
     """Why one DKIM record value is not the relay's key, or None when it is."""
     tags, error = _tags(text)
     if error:
-        return "wrong", f"the TXT record at {name} is not a DKIM key record ({error}); replace its value"
+        return "wrong", f"the TXT record at {name} is not a DKIM key record ({error})."
     names = [n for n, _ in tags]
     values = dict(tags)
     if "v" in values and names[0] != "v":
-        return "wrong", f"v=DKIM1 must be the first tag of the record at {name} (RFC 6376 §3.6.1); replace its value"
+        return "wrong", f"the tag v=DKIM1 must come first in the record at {name} (RFC 6376 §3.6.1)."
     if "v" in values and values["v"] != "DKIM1":
-        return "wrong", f"the record at {name} has v={values['v']} instead of v=DKIM1; replace its value"
+        return "wrong", f"the record at {name} has v={values['v']} instead of v=DKIM1."
     if "p" not in values:
-        return "wrong", f"the record at {name} has no p= tag, so it holds no key; replace its value"
+        return "wrong", f"the record at {name} has no p= tag, so it holds no key."
     p = _WS.sub("", values["p"])
     if not p:
         return "wrong", (
             f"the record at {name} has an empty p=, which revokes the key (RFC 6376 §3.6.1); receivers reject"
-            f" every signature. Publish the relay's key: replace the value"
+            f" every signature. Publish the relay's key."
         )
     k = values.get("k", "rsa").strip().lower()
     if k != expected_k:
         return "wrong", (
             f"the record at {name} says k={k} but this selector holds the relay's {expected_k} key;"
-            f" set k={expected_k}"
+            f" set k={expected_k}."
         )
     services = values.get("s", "*").replace(" ", "").split(":")
     if "*" not in services and "email" not in services:
-        return "wrong", f"the record at {name} restricts the key to s={values['s']}; remove s= or set s=email"
+        return "wrong", f"the record at {name} restricts the key to s={values['s']}; remove s= or set s=email."
     if '"' in p or "\\" in p:
         return "wrong", (
             f"the p= value at {name} contains quote or backslash characters: your DNS provider stored the"
-            f" quotes literally. Enter the value without quotes (or as separate strings if the provider asks)"
+            f" quotes literally. Enter the value without quotes (or as separate strings if the provider asks)."
         )
     if p == expected_p:
         return None
     if expected_p.startswith(p):
         return "wrong", (
             f"the key at {name} is cut short ({len(p)} of {len(expected_p)} base64 characters): part of the"
-            f" value was lost, often the second 255-byte string. Publish the whole value"
+            f" value was lost, often the second 255-byte string."
         )
     try:
         same = base64.b64decode(p, validate=True) == base64.b64decode(expected_p)
     except (binascii.Error, ValueError):
-        return "wrong", f"the p= value at {name} is not valid base64 (mangled when pasted?); replace the value"
+        return "wrong", f"the p= value at {name} is not valid base64 (mangled when pasted?)."
     if same:
         return None
     return "wrong", (
-        f"the published key is not the one the relay signs with; replace p={p[:12]}... at {name} with"
-        f" p={expected_p[:12]}... (the full expected value is shown)"
+        f"the published key is not the one the relay signs with; replace p=...{p[-12:]} at {name} with the"
+        f" relay's key, p=...{expected_p[-12:]}."
     )
 
 
@@ -471,21 +479,21 @@ async def _check_dkim(domain: str, record: DnsRecord, memo: _Memo) -> CheckResul
     exp = dict(_tags(record.value)[0])
     expected_k, expected_p = exp.get("k", "rsa").lower(), _WS.sub("", exp.get("p", ""))
     if len(record.strings) == 1:
-        whole = f" to: {record.value}"
+        whole = f" The value must be: {record.value}"
     else:
-        whole = f" to the expected value, as strings: {zone_txt(record.value)}"
+        whole = f" The value must be, as {len(record.strings)} strings of ONE record: {zone_txt(record.value)}"
 
     def problem(text: str) -> tuple[Status, str] | None:
         return _dkim_problem(text, record.name, expected_k, expected_p)
 
     if not values:
-        fix = _publish(record) + "." + await _misplaced(record, domain, memo, expected_p[:40])
+        fix = _publish(record) + "." + await _misplaced(record, domain, memo)
         return _result(record, "missing", values, fix)
     if len(values) == 1:
         found = problem(values[0])
         if found is None:
             return _result(record, "ok", values, "")
-        return _result(record, found[0], values, found[1] + whole + ".")
+        return _result(record, found[0], values, found[1] + whole)
     good = [v for v in values if problem(v) is None]
     if good:
         return _result(
@@ -502,7 +510,7 @@ async def _check_dkim(domain: str, record: DnsRecord, memo: _Memo) -> CheckResul
             f" strings: {zone_txt(record.value)}",
         )
     first = problem(values[0])
-    detail = f" {first[1]}{whole}." if first else ""
+    detail = f" {first[1]}{whole}" if first else ""
     return _result(
         record, "wrong", values,
         f"there are {len(values)} TXT records at {record.name} and none is the relay's key; delete them and"
@@ -628,7 +636,7 @@ class _Spf:
             self.lookups += 1
             target = _target(term)
             if term.name == "include" and target and depth < _MAX_DEPTH:
-                sub = await self._load(target, f"include:{target} in the record of {domain}")
+                sub = await self._load(target, f"the term include:{target} in the record of {domain}")
                 if sub is not None:
                     await self.count(target, sub, depth + 1)
         redirect = _redirect(terms)
@@ -636,7 +644,7 @@ class _Spf:
             self.lookups += 1
             target = _target(redirect)
             if target and depth < _MAX_DEPTH:
-                sub = await self._load(target, f"redirect={target} in the record of {domain}")
+                sub = await self._load(target, f"the term redirect={target} in the record of {domain}")
                 if sub is not None:
                     await self.count(target, sub, depth + 1)
 
@@ -688,16 +696,24 @@ def _spf_senders(expected: str) -> list[tuple[str, _Sender]]:
     return senders
 
 
+def _valid_term(token: str) -> bool:
+    try:
+        _parse_spf("v=spf1 " + token)
+    except _SpfSyntax:
+        return False
+    return True
+
+
 def _suggest_spf(records: list[str], expected: str) -> str:
     """One record: the member's own terms (minus 'all' and redirect), the relay's, then -all (~all kept)."""
     keep: list[str] = []
     alls: set[str] = set()
-    for text in records:
+    for text in sorted(records):  # DNS returns records in any order: keep the suggestion stable
         for token in text.split()[1:]:
             low = token.lower()
             if low.lstrip("+-~?") == "all":
                 alls.add(low)
-            elif not low.startswith("redirect=") and low not in (k.lower() for k in keep):
+            elif not low.startswith("redirect=") and low not in (k.lower() for k in keep) and _valid_term(token):
                 keep.append(token)
     for token in expected.split()[1:]:
         low = token.lower()
@@ -814,7 +830,7 @@ async def _check_dmarc(domain: str, record: DnsRecord, memo: _Memo) -> CheckResu
     if policy == "none":
         return _result(
             record, "wrong", dmarc,
-            f"{where} has {tag}=none: p=none does not protect {domain} from spoofing (receivers deliver mail"
+            f"{where} has {tag}=none: {tag}=none does not protect {domain} from spoofing (receivers deliver mail"
             f" that fails DKIM and SPF); use p=quarantine or p=reject: {own}",
             **extra,
         )

@@ -21,7 +21,7 @@ import trio
 
 from relay.address import normalize_domain
 from relay.config import Config
-from relay.dkimkeys import SecretBox, public_records
+from relay.dkimkeys import SecretBox, SecretBoxError, public_records
 from relay.dns.checks import DnsLookup, DomainReport, TxtLookup, check_domain
 from relay.dns.records import DnsRecord, records_for
 from relay.store import open_store
@@ -197,6 +197,8 @@ class DomainVerifier:
         report: DomainReport | None = None
         try:
             report = await self._check_row(row)
+        except SecretBoxError as exc:  # a stored-key problem, not a bug: no traceback every few minutes
+            log.error("domain %s: cannot check, the stored DKIM keys are unreadable: %s", row.domain, exc)
         except Exception:
             log.exception("domain %s: DNS check failed", row.domain)
         self._due[row.domain] = trio.current_time() + self._interval(report)

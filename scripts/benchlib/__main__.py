@@ -10,10 +10,15 @@ Scenarios (``--only`` names):
   http    POST /v1/send (relay only, Postfix has no HTTP API), keep-alive connections.
   steps   one STARTTLS+AUTH session at a time, median time of each protocol step (finds stalls such as
           Nagle's algorithm meeting a delayed ACK, ~40 ms)
+  delivery  end to end, submission -> queue -> smtp-sink: N messages (600 --quick, 2,000 full) by the
+          STARTTLS+AUTH reuse generator to 1 destination domain, then spread over 50 (d0..d49.example);
+          fresh relay / fresh Postfix instance and a fresh dumping smtp-sink per run (see delivery.py).
   idle    RSS with 1,000 idle connections to the SMTP port (greeting read, then held).
 
 msg/s = accepted messages / wall time of the load phase; latency = MAIL FROM -> 250 after the final dot
-(HTTP: request -> 200), measured in the generator. --quick: each scenario once (~1 min); full: median of 3.
+(HTTP: request -> 200), measured in the generator. delivery rows: msg/s = messages at the sink / (last
+arrival - first accept), latency = MAIL FROM -> arrival at the sink. --quick: each scenario once; full:
+median of 3. Both relays always deliver to a loopback smtp-sink of the bench (relayhost; never DNS/MX).
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import httpgen, idle, smtpgen, smtpsource
+from . import delivery, httpgen, idle, smtpgen, smtpsource
 from .common import (
     MAIL_FROM,
     RCPT_TO,
     RunResult,
+    free_port,
     log,
     make_cert,
     median_run,
@@ -48,9 +54,11 @@ from .common import (
 )
 from .postfix import SASL_PASSWORD, SASL_USER, PostfixPeer, ensure_installed
 from .relay import BENCH_DID, RelayPeer, RelayStartError
+from .sink import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("steps", "plain", "tls", "reuse", "http", "idle")
+SCENARIOS = ("steps", "plain", "tls", "reuse", "http", "delivery", "idle")
+DELIVERY_DOMAINS = (1, 50)
 CONC = 20
 IDLE_CONNECTIONS = 1000
 
@@ -69,17 +77,20 @@ class Plan:
     runs: int
     duration: float  # seconds of load per generator run
     source_messages: int  # smtp-source -m
+    delivery_messages: int  # per delivery run (rounded to a multiple of the concurrency)
+    delivery_timeout: float  # bound on the wait for the sink to receive them all
 
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.plan = (
-            Plan(runs=1, duration=5.0, source_messages=4000)
+            Plan(runs=1, duration=5.0, source_messages=4000, delivery_messages=600, delivery_timeout=90.0)
             if args.quick
-            else Plan(runs=3, duration=10.0, source_messages=8000)
+            else Plan(runs=3, duration=10.0, source_messages=8000, delivery_messages=2000, delivery_timeout=150.0)
         )
         self.conc = args.conc
+        self.delivery_n = max(1, round(self.plan.delivery_messages / self.conc)) * self.conc
         self.only = set(args.only.split(",")) if args.only else set(SCENARIOS)
         unknown = self.only - set(SCENARIOS)
         if unknown:
@@ -88,12 +99,15 @@ class Bench:
         os.chmod(self.work, 0o755)  # Postfix daemons (user postfix) must reach their dirs below it
         self.postfix: PostfixPeer | None = None
         self.relay: RelayPeer | None = None
+        self.relay_sink: SmtpSink | None = None  # the main relay's destination (relayhost), no dump
+        self.cert_key: tuple[Path, Path] | None = None
         self.postfix_error = ""
         self.postfix_version = "(not running)"
         self.relay_error = ""
         self.ours_skip: dict[str, str] = {}
         self.postfix_skip: dict[str, str] = {}
         self.rows: list[Row] = []
+        self.delivery_rows: list[delivery.DeliveryRow] = []
         self.idle_lines: list[str] = []
         self.step_lines: list[str] = []
         self.background: float | None = None
@@ -107,7 +121,7 @@ class Bench:
         self.background = (system_busy_seconds() - busy0) / (time.monotonic() - t0)
 
     def start_peers(self) -> None:
-        cert, key = make_cert(self.work)
+        cert, key = self.cert_key = make_cert(self.work)
         try:
             ensure_installed()
             self.postfix = PostfixPeer(self.work / "postfix", cert, key, idle_procs=IDLE_CONNECTIONS + 50)
@@ -122,7 +136,16 @@ class Bench:
         if self.args.no_relay:
             self.relay_error = "skipped (--no-relay)"
             return
-        self.relay = RelayPeer(ROOT, self.work / "relay", cert, key)
+        # The relay always gets a relayhost: a production-mode relay without one would look up MX records
+        # with the system resolver. Its own smtp-sink (no dump), or a closed loopback port if none starts.
+        try:
+            self.relay_sink = SmtpSink(self.work / "relay-sink", dump=False).start()
+            relayhost = self.relay_sink.relayhost
+        except (RuntimeError, OSError) as exc:
+            log(f"smtp-sink for the relay did not start ({exc}); its mail will wait in its queue")
+            self.relay_sink = None
+            relayhost = f"[127.0.0.1]:{free_port()}"
+        self.relay = RelayPeer(ROOT, self.work / "relay", cert, key, relayhost=relayhost)
         try:
             self.relay.start()
             self.relay.enroll()
@@ -136,6 +159,9 @@ class Bench:
         if self.relay is not None:
             self.relay.stop()
             self.relay = None
+        if self.relay_sink is not None:
+            self.relay_sink.stop()
+            self.relay_sink = None
         if self.postfix is not None:
             self.postfix.stop()
             self.postfix = None
@@ -221,12 +247,18 @@ class Bench:
     # --- one run of each side ----------------------------------------------------------------------
 
     def quiesce(self) -> None:
-        """Before any timed run: let Postfix deliver what the previous run queued (it would steal CPU)."""
-        if self.postfix is None:
-            return
-        left = self.postfix.wait_drained(60)
-        if left:
-            log(f"Postfix queue still holds {left} messages after 60 s; measuring anyway")
+        """Before any timed run: let both deliver what the previous run queued (it would steal CPU)."""
+        if self.postfix is not None:
+            left = self.postfix.wait_drained(60)
+            if left:
+                log(f"Postfix queue still holds {left} messages after 60 s; measuring anyway")
+        if self.relay is not None and self.relay.alive() and self.relay_sink is not None:
+            t0 = time.monotonic()
+            rest = self.relay.wait_drained(60)
+            if rest:
+                log(f"relay spool still holds {rest} messages after 60 s; measuring anyway")
+            elif time.monotonic() - t0 > 1:
+                log(f"waited {time.monotonic() - t0:.1f} s for the relay to deliver the previous run's mail")
 
     @staticmethod
     def measured(server_pid: int | None, load: Callable[[], RunResult]) -> RunResult:
@@ -314,6 +346,45 @@ class Bench:
                             f"{res.rate:8.1f} msg/s" + (f"  ({res.errors[0]})" if res.errors else "")
                         )
 
+    # --- end to end: submission -> queue -> sink -------------------------------------------------------
+
+    def delivery_scenario(self) -> None:
+        assert self.cert_key is not None
+        cert, key = self.cert_key
+        n = self.delivery_n
+        self.delivery_rows = [
+            delivery.DeliveryRow(f"delivery-{d}", f"delivery e2e, {d} dest domain{'s' if d > 1 else ''}, {n} msgs", d)
+            for d in DELIVERY_DOMAINS
+        ]
+
+        def sides(
+            row: delivery.DeliveryRow, round_no: int
+        ) -> list[tuple[delivery.Side | None, str, list[delivery.DeliveryRun]]]:
+            base = self.work / "delivery" / f"{row.name}-r{round_no + 1}"
+            ours: delivery.Side | None = None
+            theirs: delivery.Side | None = None
+            why_ours = self.ours_skip.get("reuse", "")
+            if self.relay is None:
+                why_ours = self.relay_error.splitlines()[0] if self.relay_error else "relay not running"
+            elif not why_ours:
+                ours = delivery.RelaySide(ROOT, base / "relay", cert, key)
+            why_pfx = self.postfix_skip.get("reuse", "")
+            if self.postfix is None:
+                why_pfx = "Postfix not running"
+            elif not why_pfx:
+                theirs = delivery.PostfixSide(base / "postfix", cert, key)
+            return [(ours, why_ours, row.ours), (theirs, why_pfx, row.postfix)]
+
+        delivery.run_rows(
+            self.delivery_rows,
+            self.plan.runs,
+            sides,
+            n,
+            self.conc,
+            self.plan.delivery_timeout,
+            self.quiesce,
+        )
+
     # --- one session, step by step ---------------------------------------------------------------------
 
     def session_steps(self) -> None:
@@ -389,6 +460,14 @@ class Bench:
                 ).stdout.strip()
                 or "?"
             )
+            dirty = subprocess.run(
+                ["git", "-C", str(ROOT), "status", "--porcelain", "--", "relay", "spool", "web"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            if dirty:
+                rev += f"+uncommitted ({len(dirty.splitlines())} paths under relay/ spool/ web/)"
         except (OSError, subprocess.SubprocessError):
             rev = "?"
         cpu = "?"
@@ -462,7 +541,11 @@ class Bench:
             "failed ours/Pfx",
         ]
         table = [head]
-        for row in self.rows:
+        rows = self.rows + [
+            Row(d.name, d.label, self.conc, [r.result for r in d.ours], [r.result for r in d.postfix])
+            for d in self.delivery_rows
+        ]
+        for row in rows:
             table.append(
                 [
                     row.label,
@@ -480,13 +563,13 @@ class Bench:
             )
         widths = [max(len(r[i]) for r in table) for i in range(len(head))]
         out = [*self.header(), ""]
-        for i, r in enumerate(table if self.rows else []):
+        for i, r in enumerate(table if rows else []):
             cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
             out.append("  ".join(cells))
             if i == 0:
                 out.append("  ".join("-" * w for w in widths))
         notes = []
-        for row in self.rows:
+        for row in rows:
             for side, runs in (("ours", row.ours), ("Postfix", row.postfix)):
                 skipped = {r.skipped for r in runs if r.skipped}
                 errs = [e for r in runs if not r.skipped for e in r.errors]
@@ -500,16 +583,28 @@ class Bench:
                 "plain: smtp-source reports no per-message latency (accept latency is measured by the "
                 "Python generator rows)."
             )
-        if self.rows:
+        if rows:
             notes.append(
                 "CPU columns: % of one core over the load phase (server = its whole process tree; "
                 f"this machine has {os.cpu_count()} cores = {100 * (os.cpu_count() or 1)}%); 'other' is "
                 "the rest of the machine (other jobs, smtp-sink, the bench itself): when high, figures are noisy."
             )
+        if self.rows:
             notes.append(
-                "Postfix delivers to smtp-sink while it accepts (its queue manager shares the CPU); "
-                "the relay's delivery is not part of this accept path."
+                "Both deliver what they accept to an smtp-sink of their own while they accept (delivery shares "
+                "the CPU); before each run both queues are drained."
             )
+        if self.delivery_rows:
+            notes.append(
+                "delivery rows: msg/s = messages at the sink / (last arrival - first accept); p50/p99 = MAIL FROM "
+                "-> arrival at the sink (dump file mtime); CPU over submission + delivery; failed = submission "
+                "failures + accepted messages that never reached the sink. Each run: fresh relay / fresh Postfix "
+                "(default concurrency; the relay: max_concurrency 100, per_destination 5) and a fresh sink."
+            )
+        detail = delivery.detail_lines(self.delivery_rows)
+        if detail:
+            out += ["", "delivery, end to end (median run; counters include the 1 warm-up message):"]
+            out += ["  " + line for line in detail]
         if self.step_lines:
             out += [
                 "",
@@ -544,6 +639,8 @@ class Bench:
             if "steps" in self.only:
                 self.session_steps()
             self.load_scenarios()
+            if "delivery" in self.only:
+                self.delivery_scenario()
             if "idle" in self.only:
                 self.idle_memory()
         finally:
@@ -562,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="each scenario once, ~1 minute")
-    parser.add_argument("--only", metavar="NAME", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--only", metavar="NAME", help=f"comma-separated subset of: {', '.join(SCENARIOS)}, dkim")
     parser.add_argument("--no-relay", action="store_true", help="measure Postfix alone (checks the bench itself)")
     parser.add_argument("--conc", type=int, default=CONC, help=f"concurrent clients (default {CONC})")
     parser.add_argument("--keep", action="store_true", help="keep the temp work dir (configs, logs, queues)")
@@ -574,6 +671,17 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    only = set(args.only.split(",")) if args.only else None
+    if only is None or "dkim" in only:
+        # DKIM signing cost beside the raw crypto floor: a CPU micro-benchmark, no peers needed.
+        from benchlib import dkimbench
+
+        dkimbench.main(["--quick"] if args.quick else [])
+        if only is not None:
+            only.discard("dkim")
+            if not only:
+                return 0
+            args.only = ",".join(sorted(only))
     try:
         return Bench(args).run()
     except KeyboardInterrupt:

@@ -110,6 +110,7 @@ class RunResult:
     window: float = 0.0  # seconds over which cpu/client_cpu/system_busy were taken (load + spawn)
     system_busy: float | None = None  # busy CPU seconds of the whole machine over ``window``
     skipped: str = ""  # reason, when the scenario could not run for this system
+    marks: dict[int, tuple[float, float]] = field(default_factory=dict)  # stamped seq -> (MAIL FROM, 250) wall
 
     @property
     def rate(self) -> float:

@@ -5,7 +5,8 @@ Three smtpd services on free loopback ports:
   plain       permit_mynetworks, no AUTH             (smtp-source)
   submission  STARTTLS required, Cyrus SASL (sasldb), permit_sasl_authenticated only
   idle        like plain, with a process limit high enough to hold the idle-connection test
-Everything queued goes to ``relayhost = [127.0.0.1]:<sink port>``: nothing leaves loopback.
+Everything queued goes to ``relayhost = [127.0.0.1]:<sink port>``: nothing leaves loopback. The sink is
+its own ``smtp-sink``, or one the caller started (``sink_port``; the delivery scenario's dumping sink).
 """
 
 from __future__ import annotations
@@ -95,13 +96,13 @@ def _version() -> str:
 
 
 class PostfixPeer:
-    def __init__(self, base: Path, cert: Path, key: Path, idle_procs: int) -> None:
+    def __init__(self, base: Path, cert: Path, key: Path, idle_procs: int, sink_port: int = 0) -> None:
         self.base = base
         self.conf = base / "conf"
         self.cert, self.key = cert, key
         self.idle_procs = idle_procs
         self.sink: subprocess.Popen[bytes] | None = None
-        self.sink_port = 0
+        self.sink_port = sink_port  # 0: start an smtp-sink of our own
         self.plain_port = self.submission_port = self.idle_port = 0
         self.started = False
         self.version = _version()
@@ -171,14 +172,15 @@ cyrus_sasl_config_path = {self.conf}/sasl
         if os.geteuid() != 0:
             raise RuntimeError("a private Postfix instance needs root (postfix -c DIR start)")
         self.base.mkdir(parents=True, exist_ok=True)
-        self.sink_port = free_port()
-        with open(self.base / "smtp-sink.log", "wb") as errlog:
-            self.sink = subprocess.Popen(
-                [_tool("smtp-sink"), "-u", "nobody", f"127.0.0.1:{self.sink_port}", "1000"],
-                stdout=subprocess.DEVNULL,
-                stderr=errlog,
-                start_new_session=True,
-            )
+        if not self.sink_port:
+            self.sink_port = free_port()
+            with open(self.base / "smtp-sink.log", "wb") as errlog:
+                self.sink = subprocess.Popen(
+                    [_tool("smtp-sink"), "-u", "nobody", f"127.0.0.1:{self.sink_port}", "1000"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=errlog,
+                    start_new_session=True,
+                )
         wait_for_banner("127.0.0.1", self.sink_port, 10)
         self.plain_port, self.submission_port, self.idle_port = free_port(), free_port(), free_port()
         self._write_config()
@@ -217,6 +219,19 @@ cyrus_sasl_config_path = {self.conf}/sasl
             for _dirpath, _dirs, files in os.walk(self.base / "queue" / sub):
                 n += len(files)
         return n
+
+    def delivery_counts(self) -> dict[str, int]:
+        """``status=sent|deferred|bounced`` lines in this instance's maillog (one per recipient attempt)."""
+        counts = {"sent": 0, "deferred": 0, "bounced": 0}
+        try:
+            with open(self.base / "maillog", errors="replace") as fh:
+                for line in fh:
+                    for status in counts:
+                        if f" status={status} " in line:
+                            counts[status] += 1
+        except OSError:
+            pass
+        return counts
 
     def wait_drained(self, timeout: float = 60.0) -> int:
         """Wait (bounded) until the queue is empty, so one run's delivery does not load the next run."""

@@ -1,4 +1,9 @@
-"""The real relay: ``atmos serve --config CFG`` as a subprocess on free loopback ports, one member."""
+"""The real relay: ``atmos serve --config CFG`` as a subprocess on free loopback ports, one member.
+
+Its outbound mail always goes to the bench's own ``smtp-sink`` (``[delivery] relayhost = "[127.0.0.1]:PORT"``,
+no MX lookup), and its DNS resolver is pointed at a closed loopback port: nothing the bench starts ever
+queries the system resolver or sends traffic off this machine.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .common import BENCH_DOMAIN, log
+from .common import BENCH_DOMAIN, free_port, log
 
 BENCH_DID = "did:plc:benchbenchbenchbenchbenc"
 BIG = 1_000_000_000  # rate limits and warming caps out of the way: the bench measures the accept path
@@ -23,10 +30,15 @@ class RelayStartError(RuntimeError):
 
 
 class RelayPeer:
-    def __init__(self, root: Path, base: Path, cert: Path, key: Path) -> None:
+    def __init__(self, root: Path, base: Path, cert: Path, key: Path, *, relayhost: str) -> None:
+        """``relayhost``: ``[127.0.0.1]:PORT`` of the bench's sink (required: never the system resolver + MX)."""
+        if not relayhost.startswith("[127.0.0.1]:"):
+            raise ValueError(f"bench relayhost must be a bracketed loopback address, got {relayhost!r}")
         self.root = root
         self.base = base
         self.cert, self.key = cert, key
+        self.relayhost = relayhost
+        self.dead_dns = f"127.0.0.1:{free_port()}"  # nothing listens there: any lookup fails fast, on loopback
         self.config = base / "atmos.toml"
         self.logfile = base / "relay.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,6 +73,11 @@ hourly = {BIG}
 daily = {BIG}
 relay_per_minute = {BIG}
 warming_tiers = [[0, {BIG}, {BIG}]]
+
+[delivery]
+relayhost = "{self.relayhost}"
+nameservers = ["{self.dead_dns}"]
+tls = "none"
 """)
 
     def _log_text(self) -> str:
@@ -114,6 +131,34 @@ warming_tiers = [[0, {BIG}, {BIG}]]
         except (ValueError, KeyError, TypeError) as exc:
             raise RelayStartError(f"`{' '.join(cmd)}`: no api_key in output ({exc}):\n{res.stdout}") from None
         return self.api_key
+
+    # --- HTTP API ------------------------------------------------------------------------------------
+
+    def _get(self, path: str, headers: dict[str, str], timeout: float) -> Any:
+        req = urllib.request.Request(self.http + path, headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def queue_stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """``GET /admin/api/queue`` stats: live_messages, delivered, deferred, bounced, in_flight, ..."""
+        doc = self._get("/admin/api/queue", {"Authorization": f"Bearer {self.env['ATMOS_ADMIN_TOKEN']}"}, timeout)
+        return dict(doc.get("stats") or {})
+
+    def live_messages(self) -> int | None:
+        """Messages still in the spool (``/healthz``, cheap); None when the relay does not answer."""
+        try:
+            return int(self._get("/healthz", {}, 5.0)["spool"]["liveMessages"])
+        except (OSError, ValueError, KeyError, TypeError, urllib.error.URLError):
+            return None
+
+    def wait_drained(self, timeout: float) -> int | None:
+        """Wait (bounded) until the spool is empty; returns what is left (None: no answer)."""
+        deadline = time.monotonic() + timeout
+        left = self.live_messages()
+        while left and time.monotonic() < deadline and self.alive():
+            time.sleep(0.25)
+            left = self.live_messages()
+        return left
 
     @property
     def pid(self) -> int:

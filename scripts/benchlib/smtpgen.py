@@ -7,6 +7,11 @@ Modes:
 Each worker is a process (the GIL would otherwise cap the generator, and TLS handshakes cost client CPU
 too). Workers wait on one event so process start-up is not timed, then send until their deadline. Latency
 is per message, from MAIL FROM to the 250 after the final dot.
+
+Delivery runs (``stamp=True``): each message starts with ``X-Bench-Seq: <n>`` (a number unique in the run) and
+the worker reports, per accepted message, n and the wall-clock times of MAIL FROM and of the 250 after the
+dot, so the sink's arrival time of message n gives its end-to-end latency. ``rcpts`` spreads the messages
+over several recipients (e.g. one per destination domain), worker i's k-th message going to rcpts[(i+k) % len].
 """
 
 from __future__ import annotations
@@ -41,6 +46,15 @@ class SmtpJob:
     duration: float = 5.0
     max_messages: int = 1_000_000  # per worker: a bound on the loop besides the deadline
     size: int = MESSAGE_BYTES
+    rcpts: tuple[str, ...] = ()  # when set, used in turn instead of ``rcpt``
+    stamp: bool = False  # X-Bench-Seq header + per-message wall-clock marks (delivery runs)
+
+
+SEQ_PER_WORKER = 10_000_000  # worker i numbers its messages i * SEQ_PER_WORKER + k
+
+
+def stamp_header(seq: int) -> bytes:
+    return b"X-Bench-Seq: %012d\r\n" % seq
 
 
 def build_message(mail_from: str, rcpt: str, size: int, worker: int) -> bytes:
@@ -98,10 +112,10 @@ def _open(job: SmtpJob, ctx: ssl.SSLContext) -> smtplib.SMTP:
     return client
 
 
-def _send_one(client: smtplib.SMTP, job: SmtpJob, msg: bytes) -> float:
+def _send_one(client: smtplib.SMTP, job: SmtpJob, msg: bytes, rcpt: str = "") -> float:
     t0 = time.perf_counter()
     _expect(client.mail(job.mail_from), (250,), "MAIL FROM")
-    _expect(client.rcpt(job.rcpt), (250, 251), "RCPT TO")
+    _expect(client.rcpt(rcpt or job.rcpt), (250, 251), "RCPT TO")
     _expect(client.data(msg), (250,), "DATA")
     return time.perf_counter() - t0
 
@@ -109,9 +123,12 @@ def _send_one(client: smtplib.SMTP, job: SmtpJob, msg: bytes) -> float:
 def _worker(job: SmtpJob, index: int, go: Any, results: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and reaps us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    msg = build_message(job.mail_from, job.rcpt, job.size, index)
+    stamp_len = len(stamp_header(0)) if job.stamp else 0
+    msg = build_message(job.mail_from, job.rcpt, job.size - stamp_len, index)
     ctx = _client_ctx()
     lat = array("d")
+    seqs, sent_at, accepted_at = array("q"), array("d"), array("d")
+    k = 0
     accepted = failed = 0
     errors: list[str] = []
     go.wait(60)
@@ -131,10 +148,20 @@ def _worker(job: SmtpJob, index: int, go: Any, results: Any) -> None:
         time.sleep(0.02)  # a failing server must not turn the loop into a busy spin
 
     while time.monotonic() < deadline and accepted + failed < job.max_messages:
+        rcpt = job.rcpts[(index + k) % len(job.rcpts)] if job.rcpts else job.rcpt
+        seq = index * SEQ_PER_WORKER + k
+        k += 1
         try:
             if client is None:
                 client = _open(job, ctx)
-            lat.append(_send_one(client, job, msg))
+            if job.stamp:
+                t_sent = time.time()
+                lat.append(_send_one(client, job, stamp_header(seq) + msg, rcpt))
+                seqs.append(seq)
+                sent_at.append(t_sent)
+                accepted_at.append(time.time())
+            else:
+                lat.append(_send_one(client, job, msg, rcpt))
             accepted += 1
             if job.reuse:
                 _expect(client.rset(), (250,), "RSET")
@@ -157,6 +184,7 @@ def _worker(job: SmtpJob, index: int, go: Any, results: Any) -> None:
             "start": start,
             "end": end,
             "lat": lat.tobytes(),
+            "marks": (seqs.tobytes(), sent_at.tobytes(), accepted_at.tobytes()),
             "cpu": _cpu() - cpu0,
             "errors": errors,
         }
@@ -184,6 +212,14 @@ def collect(procs: list[Any], results: Any, timeout: float) -> RunResult:
         lat = array("d")
         lat.frombytes(item["lat"])
         out.latencies.extend(lat)
+        if "marks" in item:  # stamped SMTP runs only (httpgen's workers send none)
+            raw_seqs, raw_sent, raw_accepted = item["marks"]
+            seqs, sent_at, accepted_at = array("q"), array("d"), array("d")
+            seqs.frombytes(raw_seqs)
+            sent_at.frombytes(raw_sent)
+            accepted_at.frombytes(raw_accepted)
+            for seq, t_sent, t_acc in zip(seqs, sent_at, accepted_at, strict=True):
+                out.marks[seq] = (t_sent, t_acc)
         out.errors.extend(item["errors"])
         out.client_cpu = (out.client_cpu or 0.0) + item["cpu"]
     for p in procs:

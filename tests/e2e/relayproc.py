@@ -67,6 +67,8 @@ class RelayProcess:
             # Never route test mail through the machine's resolver: unless the test brings its own
             # [delivery], mail goes to a closed loopback port and stays deferred in the spool.
             + ("" if "[delivery]" in self.extra_toml else '[delivery]\nrelayhost = "[127.0.0.1]:1"\n')
+            # Likewise the periodic DNS checks: a closed loopback port, so they fail without sending anything.
+            + ("" if "[dns]" in self.extra_toml else '[dns]\nnameservers = ["127.0.0.1:1"]\n')
         )
 
     def full_env(self) -> dict[str, str]:
