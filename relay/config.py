@@ -77,7 +77,7 @@ class DeliveryConfig:
     nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system resolver
     tls: str = "may"  # may (opportunistic) | verify | none  (Postfix smtp_tls_security_level)
     max_concurrency: int = 100  # deliveries in flight relay-wide
-    per_destination: int = 5  # concurrent connections per destination domain
+    per_destination: int = 20  # concurrent connections per destination domain (Postfix default_destination_concurrency_limit)
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
     allow_loopback_mx: bool = False  # tests: MX records pointing at 127.0.0.1
     capture: bool = True  # dev only, without relayhost: deliver to the built-in capture sink
