@@ -36,6 +36,9 @@ from relay.delivery.scheduler import Scheduler, SchedulerConfig
 from relay.delivery.sink import CaptureSink
 from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
+from relay.inbound import LoggingEvents
+from relay.inbound.handler import InboundHandler
+from relay.inbound.service import make_inbound_server
 from relay.dns.verifier import DomainVerifier
 from relay.operatorkey import OperatorKeys
 from relay.services import Services
@@ -59,9 +62,11 @@ class Bound:
     submission: list[tuple[str, int]] = field(default_factory=list)
     http: list[str] = field(default_factory=list)
     capture: list[tuple[str, int]] = field(default_factory=list)
+    inbound: list[tuple[str, int]] = field(default_factory=list)
 
     def as_json(self) -> str:
         return json.dumps({"submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http,
+                           "inbound": [f"{h}:{p}" for h, p in self.inbound],
                            "capture": [f"{h}:{p}" for h, p in self.capture]})
 
 
@@ -91,6 +96,9 @@ async def run_relay(
                                 auth=Authenticator(store, keys), acceptor=acceptor, scheduler=scheduler)
             smtp = SmtpServer(_submission_config(cfg), SubmissionHandler(services.auth, store, services.acceptor))
             bound.submission = await root.start(smtp.serve)
+            inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, LoggingEvents()),
+                                          ssl_context=server_context(cfg))
+            bound.inbound = await root.start(inbound.serve)
             http_stop = trio.Event()
             bound.http = await root.start(_serve_http, services, http_stop)
             if cfg.http.addr.port == 0 and cfg.public_url.endswith(":0") and bound.http:
@@ -106,7 +114,9 @@ async def run_relay(
             await shutdown.wait()
             log.info("shutting down: closing listeners")
             with trio.move_on_after(cfg.smtp.shutdown_grace + 5):
-                await smtp.shutdown(cfg.smtp.shutdown_grace)
+                async with trio.open_nursery() as closing:  # both listeners close at once
+                    closing.start_soon(smtp.shutdown, cfg.smtp.shutdown_grace)
+                    closing.start_soon(inbound.shutdown, cfg.smtp.shutdown_grace)
             http_stop.set()
             log.info("shutting down: in-flight deliveries get %.0f s", cfg.delivery.shutdown_grace)
             await scheduler.shutdown(cfg.delivery.shutdown_grace)
@@ -212,6 +222,8 @@ def _announce(cfg: Config, bound: Bound) -> None:
     lines = [f"Atmosphere Relay ({'dev' if cfg.dev else 'production'}) state in {cfg.state_path.resolve()}"]
     for host, port in bound.submission:
         lines.append(f"  SMTP submission   {host}:{port}  (STARTTLS, then AUTH PLAIN/LOGIN)")
+    for host, port in bound.inbound:
+        lines.append(f"  inbound SMTP      {host}:{port}  (bounces, complaints, replies to member domains)")
     for url in bound.http:
         lines.append(f"  HTTP API          {url}/v1/send   health {url}/healthz")
     for host, port in bound.capture:

@@ -40,8 +40,8 @@ class Preparer:
 
     async def __call__(self, env: Envelope, rcpt_id: int, rcpt: str, data: bytes) -> bytes:
         operator = await self._operator_signing_key()
-        if env.attrs.get("dsn") or not env.mail_from:
-            return sign(data, [operator])
+        if env.attrs.get("dsn") or env.attrs.get("forward") or not env.mail_from:
+            return sign(data, [operator])  # the relay's own mail (DSNs, forwarded replies): operator key only
         member_domain = domain_of(env.mail_from)
         transactional = env.attrs.get("transactional") == "1"
         url = None if transactional else unsubscribe_url(

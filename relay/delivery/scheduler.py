@@ -263,9 +263,12 @@ class Scheduler:
             return
         data = await trio.to_thread.run_sync(self._spool.read_data, job.queue_id)
         env = msg.envelope
-        # Null reverse-path stays null (a DSN); everything else goes out with a VERP sender.
-        mail_from = verp.encode(job.rcpt_id, secret=self._cfg.secret, domain=self._cfg.operator_domain) \
-            if env.mail_from else ""
+        # Null reverse-path stays null (a DSN); a forwarded reply keeps its SRS sender (RFC-style
+        # SRS0, so the original sender can be reached and SPF passes); everything else gets VERP.
+        if not env.mail_from or env.attrs.get("forward"):
+            mail_from = env.mail_from
+        else:
+            mail_from = verp.encode(job.rcpt_id, secret=self._cfg.secret, domain=self._cfg.operator_domain)
         try:
             wire = data if self._prepare is None else await self._prepare(env, job.rcpt_id, job.rcpt, data)
             result = await self._transport.attempt(job.domain, mail_from, job.rcpt, wire)

@@ -46,6 +46,7 @@ class RelayProcess:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     submission: tuple[str, int] = ("", 0)
+    inbound: tuple[str, int] = ("", 0)
     http: str = ""
     output: list[str] = field(default_factory=list)
     _drainer: threading.Thread | None = None
@@ -100,6 +101,9 @@ class RelayProcess:
                 host, _, port = ready["submission"][0].rpartition(":")
                 self.submission = (host, int(port))
                 self.http = ready["http"][0]
+                if ready.get("inbound"):
+                    ihost, _, iport = ready["inbound"][0].rpartition(":")
+                    self.inbound = (ihost, int(iport))
                 self._drainer = threading.Thread(target=self._drain, daemon=True)
                 self._drainer.start()
                 return self

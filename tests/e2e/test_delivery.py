@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import re
 import signal
+import smtplib
 import time
 from collections.abc import Callable, Iterator
 from email import policy
@@ -20,6 +21,7 @@ import pytest
 from relay.delivery import verp
 from relay.delivery.dsn import parse_dsn
 from relay.dkimkeys import zone_txt
+from relay.store import open_store
 from spool import SpoolLog
 from tests.e2e.conftest import DID, DOMAIN, HANDLE, Member
 from tests.e2e.relayproc import RelayProcess, TLSFiles
@@ -216,3 +218,23 @@ def test_sigterm_mid_burst_then_restart_delivers_each_once(tmp_path: Path, tls_f
     counts = {s: len(sink_has(sink, s)) for s in subjects}
     sink.stop()
     assert set(counts.values()) == {1}, {s: n for s, n in counts.items() if n != 1}
+
+
+def test_reply_to_member_domain_is_forwarded_with_srs(relay: RelayProcess, member: Member, sink: SmtpSink) -> None:
+    store = open_store(f"sqlite:///{relay.state_dir / 'relay.db'}")
+    try:
+        store.set_forward_to(member.domain, "owner@example.org")
+    finally:
+        store.close()
+    reply = (f"From: customer@example.org\r\nTo: hello@{member.domain}\r\nSubject: e2e-reply\r\n"
+             "Message-ID: <reply-1@example.org>\r\n\r\nThanks!\r\n").encode()
+    with smtplib.SMTP(*relay.inbound, timeout=10) as s:
+        s.sendmail("customer@example.org", [f"hello@{member.domain}"], reply)
+        code, text = s.mail("x@example.org")
+        assert code == 250
+        code, text = s.rcpt("victim@elsewhere.example")  # never an open relay
+        assert code >= 550, text
+    [got] = wait_for(lambda: sink_has(sink, "e2e-reply"))
+    assert got.rcpts == ("owner@example.org",)
+    assert got.mail_from.lower().startswith("srs0=") and got.mail_from.endswith("@relay.test")
+    assert "example.org" in got.mail_from and "customer" in got.mail_from
