@@ -77,7 +77,7 @@ class DeliveryConfig:
     nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system resolver
     tls: str = "may"  # may (opportunistic) | verify | none  (Postfix smtp_tls_security_level)
     max_concurrency: int = 100  # deliveries in flight relay-wide
-    per_destination: int = 20  # concurrent connections per destination domain (Postfix default_destination_concurrency_limit)
+    per_destination: int = 20  # connections per destination domain (Postfix default_destination_concurrency_limit)
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
     allow_loopback_mx: bool = False  # tests: MX records pointing at 127.0.0.1
     capture: bool = True  # dev only, without relayhost: deliver to the built-in capture sink
@@ -141,6 +141,18 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """atproto identity resolution and the OAuth sign-in client (DESIGN §3 web pages)."""
+
+    plc_url: str = "https://plc.directory"  # DID PLC directory; tests point it at a local PLC
+    handle_resolution: str = "standard"  # standard: DNS TXT _atproto.<handle> + https well-known | well-known-at
+    handle_resolver_url: str = ""  # well-known-at: GET <this>/.well-known/atproto-did with Host: <handle> (tests)
+    allow_http_on_loopback: bool = False  # development only: http PDS/issuer on localhost/127.0.0.1/::1
+    cache_ttl: float = 600.0  # resolved handles and DID documents
+    timeout: float = 10.0  # per HTTP/DNS request during resolution and OAuth
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     operator_domain: str = "relay.localhost"
     public_url: str = ""
@@ -156,6 +168,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
     # secrets: never from the file (see load_secrets)
     admin_token: str = field(default="", repr=False)
     secret_key: bytes = field(default=b"", repr=False)
@@ -258,6 +271,11 @@ def _validate(cfg: Config) -> None:
                        ("delivery.per_destination", cfg.delivery.per_destination)):
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
+    if cfg.identity.handle_resolution not in ("standard", "well-known-at"):
+        raise ConfigError("identity.handle_resolution: expected standard or well-known-at, "
+                          f"got {cfg.identity.handle_resolution!r}")
+    if cfg.identity.handle_resolution == "well-known-at" and not cfg.identity.handle_resolver_url:
+        raise ConfigError("identity.handle_resolver_url: required when identity.handle_resolution = well-known-at")
     if not cfg.store_url.startswith(("sqlite:///", "postgresql://")):
         raise ConfigError(f"store.url: expected sqlite:///path or postgresql://..., got {cfg.store_url!r}")
 

@@ -36,10 +36,10 @@ from relay.delivery.scheduler import Scheduler, SchedulerConfig
 from relay.delivery.sink import CaptureSink
 from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
+from relay.dns.verifier import DomainVerifier
 from relay.inbound import LoggingEvents
 from relay.inbound.handler import InboundHandler
 from relay.inbound.service import make_inbound_server
-from relay.dns.verifier import DomainVerifier
 from relay.operatorkey import OperatorKeys
 from relay.services import Services
 from relay.smtp.client import TlsPolicy
