@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 from relay.address import domain_of
 from relay.errors import InsufficientStorage, QueueUnavailable
+from relay.eventbus import EventBus
+from relay.events import MessageAccepted
+from relay.metrics import RelayMetrics
 from relay.store.base import MessageRow
 from relay.store.writer import StatusWriter
 from spool import Envelope, QueuedMessage, Spool, SpoolFull, SpoolUnavailable
@@ -31,11 +34,15 @@ class Accepted:
 
 
 class Acceptor:
-    def __init__(self, spool: Spool, writer: StatusWriter) -> None:
+    def __init__(
+        self, spool: Spool, writer: StatusWriter, *, bus: EventBus | None = None, metrics: RelayMetrics | None = None
+    ) -> None:
         self._spool = spool
         self._writer = writer
         self.accepted_messages = 0
         self.on_accept: Callable[[int], None] | None = None  # the scheduler's notify
+        self.bus = bus  # operator event stream: MessageAccepted after each accept
+        self.metrics = metrics  # /metrics: accepted by source, accept latency
 
     async def accept(
         self, *, did: str, mail_from: str, rcpts: Iterable[str], data: bytes, attrs: Mapping[str, str]
@@ -46,6 +53,7 @@ class Acceptor:
         envelope = Envelope(
             mail_from=mail_from, rcpts=tuple(rcpts), did=did, attrs=dict(attrs), arrival=time.time()
         )
+        started = time.perf_counter()
         try:
             result = await self._spool.accept(envelope, data)
         except SpoolFull as exc:
@@ -58,7 +66,23 @@ class Acceptor:
         self._writer.submit_nowait(rows_for(result.queue_id, result.rcpt_ids, envelope))
         if self.on_accept is not None:
             self.on_accept(result.queue_id)
+        source = _source(envelope.attrs)
+        if self.metrics is not None:
+            self.metrics.observe_accept(source, len(envelope.rcpts), time.perf_counter() - started)
+        if self.bus is not None:
+            self.bus.publish(MessageAccepted(
+                queue_id=result.queue_id, rcpt_ids=tuple(result.rcpt_ids), did=did, sender=mail_from,
+                recipients=envelope.rcpts, size=len(data), source=source))
         return Accepted(result.queue_id, tuple(result.rcpt_ids))
+
+
+def _source(attrs: Mapping[str, str]) -> str:
+    """The event stream's and /metrics' source: smtp | http | dsn | forward (inbound keeps its attrs)."""
+    if attrs.get("dsn"):
+        return "dsn"
+    if attrs.get("forward"):
+        return "forward"
+    return "http" if attrs.get("source") == "http" else "smtp"
 
 
 def rows_for(queue_id: int, ids: Iterable[int], env: Envelope) -> list[MessageRow]:

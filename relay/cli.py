@@ -51,9 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return serve_forever(cfg)
         if args.command == "console":
-            print("atmos console: the operator console is not built yet (issue: operator console)",
-                  file=sys.stderr)
-            return 2
+            try:
+                from tui.app import run_console  # Textual (asyncio) is loaded only for the console
+            except ImportError as exc:
+                print(f"atmos console: needs the console's dependencies (textual, websockets): {exc}",
+                      file=sys.stderr)
+                return 2
+            return run_console(args.url, args.token)
         cfg = config_from_args(args)
         return admin.run(cfg, args)
     except ConfigError as exc:

@@ -116,12 +116,14 @@ class Delivery(Event):
 
 @dataclass(frozen=True, slots=True)
 class QueueChanged(Event):
-    """An operator action changed queued recipients (hold, release, delete, retry)."""
+    """An operator action changed queued recipients (hold, release, delete, retry), or paused/resumed a
+    destination (``action`` pause | resume, ``queue_id`` 0, ``destination`` the domain)."""
 
     type: ClassVar[str] = "queue_changed"
     queue_id: int
     action: str
     changed: int
+    destination: str = ""
 
 
 @dataclass(frozen=True, slots=True)

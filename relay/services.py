@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from relay.acceptor import Acceptor
 from relay.apikey import ApiKeyCache
@@ -10,6 +10,9 @@ from relay.auth import Authenticator
 from relay.config import Config
 from relay.delivery.scheduler import Scheduler
 from relay.dns.verifier import DomainVerifier
+from relay.reputation import Reputation
+from relay.eventbus import EventBus
+from relay.metrics import RelayMetrics
 from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
 from spool import Spool
@@ -26,3 +29,8 @@ class Services:
     acceptor: Acceptor
     scheduler: Scheduler | None = None
     verifier: DomainVerifier | None = None
+    # The operator event stream (/admin/ws) and the counters behind /metrics; the supervisor passes the
+    # instances it also gave the acceptor and the scheduler.
+    bus: EventBus = field(default_factory=EventBus)
+    metrics: RelayMetrics = field(default_factory=RelayMetrics)
+    reputation: Reputation | None = None  # rate limits, suspension; None in tests that build Services bare

@@ -10,7 +10,8 @@ import logging
 from relay.acceptor import Acceptor
 from relay.address import split_address
 from relay.auth import Authenticator, Principal
-from relay.errors import AuthRequired, InvalidRequest, RelayError, SuppressedRecipient
+from relay.errors import AuthRequired, InvalidRequest, MemberSuspended, RelayError, SuppressedRecipient
+from relay.reputation import Reputation
 from relay.sender import check_header_from, check_sender, parse_headers
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
@@ -22,10 +23,13 @@ TRANSACTIONAL = frozenset({"transactional", "login-link", "password-reset", "mfa
 
 
 class SubmissionHandler:
-    def __init__(self, auth: Authenticator, store: AsyncStore, acceptor: Acceptor) -> None:
+    def __init__(
+        self, auth: Authenticator, store: AsyncStore, acceptor: Acceptor, *, reputation: Reputation | None = None
+    ) -> None:
         self._auth = auth
         self._store = store
         self._acceptor = acceptor
+        self._reputation = reputation  # rate limits and suspension (DESIGN §6); None: no limits
 
     async def on_connect(self, session: Session) -> Reply | None:
         return None
@@ -34,6 +38,8 @@ class SubmissionHandler:
         principal = await self._auth.authenticate(username, password)
         session.did = principal.did
         session.extra["principal"] = principal
+        if self._reputation is not None:
+            self._reputation.note_member_status(principal.did, "active")  # the store just said so
         log.info("auth ok did=%s peer=%s", principal.did, session.peer[0])
         return Reply(235, "2.7.0", "authentication succeeded")
 
@@ -42,15 +48,23 @@ class SubmissionHandler:
         if not address:
             # A null reverse-path is for bounces (RFC 5321 §4.5.5); members never send those.
             raise InvalidRequest("null sender <> is not allowed on submission")
+        rep = self._reputation
+        if rep is not None and rep.is_suspended(principal.did):
+            # Suspended while this session was open: AUTH alone would only catch the next session.
+            reason = rep.suspension_reason(principal.did)
+            raise MemberSuspended(f"member suspended: {reason}" if reason else None)
         check_sender(principal, address)
         return Reply(250, "2.1.0", "sender ok")
 
     async def on_rcpt(self, session: Session, address: str, params: dict[str, str]) -> Reply:
-        _principal(session)
+        principal = _principal(session)
         try:
             split_address(address)
         except ValueError as exc:
             return Reply(553, "5.1.3", f"bad recipient address syntax: {exc}")
+        if self._reputation is not None and session.mail_from:
+            # Warming and rate caps per recipient, so a client learns at RCPT, not after DATA (451 4.7.1).
+            await self._reputation.check(principal.did, _sender_domain(session), len(session.rcpts) + 1)
         # The suppression check waits for the end of DATA: only then is X-Atmos-Category known,
         # and transactional mail (a password reset) must reach someone who left a newsletter.
         return Reply(250, "2.1.5", "recipient ok")
@@ -75,13 +89,26 @@ class SubmissionHandler:
             rcpts = [r for r, flag in zip(rcpts, flags, strict=True) if not flag]
         if not rcpts:
             raise SuppressedRecipient()
-        accepted = await self._acceptor.accept(
-            did=principal.did, mail_from=session.mail_from, rcpts=rcpts, data=data, attrs=attrs
-        )
+        rep = self._reputation
+        # Checked again and counted in one step: other sessions may have used the budget since RCPT.
+        grant = await rep.acquire(principal.did, _sender_domain(session), len(rcpts)) if rep is not None else None
+        try:
+            accepted = await self._acceptor.accept(
+                did=principal.did, mail_from=session.mail_from, rcpts=rcpts, data=data, attrs=attrs
+            )
+        except BaseException:
+            if rep is not None and grant is not None:
+                rep.release(grant)
+            raise
         ids = ",".join(str(i) for i in accepted.ids)
         # After DATA one reply covers every recipient (RFC 5321 §4.1.1.4): suppressed ones are named here.
         note = f"; not sent to suppressed {', '.join(suppressed)}" if suppressed else ""
         return Reply(250, "2.0.0", f"queued as {ids}{note}")
+
+
+def _sender_domain(session: Session) -> str:
+    assert session.mail_from
+    return split_address(session.mail_from)[1]
 
 
 def _principal(session: Session) -> Principal:

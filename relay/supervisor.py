@@ -1,6 +1,7 @@
 """``atmos serve``: one Trio root nursery, services started in dependency order (DESIGN §2).
 
-    store -> spool (recovery first) -> status writer -> SMTP submission -> HTTP
+    store -> spool (recovery first) -> status writer -> event bus -> delivery scheduler
+      -> SMTP submission -> inbound SMTP -> HTTP (incl. /admin/ws, /metrics) -> periodic jobs
 
 Each service reports its real bound address through ``task_status`` so port 0
 works everywhere. SIGTERM/SIGINT: the listeners close first (idle SMTP sessions
@@ -37,10 +38,13 @@ from relay.delivery.sink import CaptureSink
 from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
 from relay.dns.verifier import DomainVerifier
-from relay.inbound import LoggingEvents
+from relay.eventbus import EventBus
+from relay.eventstream import connect_reputation, run_publisher
 from relay.inbound.handler import InboundHandler
 from relay.inbound.service import make_inbound_server
+from relay.metrics import RelayMetrics
 from relay.operatorkey import OperatorKeys
+from relay.reputation import Reputation
 from relay.services import Services
 from relay.smtp.client import TlsPolicy
 from relay.smtp.limits import Limits
@@ -88,15 +92,24 @@ async def run_relay(
             if rows:  # rows lost to a crash before the batched writer flushed
                 await store.insert_messages(rows)
             keys = ApiKeyCache()
-            acceptor = Acceptor(spool, writer)
+            reputation = Reputation.from_config(store, cfg)  # rate counters and suspensions, loaded first
+            await root.start(reputation.run)
+            # The operator event stream: made before its publishers (acceptor, scheduler), which never wait on it.
+            bus, metrics = EventBus(), RelayMetrics()
+            acceptor = Acceptor(spool, writer, bus=bus, metrics=metrics)
             bound = Bound()
-            scheduler, pool, prepare = await _start_delivery(cfg, root, spool, writer, store, bound)
+            scheduler, pool, prepare = await _start_delivery(cfg, root, spool, writer, store, bound, bus)
+            scheduler.delivery_events = reputation
             acceptor.on_accept = scheduler.notify
             services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
-                                auth=Authenticator(store, keys), acceptor=acceptor, scheduler=scheduler)
-            smtp = SmtpServer(_submission_config(cfg), SubmissionHandler(services.auth, store, services.acceptor))
+                                auth=Authenticator(store, keys), acceptor=acceptor, scheduler=scheduler,
+                                bus=bus, metrics=metrics, reputation=reputation)
+            connect_reputation(bus, reputation)  # automatic suspensions and complaints onto the event stream
+            await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
+            smtp = SmtpServer(_submission_config(cfg),
+                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation))
             bound.submission = await root.start(smtp.serve)
-            inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, LoggingEvents()),
+            inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation),
                                           ssl_context=server_context(cfg))
             bound.inbound = await root.start(inbound.serve)
             http_stop = trio.Event()
@@ -117,6 +130,8 @@ async def run_relay(
                 async with trio.open_nursery() as closing:  # both listeners close at once
                     closing.start_soon(smtp.shutdown, cfg.smtp.shutdown_grace)
                     closing.start_soon(inbound.shutdown, cfg.smtp.shutdown_grace)
+            # End every /admin/ws stream and give the handlers a moment to send their close frame (1001).
+            await bus.aclose(grace=1.0)
             http_stop.set()
             log.info("shutting down: in-flight deliveries get %.0f s", cfg.delivery.shutdown_grace)
             await scheduler.shutdown(cfg.delivery.shutdown_grace)
@@ -130,7 +145,8 @@ async def run_relay(
 
 
 async def _start_delivery(
-    cfg: Config, root: trio.Nursery, spool: Spool, writer: StatusWriter, store: AsyncStore, bound: Bound
+    cfg: Config, root: trio.Nursery, spool: Spool, writer: StatusWriter, store: AsyncStore, bound: Bound,
+    bus: EventBus | None = None,
 ) -> tuple[Scheduler, ConnectionPool, Preparer]:
     """Transport (routing + SMTP client + connection pool), then the scheduler over the spool."""
     relayhost = cfg.delivery.relayhost
@@ -149,7 +165,7 @@ async def _start_delivery(
     operator = OperatorKeys(cfg.state_path, cfg.secret_key)
     await trio.to_thread.run_sync(operator.current)  # created on first start, before any delivery
     prepare = Preparer(cfg, store, operator)
-    scheduler = Scheduler(spool, writer, transport, prepare=prepare, config=SchedulerConfig(
+    scheduler = Scheduler(spool, writer, transport, prepare=prepare, bus=bus, config=SchedulerConfig(
         operator_domain=cfg.operator_domain, secret=cfg.secret_key, reporting_mta=cfg.banner_host,
         max_concurrency=cfg.delivery.max_concurrency, per_destination=cfg.delivery.per_destination,
         policy=RetryPolicy(schedule=cfg.delivery.retry_schedule),

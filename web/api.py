@@ -12,6 +12,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 
 from relay.auth import Principal
 from relay.errors import AuthRequired, InvalidDid, InvalidRequest, PayloadTooLarge, RelayError
+from relay.reputation import Grant, RateLimitExceeded, Reputation
 from relay.sender import check_sender
 from relay.services import Services
 from relay.submission import TRANSACTIONAL
@@ -26,6 +27,21 @@ _idem_locks: dict[tuple[str, str], trio.Lock] = {}
 def services() -> Services:
     svc: Services = current_app.extensions["atmos"]
     return svc
+
+
+def reputation(svc: Services) -> Reputation | None:
+    """The rate-limit and suspension service, once the supervisor provides one."""
+    rep: Reputation | None = getattr(svc, "reputation", None)
+    return rep
+
+
+def rate_limited(exc: RateLimitExceeded) -> Response:
+    """429 RATE_LIMITED with Retry-After and RateLimit-* (draft-ietf-httpapi-ratelimit-headers)."""
+    resp = jsonify(exc.http_body())
+    resp.status_code = exc.http_status
+    for name, value in exc.headers.items():
+        resp.headers[name] = value
+    return resp
 
 
 async def authenticate() -> Principal:
@@ -59,6 +75,13 @@ async def send() -> Response:
     if (request.content_length or 0) > svc.cfg.limits.json_body:
         raise PayloadTooLarge(f"request body larger than {svc.cfg.limits.json_body} bytes")
     principal = await authenticate()
+    try:
+        return await _send_keyed(svc, principal)
+    except RateLimitExceeded as exc:
+        return rate_limited(exc)
+
+
+async def _send_keyed(svc: Services, principal: Principal) -> Response:
     key = request.headers.get("Idempotency-Key", "").strip()
     if not key:
         return await _send(svc, principal)
@@ -96,7 +119,7 @@ async def _send_idempotent(svc: Services, principal: Principal, key: str) -> Res
 
 async def _send(svc: Services, principal: Principal) -> Response:
     req = parse_send_request(await read_json(), max_recipients=svc.cfg.limits.recipients_per_message)
-    check_sender(principal, req.sender, what="from")
+    sender_domain = check_sender(principal, req.sender, what="from")
     transactional = req.category in TRANSACTIONAL
     accepted_rcpts: list[str] = []
     rejected: list[dict[str, Any]] = []
@@ -108,16 +131,33 @@ async def _send(svc: Services, principal: Principal) -> Response:
         else:
             accepted_rcpts.append(rcpt)
     accepted: list[dict[str, Any]] = []
+    rep = reputation(svc)
+    headers: dict[str, str] = {}
     if accepted_rcpts:
         data = compose(req)
         if len(data) > svc.cfg.limits.message_size:
             raise PayloadTooLarge("composed message larger than the message size limit")
         attrs = {"source": "http", "subject": req.subject, "category": req.category,
                  "transactional": "1" if transactional else ""}
-        result = await svc.acceptor.accept(did=principal.did, mail_from=req.sender, rcpts=accepted_rcpts,
-                                           data=data, attrs=attrs)
+        # Warming and rate caps (DESIGN §6): checked and counted at once; given back if the accept fails.
+        grant: Grant | None = None
+        if rep is not None:
+            grant = await rep.acquire(principal.did, sender_domain, len(accepted_rcpts))
+            headers = grant.headers
+        try:
+            result = await svc.acceptor.accept(did=principal.did, mail_from=req.sender, rcpts=accepted_rcpts,
+                                               data=data, attrs=attrs)
+        except BaseException:
+            if rep is not None and grant is not None:
+                rep.release(grant)
+            raise
         accepted = [{"recipient": r, "messageId": i} for r, i in zip(accepted_rcpts, result.ids, strict=True)]
-    return jsonify({"accepted": accepted, "rejected": rejected})
+    elif rep is not None:
+        headers = await rep.limiter.headers(principal.did, sender_domain)
+    resp = jsonify({"accepted": accepted, "rejected": rejected})
+    for name, value in headers.items():
+        resp.headers[name] = value
+    return resp
 
 
 @blueprint.get("/v1/messages/<int:message_id>")

@@ -31,6 +31,9 @@ import trio
 from relay.delivery import verp
 from relay.delivery.dsn import FailedRecipient, build_dsn
 from relay.delivery.retry import DEFAULT_POLICY, Decision, Outcome, OutcomeKind, RetryPolicy, decide
+from relay.eventbus import EventBus
+from relay.events import Delivery, Event, MessageAccepted, QueueChanged
+from relay.reputation import DeliveryEvents, classify_status
 from relay.store.rows import NewAttempt, StatusUpdate
 from relay.store.writer import StatusWriter
 from spool import Envelope, QueuedMessage, Spool, SpoolError, State, Transition
@@ -92,8 +95,11 @@ class Scheduler:
         *,
         clock: Callable[[], float] = time.time,
         prepare: Prepare | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self._prepare = prepare
+        self.delivery_events: DeliveryEvents | None = None  # reputation: counts sends and bounces
+        self.bus = bus  # operator event stream: Delivery after each attempt, QueueChanged after operator actions
         self._spool = spool
         self._writer = writer
         self._transport = transport
@@ -145,32 +151,50 @@ class Scheduler:
 
     # ---- operator actions (admin API / console) --------------------------------------------
     async def hold(self, queue_id: int) -> int:
-        return await self._set_state(queue_id, State.HELD, "held", "held by operator",
-                                     lambda st: st.state in (State.ACCEPTED, State.DEFERRED, State.RELEASED))
+        n = await self._set_state(queue_id, State.HELD, "held", "held by operator",
+                                  lambda st: st.state in (State.ACCEPTED, State.DEFERRED, State.RELEASED))
+        self._publish(QueueChanged(queue_id=queue_id, action="hold", changed=n))
+        return n
 
     async def release(self, queue_id: int) -> int:
         n = await self._set_state(queue_id, State.RELEASED, "accepted", "released by operator",
                                   lambda st: st.state is State.HELD)
         self.notify(queue_id)
+        self._publish(QueueChanged(queue_id=queue_id, action="release", changed=n))
         return n
 
     async def delete(self, queue_id: int) -> int:
-        return await self._set_state(queue_id, State.DELETED, "bounced", "deleted by operator (no DSN sent)",
-                                     lambda st: not st.terminal)
+        n = await self._set_state(queue_id, State.DELETED, "bounced", "deleted by operator (no DSN sent)",
+                                  lambda st: not st.terminal)
+        self._publish(QueueChanged(queue_id=queue_id, action="delete", changed=n))
+        return n
 
     async def retry_now(self, queue_id: int) -> int:
         n = await self._set_state(queue_id, State.DEFERRED, "deferred", "retry requested by operator",
                                   lambda st: st.state is State.DEFERRED, next_attempt_at=self._now())
         self.notify(queue_id)
+        self._publish(QueueChanged(queue_id=queue_id, action="retry", changed=n))
         return n
 
     def pause(self, domain: str, paused: bool = True) -> None:
-        self._dest[domain.lower()].paused = paused
+        dest = self._dest[domain.lower()]
+        changed = int(dest.paused != paused)
+        dest.paused = paused
         self._wakeup.set()
+        self._publish(QueueChanged(queue_id=0, action="pause" if paused else "resume", changed=changed,
+                                   destination=domain.lower()))
 
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    @property
+    def paused_destinations(self) -> tuple[str, ...]:
+        return tuple(sorted(domain for domain, dest in self._dest.items() if dest.paused))
+
+    def _publish(self, event: Event) -> None:
+        if self.bus is not None:
+            self.bus.publish(event)
 
     async def _set_state(self, queue_id: int, state: State, store_status: str, note: str,
                          which: Callable[..., bool], next_attempt_at: float | None = None) -> int:
@@ -282,6 +306,10 @@ class Scheduler:
                                                  next_attempt_at=decision.next_attempt_at,
                                                  reply=result.outcome.text)])
         self._record(job, decision, result, attempts, now)
+        self._tell_reputation(env, job, decision, result)
+        self._publish(Delivery(queue_id=job.queue_id, rcpt_id=job.rcpt_id, did=env.did, recipient=job.rcpt,
+                               domain=job.domain, state=decision.state, attempts=attempts, mx_host=result.mx_host,
+                               reply=result.outcome.text, tls=result.tls, next_attempt_at=decision.next_attempt_at))
         if decision.state == "deferred" and decision.next_attempt_at is not None:
             self._push(decision.next_attempt_at, job.queue_id)
             self._wakeup.set()
@@ -305,6 +333,18 @@ class Scheduler:
                        tls=result.tls, outcome=decision.state),
         ])
 
+    def _tell_reputation(self, env: Envelope, job: Job, decision: Decision, result: AttemptResult) -> None:
+        """Sends and bounces count toward the member's rates (DESIGN §6); the relay's own mail does not."""
+        events = self.delivery_events
+        if events is None or not env.mail_from or env.attrs.get("forward") or env.attrs.get("dsn"):
+            return
+        domain = env.mail_from.rpartition("@")[2].lower()
+        if decision.state == "sent":
+            events.sent(env.did, domain, job.rcpt_id)
+        elif decision.state == "bounced":
+            events.bounced(env.did, domain, job.rcpt_id, job.rcpt, classify_status(decision.status),
+                           result.outcome.text)
+
     async def _bounce(self, env: Envelope, data: bytes, job: Job, decision: Decision, result: AttemptResult,
                       now: float) -> None:
         """RFC 3464 DSN to the original envelope sender, with a null reverse-path (never bounce a bounce)."""
@@ -324,6 +364,8 @@ class Scheduler:
                                      "original_rcpt_id": str(job.rcpt_id)}, arrival=now)
         accepted = await self._spool.accept(bounce_env, dsn)
         self.notify(accepted.queue_id)
+        self._publish(MessageAccepted(queue_id=accepted.queue_id, rcpt_ids=tuple(accepted.rcpt_ids), did=env.did,
+                                      sender="", recipients=bounce_env.rcpts, size=len(dsn), source="dsn"))
 
 
 def _pending(state: State) -> bool:

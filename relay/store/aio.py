@@ -24,11 +24,15 @@ from relay.store.rows import (
     IdempotentResponse,
     Member,
     MemberStatus,
+    MemberTotal,
     MessageRow,
     MessageStatus,
     NewAttempt,
+    ReputationCount,
+    SendCount,
     StatusUpdate,
     Suppression,
+    WebSession,
     WriteOp,
 )
 
@@ -182,3 +186,43 @@ class AsyncStore:
     # retention
     async def purge(self, now: float) -> int:
         return await self._run(functools.partial(self._store.purge, now))
+
+    # reputation counters
+    async def add_counts(
+        self,
+        sends: Sequence[SendCount] = (),
+        events: Sequence[ReputationCount] = (),
+        totals: Sequence[MemberTotal] = (),
+    ) -> None:
+        await self._run(functools.partial(self._store.add_counts, sends, events, totals))
+
+    async def send_counts_since(self, bucket_start: int) -> list[SendCount]:
+        return await self._run(functools.partial(self._store.send_counts_since, bucket_start))
+
+    async def reputation_counts_since(self, bucket_start: int, did: str | None = None) -> list[ReputationCount]:
+        return await self._run(functools.partial(self._store.reputation_counts_since, bucket_start, did))
+
+    async def member_totals(self, did: str) -> dict[str, int]:
+        return await self._run(functools.partial(self._store.member_totals, did))
+
+    async def message_counts_for(self, did: str) -> dict[MessageStatus, int]:
+        return await self._run(functools.partial(self._store.message_counts_for, did))
+
+    async def suspended_members(self) -> list[Member]:
+        return await self._run(self._store.suspended_members)
+
+    async def purge_counters(self, now: float) -> int:
+        return await self._run(functools.partial(self._store.purge_counters, now))
+
+    # web sessions
+    async def put_web_session(self, session: WebSession) -> None:
+        await self._run(functools.partial(self._store.put_web_session, session))
+
+    async def get_web_session(self, id_hash: str, now: float) -> WebSession | None:
+        return await self._run(functools.partial(self._store.get_web_session, id_hash, now))
+
+    async def delete_web_session(self, id_hash: str) -> bool:
+        return await self._run(functools.partial(self._store.delete_web_session, id_hash))
+
+    async def purge_web_sessions(self, now: float) -> int:
+        return await self._run(functools.partial(self._store.purge_web_sessions, now))

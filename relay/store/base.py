@@ -28,17 +28,23 @@ from relay.store.rows import (
     IdempotentResponse,
     Member,
     MemberStatus,
+    MemberTotal,
     MessageRow,
     MessageStatus,
     NewAttempt,
+    ReputationCount,
+    SendCount,
     StatusUpdate,
     Suppression,
+    WebSession,
     WriteOp,
 )
 
 __all__ = [
     "MAX_DOMAINS_PER_DID",
     "MESSAGE_RETENTION",
+    "REPUTATION_RETENTION",
+    "SEND_COUNTER_RETENTION",
     "Attempt",
     "DkimState",
     "Domain",
@@ -49,11 +55,14 @@ __all__ = [
     "InvalidRow",
     "Member",
     "MemberStatus",
+    "MemberTotal",
     "MessageRow",
     "MessageStatus",
     "NewAttempt",
     "NotFound",
+    "ReputationCount",
     "SchemaTooNew",
+    "SendCount",
     "StatusUpdate",
     "Store",
     "StoreError",
@@ -65,6 +74,8 @@ __all__ = [
 
 MAX_DOMAINS_PER_DID = 2
 MESSAGE_RETENTION = 30 * 86400.0  # DESIGN §4: terminal message rows are kept 30 days
+SEND_COUNTER_RETENTION = 48 * 3600  # DESIGN §4: rate counters 48 h
+REPUTATION_RETENTION = 15 * 86400  # /member/deliverability shows 14 days (plus today's partial day)
 
 
 class StoreError(Exception):
@@ -175,3 +186,23 @@ class Store(Protocol):
 
     # retention
     def purge(self, now: float) -> int: ...
+
+    # reputation (relay.reputation): hourly aggregate counters, written as increments in batches
+    def add_counts(
+        self,
+        sends: Sequence[SendCount] = (),
+        events: Sequence[ReputationCount] = (),
+        totals: Sequence[MemberTotal] = (),
+    ) -> None: ...
+    def send_counts_since(self, bucket_start: int) -> list[SendCount]: ...
+    def reputation_counts_since(self, bucket_start: int, did: str | None = None) -> list[ReputationCount]: ...
+    def member_totals(self, did: str) -> dict[str, int]: ...
+    def message_counts_for(self, did: str) -> dict[MessageStatus, int]: ...
+    def suspended_members(self) -> list[Member]: ...
+    def purge_counters(self, now: float) -> int: ...
+
+    # web sessions (web.session)
+    def put_web_session(self, session: WebSession) -> None: ...
+    def get_web_session(self, id_hash: str, now: float) -> WebSession | None: ...
+    def delete_web_session(self, id_hash: str) -> bool: ...
+    def purge_web_sessions(self, now: float) -> int: ...

@@ -134,9 +134,24 @@ CREATE TABLE member_totals (
 ) WITHOUT ROWID;
 """
 
+# web.session: server-side sessions of the member pages (the cookie carries a token; only its hash is stored).
+_V3 = """
+CREATE TABLE web_sessions (
+    id_hash    TEXT PRIMARY KEY,
+    did        TEXT,
+    handle     TEXT,
+    csrf       TEXT NOT NULL,
+    data       TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX web_sessions_expires ON web_sessions(expires_at);
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
+    (3, _V3),
 ]
 
 LATEST = MIGRATIONS[-1][0]

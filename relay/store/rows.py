@@ -170,4 +170,17 @@ class MemberTotal:
     count: int
 
 
+
+@dataclass(frozen=True, slots=True)
+class WebSession:
+    """A member-pages session (web.session); ``did`` is None until the OAuth sign-in completes."""
+
+    id_hash: str
+    csrf: str
+    created_at: float
+    expires_at: float
+    did: str | None = None
+    handle: str | None = None
+    data: str = "{}"  # JSON: the pending sign-in's state, the domain being enrolled
+
 WriteOp: TypeAlias = MessageRow | StatusUpdate | NewAttempt

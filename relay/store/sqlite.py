@@ -29,6 +29,8 @@ from relay.store import migrations
 from relay.store.base import (
     MAX_DOMAINS_PER_DID,
     MESSAGE_RETENTION,
+    REPUTATION_RETENTION,
+    SEND_COUNTER_RETENTION,
     DomainLimitReached,
     DomainTaken,
     InvalidRow,
@@ -45,11 +47,15 @@ from relay.store.rows import (
     IdempotentResponse,
     Member,
     MemberStatus,
+    MemberTotal,
     MessageRow,
     MessageStatus,
     NewAttempt,
+    ReputationCount,
+    SendCount,
     StatusUpdate,
     Suppression,
+    WebSession,
     WriteOp,
 )
 
@@ -80,6 +86,19 @@ WHERE id = ?
 
 _INSERT_ATTEMPT = """
 INSERT INTO attempts (message_id, at, mx_host, reply, tls, outcome) VALUES (?, ?, ?, ?, ?, ?)
+"""
+
+_ADD_SEND = """
+INSERT INTO send_counters (did, domain, bucket_start, count) VALUES (?, ?, ?, ?)
+ON CONFLICT (did, domain, bucket_start) DO UPDATE SET count = count + excluded.count
+"""
+_ADD_EVENT = """
+INSERT INTO reputation_counts (did, domain, bucket_start, kind, klass, count) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (did, bucket_start, domain, kind, klass) DO UPDATE SET count = count + excluded.count
+"""
+_ADD_TOTAL = """
+INSERT INTO member_totals (did, kind, count) VALUES (?, ?, ?)
+ON CONFLICT (did, kind) DO UPDATE SET count = count + excluded.count
 """
 
 _TERMINAL = "status IN ({})".format(", ".join(f"'{s}'" for s in TERMINAL_STATUSES))
@@ -408,6 +427,89 @@ class SqliteStore:
             c.execute(f"DELETE FROM attempts WHERE message_id IN ({old})", (cutoff,))
             return c.execute(f"DELETE FROM messages WHERE id IN ({old})", (cutoff,)).rowcount
 
+
+    # -- reputation counters ------------------------------------------------------------------
+
+    def add_counts(
+        self,
+        sends: Sequence[SendCount] = (),
+        events: Sequence[ReputationCount] = (),
+        totals: Sequence[MemberTotal] = (),
+    ) -> None:
+        """Add increments to the hourly counters and lifetime totals in one transaction."""
+        if not (sends or events or totals):
+            return
+        with self._tx() as c:
+            if sends:
+                c.executemany(_ADD_SEND, [(r.did, r.domain, r.bucket_start, r.count) for r in sends])
+            if events:
+                c.executemany(
+                    _ADD_EVENT, [(r.did, r.domain, r.bucket_start, r.kind, r.klass, r.count) for r in events]
+                )
+            if totals:
+                c.executemany(_ADD_TOTAL, [(r.did, r.kind, r.count) for r in totals])
+
+    def send_counts_since(self, bucket_start: int) -> list[SendCount]:
+        rows = self._all(
+            "SELECT did, domain, bucket_start, count FROM send_counters WHERE bucket_start >= ? AND count != 0",
+            (bucket_start,),
+        )
+        return [SendCount(**dict(r)) for r in rows]
+
+    def reputation_counts_since(self, bucket_start: int, did: str | None = None) -> list[ReputationCount]:
+        sql = "SELECT did, domain, bucket_start, kind, klass, count FROM reputation_counts WHERE bucket_start >= ?"
+        params: list[Any] = [bucket_start]
+        if did is not None:
+            sql += " AND did = ?"
+            params.append(did)
+        rows = self._all(sql + " ORDER BY bucket_start, domain, kind, klass", params)
+        return [ReputationCount(**dict(r)) for r in rows]
+
+    def member_totals(self, did: str) -> dict[str, int]:
+        rows = self._all("SELECT kind, count FROM member_totals WHERE did = ?", (did,))
+        return {str(r["kind"]): int(r["count"]) for r in rows}
+
+    def message_counts_for(self, did: str) -> dict[MessageStatus, int]:
+        counts: dict[MessageStatus, int] = dict.fromkeys(MESSAGE_STATUSES, 0)
+        for row in self._all("SELECT status, COUNT(*) AS n FROM messages WHERE did = ? GROUP BY status", (did,)):
+            counts[row["status"]] = int(row["n"])
+        return counts
+
+    def suspended_members(self) -> list[Member]:
+        return [_member(r) for r in self._all("SELECT * FROM members WHERE status = 'suspended' ORDER BY did")]
+
+    def purge_counters(self, now: float) -> int:
+        """Drop send counters older than 48 h and reputation counters older than 15 days."""
+        with self._tx() as c:
+            n = c.execute("DELETE FROM send_counters WHERE bucket_start < ?", (now - SEND_COUNTER_RETENTION,))
+            m = c.execute("DELETE FROM reputation_counts WHERE bucket_start < ?", (now - REPUTATION_RETENTION,))
+            return int(n.rowcount) + int(m.rowcount)
+
+
+    # -- web sessions -------------------------------------------------------------------------
+
+    def put_web_session(self, session: WebSession) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO web_sessions (id_hash, did, handle, csrf, data, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id_hash) DO UPDATE SET did = excluded.did,"
+                " handle = excluded.handle, csrf = excluded.csrf, data = excluded.data,"
+                " expires_at = excluded.expires_at",
+                (session.id_hash, session.did, session.handle, session.csrf, session.data, session.created_at,
+                 session.expires_at),
+            )
+
+    def get_web_session(self, id_hash: str, now: float) -> WebSession | None:
+        row = self._one("SELECT * FROM web_sessions WHERE id_hash = ? AND expires_at > ?", (id_hash, now))
+        return WebSession(**dict(row)) if row is not None else None
+
+    def delete_web_session(self, id_hash: str) -> bool:
+        with self._tx() as c:
+            return c.execute("DELETE FROM web_sessions WHERE id_hash = ?", (id_hash,)).rowcount > 0
+
+    def purge_web_sessions(self, now: float) -> int:
+        with self._tx() as c:
+            return int(c.execute("DELETE FROM web_sessions WHERE expires_at <= ?", (now,)).rowcount)
 
 # -- helpers ----------------------------------------------------------------------------------
 

@@ -64,13 +64,24 @@ class RelayProcess:
             f'operator_domain = "relay.test"\nstate_dir = "{self.state_dir}"\n'
             '[smtp]\nsubmission_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\nshutdown_grace = 3.0\n'
             '[http]\naddr = "127.0.0.1:0"\n'
-            f'[tls]\ncert_file = "{self.tls.cert}"\nkey_file = "{self.tls.key}"\n' + self.extra_toml
+            f'[tls]\ncert_file = "{self.tls.cert}"\nkey_file = "{self.tls.key}"\n' + self.limits_toml()
             # Never route test mail through the machine's resolver: unless the test brings its own
             # [delivery], mail goes to a closed loopback port and stays deferred in the spool.
             + ("" if "[delivery]" in self.extra_toml else '[delivery]\nrelayhost = "[127.0.0.1]:1"\n')
             # Likewise the periodic DNS checks: a closed loopback port, so they fail without sending anything.
             + ("" if "[dns]" in self.extra_toml else '[dns]\nnameservers = ["127.0.0.1:1"]\n')
         )
+
+    def limits_toml(self) -> str:
+        """extra_toml, with warming and rate caps lifted unless the test sets them: most tests send more
+        than a cold domain's 5 an hour (tests/reputation covers the limits themselves)."""
+        lifted = {"warming_tiers": "[]", "hourly": "1000000", "daily": "1000000", "relay_per_minute": "1000000"}
+        text = self.extra_toml
+        if "[limits]" not in text:
+            return text + "[limits]\n" + "".join(f"{k} = {v}\n" for k, v in lifted.items())
+        head, _, rest = text.partition("[limits]\n")
+        missing = "".join(f"{k} = {v}\n" for k, v in lifted.items() if f"{k} =" not in rest.split("\n[")[0])
+        return head + "[limits]\n" + missing + rest
 
     def full_env(self) -> dict[str, str]:
         env = dict(os.environ)

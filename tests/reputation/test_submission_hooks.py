@@ -1,0 +1,88 @@
+"""The SMTP submission hooks with a Reputation: 451 4.7.1 at RCPT, 521 at MAIL FROM, refund on failure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pytest
+import trio
+
+from relay.acceptor import Accepted, Acceptor
+from relay.apikey import ApiKeyCache
+from relay.auth import Authenticator, Principal
+from relay.config import LimitsConfig, SuspensionConfig
+from relay.errors import InsufficientStorage, MemberSuspended, RateLimited
+from relay.reputation import Reputation
+from relay.smtp.handler import Session
+from relay.store.aio import AsyncStore
+from relay.store.writer import StatusWriter
+from relay.submission import SubmissionHandler
+from spool import Spool
+from tests.reputation.conftest import DID, DOMAIN, T0, trio_clock
+
+PRINCIPAL = Principal(did=DID, handle=None, domains=frozenset({DOMAIN}), pending=frozenset())
+MESSAGE = f"From: a@{DOMAIN}\r\nTo: x@dest.example\r\nSubject: hi\r\n\r\nhello\r\n".encode()
+
+
+class BrokenAcceptor(Acceptor):
+    def __init__(self) -> None:
+        pass
+
+    async def accept(self, *, did: str, mail_from: str, rcpts: Iterable[str], data: bytes,
+                     attrs: Mapping[str, str]) -> Accepted:
+        raise InsufficientStorage()
+
+
+def session() -> Session:
+    s = Session(peer=("127.0.0.1", 1), tls=True, did=DID)
+    s.extra["principal"] = PRINCIPAL
+    return s
+
+
+async def rcpts(handler: SubmissionHandler, s: Session, n: int) -> None:
+    for i in range(n):
+        address = f"r{len(s.rcpts)}-{i}@dest.example"
+        reply = await handler.on_rcpt(s, address, {})
+        assert reply.code == 250
+        s.rcpts.append(address)  # what the server does after a 2xx
+
+
+@pytest.mark.trio
+async def test_rcpt_over_the_warming_cap_is_451_and_mail_from_of_a_suspended_member_521(
+    store: AsyncStore, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    rep = Reputation(store, LimitsConfig(warming_tiers=((0, 3, 5),)), SuspensionConfig(), clock=trio_clock(T0 + 60))
+    await rep.load()
+    async with trio.open_nursery() as nursery:
+        spool = Spool(tmp_path / "spool")
+        await nursery.start(spool.run)
+        writer = StatusWriter(store)
+        await nursery.start(writer.run)
+        handler = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer),
+                                    reputation=rep)
+        s = session()
+        assert (await handler.on_mail(s, f"a@{DOMAIN}", {})).code == 250
+        s.mail_from = f"a@{DOMAIN}"
+        await rcpts(handler, s, 3)
+        with pytest.raises(RateLimited) as info:
+            await handler.on_rcpt(s, "r4@dest.example", {})
+        reply = info.value.smtp_reply
+        assert (reply.code, reply.enhanced) == (451, "4.7.1")
+        assert "3 recipients per hour" in reply.text and "in 3540 s" in reply.text
+
+        # A failed accept gives the budget back; a good one counts it.
+        broken = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, BrokenAcceptor(), reputation=rep)
+        with pytest.raises(InsufficientStorage):
+            await broken.on_message(s, MESSAGE)
+        assert (await handler.on_message(s, MESSAGE)).code == 250
+        s.rcpts.clear()
+        with pytest.raises(RateLimited):
+            await handler.on_rcpt(s, "again@dest.example", {})
+
+        rep.note_member_status(DID, "suspended", "automatic: test")
+        with pytest.raises(MemberSuspended) as suspended:
+            await handler.on_mail(s, f"a@{DOMAIN}", {})
+        assert suspended.value.smtp_reply.code == 521
+        assert "member suspended: automatic: test" in suspended.value.smtp_reply.text
+        nursery.cancel_scope.cancel()

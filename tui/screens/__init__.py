@@ -1,0 +1,1 @@
+"""One module per screen; ``ConsoleScreen`` is their common frame (status bar, body, footer)."""
