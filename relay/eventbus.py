@@ -60,10 +60,6 @@ class Subscription:
         self.received += 1
         return event
 
-    @property
-    def closed(self) -> bool:
-        return self._bus._subs.get(id(self)) is not self
-
     def close(self) -> None:
         """Unsubscribe (idempotent). A task blocked in ``__anext__`` wakes up and the iteration ends."""
         self._bus._subs.pop(id(self), None)

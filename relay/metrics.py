@@ -124,7 +124,7 @@ def _labels(labels: dict[str, str]) -> str:
 
 def render(services: Services) -> str:
     """The relay's metrics in the Prometheus text format 0.0.4."""
-    from relay.eventstream import QUEUE_STATES, queue_view
+    from relay.eventstream import QUEUE_STATES, queue_view  # here: eventstream imports Services, which imports us
 
     spool_stats = services.spool.stats()
     view = queue_view(services.spool, services.scheduler, limit=0, now=time.time())

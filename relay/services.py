@@ -10,9 +10,9 @@ from relay.auth import Authenticator
 from relay.config import Config
 from relay.delivery.scheduler import Scheduler
 from relay.dns.verifier import DomainVerifier
-from relay.reputation import Reputation
 from relay.eventbus import EventBus
 from relay.metrics import RelayMetrics
+from relay.reputation import Reputation
 from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
 from spool import Spool

@@ -77,18 +77,18 @@ class Stream:
         self.ws = ws
         self.seen: list[Event] = []
 
-    async def next(self, timeout: float = 10.0) -> Event:
-        with trio.fail_after(timeout):
+    async def next(self, within: float = 10.0) -> Event:
+        with trio.fail_after(within):
             while True:
                 event, _ = decode(await self.ws.get_message())
                 if event is not None:
                     self.seen.append(event)
                     return event
 
-    async def expect(self, kind: type[Event], timeout: float = 10.0, **fields: Any) -> Any:
-        with trio.fail_after(timeout):
+    async def expect(self, kind: type[Event], within: float = 10.0, **fields: Any) -> Any:
+        with trio.fail_after(within):
             while True:
-                event = await self.next(timeout)
+                event = await self.next(within)
                 if isinstance(event, kind) and all(getattr(event, k) == v for k, v in fields.items()):
                     return event
 
@@ -103,10 +103,10 @@ def frame_type(text: str) -> str:
     return str(json.loads(text)["type"])
 
 
-async def closed_by_server(ws: WebSocketConnection, timeout: float = 5.0) -> int:
+async def closed_by_server(ws: WebSocketConnection, within: float = 5.0) -> int:
     """Read until the server closes the websocket; its close code."""
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(within):
             while True:
                 await ws.get_message()
     except ConnectionClosed as exc:

@@ -20,14 +20,17 @@ from trio_websocket import open_websocket_url
 from relay.acceptor import Acceptor
 from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
-from relay.config import Config
+from relay.config import Config, LimitsConfig, SuspensionConfig
 from relay.delivery.retry import Outcome, OutcomeKind
 from relay.delivery.scheduler import AttemptResult, Scheduler, SchedulerConfig
 from relay.eventbus import EventBus
 from relay.events import (
     Command,
+    ComplaintReceived,
     Delivery,
+    DomainWarming,
     Heartbeat,
+    MemberSuspended,
     MessageAccepted,
     QueueChanged,
     QueueDepth,
@@ -35,8 +38,17 @@ from relay.events import (
     Throughput,
     decode,
 )
-from relay.eventstream import build_snapshot, execute, handle_frame, queue_view, run_publisher
+from relay.eventstream import (
+    build_snapshot,
+    connect_reputation,
+    execute,
+    handle_frame,
+    queue_view,
+    run_publisher,
+    warming_state,
+)
 from relay.metrics import RelayMetrics, render
+from relay.reputation import Reputation
 from relay.services import Services
 from relay.store.aio import AsyncStore
 from relay.store.sqlite import SqliteStore
@@ -110,10 +122,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     sync_store.close()
 
 
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
+async def until(predicate: Any, within: float = 5.0) -> None:
+    for _ in range(int(within / 0.01)):
+        if predicate():
+            return
+        await trio.sleep(0.01)
+    pytest.fail("condition not reached in time")
 
 
 @pytest.mark.trio
@@ -254,3 +268,26 @@ async def test_unknown_queue_id_and_no_scheduler(rig: Rig) -> None:
     rig.services.scheduler = None
     result = await execute(rig.services, Command(id="q", action="pause", target="x.example"))
     assert not result.ok and "not running" in result.message
+
+
+@pytest.mark.trio
+async def test_warming_and_hooks_from_the_reputation_service(rig: Rig) -> None:
+    for domain, state in (("mail.stream.example", "verified"), ("pending.stream.example", "pending")):
+        rig.sync_store.add_domain(DID, domain, selector="atmosabc", rsa_private=b"r", ed25519_private=b"e",
+                                  verify_token="tok", state=state)
+    rep = Reputation(rig.services.store, LimitsConfig(warming_tiers=((0, 3, 5), (7, 10, 50))), SuspensionConfig())
+    rep.consume(DID, "mail.stream.example", 2)
+    rig.services.reputation = rep
+    [warming] = await warming_state(rig.services)  # pending domains cannot send: not listed
+    assert warming == DomainWarming(domain="mail.stream.example", did=DID, day=0, tier="day 0-6", hourly_used=2,
+                                    hourly_limit=3, daily_used=2, daily_limit=5)
+    assert (await build_snapshot(rig.services)).warming == (warming,)
+
+    connect_reputation(rig.bus, rep)
+    with rig.bus.subscribe() as sub:
+        assert rep.on_suspended is not None and rep.on_complaint is not None
+        rep.on_suspended(DID, "bounces 9 % over 24 h")
+        rep.on_complaint(DID, "abuse")
+        got = [await sub.__anext__(), await sub.__anext__()]
+    assert got == [MemberSuspended(did=DID, reason="bounces 9 % over 24 h", automatic=True),
+                   ComplaintReceived(did=DID, recipient=None, feedback_type="abuse")]
