@@ -153,6 +153,15 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelerConfig:
+    """The atproto labeler (relay.labeler, DESIGN §3)."""
+
+    did: str = ""  # the labeler's DID; default did:web:<host of public_url>
+    recheck_interval: float = 86400.0  # labels of every member re-checked daily
+    pending: float = 300.0  # members whose check could not conclude (DNS/PDS error) retried this often
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     operator_domain: str = "relay.localhost"
     public_url: str = ""
@@ -169,6 +178,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    labeler: LabelerConfig = field(default_factory=LabelerConfig)
     # secrets: never from the file (see load_secrets)
     admin_token: str = field(default="", repr=False)
     secret_key: bytes = field(default=b"", repr=False)

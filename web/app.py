@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from relay.errors import PayloadTooLarge, RelayError
 from relay.services import Services
-from web import admin, adminws, api, auth, member, metrics, pages, unsubscribe
+from web import admin, adminws, api, auth, member, metrics, pages, unsubscribe, xrpc
 
 log = logging.getLogger("web")
 
@@ -33,6 +33,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(member.blueprint)
     app.register_blueprint(adminws.blueprint)
     app.register_blueprint(metrics.blueprint)
+    app.register_blueprint(xrpc.blueprint)
 
     @app.errorhandler(RelayError)
     async def relay_error(exc: RelayError) -> Response:

@@ -22,6 +22,7 @@ from relay.store.rows import (
     Domain,
     DomainState,
     IdempotentResponse,
+    LabelRow,
     Member,
     MemberStatus,
     MemberTotal,
@@ -226,3 +227,18 @@ class AsyncStore:
 
     async def purge_web_sessions(self, now: float) -> int:
         return await self._run(functools.partial(self._store.purge_web_sessions, now))
+
+    # labels
+    async def add_labels(self, labels: Sequence[LabelRow]) -> list[LabelRow]:
+        return await self._run(functools.partial(self._store.add_labels, labels))
+
+    async def labels_after(self, cursor: int, limit: int) -> list[LabelRow]:
+        return await self._run(functools.partial(self._store.labels_after, cursor, limit))
+
+    async def query_labels(
+        self, uri_patterns: Sequence[str], sources: Sequence[str], cursor: int, limit: int
+    ) -> list[LabelRow]:
+        return await self._run(functools.partial(self._store.query_labels, uri_patterns, sources, cursor, limit))
+
+    async def label_seq_bounds(self) -> tuple[int, int]:
+        return await self._run(self._store.label_seq_bounds)

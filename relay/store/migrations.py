@@ -148,10 +148,26 @@ CREATE TABLE web_sessions (
 CREATE INDEX web_sessions_expires ON web_sessions(expires_at);
 """
 
+# relay.labeler: signed atproto labels, append-only; seq is the subscribeLabels/queryLabels cursor.
+_V4 = """
+CREATE TABLE labels (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    src TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    val TEXT NOT NULL,
+    neg INTEGER NOT NULL DEFAULT 0 CHECK (neg IN (0, 1)),
+    cts TEXT NOT NULL,
+    exp TEXT,
+    sig BLOB NOT NULL
+);
+CREATE INDEX labels_uri ON labels(uri, val, src, seq);
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
     (3, _V3),
+    (4, _V4),
 ]
 
 LATEST = MIGRATIONS[-1][0]

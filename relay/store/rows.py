@@ -184,3 +184,17 @@ class WebSession:
     data: str = "{}"  # JSON: the pending sign-in's state, the domain being enrolled
 
 WriteOp: TypeAlias = MessageRow | StatusUpdate | NewAttempt
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRow:
+    """A signed atproto label (relay.labeler); ``seq`` is assigned by the store (0 before insert)."""
+
+    src: str
+    uri: str
+    val: str
+    neg: bool
+    cts: str
+    sig: bytes
+    exp: str | None = None
+    seq: int = 0

@@ -45,6 +45,7 @@ from relay.store.rows import (
     Domain,
     DomainState,
     IdempotentResponse,
+    LabelRow,
     Member,
     MemberStatus,
     MemberTotal,
@@ -511,6 +512,57 @@ class SqliteStore:
         with self._tx() as c:
             return int(c.execute("DELETE FROM web_sessions WHERE expires_at <= ?", (now,)).rowcount)
 
+    # -- labels (relay.labeler) ----------------------------------------------------------------
+
+    def add_labels(self, labels: Sequence[LabelRow]) -> list[LabelRow]:
+        out = []
+        with self._tx() as c:
+            for lab in labels:
+                cur = c.execute(
+                    "INSERT INTO labels (src, uri, val, neg, cts, exp, sig) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (lab.src, lab.uri, lab.val, int(lab.neg), lab.cts, lab.exp, lab.sig),
+                )
+                out.append(_label_row(lab, int(cur.lastrowid or 0)))
+        return out
+
+    def labels_after(self, cursor: int, limit: int) -> list[LabelRow]:
+        rows = self._all("SELECT * FROM labels WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, limit))
+        return [_label(r) for r in rows]
+
+    def query_labels(
+        self, uri_patterns: Sequence[str], sources: Sequence[str], cursor: int, limit: int
+    ) -> list[LabelRow]:
+        """The latest label per (src, uri, val) (negations included), seq > cursor, ascending.
+        A pattern ending in ``*`` is a prefix match (``*`` alone: everything), else an exact uri."""
+        where: list[str] = ["l.seq > ?"]
+        params: list[object] = [cursor]
+        match = []
+        for pattern in uri_patterns:
+            if pattern.endswith("*"):
+                prefix = pattern[:-1]
+                match.append("substr(l.uri, 1, ?) = ?")
+                params += [len(prefix), prefix]
+            else:
+                match.append("l.uri = ?")
+                params.append(pattern)
+        if match:
+            where.append("(" + " OR ".join(match) + ")")
+        if sources:
+            where.append("l.src IN ({})".format(", ".join("?" * len(sources))))
+            params += list(sources)
+        sql = (
+            "SELECT * FROM labels l WHERE " + " AND ".join(where)
+            + " AND l.seq = (SELECT MAX(m.seq) FROM labels m WHERE m.uri = l.uri AND m.val = l.val"
+            " AND m.src = l.src) ORDER BY l.seq LIMIT ?"
+        )
+        return [_label(r) for r in self._all(sql, [*params, limit])]
+
+    def label_seq_bounds(self) -> tuple[int, int]:
+        """(lowest, highest) seq kept; (0, 0) when there are none."""
+        row = self._one("SELECT COALESCE(MIN(seq), 0) AS lo, COALESCE(MAX(seq), 0) AS hi FROM labels")
+        return (int(row["lo"]), int(row["hi"])) if row is not None else (0, 0)
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
@@ -576,3 +628,13 @@ def _message(row: sqlite3.Row) -> MessageRow:
 
 def _attempt(row: sqlite3.Row) -> Attempt:
     return Attempt(**{**dict(row), "tls": bool(row["tls"])})
+
+
+def _label(row: sqlite3.Row) -> LabelRow:
+    return LabelRow(src=row["src"], uri=row["uri"], val=row["val"], neg=bool(row["neg"]), cts=row["cts"],
+                    sig=bytes(row["sig"]), exp=row["exp"], seq=int(row["seq"]))
+
+
+def _label_row(lab: LabelRow, seq: int) -> LabelRow:
+    return LabelRow(src=lab.src, uri=lab.uri, val=lab.val, neg=lab.neg, cts=lab.cts, sig=lab.sig, exp=lab.exp,
+                    seq=seq)

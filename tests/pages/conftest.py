@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -25,26 +27,31 @@ class PublicRelay:
         return f"https://localhost:{self.proxy.port}"
 
 
-@pytest.fixture(scope="module")
-def public_relay(tmp_path_factory: pytest.TempPathFactory, local_pds: LocalPds, probe_tls: ProbeTls) -> Iterator[PublicRelay]:
+@contextmanager
+def public_relay_process(base: Path, local_pds: LocalPds, probe_tls: ProbeTls, extra_toml: str = "") -> Iterator[PublicRelay]:
     """``atmos serve`` (production mode) behind a TLS proxy at https://client.probe.internal:<port>."""
-    base = tmp_path_factory.mktemp("relay")
     proxy = TlsProxy(probe_tls.cert, probe_tls.key)
     relay = RelayProcess(base=base, tls=make_tls(base / "tls"), extra_toml=(
         "[identity]\n"
         f'plc_url = "{local_pds.plc_url}"\nhandle_resolution = "well-known-at"\n'
-        f'handle_resolver_url = "{local_pds.pds_url}"\nallow_http_on_loopback = true\n'))
+        f'handle_resolver_url = "{local_pds.pds_url}"\nallow_http_on_loopback = true\n' + extra_toml))
     relay.write_config()
     relay.config_path.write_text(f'public_url = "https://{PROBE_HOST}:{proxy.port}"\n' + relay.config_path.read_text())
-    relay.start()
-    host, _, port = relay.http.removeprefix("http://").rpartition(":")
-    proxy.start((host, int(port)))
     try:
+        relay.start()
+        host, _, port = relay.http.removeprefix("http://").rpartition(":")
+        proxy.start((host, int(port)))
         yield PublicRelay(relay, proxy)
     finally:
         proxy.close()
         if relay.proc is not None and relay.proc.poll() is None:
             relay.stop()
+
+
+@pytest.fixture(scope="module")
+def public_relay(tmp_path_factory: pytest.TempPathFactory, local_pds: LocalPds, probe_tls: ProbeTls) -> Iterator[PublicRelay]:
+    with public_relay_process(tmp_path_factory.mktemp("relay"), local_pds, probe_tls) as relay:
+        yield relay
 
 
 __all__ = ["local_pds", "probe_tls"]

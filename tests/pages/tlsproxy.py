@@ -34,7 +34,8 @@ class TlsProxy:
     def close(self) -> None:
         self._stop.set()
         self.sock.close()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _accept(self) -> None:
         while not self._stop.is_set():
