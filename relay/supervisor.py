@@ -181,6 +181,7 @@ async def _retention(store: AsyncStore, every: float = 3600.0) -> None:
         try:
             purged = await store.purge(now)
             await store.purge_idempotent(now - 24 * 3600)
+            await store.purge_web_sessions(now)
             if purged:
                 log.info("retention: purged %d terminal message rows", purged)
         except Exception:
