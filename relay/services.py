@@ -11,6 +11,7 @@ from relay.config import Config
 from relay.delivery.scheduler import Scheduler
 from relay.dns.verifier import DomainVerifier
 from relay.eventbus import EventBus
+from relay.labeler import Labeler
 from relay.metrics import RelayMetrics
 from relay.reputation import Reputation
 from relay.store.aio import AsyncStore
@@ -33,4 +34,5 @@ class Services:
     # instances it also gave the acceptor and the scheduler.
     bus: EventBus = field(default_factory=EventBus)
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
+    labeler: Labeler | None = None
     reputation: Reputation | None = None  # rate limits, suspension; None in tests that build Services bare

@@ -42,6 +42,7 @@ from relay.eventbus import EventBus
 from relay.eventstream import connect_reputation, run_publisher
 from relay.inbound.handler import InboundHandler
 from relay.inbound.service import make_inbound_server
+from relay.labeler import Labeler
 from relay.metrics import RelayMetrics
 from relay.operatorkey import OperatorKeys
 from relay.reputation import Reputation
@@ -121,8 +122,12 @@ async def run_relay(
             root.start_soon(_retention, store)
             if not cfg.dev or cfg.dns.nameservers:
                 # Dev without test nameservers: no DNS checks, so a newcomer's relay sends no queries out.
-                services.verifier = DomainVerifier(store, cfg, cfg.secret_key, DnsLookup.from_config(cfg))
-                await root.start(services.verifier.run)
+                verifier = DomainVerifier(store, cfg, cfg.secret_key, DnsLookup.from_config(cfg))
+                services.labeler = Labeler(store, cfg, verifier=verifier)  # before services.verifier: xrpc waits
+                verifier.on_change = services.labeler.on_domain_change
+                services.verifier = verifier
+                await root.start(verifier.run)
+                await root.start(services.labeler.run)
             task_status.started(bound)
             await shutdown.wait()
             log.info("shutting down: closing listeners")

@@ -39,9 +39,12 @@ class ResultNote:
     result: CommandResult
 
     @property
+    def what(self) -> str:
+        return f"{self.command.action} {self.command.target}" if self.command else "command"
+
+    @property
     def text(self) -> str:
-        what = f"{self.command.action} {self.command.target}: " if self.command else ""
-        return f"{what}{self.result.message}"
+        return f"{self.what}: {self.result.message}"
 
 
 class ConsoleApp(App[None]):
@@ -144,7 +147,7 @@ class ConsoleApp(App[None]):
     def _command_result(self, result: CommandResult) -> None:
         note = ResultNote(self.pending.pop(result.id, None), result)
         self.results.append(note)
-        self.notify(note.text, title="Done" if result.ok else "Refused",
+        self.notify(result.message, title=f"{'Done' if result.ok else 'Refused'} · {note.what}",
                     severity="information" if result.ok else "error", timeout=6)
 
     # ------------------------------------------------------------------ navigation

@@ -166,5 +166,6 @@ def _closed_reason(ws: ClientConnection) -> str:
 def _close_text(code: int | None, reason: str) -> str:
     if code is None or code == 1006:  # 1006: closed without a close frame
         return "connection lost"
-    text = {1000: "closed", 1001: "server going away", 1008: "refused", 1011: "server error"}.get(code, "closed")
+    text = {1000: "closed", 1001: "relay going away", 1008: "refused", 1011: "server error",
+            1013: "dropped"}.get(code, "closed")
     return f"{text}: {reason}" if reason else f"{text} ({code})"

@@ -203,6 +203,14 @@ class State:
         return state._logged(now, ev.state, ev.queue_id, ev.recipient, f"{via}{ev.reply}".strip())
 
     def _queue_changed(self, ev: QueueChanged, now: float) -> State:
+        if ev.action in ("pause", "resume"):  # a destination, not a message (queue_id 0)
+            domain = ev.destination.lower()
+            paused = tuple(d for d in self.paused_destinations if d != domain)
+            if ev.action == "pause":
+                paused = tuple(sorted((*paused, domain)))
+            verb = "paused" if ev.action == "pause" else "resumed"
+            return dataclasses.replace(self, paused_destinations=paused)._logged(
+                now, "queue", None, domain, f"delivery {verb}")
         queue = dict(self.queue)
         attempts = dict(self.attempts)
         depth = _Depth(self)
@@ -214,13 +222,12 @@ class State:
                 attempts.pop(rid, None)
                 depth.move(item.state, None, item.domain)
             elif ev.action == "hold":
-                queue[rid] = dataclasses.replace(item, state="held")
+                queue[rid] = dataclasses.replace(item, state="held", next_attempt_at=None)
                 depth.move(item.state, "held", item.domain)
-            elif ev.action == "release":
-                new = "deferred" if item.attempts else "accepted"
-                queue[rid] = dataclasses.replace(item, state=new, next_attempt_at=now)
-                depth.move(item.state, new, item.domain)
-            elif ev.action == "retry":
+            elif ev.action == "release" and item.state == "held":  # released: "accepted" again, due now
+                queue[rid] = dataclasses.replace(item, state="accepted", next_attempt_at=now)
+                depth.move(item.state, "accepted", item.domain)
+            elif ev.action == "retry" and item.state == "deferred":
                 queue[rid] = dataclasses.replace(item, next_attempt_at=now)
         n = ev.changed
         return dataclasses.replace(self, queue=queue, attempts=attempts, **depth.fields())._logged(

@@ -59,7 +59,12 @@ class LabelerKey:
     def load_or_create(cls, path: Path) -> LabelerKey:
         """Read the PEM key at ``path``, creating it (mode 0600, O_EXCL) on first use."""
         try:
-            return cls._load(path.read_bytes(), path)
+            pem = path.read_bytes()
+            if pem.strip():
+                return cls._load(pem, path)
+            # Empty: a crash right after creating it (only the spool fsyncs, DESIGN §2); no label
+            # can have been signed with a key that never reached the disk, so make a new one.
+            path.unlink()
         except FileNotFoundError:
             pass
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -70,8 +75,6 @@ class LabelerKey:
             return cls._load(path.read_bytes(), path)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key.pem())
-            fh.flush()
-            os.fsync(fh.fileno())
         return key
 
     @classmethod

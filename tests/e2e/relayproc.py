@@ -70,6 +70,8 @@ class RelayProcess:
             + ("" if "[delivery]" in self.extra_toml else '[delivery]\nrelayhost = "[127.0.0.1]:1"\n')
             # Likewise the periodic DNS checks: a closed loopback port, so they fail without sending anything.
             + ("" if "[dns]" in self.extra_toml else '[dns]\nnameservers = ["127.0.0.1:1"]\n')
+            # and identity lookups (the labeler resolves member DIDs): never the public PLC directory.
+            + ("" if "[identity]" in self.extra_toml else '[identity]\nplc_url = "http://127.0.0.1:1"\n')
         )
 
     def limits_toml(self) -> str:

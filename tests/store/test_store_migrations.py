@@ -36,7 +36,7 @@ def test_new_migration_applies_once_in_order(db_path: str, closer: Closer) -> No
     conn = closer(_raw(db_path))
     extra = [
         *MIGRATIONS,
-        (LATEST + 1, "CREATE TABLE labels (uri TEXT PRIMARY KEY);\nCREATE INDEX l ON labels(uri);"),
+        (LATEST + 1, "CREATE TABLE future_example (uri TEXT PRIMARY KEY);\nCREATE INDEX l ON future_example(uri);"),
     ]
     assert migrate(conn, extra) == [LATEST + 1]
     assert migrate(conn, extra) == []

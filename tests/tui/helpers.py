@@ -22,7 +22,7 @@ Responder = Callable[[Command], Iterable[Event]]
 
 
 def accept_all(cmd: Command) -> list[Event]:
-    return [CommandResult(id=cmd.id, ok=True, message=f"{cmd.action} {cmd.target}: done")]
+    return [CommandResult(id=cmd.id, ok=True, message=f"{cmd.action} {cmd.target}: 1 recipient changed")]
 
 
 class FakeRelay:

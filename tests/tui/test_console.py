@@ -101,7 +101,8 @@ def test_hold_sends_a_command_and_shows_the_result() -> None:
                 await wait_for(pilot, lambda: app.results, what="the command result")
                 assert app.results[0].text == "hold 102: held message 102 (1 recipient)"
                 await wait_for(pilot, lambda: cell(app, 1003, "state") == "held", what="the held row")
-                await wait_for(pilot, lambda: "hold 102: held message 102" in screen_text(app), what="toast")
+                await wait_for(pilot, lambda: "Done · hold 102" in screen_text(app), what="toast")
+                assert "held message 102" in screen_text(app)
 
                 # delete asks first; "n" sends nothing, "y" sends, a refusal shows as an error
                 await pilot.press("d")

@@ -89,13 +89,22 @@ CASES = [
           QueueChanged(queue_id=101, action="hold", changed=3)],
          lambda s: ({i.state for i in s.messages_by_id(101)} == {"held"} and s.queue_by_state["held"] == 4
                     and s.log[-1].detail == "hold: 3 recipients")),
-    Case("release puts deferred items back as deferred, fresh ones as accepted",
+    Case("release makes held recipients accepted again, due now (the server's wire state)",
          [QueueChanged(queue_id=105, action="release", changed=1)],
-         lambda s: s.queue[1006].state == "deferred" and s.queue[1006].next_attempt_at == NOW
-         and s.queue_by_state["held"] == 0),
-    Case("retry schedules now",
+         lambda s: s.queue[1006].state == "accepted" and s.queue[1006].next_attempt_at == NOW
+         and s.queue_by_state["held"] == 0 and s.queue_by_state["accepted"] == 3),
+    Case("release leaves recipients that were not held alone",
+         [QueueChanged(queue_id=102, action="release", changed=0)],
+         lambda s: s.queue[1003].state == "deferred" and s.queue[1003].next_attempt_at == NOW + 540),
+    Case("retry makes deferred recipients due now",
          [QueueChanged(queue_id=102, action="retry", changed=1)],
          lambda s: s.queue[1003].next_attempt_at == NOW and s.queue[1003].state == "deferred"),
+    Case("pause and resume a destination",
+         [QueueChanged(queue_id=0, action="pause", changed=1, destination="Gmail.com"),
+          QueueChanged(queue_id=0, action="pause", changed=1, destination="aol.com"),
+          QueueChanged(queue_id=0, action="resume", changed=1, destination="aol.com")],
+         lambda s: (s.paused_destinations == ("gmail.com",) and len(s.queue) == 6
+                    and [e.detail for e in s.log] == ["delivery paused", "delivery paused", "delivery resumed"])),
     Case("delete removes the message's rows",
          [QueueChanged(queue_id=101, action="delete", changed=2)],
          lambda s: not s.messages_by_id(101) and s.queue_by_state["accepted"] == 0),

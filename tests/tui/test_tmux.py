@@ -95,7 +95,7 @@ def test_console_in_tmux() -> None:
             while not relay.commands and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert [(c.action, c.target) for c in relay.commands] == [("hold", "101")]
-            tmux.wait(lambda t: "hold 101: done" in t, "the command's result")
+            tmux.wait(lambda t: "Done · hold 101" in t and "hold 101: 1 recipient changed" in t, "the result")
 
             tmux("send-keys", "-t", "console", "C-q")  # quits: the session ends with the program
             deadline = time.monotonic() + 10

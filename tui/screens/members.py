@@ -12,7 +12,7 @@ from tui.screens.base import ConsoleScreen
 from tui.screens.dialogs import SuspendDialog
 from tui.state import State
 
-COLUMNS = (("DID", "did", 32), ("Handle", "handle", 14), ("Since", "since", 6), ("Reason", "reason", 14))
+COLUMNS = (("DID", "did", 32), ("Handle", "handle", 14), ("Since", "since", 8), ("Reason", "reason", 12))
 
 
 class MembersScreen(ConsoleScreen):
