@@ -78,6 +78,17 @@ warming_tiers = [[0, {BIG}, {BIG}]]
 relayhost = "{self.relayhost}"
 nameservers = ["{self.dead_dns}"]
 tls = "none"
+
+[inbound]
+operator_inbox = "operator@sink.example"
+per_ip_per_minute = {BIG}
+per_ip_burst = {BIG}
+
+[dns]
+nameservers = ["{self.dead_dns}"]
+
+[identity]
+plc_url = "http://{self.dead_dns}"
 """)
 
     def _log_text(self) -> str:
