@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -26,6 +27,7 @@ from tui.screens.overview import OverviewScreen
 from tui.screens.queue import QueueScreen
 from tui.screens.warming import WarmingScreen
 from tui.state import State
+from tui.widgets import ConnectionBar
 
 SCREENS_GROUP = Binding.Group("screens", compact=True)
 REFRESH = 0.1
@@ -108,6 +110,8 @@ class ConsoleApp(App[None]):
     def set_link(self, status: LinkStatus) -> None:
         self.link = status
         self.sub_title = status.describe()
+        for bar in self.screen.query(ConnectionBar):
+            bar.update_status()
         self._schedule_refresh()
 
     def feed(self, event: Event, ts: float | None = None) -> None:
@@ -120,9 +124,9 @@ class ConsoleApp(App[None]):
     def _schedule_refresh(self) -> None:
         if not self._refresh_pending:
             self._refresh_pending = True
-            self.set_timer(REFRESH, self._flush)
+            self.set_timer(REFRESH, self._flush_state)
 
-    def _flush(self) -> None:
+    def _flush_state(self) -> None:
         self._refresh_pending = False
         for screen in self.screen_stack:
             refresh = getattr(screen, "refresh_state", None)
@@ -156,7 +160,7 @@ class ConsoleApp(App[None]):
         if self.current_mode != mode:
             self.switch_mode(mode)
 
-    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for mode, title in MODE_TITLES.items():
             yield SystemCommand(f"Show {title.lower()}", f"Switch to the {title} screen",

@@ -174,7 +174,8 @@ class State:
             depth.move(None, "accepted", _domain_of(recipient))
         n = len(ev.recipients)
         detail = f"from {ev.sender} via {ev.source}, {n} recipient{'s' if n != 1 else ''}, {ev.size} bytes"
-        return (dataclasses.replace(self, queue=queue, **depth.fields())._counted("accepted")
+        return (dataclasses.replace(self, queue=queue, queue_by_state=depth.by_state,
+                                    queue_by_destination=depth.by_destination)._counted("accepted")
                 ._logged(now, "accepted", ev.queue_id, ", ".join(ev.recipients), detail))
 
     def _delivery(self, ev: Delivery, now: float) -> State:
@@ -197,7 +198,8 @@ class State:
             attempt = Attempt(ts=now, state=ev.state, mx_host=ev.mx_host, reply=ev.reply, tls=ev.tls)
             attempts[ev.rcpt_id] = (*attempts.get(ev.rcpt_id, ()), attempt)[-ATTEMPT_LIMIT:]
         via = f"{ev.mx_host}{' TLS' if ev.tls else ''}: " if ev.mx_host else ""
-        state = dataclasses.replace(self, queue=queue, attempts=attempts, **depth.fields())
+        state = dataclasses.replace(self, queue=queue, attempts=attempts, queue_by_state=depth.by_state,
+                                    queue_by_destination=depth.by_destination)
         if ev.state in DELIVERY_KINDS:
             state = state._counted(ev.state)
         return state._logged(now, ev.state, ev.queue_id, ev.recipient, f"{via}{ev.reply}".strip())
@@ -230,7 +232,8 @@ class State:
             elif ev.action == "retry" and item.state == "deferred":
                 queue[rid] = dataclasses.replace(item, next_attempt_at=now)
         n = ev.changed
-        return dataclasses.replace(self, queue=queue, attempts=attempts, **depth.fields())._logged(
+        return dataclasses.replace(self, queue=queue, attempts=attempts, queue_by_state=depth.by_state,
+                                    queue_by_destination=depth.by_destination)._logged(
             now, "queue", ev.queue_id, f"message {ev.queue_id}", f"{ev.action}: {n} recipient{'s' if n != 1 else ''}")
 
     def _suspended(self, ev: MemberSuspended, now: float) -> State:
@@ -304,9 +307,6 @@ class _Depth:
                 self.by_destination[domain] = left
             else:
                 self.by_destination.pop(domain, None)
-
-    def fields(self) -> dict[str, dict[str, int]]:
-        return {"queue_by_state": self.by_state, "queue_by_destination": self.by_destination}
 
 
 def _haystack(item: QueuedItem) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
 from relay.events import Command, CommandResult, Delivery, Event, QueueChanged, Snapshot
@@ -38,6 +39,11 @@ def cell(app: ConsoleApp, rcpt_id: int, column: str) -> str:
     return str(queue_table(app).get_cell(str(rcpt_id), column))
 
 
+async def shows(pilot: Pilot[object], *texts: str) -> None:
+    """Wait until every one of ``texts`` is on the screen (repaints lag the state a little)."""
+    await wait_for(pilot, lambda: all(t in screen_text(pilot.app) for t in texts), what=" and ".join(map(repr, texts)))
+
+
 def hold_responder(cmd: Command) -> list[Event]:
     if cmd.action == "hold":
         return [QueueChanged(queue_id=int(cmd.target), action="hold", changed=1),
@@ -54,11 +60,8 @@ def test_snapshot_then_deltas_drive_the_queue_screen() -> None:
             async with app.run_test(size=SIZE, notifications=True) as pilot:
                 await wait_for(pilot, lambda: app.state.has_snapshot, what="the snapshot")
                 assert relay.auth_headers == ["Bearer T"]
-                await wait_for(pilot, lambda: "● connected" in screen_text(app), what="connected")
-                await wait_for(pilot, lambda: "Queue 6  In flight 2" in screen_text(app), what="the figures")
-                text = screen_text(app)
-                assert "Queue 6  In flight 2  Oldest deferred 2h00m ago" in text
-                assert "451 4.7.1 Greylisted" in text  # top deferral reason
+                await shows(pilot, "● connected", "Queue 6  In flight 2  Oldest deferred 2h00m ago",
+                            "451 4.7.1 Greylisted")  # the figures and the top deferral reason
 
                 await pilot.press("2")
                 await wait_for(pilot, lambda: len(row_keys(app)) == 6, what="6 queue rows")
@@ -75,13 +78,11 @@ def test_snapshot_then_deltas_drive_the_queue_screen() -> None:
                 await wait_for(pilot, lambda: "1001" not in row_keys(app), what="the sent row to leave")
                 await wait_for(pilot, lambda: cell(app, 1002, "state") == "deferred", what="the deferral")
                 assert cell(app, 1002, "next") == "5m"
-                assert "5 queued" in screen_text(app)
+                await shows(pilot, "5 queued")
 
                 # the deliveries log shows both lines
                 await pilot.press("3")
-                await wait_for(pilot, lambda: "dave@example.net" in screen_text(app), what="the log")
-                text = screen_text(app)
-                assert "sent" in text and "carol@example.com" in text and "451 4.3.0 try" in text, text
+                await shows(pilot, "sent", "carol@example.com", "deferred", "dave@example.net", "451 4.3.0 try")
 
     run(scenario())
 
@@ -101,13 +102,12 @@ def test_hold_sends_a_command_and_shows_the_result() -> None:
                 await wait_for(pilot, lambda: app.results, what="the command result")
                 assert app.results[0].text == "hold 102: held message 102 (1 recipient)"
                 await wait_for(pilot, lambda: cell(app, 1003, "state") == "held", what="the held row")
-                await wait_for(pilot, lambda: "Done · hold 102" in screen_text(app), what="toast")
-                assert "held message 102" in screen_text(app)
+                await shows(pilot, "Done · hold 102", "held message 102")  # the toast
 
                 # delete asks first; "n" sends nothing, "y" sends, a refusal shows as an error
                 await pilot.press("d")
                 await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="the confirmation")
-                assert "Delete message #102" in screen_text(app)
+                await shows(pilot, "Delete message #102")
                 await pilot.press("n")
                 await wait_for(pilot, lambda: isinstance(app.screen, QueueScreen), what="dialog closed")
                 await pilot.press("d", "y")
@@ -134,13 +134,12 @@ def test_filter_and_detail_modal() -> None:
                 await wait_for(pilot, lambda: len(row_keys(app)) == 6, what="queue rows")
                 await pilot.press("slash", *"outlook")
                 await wait_for(pilot, lambda: row_keys(app) == ["1004", "1005"], what="the filter")
-                assert "2 of 6" in screen_text(app)
+                await shows(pilot, "2 of 6")
                 await pilot.press("enter")  # back to the table
                 assert app.focused is queue_table(app)
                 await pilot.press("enter")  # open the detail
                 await wait_for(pilot, lambda: isinstance(app.screen, MessageDetail), what="the detail")
-                text = screen_text(app)
-                assert "frank@outlook.com" in text and "Greylisted" in text and "#103" in text
+                await shows(pilot, "frank@outlook.com", "Greylisted", "#103")
                 await pilot.press("escape")
                 await wait_for(pilot, lambda: isinstance(app.screen, QueueScreen), what="detail closed")
                 await pilot.press("slash", "ctrl+a", "ctrl+k")  # clear the filter by hand
@@ -157,8 +156,7 @@ def test_members_lift_and_suspend() -> None:
             async with app.run_test(size=SIZE, notifications=True) as pilot:
                 await wait_for(pilot, lambda: app.state.has_snapshot, what="the snapshot")
                 await pilot.press("5")
-                await wait_for(pilot, lambda: SPAMMY in screen_text(app), what="the suspended member")
-                assert "complaint rate 2.1% over 14 days" in screen_text(app)
+                await shows(pilot, SPAMMY, "complaint rate 2.1% over 14 days")
                 await pilot.press("u")
                 await wait_for(pilot, lambda: relay.commands, what="unsuspend")
                 assert (relay.commands[0].action, relay.commands[0].target) == ("unsuspend", SPAMMY)
@@ -183,11 +181,10 @@ def test_command_palette_switches_screens() -> None:
             await pilot.pause(0.3)
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.current_mode == "warming", what="the warming screen")
-            await wait_for(pilot, lambda: "alice.example" in screen_text(app), what="warming rows")
-            assert "18/20" in screen_text(app)
+            await shows(pilot, "alice.example", "18/20")
             # with no connection a command is refused locally and says so
             await pilot.press("2", "h")
-            await wait_for(pilot, lambda: "not connected" in screen_text(app), what="the refusal")
+            await shows(pilot, "not connected")
 
     run(scenario())
 
@@ -200,15 +197,16 @@ def test_disconnect_shows_state_and_restart_reconnects() -> None:
         async with app.run_test(size=SIZE, notifications=True) as pilot:
             await wait_for(pilot, lambda: app.state.has_snapshot, what="the snapshot")
             await relay.stop()
-            await wait_for(pilot, lambda: "disconnected — retrying in" in screen_text(app), what="disconnected")
-            assert app.screen.query_one(ConnectionBar).has_class("-disconnected")
+            await shows(pilot, "disconnected — retrying in")
+            await wait_for(pilot, lambda: app.screen.query_one(ConnectionBar).has_class("-disconnected"),
+                           what="the red bar")
             await asyncio.sleep(0.6)  # a refused attempt or two
             second = Snapshot(queue=(item(500, 5000, "new@example.com"),), queue_by_state={"accepted": 1})
             relay2 = await FakeRelay(second, port=port, ts=NOW).start()
             try:
-                await wait_for(pilot, lambda: "● connected" in screen_text(app), what="reconnected")
+                await wait_for(pilot, lambda: "● connected" in screen_text(app), within=10, what="reconnected")
                 await wait_for(pilot, lambda: list(app.state.queue) == [5000], what="the new snapshot")
-                assert "Queue 1" in screen_text(app)
+                await shows(pilot, "Queue 1  In flight 0")
             finally:
                 await relay2.stop()
 

@@ -39,7 +39,7 @@ class DeliveriesScreen(ConsoleScreen):
         self.follow = True
         self.all_events = False
         self._seq = 0
-        self._lines = 0
+        self._line_count = 0
 
     def compose_body(self) -> ComposeResult:
         yield RichLog(id="log", max_lines=LOG_LIMIT * 2, auto_scroll=True, wrap=True, markup=False)
@@ -57,7 +57,7 @@ class DeliveriesScreen(ConsoleScreen):
         log = self.query_one("#log", RichLog)
         for entry in state.log_since(self._seq, self.kinds):
             log.write(log_line(entry), scroll_end=self.follow)
-            self._lines += 1
+            self._line_count += 1
         if state.log:
             self._seq = max(self._seq, state.log[-1].seq)
         self._status()
@@ -65,11 +65,11 @@ class DeliveriesScreen(ConsoleScreen):
     def _status(self) -> None:
         what = "all events" if self.all_events else "sent / deferred / bounced"
         follow = "following" if self.follow else "paused (f to follow)"
-        self.query_one("#log-status", Label).update(f" {follow} · {what} · {self._lines} lines")
+        self.query_one("#log-status", Label).update(f" {follow} · {what} · {self._line_count} lines")
 
     def _rewrite(self) -> None:
         self.query_one("#log", RichLog).clear()
-        self._seq = self._lines = 0
+        self._seq = self._line_count = 0
         self.refresh_state(force=True)
 
     def action_toggle_follow(self) -> None:
@@ -86,5 +86,5 @@ class DeliveriesScreen(ConsoleScreen):
 
     def action_clear(self) -> None:
         self.query_one("#log", RichLog).clear()
-        self._lines = 0
+        self._line_count = 0
         self._status()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
 from tui.fmt import STATE_STYLES, ago, clock, shorten, stamp
@@ -84,7 +85,7 @@ class MembersScreen(ConsoleScreen):
         if table.row_count == 0:
             return None
         row = min(table.cursor_row, table.row_count - 1)
-        return table.coordinate_to_cell_key((row, 0)).row_key.value
+        return table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
 
     def action_unsuspend(self) -> None:
         did = self.selected_did()

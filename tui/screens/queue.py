@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Input, Label
 
 from relay.events import QueuedItem
@@ -83,7 +84,7 @@ class QueueScreen(ConsoleScreen):
         if table.row_count == 0:
             return None
         row = min(table.cursor_row, table.row_count - 1)
-        key = table.coordinate_to_cell_key((row, 0)).row_key.value
+        key = table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
         return int(key) if key is not None else None
 
     def selected_item(self) -> QueuedItem | None:
