@@ -67,7 +67,11 @@ def _reputation(svc: Services) -> Reputation:
 async def status() -> Response:
     svc, did = await _member()
     try:
-        return jsonify(await _reputation(svc).member_status(did))
+        status = await _reputation(svc).member_status(did)
+        from web.pages import _current_labels  # the same "labels in force" view as /account
+
+        status["labels"] = await _current_labels(svc, did)
+        return jsonify(status)
     except StoreError:
         raise ServiceUnavailable() from None
 

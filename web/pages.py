@@ -294,8 +294,20 @@ async def account() -> str | Response:
         reports={d.domain: _last_report(d.domain) for d in domains}, max_domains=MAX_DOMAINS_PER_DID,
         messages=rows, statuses=MESSAGE_STATUSES, status=status_filter or "", next_before=next_before,
         suppressions=await svc.store.list_suppressions(did), has_key=await svc.store.get_api_key_hash(did) is not None,
-        notice=request.args.get("notice", ""),
+        notice=request.args.get("notice", ""), labels=await _current_labels(svc, did),
     )
+
+
+async def _current_labels(svc: Any, did: str) -> list[str]:
+    """The labeler's labels in force on this DID (the newest label per value; a negation removes it)."""
+    labeler = getattr(svc, "labeler", None)
+    if labeler is None:
+        return []
+    rows = await svc.store.query_labels([did], [labeler.did], 0, 250)
+    latest: dict[str, bool] = {}
+    for row in sorted(rows, key=lambda r: r.seq):
+        latest[row.val] = not row.neg
+    return sorted(val for val, on in latest.items() if on)
 
 
 @blueprint.post("/account/domain/<domain>/check")
