@@ -55,6 +55,7 @@ from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
 from relay.submission import SubmissionHandler
 from relay.tlscert import server_context
+from relay.webhooks import WebhookDispatcher
 from spool import Spool, SpoolError
 
 log = logging.getLogger("relay.supervisor")
@@ -85,8 +86,7 @@ async def run_relay(
         async with trio.open_nursery() as root:
             spool = Spool(cfg.state_path / "spool", segment_bytes=cfg.spool.segment_bytes,
                           max_bytes=cfg.spool.max_bytes or None)
-            report = await root.start(spool.run)
-            log.info("spool recovered: %s", report)
+            await root.start(spool.run)  # recovery first; the spool logs its own report
             writer = StatusWriter(store)
             await root.start(writer.run)
             rows = reconcile_rows(spool.live())
@@ -107,6 +107,8 @@ async def run_relay(
                                 bus=bus, metrics=metrics, reputation=reputation)
             connect_reputation(bus, reputation)  # automatic suspensions and complaints onto the event stream
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
+            services.webhooks = WebhookDispatcher(store, bus)
+            await root.start(services.webhooks.run)  # member webhooks, off the event bus
             smtp = SmtpServer(_submission_config(cfg),
                               SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation))
             bound.submission = await root.start(smtp.serve)
@@ -247,7 +249,11 @@ def _announce(cfg: Config, bound: Bound) -> None:
     for host, port in bound.inbound:
         lines.append(f"  inbound SMTP      {host}:{port}  (bounces, complaints, replies to member domains)")
     for url in bound.http:
-        lines.append(f"  HTTP API          {url}/v1/send   health {url}/healthz")
+        lines.append(f"  HTTP API          {url}/v1/send   health {url}/healthz   metrics {url}/metrics")
+        lines.append(f"  web pages         {url}/enroll   {url}/account   {url}/docs")
+        ws = url.replace("http://", "ws://").replace("https://", "wss://")
+        token = (f"$(cat {cfg.state_path / 'secrets' / 'admin_token'})" if cfg.dev else "$ATMOS_ADMIN_TOKEN")
+        lines.append(f"  operator console  atmos console --url {ws}/admin/ws --token {token}")
     for host, port in bound.capture:
         lines.append(f"  capture sink      {host}:{port}  (dev: all outbound mail lands in "
                      f"{cfg.state_path / 'captured'})")
