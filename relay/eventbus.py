@@ -63,6 +63,7 @@ class Subscription:
     def close(self) -> None:
         """Unsubscribe (idempotent). A task blocked in ``__anext__`` wakes up and the iteration ends."""
         self._bus._subs.pop(id(self), None)
+        self._bus._internal.discard(id(self))
         self._send.close()
         self._receive.close()
 
@@ -85,6 +86,7 @@ class EventBus:
         self.buffer = buffer
         self._subs: dict[int, Subscription] = {}
         self._held: set[int] = set()  # subscriptions whose ``with`` block has not exited yet
+        self._internal: set[int] = set()  # in-process consumers (webhooks), not counted as watchers
         self._left_event = trio.Event()
         self._closed = False
         self.dropped = 0  # subscribers dropped for falling behind, since start
@@ -92,16 +94,23 @@ class EventBus:
 
     @property
     def subscribers(self) -> int:
-        return len(self._subs)
+        """Watchers (/admin/ws clients); ``internal`` subscriptions are not counted."""
+        return len(self._subs) - len(self._internal)
 
-    def subscribe(self) -> Subscription:
-        """A new subscription (use it as a context manager so it is always closed)."""
+    def subscribe(self, *, internal: bool = False) -> Subscription:
+        """A new subscription (use it as a context manager so it is always closed).
+
+        ``internal``: an always-on in-process consumer (relay.webhooks) that must not count as a
+        watcher, so the periodic publisher still idles and the subscriber gauge reads consoles only.
+        """
         sub = Subscription(self, self.buffer)
         if self._closed:
             sub.close()  # a bus that is shutting down hands out streams that end at once
         else:
             self._subs[id(sub)] = sub
             self._held.add(id(sub))
+            if internal:
+                self._internal.add(id(sub))
         return sub
 
     def _left(self, sub: Subscription) -> None:

@@ -164,6 +164,15 @@ class ComplaintReceived(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Unsubscribed(Event):
+    """A recipient unsubscribed from a member's mail (one-click, RFC 8058)."""
+
+    type: ClassVar[str] = "unsubscribed"
+    did: str
+    recipient: str
+
+
+@dataclass(frozen=True, slots=True)
 class Throughput(Event):
     type: ClassVar[str] = "throughput"
     accepted_per_s: float
@@ -201,7 +210,7 @@ ACTIONS = ("retry", "hold", "release", "delete", "suspend", "unsuspend", "pause"
 EVENTS: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (Snapshot, MessageAccepted, Delivery, QueueChanged, QueueDepth, Warming, MemberSuspended,
-                MemberUnsuspended, ComplaintReceived, Throughput, Heartbeat, Command, CommandResult)
+                MemberUnsuspended, ComplaintReceived, Unsubscribed, Throughput, Heartbeat, Command, CommandResult)
 }
 _NESTED: dict[str, type[Any]] = {"queue": QueuedItem, "warming": DomainWarming, "domains": DomainWarming,
                                  "suspended": SuspendedMember}

@@ -16,6 +16,7 @@ from relay.metrics import RelayMetrics
 from relay.reputation import Reputation
 from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
+from relay.webhooks import WebhookDispatcher
 from spool import Spool
 
 
@@ -36,3 +37,4 @@ class Services:
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
     labeler: Labeler | None = None
     reputation: Reputation | None = None  # rate limits, suspension; None in tests that build Services bare
+    webhooks: WebhookDispatcher | None = None  # member webhooks; PUT/DELETE /member/webhook call forget()

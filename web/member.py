@@ -1,4 +1,4 @@
-"""Member endpoints (DESIGN §3): standing, deliverability, reply forwarding. Same auth as /v1/send.
+"""Member endpoints (DESIGN §3): standing, deliverability, reply forwarding, webhooks. Same auth as /v1/send.
 
 The API key authenticates exactly one DID (``X-Atmos-DID`` or ``?did=``); a member reads and changes
 only its own data. Errors, each ``{"error", "code"}``:
@@ -7,12 +7,21 @@ only its own data. Errors, each ``{"error", "code"}``:
     MEMBER_SUSPENDED 403 (only PUT: a suspended member may still read its standing),
     FORBIDDEN 403 (``?did=`` names another DID than the authenticated ``X-Atmos-DID``),
     DOMAIN_MISMATCH 403 (the domain is not the member's), INVALID_REQUEST 400 (names the field),
-    SERVICE_UNAVAILABLE 503 (the reputation service is not running or the store is down).
+    SERVICE_UNAVAILABLE 503 (the reputation service is not running or the store is down),
+    NOT_FOUND 404 (GET/DELETE /member/webhook when none is registered).
+
+Webhooks (relay.webhooks): ``PUT /member/webhook`` ``{"url": "https://…", "events": [...]}`` (events
+optional, default all of relay.webhooks.EVENT_TYPES) answers ``{url, events, secret}``; the ``whsec_``
+secret is shown only here and a new one is made on every PUT. The URL must be https; plain http is
+accepted only for loopback hosts (localhost, 127.0.0.0/8, ::1), for local development and tests.
+``GET`` shows ``{url, events, created_at}`` (never the secret); ``DELETE`` removes it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, jsonify, request
 
@@ -21,10 +30,13 @@ from relay.errors import DomainMismatch, InvalidRequest, MemberSuspended, QueueU
 from relay.reputation import Reputation
 from relay.services import Services
 from relay.store.base import StoreError
+from relay.store.rows import Webhook
+from relay.webhooks import EVENT_TYPES, new_secret
 from web.api import authenticate, read_json, reputation, services
 
 blueprint = Blueprint("member", __name__)
 FORWARD_FIELDS = frozenset({"domain", "forward_to"})
+WEBHOOK_FIELDS = frozenset({"url", "events"})
 
 
 class Forbidden(RelayError):
@@ -97,6 +109,89 @@ async def forward_to() -> Response:
         raise DomainMismatch(f"domain: {domain} is not enrolled under {did}")
     updated = await svc.store.set_forward_to(domain, target)
     return jsonify({"domain": updated.domain, "forward_to": updated.forward_to})
+
+
+@blueprint.put("/member/webhook")
+async def put_webhook() -> Response:
+    svc, did = await _member(allow_suspended=False)
+    url, events = _parse_webhook(await read_json())
+    hook = await svc.store.set_webhook(Webhook(did=did, url=url, secret=new_secret(), events=events))
+    _forget(svc, did)
+    return jsonify({"url": hook.url, "events": list(hook.events), "secret": hook.secret})
+
+
+@blueprint.get("/member/webhook")
+async def get_webhook() -> Response:
+    svc, did = await _member()
+    hook = await svc.store.get_webhook(did)
+    if hook is None:
+        return _not_found()
+    return jsonify({"url": hook.url, "events": list(hook.events), "created_at": hook.created_at})
+
+
+@blueprint.delete("/member/webhook")
+async def delete_webhook() -> Response:
+    svc, did = await _member()
+    if not await svc.store.delete_webhook(did):
+        return _not_found()
+    _forget(svc, did)
+    return jsonify({"deleted": True})
+
+
+def _forget(svc: Services, did: str) -> None:
+    if svc.webhooks is not None:  # the dispatcher's cached endpoint is stale now
+        svc.webhooks.forget(did)
+
+
+def _not_found() -> Response:
+    resp = jsonify({"error": "no webhook is registered", "code": "NOT_FOUND"})
+    resp.status_code = 404
+    return resp
+
+
+def _parse_webhook(body: Any) -> tuple[str, tuple[str, ...]]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object with url and optional events")
+    unknown = sorted(set(body) - WEBHOOK_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r} (allowed: url, events)")
+    url = body.get("url")
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidRequest("url: required, an https:// URL")
+    url = url.strip()
+    if len(url) > 2048:
+        raise InvalidRequest("url: longer than 2048 characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise InvalidRequest(f"url: not a valid URL ({exc})") from None
+    if not host or parts.username is not None or parts.password is not None:
+        raise InvalidRequest("url: must name a host and carry no user name or password")
+    if parts.scheme == "http":
+        if not _loopback(host):
+            raise InvalidRequest("url: must be https (plain http only to localhost / 127.0.0.1 / ::1)")
+    elif parts.scheme != "https":
+        raise InvalidRequest("url: must be an https:// URL")
+    events: Any = body.get("events")
+    if events is None:
+        return url, EVENT_TYPES
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise InvalidRequest(f"events: a non-empty list of event types ({', '.join(EVENT_TYPES)})")
+    bad = [e for e in events if e not in EVENT_TYPES]
+    if bad:
+        raise InvalidRequest(f"events: unknown event type {bad[0]!r} (allowed: {', '.join(EVENT_TYPES)})")
+    return url, tuple(e for e in EVENT_TYPES if e in events)
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_forward(body: Any) -> tuple[str, str | None]:

@@ -11,6 +11,7 @@ from quart import Blueprint, Response, jsonify, render_template, request
 
 from relay.address import split_address
 from relay.errors import InvalidRequest
+from relay.events import Unsubscribed
 from relay.unsubscribe import read_token
 from web.api import authenticate, read_json, services
 
@@ -32,7 +33,8 @@ async def one_click(token: str) -> tuple[str, int]:
     if found is None:
         return await render_template("unsubscribe.html", state="invalid"), 404
     did, recipient = found
-    await svc.store.add_suppression(did, recipient, "unsubscribed (one-click)")
+    if await svc.store.add_suppression(did, recipient, "unsubscribed (one-click)"):
+        svc.bus.publish(Unsubscribed(did=did, recipient=recipient))  # webhooks; the console skips it
     return await render_template("unsubscribe.html", state="done", recipient=recipient), 200
 
 

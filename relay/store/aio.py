@@ -33,6 +33,7 @@ from relay.store.rows import (
     SendCount,
     StatusUpdate,
     Suppression,
+    Webhook,
     WebSession,
     WriteOp,
 )
@@ -162,6 +163,19 @@ class AsyncStore:
 
     async def is_suppressed(self, did: str, recipient: str) -> bool:
         return await self._run(functools.partial(self._store.is_suppressed, did, recipient))
+
+    # webhooks
+    async def set_webhook(self, hook: Webhook) -> Webhook:
+        return await self._run(functools.partial(self._store.set_webhook, hook))
+
+    async def get_webhook(self, did: str) -> Webhook | None:
+        return await self._run(functools.partial(self._store.get_webhook, did))
+
+    async def delete_webhook(self, did: str) -> bool:
+        return await self._run(functools.partial(self._store.delete_webhook, did))
+
+    async def list_webhooks(self) -> list[Webhook]:
+        return await self._run(self._store.list_webhooks)
 
     # idempotency
     async def get_idempotent(self, did: str, key: str) -> IdempotentResponse | None:

@@ -37,6 +37,7 @@ from relay.store.rows import (
     SendCount,
     StatusUpdate,
     Suppression,
+    Webhook,
     WebSession,
     WriteOp,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "StoreUnavailable",
     "Suppression",
     "UnsupportedStore",
+    "Webhook",
     "WriteOp",
 ]  # row types are re-exported: callers may take everything from relay.store.base
 
@@ -171,6 +173,12 @@ class Store(Protocol):
     def remove_suppression(self, did: str, recipient: str) -> bool: ...
     def list_suppressions(self, did: str) -> list[Suppression]: ...
     def is_suppressed(self, did: str, recipient: str) -> bool: ...
+
+    # webhooks (relay.webhooks): at most one endpoint per member
+    def set_webhook(self, hook: Webhook) -> Webhook: ...
+    def get_webhook(self, did: str) -> Webhook | None: ...
+    def delete_webhook(self, did: str) -> bool: ...
+    def list_webhooks(self) -> list[Webhook]: ...
 
     # idempotency (HTTP Idempotency-Key, 24 h replay)
     def get_idempotent(self, did: str, key: str) -> IdempotentResponse | None: ...

@@ -163,11 +163,23 @@ CREATE TABLE labels (
 CREATE INDEX labels_uri ON labels(uri, val, src, seq);
 """
 
+# relay.webhooks: one HTTPS endpoint per member; ``events`` is a comma list, ``secret`` signs the POSTs.
+_V5 = """
+CREATE TABLE webhooks (
+    did        TEXT PRIMARY KEY,
+    url        TEXT NOT NULL,
+    secret     TEXT NOT NULL,
+    events     TEXT NOT NULL,
+    created_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
     (3, _V3),
     (4, _V4),
+    (5, _V5),
 ]
 
 LATEST = MIGRATIONS[-1][0]

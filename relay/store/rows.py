@@ -123,6 +123,17 @@ class Suppression:
 
 
 @dataclass(frozen=True, slots=True)
+class Webhook:
+    """A member's webhook endpoint (relay.webhooks); ``events`` are the event types it receives."""
+
+    did: str
+    url: str
+    secret: str = field(repr=False)  # signs the POSTs; kept out of repr so logs never carry it
+    events: tuple[str, ...]
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class IdempotentResponse:
     did: str
     key: str

@@ -56,6 +56,7 @@ from relay.store.rows import (
     SendCount,
     StatusUpdate,
     Suppression,
+    Webhook,
     WebSession,
     WriteOp,
 )
@@ -383,6 +384,34 @@ class SqliteStore:
         )
         return row is not None
 
+    # -- webhooks ----------------------------------------------------------------------------
+
+    def set_webhook(self, hook: Webhook) -> Webhook:
+        """Create or replace the member's endpoint (a new secret each time); ``created_at`` is now."""
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM members WHERE did = ?", (hook.did,)).fetchone() is None:
+                raise NotFound(f"no member {hook.did}")
+            now = self._clock()
+            c.execute(
+                "INSERT INTO webhooks (did, url, secret, events, created_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (did) DO UPDATE SET url = excluded.url, secret = excluded.secret,"
+                " events = excluded.events, created_at = excluded.created_at",
+                (hook.did, hook.url, hook.secret, ",".join(hook.events), now),
+            )
+            return Webhook(did=hook.did, url=hook.url, secret=hook.secret, events=tuple(hook.events),
+                           created_at=now)
+
+    def get_webhook(self, did: str) -> Webhook | None:
+        row = self._one("SELECT * FROM webhooks WHERE did = ?", (did,))
+        return _webhook(row) if row else None
+
+    def delete_webhook(self, did: str) -> bool:
+        with self._tx() as c:
+            return c.execute("DELETE FROM webhooks WHERE did = ?", (did,)).rowcount > 0
+
+    def list_webhooks(self) -> list[Webhook]:
+        return [_webhook(r) for r in self._all("SELECT * FROM webhooks ORDER BY did")]
+
     # -- idempotency --------------------------------------------------------------------------
 
     def get_idempotent(self, did: str, key: str) -> IdempotentResponse | None:
@@ -616,6 +645,12 @@ def _norm_address(address: str) -> str:
 
 def _member(row: sqlite3.Row) -> Member:
     return Member(**dict(row))
+
+
+def _webhook(row: sqlite3.Row) -> Webhook:
+    events = tuple(e for e in str(row["events"]).split(",") if e)
+    return Webhook(did=row["did"], url=row["url"], secret=row["secret"], events=events,
+                   created_at=float(row["created_at"]))
 
 
 def _domain(row: sqlite3.Row) -> Domain:

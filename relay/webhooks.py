@@ -1,0 +1,222 @@
+"""Member webhooks: delivery events POSTed to the member's own HTTPS endpoint, signed.
+
+A member registers one endpoint (``PUT /member/webhook``) and the event types it wants:
+``accepted`` (per recipient), ``delivered``, ``deferred``, ``bounced``, ``complained``,
+``unsubscribed``. Each event is one POST of JSON::
+
+    {"type": "delivered", "id": "evt_…", "created": 1790000000, "data": {...}}
+
+with ``Content-Type: application/json`` and a Stripe-style signature header::
+
+    Atmos-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, f"{t}.{raw body}")>
+
+The receiver recomputes the HMAC over the raw body bytes with its ``whsec_…`` secret, compares in
+constant time and refuses timestamps older than a few minutes (``verify_signature`` below is
+standalone: copy it). ``id`` is the same on every retry, so receivers can de-duplicate.
+
+Delivery never waits for a webhook: the dispatcher is an ordinary event-bus subscriber (the bus drops a
+subscriber that falls behind; the dispatcher then logs and resubscribes), POSTs run in a few worker
+tasks fed by a bounded queue (full: the event is dropped and logged), and a failed POST (non-2xx,
+timeout, connection error) is retried after 1 s, 5 s, 30 s, 2 min and 10 min, then dropped and logged.
+Endpoints are looked up in the store and cached for ``cache_ttl`` seconds; ``PUT``/``DELETE
+/member/webhook`` call ``forget`` so a change takes effect at once (another process, e.g. ``atmos
+admin``, changing the table is seen within ``cache_ttl``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+
+from relay.eventbus import EventBus
+from relay.events import ComplaintReceived, Delivery, Event, MessageAccepted, Unsubscribed
+from relay.store.aio import AsyncStore
+from relay.store.rows import Webhook
+
+log = logging.getLogger("relay.webhooks")
+
+EVENT_TYPES = ("accepted", "delivered", "deferred", "bounced", "complained", "unsubscribed")
+SIGNATURE_HEADER = "Atmos-Signature"
+BACKOFF = (1.0, 5.0, 30.0, 120.0, 600.0)
+_DELIVERY_TYPES = {"sent": "delivered", "deferred": "deferred", "bounced": "bounced"}
+
+
+def new_secret() -> str:
+    """``whsec_`` + 32 random bytes, base64url without padding."""
+    return "whsec_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+def sign(secret: str, body: bytes, t: int) -> str:
+    """The ``Atmos-Signature`` header value for ``body`` sent at unix time ``t``."""
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify_signature(secret: str, header: str, body: bytes | str, tolerance: float = 300,
+                     now: float | None = None) -> bool:
+    """True when ``header`` (``t=…,v1=…``) is a valid signature of the raw ``body`` with ``secret``
+    and its timestamp is within ``tolerance`` seconds of ``now`` (default: the current time).
+
+    Standard library only, so members can copy it into their receiver.
+    """
+    raw = body.encode() if isinstance(body, str) else body
+    t: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit():
+            t = int(value)
+        elif key == "v1":
+            candidates.append(value)
+    if t is None or not candidates:
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance:
+        return False
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + raw, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, c) for c in candidates)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    url: str
+    secret: str
+    event_id: str
+    body: bytes
+    attempt: int = 0  # failed POSTs so far
+
+
+def to_webhook_events(event: Event) -> list[tuple[str, str, dict[str, Any]]]:
+    """(did, webhook type, data) for a bus event; empty for events members do not get."""
+    match event:
+        case MessageAccepted() if event.source in ("smtp", "http"):  # not the relay's own DSNs/forwards
+            return [(event.did, "accepted", {"message_id": rid, "queue_id": event.queue_id, "recipient": rcpt,
+                                             "sender": event.sender, "source": event.source})
+                    for rid, rcpt in zip(event.rcpt_ids, event.recipients, strict=False)]
+        case Delivery() if event.state in _DELIVERY_TYPES:
+            data: dict[str, Any] = {"message_id": event.rcpt_id, "queue_id": event.queue_id,
+                                    "recipient": event.recipient, "attempts": event.attempts,
+                                    "mx_host": event.mx_host, "reply": event.reply, "tls": event.tls}
+            if event.state == "deferred":
+                data["next_attempt_at"] = event.next_attempt_at
+            return [(event.did, _DELIVERY_TYPES[event.state], data)]
+        case ComplaintReceived():
+            return [(event.did, "complained", {"recipient": event.recipient, "feedback_type": event.feedback_type})]
+        case Unsubscribed():
+            return [(event.did, "unsubscribed", {"recipient": event.recipient})]
+    return []
+
+
+class WebhookDispatcher:
+    def __init__(self, store: AsyncStore, bus: EventBus, *, clock: Callable[[], float] = time.time,
+                 workers: int = 4, queue_size: int = 1000, max_retrying: int = 1000,
+                 backoff: Sequence[float] = BACKOFF, timeout: float = 10.0, cache_ttl: float = 10.0) -> None:
+        self.store, self.bus, self.clock = store, bus, clock
+        self.workers, self.max_retrying, self.backoff = workers, max_retrying, tuple(backoff)
+        self.timeout, self.cache_ttl = timeout, cache_ttl
+        self._send, self._receive = trio.open_memory_channel[_Job](queue_size)
+        self._cache: dict[str, tuple[float, Webhook | None]] = {}
+        self._retrying = 0
+        self.sent = self.failed = self.dropped = 0  # counters since start
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client, \
+                trio.open_nursery() as nursery:
+            for _ in range(self.workers):
+                nursery.start_soon(self._worker, client, nursery)
+            await nursery.start(self._listen)
+            task_status.started()
+
+    async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        while True:
+            with self.bus.subscribe(internal=True) as sub:
+                if not started:
+                    task_status.started()
+                    started = True
+                async for event in sub:
+                    try:
+                        await self._handle(event)
+                    except Exception:  # a store hiccup loses one event, never the dispatcher
+                        log.exception("webhook: could not dispatch %s", event.type)
+            if not sub.dropped:
+                return  # the bus closed: shutting down
+            log.warning("webhook dispatcher fell behind the event bus and was dropped; resubscribing")
+
+    def forget(self, did: str) -> None:
+        """Drop the cached endpoint of ``did`` (it was just changed or removed)."""
+        self._cache.pop(did, None)
+
+    async def _webhook(self, did: str) -> Webhook | None:
+        now = self.clock()
+        hit = self._cache.get(did)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        hook = await self.store.get_webhook(did)
+        self._cache[did] = (now + self.cache_ttl, hook)
+        return hook
+
+    async def _handle(self, event: Event) -> None:
+        for did, kind, data in to_webhook_events(event):
+            hook = await self._webhook(did)
+            if hook is None or kind not in hook.events:
+                continue
+            event_id = "evt_" + secrets.token_hex(12)
+            body = json.dumps({"type": kind, "id": event_id, "created": int(self.clock()), "data": data},
+                              separators=(",", ":")).encode()
+            self._enqueue(_Job(hook.url, hook.secret, event_id, body))
+
+    def _enqueue(self, job: _Job) -> None:
+        try:
+            self._send.send_nowait(job)
+        except trio.WouldBlock:
+            self.dropped += 1
+            log.warning("webhook queue full: dropped %s for %s", job.event_id, job.url)
+
+    async def _worker(self, client: httpx.AsyncClient, nursery: trio.Nursery) -> None:
+        async for job in self._receive:
+            if await self._post(client, job):
+                self.sent += 1
+                continue
+            self.failed += 1
+            if job.attempt >= len(self.backoff) or self._retrying >= self.max_retrying:
+                self.dropped += 1
+                log.warning("webhook %s to %s dropped after %d attempts", job.event_id, job.url, job.attempt + 1)
+                continue
+            self._retrying += 1
+            nursery.start_soon(self._retry_later, _Job(job.url, job.secret, job.event_id, job.body,
+                                                       job.attempt + 1), self.backoff[job.attempt])
+
+    async def _retry_later(self, job: _Job, delay: float) -> None:
+        try:
+            await trio.sleep(delay)
+        finally:
+            self._retrying -= 1
+        self._enqueue(job)
+
+    async def _post(self, client: httpx.AsyncClient, job: _Job) -> bool:
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(job.secret, job.body, int(self.clock())),
+                   "User-Agent": "atmosphere-relay-webhooks/1"}
+        try:
+            resp = await client.post(job.url, content=job.body, headers=headers)
+        except httpx.HTTPError as exc:
+            log.info("webhook %s to %s failed: %s", job.event_id, job.url, exc)
+            return False
+        if 200 <= resp.status_code < 300:
+            return True
+        log.info("webhook %s to %s answered %d", job.event_id, job.url, resp.status_code)
+        return False
+
+
+__all__ = ["EVENT_TYPES", "SIGNATURE_HEADER", "WebhookDispatcher", "new_secret", "sign", "to_webhook_events",
+           "verify_signature"]
