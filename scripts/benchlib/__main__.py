@@ -659,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="each scenario once, ~1 minute")
-    parser.add_argument("--only", metavar="NAME", help=f"comma-separated subset of: {', '.join(SCENARIOS)}, dkim")
+    names = ", ".join((*SCENARIOS, "dkim", "events"))
+    parser.add_argument("--only", metavar="NAME", help=f"comma-separated subset of: {names}")
     parser.add_argument("--no-relay", action="store_true", help="measure Postfix alone (checks the bench itself)")
     parser.add_argument("--conc", type=int, default=CONC, help=f"concurrent clients (default {CONC})")
     parser.add_argument("--keep", action="store_true", help="keep the temp work dir (configs, logs, queues)")
@@ -672,16 +673,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     only = set(args.only.split(",")) if args.only else None
-    if only is None or "dkim" in only:
-        # DKIM signing cost beside the raw crypto floor: a CPU micro-benchmark, no peers needed.
-        from benchlib import dkimbench
+    # In-process micro-benchmarks, no peers needed: DKIM signing beside the raw crypto floor, and
+    # delivery rate with and without a slow event-stream subscriber.
+    from benchlib import dkimbench, eventbench
 
-        dkimbench.main(["--quick"] if args.quick else [])
-        if only is not None:
-            only.discard("dkim")
-            if not only:
-                return 0
-            args.only = ",".join(sorted(only))
+    for name, bench in (("dkim", dkimbench), ("events", eventbench)):
+        if only is None or name in only:
+            bench.main(["--quick"] if args.quick else [])
+            if only is not None:
+                only.discard(name)
+    if only is not None:
+        if not only:
+            return 0
+        args.only = ",".join(sorted(only))
     try:
         return Bench(args).run()
     except KeyboardInterrupt:
