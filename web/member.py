@@ -80,9 +80,8 @@ async def status() -> Response:
     svc, did = await _member()
     try:
         status = await _reputation(svc).member_status(did)
-        from web.pages import _current_labels  # the same "labels in force" view as /account
-
-        status["labels"] = await _current_labels(svc, did)
+        labeler = getattr(svc, "labeler", None)
+        status["labels"] = [] if labeler is None else await labeler.labels_in_force(did)
         return jsonify(status)
     except StoreError:
         raise ServiceUnavailable() from None

@@ -299,15 +299,8 @@ async def account() -> str | Response:
 
 
 async def _current_labels(svc: Any, did: str) -> list[str]:
-    """The labeler's labels in force on this DID (the newest label per value; a negation removes it)."""
     labeler = getattr(svc, "labeler", None)
-    if labeler is None:
-        return []
-    rows = await svc.store.query_labels([did], [labeler.did], 0, 250)
-    latest: dict[str, bool] = {}
-    for row in sorted(rows, key=lambda r: r.seq):
-        latest[row.val] = not row.neg
-    return sorted(val for val, on in latest.items() if on)
+    return [] if labeler is None else list(await labeler.labels_in_force(did))
 
 
 @blueprint.post("/account/domain/<domain>/check")

@@ -34,13 +34,12 @@ from relay.delivery.retry import DEFAULT_POLICY, Decision, Outcome, OutcomeKind,
 from relay.eventbus import EventBus
 from relay.events import Delivery, Event, MessageAccepted, QueueChanged
 from relay.reputation import DeliveryEvents, classify_status
-from relay.store.rows import NewAttempt, StatusUpdate
+from relay.store.rows import MessageStatus, NewAttempt, StatusUpdate
 from relay.store.writer import StatusWriter
 from spool import Envelope, QueuedMessage, Spool, SpoolError, State, Transition
 
 log = logging.getLogger("relay.delivery")
 
-_STORE_STATUS = {"sent": "sent", "bounced": "bounced", "deferred": "deferred"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +195,7 @@ class Scheduler:
         if self.bus is not None:
             self.bus.publish(event)
 
-    async def _set_state(self, queue_id: int, state: State, store_status: str, note: str,
+    async def _set_state(self, queue_id: int, state: State, store_status: MessageStatus, note: str,
                          which: Callable[..., bool], next_attempt_at: float | None = None) -> int:
         msg = self._spool.get(queue_id)
         if msg is None:
@@ -206,7 +205,7 @@ class Scheduler:
         if changes:
             await self._spool.transition(changes)
             now = self._now()
-            self._writer.submit_nowait([StatusUpdate(id=c.rcpt_id, status=store_status, at=now,  # type: ignore[arg-type]
+            self._writer.submit_nowait([StatusUpdate(id=c.rcpt_id, status=store_status, at=now,
                                                      last_reply=note, next_attempt_at=next_attempt_at)
                                         for c in changes])
         return len(changes)
@@ -326,7 +325,7 @@ class Scheduler:
         else:
             self.deferred += 1
         self._writer.submit_nowait([
-            StatusUpdate(id=job.rcpt_id, status=_STORE_STATUS[decision.state], at=now,  # type: ignore[arg-type]
+            StatusUpdate(id=job.rcpt_id, status=decision.state, at=now,
                          attempts=attempts, last_reply=result.outcome.text,
                          next_attempt_at=decision.next_attempt_at),
             NewAttempt(message_id=job.rcpt_id, at=now, mx_host=result.mx_host, reply=result.outcome.text,

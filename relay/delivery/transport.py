@@ -68,16 +68,12 @@ class SmtpTransport:
             if result.started:
                 # Broke off mid-transaction (perhaps after the final dot): trying the next MX now could
                 # deliver twice; this attempt is over and the retry schedule takes it from here.
-                kind = OutcomeKind.TIMEOUT if "timed out" in (result.connection_error or "") \
-                    else OutcomeKind.CONNECTION_FAILED
-                return AttemptResult(Outcome(kind, result.connection_error or "connection lost"),
-                                     mx_host=host.name, tls=result.tls)
+                return AttemptResult(_no_reply(result, "connection lost"), mx_host=host.name, tls=result.tls)
             last = result  # unreachable or refused the session: try the next MX host
         assert last is not None
         if last.connection_reply is not None:
             return AttemptResult(Outcome.from_reply(last.connection_reply), mx_host=last.mx_host, tls=last.tls)
-        kind = OutcomeKind.TIMEOUT if "timed out" in (last.connection_error or "") else OutcomeKind.CONNECTION_FAILED
-        return AttemptResult(Outcome(kind, last.connection_error or "connection failed"), mx_host=last.mx_host)
+        return AttemptResult(_no_reply(last, "connection failed"), mx_host=last.mx_host)
 
     def _usable(self, found: Route) -> list[MxHost]:
         if self._allow_loopback:
@@ -89,3 +85,8 @@ class SmtpTransport:
                 hosts.append(MxHost(host.name, host.preference, addresses))
         return hosts
 
+
+def _no_reply(result: DeliveryResult, default: str) -> Outcome:
+    """A host that gave no final reply: a timeout (RFC 5321 §4.5.3.2) or a connection failure, both temporary."""
+    text = result.connection_error or default
+    return Outcome(OutcomeKind.TIMEOUT if "timed out" in text else OutcomeKind.CONNECTION_FAILED, text)

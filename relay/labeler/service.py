@@ -175,6 +175,14 @@ class Labeler:
 
     # ---- identity ----
 
+    async def labels_in_force(self, did: str) -> list[str]:
+        """This labeler's labels on ``did`` now: the newest label per value, a negation removing it."""
+        rows = await self.store.query_labels([did], [self.did], 0, 250)
+        latest: dict[str, bool] = {}
+        for row in sorted(rows, key=lambda r: r.seq):
+            latest[row.val] = not row.neg
+        return sorted(val for val, on in latest.items() if on)
+
     def did_document(self, endpoint: str | None = None) -> dict[str, Any]:
         return did_document(self.did, self.key, endpoint or self.cfg.public_url)
 
