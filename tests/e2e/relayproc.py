@@ -43,6 +43,7 @@ class RelayProcess:
     base: Path
     tls: TLSFiles
     extra_toml: str = ""
+    shutdown_grace: float = 3.0
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     submission: tuple[str, int] = ("", 0)
@@ -62,8 +63,8 @@ class RelayProcess:
     def write_config(self) -> None:
         self.config_path.write_text(
             f'operator_domain = "relay.test"\nstate_dir = "{self.state_dir}"\n'
-            '[smtp]\nsubmission_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\nshutdown_grace = 3.0\n'
-            '[http]\naddr = "127.0.0.1:0"\n'
+            '[smtp]\nsubmission_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\n'
+            f'shutdown_grace = {self.shutdown_grace}\n[http]\naddr = "127.0.0.1:0"\n'
             f'[tls]\ncert_file = "{self.tls.cert}"\nkey_file = "{self.tls.key}"\n' + self.limits_toml()
             # Never route test mail through the machine's resolver: unless the test brings its own
             # [delivery], mail goes to a closed loopback port and stays deferred in the spool.
