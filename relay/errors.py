@@ -3,7 +3,7 @@
     RelayError                      451 4.3.0 / 500 INTERNAL (never shows internals)
     ├── AuthError
     │   ├── AuthRequired            530 5.7.0 / 400 AUTH_REQUIRED
-    │   ├── InvalidDid              501 5.5.4 / 400 INVALID_DID
+    │   ├── InvalidDid              535 5.7.8 / 400 INVALID_DID
     │   └── AuthFailed              535 5.7.8 / 401 AUTH_FAILED
     ├── MemberSuspended             521 5.7.1 / 403 MEMBER_SUSPENDED
     ├── DomainMismatch              550 5.1.0 / 403 DOMAIN_MISMATCH

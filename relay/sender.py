@@ -67,11 +67,6 @@ def _decode_words(value: str) -> str:
         return value
 
 
-def header_from_addresses(data: bytes) -> list[str]:
-    values = [v for n, v in header_fields(data) if n == "from"]
-    return [addr for _, addr in getaddresses(values) if addr]
-
-
 def check_header_from(principal: Principal, data: bytes) -> None:
     """RFC 5322 §3.6.2: exactly one From: header; every author on an owned domain."""
     values = [v for n, v in header_fields(data) if n == "from"]

@@ -69,9 +69,10 @@ class Bound:
     http: list[str] = field(default_factory=list)
     capture: list[tuple[str, int]] = field(default_factory=list)
     inbound: list[tuple[str, int]] = field(default_factory=list)
+    dev: bool = False  # started with --dev: `atmos admin` reads this to load the config the same way
 
     def as_json(self) -> str:
-        return json.dumps({"submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http,
+        return json.dumps({"dev": self.dev, "submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http,
                            "inbound": [f"{h}:{p}" for h, p in self.inbound],
                            "capture": [f"{h}:{p}" for h, p in self.capture]})
 
@@ -98,7 +99,7 @@ async def run_relay(
             # The operator event stream: made before its publishers (acceptor, scheduler), which never wait on it.
             bus, metrics = EventBus(), RelayMetrics()
             acceptor = Acceptor(spool, writer, bus=bus, metrics=metrics)
-            bound = Bound()
+            bound = Bound(dev=cfg.dev)
             scheduler, pool, prepare = await _start_delivery(cfg, root, spool, writer, store, bound, bus)
             scheduler.delivery_events = reputation
             acceptor.on_accept = scheduler.notify

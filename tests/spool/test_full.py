@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from spool import Accepted, Spool, SpoolFull, SpoolLog, SpoolUnavailable, State, Transition
+from tests.peers.require import missing
 from tests.spool.helpers import envelope, segments, size
 
 
@@ -162,7 +163,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     if proc.returncode != 0:
         msg = proc.stderr.strip()
         if "permission denied" in msg.lower() or "operation not permitted" in msg.lower():
-            pytest.skip(f"mounting a tmpfs needs privileges (EPERM): {msg}")
+            missing(f"mounting a tmpfs needs privileges (EPERM): {msg}")
         pytest.fail(f"mount failed: {msg}")
     try:
         yield mnt
