@@ -62,6 +62,10 @@ class SmtpConfig:
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     addr: Addr = Addr("127.0.0.1", 8080)
+    head_timeout: float = 5.0  # a request head (and the next one on a keep-alive connection) within this
+    read_timeout: float = 60.0  # each read from a client; websockets stay alive on websocket_ping
+    websocket_ping: float = 20.0  # server pings idle websockets (RFC 6455 §5.5.2); pongs count as reads
+    websocket_max_message: int = 64 * 1024  # bytes per message a client may send on /admin/ws or the labeler
 
 
 @dataclass(frozen=True, slots=True)
