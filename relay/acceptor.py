@@ -115,5 +115,8 @@ def reconcile_rows(live: Iterable[QueuedMessage]) -> list[MessageRow]:
     for msg in live:
         if msg.envelope.attrs.get("dsn"):
             continue  # bounces the relay generated are not a member's messages
-        rows.extend(rows_for(msg.queue_id, msg.rcpt_ids, msg.envelope))
+        try:
+            rows.extend(rows_for(msg.queue_id, msg.rcpt_ids, msg.envelope))
+        except Exception:  # one odd envelope must not stop the start-up: its message is still delivered
+            log.exception("reconcile: no status rows for queue id %d (envelope %a)", msg.queue_id, msg.envelope)
     return rows

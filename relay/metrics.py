@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SOURCES = ("smtp", "http", "dsn", "forward")
-FAULT_KINDS = ("http_connection", "status_writer", "reconcile")
 
 
 class Histogram:
@@ -72,9 +71,8 @@ class RelayMetrics:
         self.accepted_recipients = 0
         self.accept_latency = Histogram()  # from the accept call to durable (fdatasync'ed) in the spool
         self.throughput = RateWindow(window)
-        # Contained faults by where they happened (FAULT_KINDS): a connection ended by an exception the
-        # protocol code did not handle, an item a background service quarantined. Each one is a bug to read
-        # in the log; none of them stops the relay.
+        # Contained faults by where they happened: a connection ended by an exception the protocol code
+        # did not handle (web.server). Each one is a bug to read in the log; none of them stops the relay.
         self.faults: Counter[str] = Counter()
 
     def observe_accept(self, source: str, recipients: int, seconds: float) -> None:
@@ -160,7 +158,8 @@ def render(services: Services) -> str:
                "Event stream subscribers dropped for falling behind.", [({}, bus.dropped)])
     out.metric("atmos_faults_total", "counter",
                "Contained faults: connections ended by an internal error, items a service quarantined.",
-               [({"where": k}, metrics.faults.get(k, 0)) for k in FAULT_KINDS])
+               [({"where": "http_connection"}, metrics.faults.get("http_connection", 0)),
+                ({"where": "status_writer"}, services.writer.stats.quarantined)])
     out.histogram("atmos_accept_latency_seconds", "From accept to durable in the spool (group commit).",
                   metrics.accept_latency)
     return out.text()

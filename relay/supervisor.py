@@ -89,8 +89,8 @@ async def run_relay(
             writer = StatusWriter(store)
             await root.start(writer.run)
             rows = reconcile_rows(spool.live())
-            if rows:  # rows lost to a crash before the batched writer flushed
-                await store.insert_messages(rows)
+            if rows:  # rows lost to a crash before the batched writer flushed; a bad one is quarantined
+                await writer.submit(rows)
             keys = ApiKeyCache()
             reputation = Reputation.from_config(store, cfg)  # rate counters and suspensions, loaded first
             await root.start(reputation.run)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from typing import Any
 
@@ -17,6 +16,7 @@ from relay.sender import check_sender
 from relay.services import Services
 from relay.submission import TRANSACTIONAL
 from web.compose import compose
+from web.jsonbody import parse_json
 from web.validate import parse_send_request
 
 blueprint = Blueprint("api", __name__)
@@ -62,11 +62,7 @@ async def read_json() -> Any:
     limit = services().cfg.limits.json_body
     if (request.content_length or 0) > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    raw = await request.get_data(cache=True)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    return parse_json(await request.get_data(cache=True))
 
 
 @blueprint.post("/v1/send")
