@@ -80,6 +80,7 @@ class StatusWriter:
         self._backlog = 0
         self._last_warning = -math.inf
         self.stats = WriterStats()
+        self.store_error: str | None = None  # while a batch is being retried: why the store refused it
 
     @property
     def backlog(self) -> int:
@@ -200,11 +201,13 @@ class StatusWriter:
             try:
                 await self._store.apply_batch(ops)
             except StoreUnavailable as exc:
+                self.store_error = str(exc)
                 self.stats.retries += 1
                 log.warning("store unavailable, retrying %d ops in %.1fs: %s", len(ops), delay, exc)
                 await trio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
+            self.store_error = None
             self.stats.batches += 1
             self.stats.ops += len(ops)
             return
