@@ -43,6 +43,7 @@ class Acceptor:
         self.on_accept: Callable[[int], None] | None = None  # the scheduler's notify
         self.bus = bus  # operator event stream: MessageAccepted after each accept
         self.metrics = metrics  # /metrics: accepted by source, accept latency
+        self.last_refusal: tuple[str, float] | None = None  # (why, monotonic time) until the next accept; /healthz
 
     async def accept(
         self, *, did: str, mail_from: str, rcpts: Iterable[str], data: bytes, attrs: Mapping[str, str]
@@ -58,10 +59,13 @@ class Acceptor:
             result = await self._spool.accept(envelope, data)
         except SpoolFull as exc:
             log.warning("spool full, refusing message from %s: %s", did, exc)
+            self.last_refusal = (f"spool full: {exc}", time.monotonic())
             raise InsufficientStorage() from None
-        except SpoolUnavailable:
+        except SpoolUnavailable as exc:
             log.exception("spool unavailable, refusing message from %s", did)
+            self.last_refusal = (f"spool unavailable: {exc}", time.monotonic())
             raise QueueUnavailable() from None
+        self.last_refusal = None
         self.accepted_messages += 1
         self._writer.submit_nowait(rows_for(result.queue_id, result.rcpt_ids, envelope))
         if self.on_accept is not None:
@@ -115,5 +119,8 @@ def reconcile_rows(live: Iterable[QueuedMessage]) -> list[MessageRow]:
     for msg in live:
         if msg.envelope.attrs.get("dsn"):
             continue  # bounces the relay generated are not a member's messages
-        rows.extend(rows_for(msg.queue_id, msg.rcpt_ids, msg.envelope))
+        try:
+            rows.extend(rows_for(msg.queue_id, msg.rcpt_ids, msg.envelope))
+        except Exception:  # one odd envelope must not stop the start-up: its message is still delivered
+            log.exception("reconcile: no status rows for queue id %d (envelope %a)", msg.queue_id, msg.envelope)
     return rows

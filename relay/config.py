@@ -62,6 +62,10 @@ class SmtpConfig:
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     addr: Addr = Addr("127.0.0.1", 8080)
+    head_timeout: float = 5.0  # a request head (and the next one on a keep-alive connection) within this
+    read_timeout: float = 60.0  # each read from a client; websockets stay alive on websocket_ping
+    websocket_ping: float = 20.0  # server pings idle websockets (RFC 6455 §5.5.2); pongs count as reads
+    websocket_max_message: int = 64 * 1024  # bytes per message a client may send on /admin/ws or the labeler
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,12 @@ class IdentityConfig:
     allow_http_on_loopback: bool = False  # development only: http PDS/issuer on localhost/127.0.0.1/::1
     cache_ttl: float = 600.0  # resolved handles and DID documents
     timeout: float = 10.0  # per HTTP/DNS request during resolution and OAuth
+    # Bounds on what strangers' servers can make the relay read or wait for (relay.fetch, issue 13):
+    metadata_bytes: int = 64 * 1024  # OAuth metadata and endpoint answers, handle well-known files
+    document_bytes: int = 256 * 1024  # DID documents, PDS records
+    deadline: float = 30.0  # one whole sign-in step (resolve + discover + PAR; callback + token) or record read
+    signins: int = 32  # sign-in steps in flight relay-wide (POST /enroll, /oauth/callback); more: 503
+    signins_per_ip: int = 4  # ... and from one client IP; more: 429
 
 
 @dataclass(frozen=True, slots=True)

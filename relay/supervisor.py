@@ -22,7 +22,6 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from relay import devsetup
 from relay.acceptor import Acceptor, reconcile_rows
@@ -91,8 +90,8 @@ async def run_relay(
             writer = StatusWriter(store)
             await root.start(writer.run)
             rows = reconcile_rows(spool.live())
-            if rows:  # rows lost to a crash before the batched writer flushed
-                await store.insert_messages(rows)
+            if rows:  # rows lost to a crash before the batched writer flushed; a bad one is quarantined
+                await writer.submit(rows)
             keys = ApiKeyCache()
             reputation = Reputation.from_config(store, cfg)  # rate counters and suspensions, loaded first
             await root.start(reputation.run)
@@ -213,14 +212,20 @@ async def _serve_http(
     services: Services, stop: trio.Event, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     from web.app import create_app
+    from web.server import serve
 
+    http = services.cfg.http
     hc = HypercornConfig()
-    hc.bind = [str(services.cfg.http.addr)]
+    hc.bind = [str(http.addr)]
     hc.accesslog = None
     hc.graceful_timeout = services.cfg.smtp.shutdown_grace
     hc.include_server_header = False
+    hc.keep_alive_timeout = http.head_timeout  # also the deadline for a new connection's request head
+    hc.read_timeout = http.read_timeout  # type: ignore[assignment]  # hypercorn types it int, uses it as float
+    hc.websocket_max_message_size = http.websocket_max_message
+    hc.websocket_ping_interval = http.websocket_ping
     app: Any = create_app(services)
-    await hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+    await serve(app, hc, stop, faults=services.metrics.faults, task_status=task_status)
 
 
 async def _main(cfg: Config) -> None:
