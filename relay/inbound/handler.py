@@ -48,7 +48,7 @@ from relay.delivery import verp
 from relay.inbound import InboundEvents, srs
 from relay.inbound.arf import ArfParseError, ArfReport, is_arf, parse_arf
 from relay.inbound.bounces import Bounce, analyze
-from relay.inbound.ratelimit import TokenBuckets
+from relay.ratelimit import TokenBuckets
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
 from relay.store.aio import AsyncStore
