@@ -49,7 +49,7 @@ from relay.reputation import Reputation
 from relay.services import Services
 from relay.smtp.client import TlsPolicy
 from relay.smtp.limits import Limits
-from relay.smtp.server import SmtpServer, SmtpServerConfig
+from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
 from relay.store import open_store
 from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
@@ -109,11 +109,13 @@ async def run_relay(
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
             services.webhooks = WebhookDispatcher(store, bus)
             await root.start(services.webhooks.run)  # member webhooks, off the event bus
+            buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, both listeners together
             smtp = SmtpServer(_submission_config(cfg),
-                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation))
+                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation),
+                              buffers=buffers)
             bound.submission = await root.start(smtp.serve)
             inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation),
-                                          ssl_context=server_context(cfg))
+                                          ssl_context=server_context(cfg), buffers=buffers)
             bound.inbound = await root.start(inbound.serve)
             http_stop = trio.Event()
             bound.http = await root.start(_serve_http, services, http_stop)
@@ -201,10 +203,12 @@ def _submission_config(cfg: Config) -> SmtpServerConfig:
     return SmtpServerConfig(
         host=addr.host, port=addr.port, hostname=cfg.banner_host, ssl_context=server_context(cfg),
         require_tls_for_auth=True, require_auth=True,
-        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message),
+        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message,
+                      max_errors=cfg.smtp.error_limit, max_junk_commands=cfg.smtp.junk_command_limit),
         command_timeout=cfg.smtp.command_timeout, data_block_timeout=cfg.smtp.data_timeout,
         shutdown_grace=cfg.smtp.shutdown_grace,
-        max_connections=cfg.smtp.max_connections,
+        max_connections=cfg.smtp.max_connections, max_connections_per_ip=cfg.smtp.max_connections_per_ip,
+        gate_timeout=cfg.smtp.pre_auth_timeout, gate_time=cfg.smtp.pre_auth_time, session_time=cfg.smtp.session_time,
     )
 
 
