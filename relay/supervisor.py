@@ -92,7 +92,7 @@ async def run_relay(
             rows = reconcile_rows(spool.live())
             if rows:  # rows lost to a crash before the batched writer flushed
                 await store.insert_messages(rows)
-            keys = ApiKeyCache()
+            keys = ApiKeyCache(bcrypt_threads=cfg.auth.bcrypt_threads, bcrypt_queue=cfg.auth.bcrypt_queue)
             reputation = Reputation.from_config(store, cfg)  # rate counters and suspensions, loaded first
             await root.start(reputation.run)
             # The operator event stream: made before its publishers (acceptor, scheduler), which never wait on it.
@@ -103,7 +103,7 @@ async def run_relay(
             scheduler.delivery_events = reputation
             acceptor.on_accept = scheduler.notify
             services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
-                                auth=Authenticator(store, keys), acceptor=acceptor, scheduler=scheduler,
+                                auth=Authenticator(store, keys, cfg.auth), acceptor=acceptor, scheduler=scheduler,
                                 bus=bus, metrics=metrics, reputation=reputation)
             connect_reputation(bus, reputation)  # automatic suspensions and complaints onto the event stream
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
