@@ -54,7 +54,7 @@ class SmtpConfig:
     inbound_addr: Addr = Addr("127.0.0.1", 2525)
     hostname: str = ""  # banner/EHLO name; defaults to operator_domain
     max_connections: int = 2000
-    max_connections_per_ip: int = 50  # per listener and client address or IPv6 /64 (smtpd_client_connection_count_limit)
+    max_connections_per_ip: int = 50  # per listener and address or IPv6 /64 (smtpd_client_connection_count_limit)
     command_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7 server timeout
     data_timeout: float = 180.0  # §4.5.3.2.5 DATA block
     pre_auth_timeout: float = 60.0  # submission: idle limit before AUTH succeeds

@@ -30,6 +30,7 @@ from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
 from relay.config import Config
 from relay.delivery.client import ConnectionPool
+from relay.delivery.congestion import HostHealth
 from relay.delivery.prepare import Preparer
 from relay.delivery.retry import RetryPolicy
 from relay.delivery.routing import Resolver
@@ -170,6 +171,7 @@ async def _start_delivery(
     transport = SmtpTransport(
         Resolver.from_config(cfg.delivery), pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
         relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls), allow_loopback_mx=cfg.delivery.allow_loopback_mx,
+        hosts=HostHealth(per_host=cfg.delivery.per_host, min_timeout=cfg.delivery.min_timeout),
     )
     operator = OperatorKeys(cfg.state_path, cfg.secret_key)
     await trio.to_thread.run_sync(operator.current)  # created on first start, before any delivery
@@ -177,6 +179,7 @@ async def _start_delivery(
     scheduler = Scheduler(spool, writer, transport, prepare=prepare, bus=bus, config=SchedulerConfig(
         operator_domain=cfg.operator_domain, secret=cfg.secret_key, reporting_mta=cfg.banner_host,
         max_concurrency=cfg.delivery.max_concurrency, per_destination=cfg.delivery.per_destination,
+        initial_concurrency=cfg.delivery.initial_concurrency, slow_concurrency=cfg.delivery.slow_concurrency,
         policy=RetryPolicy(schedule=cfg.delivery.retry_schedule),
     ))
     await root.start(scheduler.run)

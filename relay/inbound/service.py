@@ -8,7 +8,8 @@
 
 No AUTH (not offered, AUTH answers 502), STARTTLS offered when ``ssl_context`` is given, message
 size limit ``inbound.message_size`` (SIZE advertised, 552 past it), timeouts, budgets and connection
-caps from ``[smtp]`` (the gate is the first MAIL: ``pre_mail_timeout`` / ``pre_mail_time``). ``host``/``port`` override ``smtp.inbound_addr`` (tests bind port 0).
+caps from ``[smtp]`` (the gate is the first MAIL: ``pre_mail_timeout`` / ``pre_mail_time``).
+``host``/``port`` override ``smtp.inbound_addr`` (tests bind port 0).
 """
 
 from __future__ import annotations
