@@ -314,7 +314,8 @@ class _Connection:
                 log.warning("closing %s: DATA buffers full (%d bytes held relay-wide)", self.session.peer,
                             self._buffers.used)
                 self._out += self.conn.close(NO_MEMORY)
-                self._charge()
+                self._buffers.used -= self._charged  # given back now, not after the 421 is written
+                self._charged = 0
         else:
             self._out += self.conn.close(SHUTTING_DOWN if idle and self.drain.started else expired)
 

@@ -43,6 +43,7 @@ class RelayProcess:
     base: Path
     tls: TLSFiles
     extra_toml: str = ""
+    smtp_toml: str = ""  # more [smtp] keys (the table itself is written here)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     submission: tuple[str, int] = ("", 0)
@@ -63,7 +64,8 @@ class RelayProcess:
         self.config_path.write_text(
             f'operator_domain = "relay.test"\nstate_dir = "{self.state_dir}"\n'
             '[smtp]\nsubmission_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\nshutdown_grace = 3.0\n'
-            '[http]\naddr = "127.0.0.1:0"\n'
+            + self.smtp_toml
+            + '[http]\naddr = "127.0.0.1:0"\n'
             f'[tls]\ncert_file = "{self.tls.cert}"\nkey_file = "{self.tls.key}"\n' + self.limits_toml()
             # Never route test mail through the machine's resolver: unless the test brings its own
             # [delivery], mail goes to a closed loopback port and stays deferred in the spool.
