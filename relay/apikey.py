@@ -97,15 +97,17 @@ class ApiKeyCache:
         mac = self._mac(did, key, stored_hash)
         if self._hit(did, mac):
             return True
-        flight = self._flights.get(mac)
-        if flight is not None:  # the same check is running: share its answer
-            await flight.done.wait()
-            return flight.ok
+        while (running := self._flights.get(mac)) is not None:  # the same check is running: share its answer
+            await running.done.wait()
+            if running.finished:
+                return running.ok
+            # That caller was cancelled before its check ran: run our own.
         if self._limiter.statistics().tasks_waiting >= self._queue:
             raise AuthBusy(retry_after=1)
         flight = self._flights[mac] = _Flight()
         try:
             flight.ok = await trio.to_thread.run_sync(check_api_key, key, stored_hash, limiter=self._limiter)
+            flight.finished = True
         finally:
             del self._flights[mac]
             flight.done.set()
@@ -153,8 +155,9 @@ class ApiKeyCache:
 
 
 class _Flight:
-    __slots__ = ("done", "ok")
+    __slots__ = ("done", "finished", "ok")
 
     def __init__(self) -> None:
         self.done = trio.Event()
+        self.finished = False  # False when done: the check never ran (its caller was cancelled)
         self.ok = False

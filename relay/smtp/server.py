@@ -16,7 +16,8 @@ Budgets (Postfix anvil/smtpd style, all in ``SmtpServerConfig``): at most
 address (IPv4, or IPv6 /64; over either: ``421 4.7.0`` and close); before the
 session's gate (AUTH on submission, the first MAIL on inbound) the idle limit is
 ``gate_timeout`` and the gate must be passed within ``gate_time`` (``421 4.7.0``);
-a session lasts at most ``session_time`` (``421 4.4.2`` when it next goes idle).
+a session lasts at most ``session_time`` (``421 4.4.2`` before its next command; a
+message being received is finished first).
 Received bytes held in memory are charged to a ``BufferBudget`` shared by every
 listener: DATA is refused with ``451 4.3.1`` while it is spent, and a session that
 overdraws it in DATA gets ``421 4.3.1`` and is closed.
@@ -44,7 +45,7 @@ import trio
 
 from relay.errors import RelayError
 from relay.ratelimit import source_key
-from relay.smtp.core import ServerConnection, State
+from relay.smtp.core import COMMAND_STATES, ServerConnection, State
 from relay.smtp.events import (
     NEED_DATA,
     AuthChallenge,
@@ -232,8 +233,9 @@ class _Connection:
         self._out += self.conn.send(greeting or Reply(220, None, f"{self.config.hostname} ESMTP ready"))
 
     async def _step(self) -> None:
-        if self.conn.state in IDLE_STATES:
-            limit = SHUTTING_DOWN if self.drain.started else self._over_time()
+        state = self.conn.state
+        if state in COMMAND_STATES:
+            limit = SHUTTING_DOWN if self.drain.started and state in IDLE_STATES else self._over_time()
             if limit is not None:
                 self._out += self.conn.close(limit)
                 return
@@ -258,7 +260,7 @@ class _Connection:
         return self._gate_deadline is None
 
     def _over_time(self) -> Reply | None:
-        """The closing reply when the session or its gate ran out of time (checked when idle)."""
+        """The closing reply when the session or its gate ran out of time (checked between commands)."""
         now = trio.current_time()
         if not self._gate_passed() and self._gate_deadline is not None and now >= self._gate_deadline:
             log.info("closing %s: gate time over (%.0f s)", self.session.peer, self.config.gate_time)
@@ -292,7 +294,7 @@ class _Connection:
             deadline, expired = now + min(self.config.command_timeout, self.config.gate_timeout), TIMEOUT
             if self._gate_deadline is not None and self._gate_deadline < deadline:
                 deadline, expired = self._gate_deadline, self.config.gate_reply()
-        if idle and self._end < deadline:
+        if state is not State.DATA and self._end < deadline:
             deadline, expired = self._end, SESSION_TOO_LONG
         data = None
         scope = trio.CancelScope(deadline=deadline)

@@ -209,3 +209,20 @@ def plain_b64() -> bytes:
 
     from tests.smtp.server_support import PASSWORD, USER
     return base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
+
+
+@pytest.mark.trio
+async def test_session_time_limit_inside_a_transaction(autojump_clock: trio.abc.Clock,
+                                                       handler: RecordingHandler) -> None:
+    config = SmtpServerConfig(hostname="relay.test", require_tls_for_auth=False, session_time=1000)
+    async with trio.open_nursery() as nursery:
+        client = direct(handler, nursery, config)
+        await open_transaction(client)
+        start = trio.current_time()
+        while True:  # RCPTs forever in one open transaction (452 past the limit is not an error)
+            await trio.sleep(100)
+            reply = await client.command(b"RCPT TO:<b@example.org>")
+            if reply.code == 421:
+                break
+        assert reply.enhanced == "4.4.2" and trio.current_time() - start == pytest.approx(1000, abs=101)
+        assert await client.at_eof()

@@ -127,3 +127,31 @@ async def test_identical_concurrent_checks_share_one_bcrypt(store: AsyncStore, c
         for _ in range(10):  # ten connections opened at once by one client, more than its burst of 3
             nursery.start_soon(login)
     assert done == [DID] * 10 and counting.calls == 1
+
+
+@pytest.mark.trio
+async def test_a_cancelled_caller_does_not_fail_the_ones_sharing_its_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    spy = CountingCheck(delay=0.1)
+    monkeypatch.setattr(relay.apikey, "check_api_key", spy)
+    hashed = hash_api_key(KEY, cost=COST)
+    cache = ApiKeyCache(bcrypt_threads=1)
+    got: list[bool] = []
+    scope = trio.CancelScope()
+
+    async def starter() -> None:
+        with scope:
+            await cache.verify(DID, KEY, hashed)
+
+    async def share() -> None:
+        got.append(await cache.verify(DID, KEY, hashed))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cache.verify, OTHER, generate_api_key(), hashed)  # holds the only thread
+        await trio.sleep(0.02)
+        nursery.start_soon(starter)  # the check for (DID, KEY) waits for the thread...
+        await trio.sleep(0.02)
+        assert cache.running(DID, KEY, hashed)
+        nursery.start_soon(share)  # ...and this caller shares it
+        await trio.sleep(0.02)
+        scope.cancel()  # the starter gives up before its bcrypt ran
+    assert got == [True]  # the sharer ran its own check: not the cancelled one's False
