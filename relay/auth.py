@@ -7,8 +7,9 @@ The bcrypt check runs off the event loop and successful checks are cached
 Abuse (issue: 40 wrong keys at once delayed a member by 6.5 s): every check
 that would run bcrypt first takes a token from the client address's bucket
 and from the DID's (``[auth]`` per_ip_* / per_did_*; given back when the key
-is right), so a flood is refused with ``AuthThrottled`` (454 4.7.0 / 429)
-before it reaches bcrypt. A throttled address is refused before the store is
+is right), and one address may have at most ``per_ip_concurrency`` checks
+running or queued at once, so a flood is refused with ``AuthThrottled``
+(454 4.7.0 / 429) before it reaches bcrypt and never queues ahead of others. A throttled address is refused before the store is
 asked; a DID under attack still lets in a member whose key is cached. Every
 failure is logged once, with the peer.
 """
@@ -25,7 +26,7 @@ from relay.address import is_did
 from relay.apikey import ApiKeyCache
 from relay.config import AuthConfig
 from relay.errors import AuthBusy, AuthFailed, AuthThrottled, InvalidDid, MemberSuspended
-from relay.ratelimit import TokenBuckets
+from relay.ratelimit import TokenBuckets, source_key
 from relay.store.aio import AsyncStore
 from relay.store.base import Store
 from relay.store.rows import Domain, Member
@@ -51,6 +52,8 @@ class Authenticator:
         self._keys = keys
         self._ips = TokenBuckets(limits.per_ip_per_minute, limits.per_ip_burst, clock=clock)
         self._dids = TokenBuckets(limits.per_did_per_minute, limits.per_did_burst, clock=clock)
+        self._per_ip_concurrency = limits.per_ip_concurrency
+        self._checking: dict[str, int] = {}  # bcrypt checks running or queued, per source_key
 
     async def resolve_did(self, username: str) -> str:
         """DID as given, or the DID enrolled under this handle."""
@@ -100,11 +103,15 @@ class Authenticator:
                 log.warning("auth failed: wrong API key did=%s peer=%s", did, peer)
                 raise AuthFailed()
             return
+        source = source_key(peer)
+        if self._checking.get(source, 0) >= self._per_ip_concurrency:
+            raise self._throttled(peer, did, 1.0, "address (checks in progress)")
         if not self._ips.take(peer):
             raise self._throttled(peer, did, self._ips.retry_after(peer), "address")
         if not self._dids.take(did):
             self._ips.refund(peer)
             raise self._throttled(peer, did, self._dids.retry_after(did), "DID")
+        self._checking[source] = self._checking.get(source, 0) + 1
         try:
             ok = await self._keys.verify(did, api_key, stored)
         except AuthBusy:
@@ -112,6 +119,10 @@ class Authenticator:
             self._dids.refund(did)
             log.warning("auth refused: bcrypt queue full (%d waiting) did=%s peer=%s", self._keys.waiting, did, peer)
             raise
+        finally:
+            left = self._checking.pop(source) - 1
+            if left:
+                self._checking[source] = left
         if not ok:
             log.warning("auth failed: wrong API key did=%s peer=%s", did, peer)
             raise AuthFailed()

@@ -152,6 +152,7 @@ class AuthConfig:
 
     per_ip_per_minute: float = 10.0  # bcrypt checks per client address (refunded when the key is right)
     per_ip_burst: int = 10
+    per_ip_concurrency: int = 1  # bcrypt checks one address may have running or queued at once
     per_did_per_minute: float = 30.0  # bcrypt checks per DID, from anywhere
     per_did_burst: int = 30
     bcrypt_threads: int = 2  # at most this many bcrypt checks at once
@@ -335,7 +336,8 @@ _POSITIVE = {
     "smtp": {"max_connections", "max_connections_per_ip", "pre_auth_timeout", "pre_auth_time", "pre_mail_timeout",
              "pre_mail_time", "session_time", "error_limit", "data_buffer_bytes"},
     "inbound": {"report_size", "report_parse_bytes", "report_parts", "parse_threads"},
-    "auth": {"per_ip_per_minute", "per_ip_burst", "per_did_per_minute", "per_did_burst", "bcrypt_threads"},
+    "auth": {"per_ip_per_minute", "per_ip_burst", "per_ip_concurrency", "per_did_per_minute", "per_did_burst",
+             "bcrypt_threads"},
 }
 
 

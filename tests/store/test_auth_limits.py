@@ -155,3 +155,28 @@ async def test_a_cancelled_caller_does_not_fail_the_ones_sharing_its_check(monke
         await trio.sleep(0.02)
         scope.cancel()  # the starter gives up before its bcrypt ran
     assert got == [True]  # the sharer ran its own check: not the cancelled one's False
+
+
+@pytest.mark.trio
+async def test_one_address_has_at_most_per_ip_concurrency_checks_at_once(
+    store: AsyncStore, counting: CountingCheck
+) -> None:
+    limits = AuthConfig(per_ip_burst=100, per_ip_concurrency=2, per_did_burst=100)
+    auth = Authenticator(store, ApiKeyCache(bcrypt_threads=1), limits)
+    outcomes: list[str] = []
+
+    async def guess() -> None:
+        try:
+            await auth.authenticate(DID, generate_api_key(), peer="192.0.2.30")
+        except AuthThrottled:
+            outcomes.append("throttled")
+        except AuthFailed:
+            outcomes.append("failed")
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):  # ten different guesses at once from one address
+            nursery.start_soon(guess)
+    assert sorted(outcomes) == ["failed"] * 2 + ["throttled"] * 8 and counting.calls == 2
+    for _ in range(3):  # one after the other they are fine (within the token budget)
+        await guess()
+    assert outcomes.count("failed") == 5
