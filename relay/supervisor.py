@@ -29,6 +29,7 @@ from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
 from relay.config import Config
 from relay.delivery.client import ConnectionPool
+from relay.delivery.congestion import HostHealth
 from relay.delivery.prepare import Preparer
 from relay.delivery.retry import RetryPolicy
 from relay.delivery.routing import Resolver
@@ -48,7 +49,7 @@ from relay.reputation import Reputation
 from relay.services import Services
 from relay.smtp.client import TlsPolicy
 from relay.smtp.limits import Limits
-from relay.smtp.server import SmtpServer, SmtpServerConfig
+from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
 from relay.store import open_store
 from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
@@ -92,7 +93,7 @@ async def run_relay(
             rows = reconcile_rows(spool.live())
             if rows:  # rows lost to a crash before the batched writer flushed; a bad one is quarantined
                 await writer.submit(rows)
-            keys = ApiKeyCache()
+            keys = ApiKeyCache(bcrypt_threads=cfg.auth.bcrypt_threads, bcrypt_queue=cfg.auth.bcrypt_queue)
             reputation = Reputation.from_config(store, cfg)  # rate counters and suspensions, loaded first
             await root.start(reputation.run)
             # The operator event stream: made before its publishers (acceptor, scheduler), which never wait on it.
@@ -103,17 +104,19 @@ async def run_relay(
             scheduler.delivery_events = reputation
             acceptor.on_accept = scheduler.notify
             services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
-                                auth=Authenticator(store, keys), acceptor=acceptor, scheduler=scheduler,
+                                auth=Authenticator(store, keys, cfg.auth), acceptor=acceptor, scheduler=scheduler,
                                 bus=bus, metrics=metrics, reputation=reputation)
             connect_reputation(bus, reputation)  # automatic suspensions and complaints onto the event stream
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
             services.webhooks = WebhookDispatcher(store, bus)
             await root.start(services.webhooks.run)  # member webhooks, off the event bus
+            buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, both listeners together
             smtp = SmtpServer(_submission_config(cfg),
-                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation))
+                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation),
+                              buffers=buffers)
             bound.submission = await root.start(smtp.serve)
             inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation),
-                                          ssl_context=server_context(cfg))
+                                          ssl_context=server_context(cfg), buffers=buffers)
             bound.inbound = await root.start(inbound.serve)
             http_stop = trio.Event()
             bound.http = await root.start(_serve_http, services, http_stop)
@@ -168,6 +171,7 @@ async def _start_delivery(
     transport = SmtpTransport(
         Resolver.from_config(cfg.delivery), pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
         relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls), allow_loopback_mx=cfg.delivery.allow_loopback_mx,
+        hosts=HostHealth(per_host=cfg.delivery.per_host, min_timeout=cfg.delivery.min_timeout),
     )
     operator = OperatorKeys(cfg.state_path, cfg.secret_key)
     await trio.to_thread.run_sync(operator.current)  # created on first start, before any delivery
@@ -175,6 +179,7 @@ async def _start_delivery(
     scheduler = Scheduler(spool, writer, transport, prepare=prepare, bus=bus, config=SchedulerConfig(
         operator_domain=cfg.operator_domain, secret=cfg.secret_key, reporting_mta=cfg.banner_host,
         max_concurrency=cfg.delivery.max_concurrency, per_destination=cfg.delivery.per_destination,
+        initial_concurrency=cfg.delivery.initial_concurrency, slow_concurrency=cfg.delivery.slow_concurrency,
         policy=RetryPolicy(schedule=cfg.delivery.retry_schedule),
     ))
     await root.start(scheduler.run)
@@ -201,10 +206,12 @@ def _submission_config(cfg: Config) -> SmtpServerConfig:
     return SmtpServerConfig(
         host=addr.host, port=addr.port, hostname=cfg.banner_host, ssl_context=server_context(cfg),
         require_tls_for_auth=True, require_auth=True,
-        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message),
+        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message,
+                      max_errors=cfg.smtp.error_limit, max_junk_commands=cfg.smtp.junk_command_limit),
         command_timeout=cfg.smtp.command_timeout, data_block_timeout=cfg.smtp.data_timeout,
         shutdown_grace=cfg.smtp.shutdown_grace,
-        max_connections=cfg.smtp.max_connections,
+        max_connections=cfg.smtp.max_connections, max_connections_per_ip=cfg.smtp.max_connections_per_ip,
+        gate_timeout=cfg.smtp.pre_auth_timeout, gate_time=cfg.smtp.pre_auth_time, session_time=cfg.smtp.session_time,
     )
 
 

@@ -57,7 +57,7 @@ async def authenticate() -> Principal:
         raise AuthRequired("X-Atmos-DID header or ?did= parameter required")
     if not did.startswith("did:"):
         raise InvalidDid()
-    return await services().auth.authenticate(did, key.strip())
+    return await services().auth.authenticate(did, key.strip(), peer=request.remote_addr or "")
 
 
 async def read_json() -> Any:
