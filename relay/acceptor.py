@@ -3,9 +3,9 @@
 The order is the durability promise: the spool's group commit has fdatasync'ed
 the message before this returns, so the caller may answer 250/200. The store
 row is queued to the batched writer afterwards; the accept path never waits on
-a per-message database transaction. If the process dies before the writer
-flushes, the rows are re-derived from the spool at the next start
-(``reconcile``), because the spool is the source of truth.
+a per-message database transaction. The store rows are derived from the spool by
+relay.store.mirror (right after the commit, and again at the next start for
+whatever the store had not durably seen), because the spool is the source of truth.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from relay.address import domain_of
 from relay.errors import InsufficientStorage, QueueUnavailable
 from relay.eventbus import EventBus
 from relay.events import MessageAccepted
 from relay.metrics import RelayMetrics
-from relay.store.base import MessageRow
 from relay.store.writer import StatusWriter
-from spool import Envelope, QueuedMessage, Spool, SpoolFull, SpoolUnavailable
+from spool import Envelope, Spool, SpoolFull, SpoolUnavailable
 
 log = logging.getLogger("relay.accept")
 
@@ -63,7 +61,6 @@ class Acceptor:
             log.exception("spool unavailable, refusing message from %s", did)
             raise QueueUnavailable() from None
         self.accepted_messages += 1
-        self._writer.submit_nowait(rows_for(result.queue_id, result.rcpt_ids, envelope))
         if self.on_accept is not None:
             self.on_accept(result.queue_id)
         source = _source(envelope.attrs)
@@ -83,37 +80,3 @@ def _source(attrs: Mapping[str, str]) -> str:
     if attrs.get("forward"):
         return "forward"
     return "http" if attrs.get("source") == "http" else "smtp"
-
-
-def rows_for(queue_id: int, ids: Iterable[int], env: Envelope) -> list[MessageRow]:
-    sender_domain = domain_of(env.mail_from) if "@" in env.mail_from else ""
-    return [
-        MessageRow(
-            id=rid,
-            queue_id=queue_id,
-            did=env.did,
-            from_domain=sender_domain,
-            mail_from=env.mail_from,
-            recipient=rcpt,
-            subject=env.attrs.get("subject", "")[:300],
-            category=env.attrs.get("category", ""),
-            source="http" if env.attrs.get("source") == "http" else "smtp",
-            status="accepted",
-            attempts=0,
-            last_reply="",
-            next_attempt_at=None,
-            created_at=env.arrival,
-            updated_at=env.arrival,
-        )
-        for rid, rcpt in zip(ids, env.rcpts, strict=True)
-    ]
-
-
-def reconcile_rows(live: Iterable[QueuedMessage]) -> list[MessageRow]:
-    """Store rows for every live spool message (INSERT OR IGNORE makes replays harmless)."""
-    rows: list[MessageRow] = []
-    for msg in live:
-        if msg.envelope.attrs.get("dsn"):
-            continue  # bounces the relay generated are not a member's messages
-        rows.extend(rows_for(msg.queue_id, msg.rcpt_ids, msg.envelope))
-    return rows

@@ -319,6 +319,10 @@ class SpoolLog:
         self.unlink(self.reap())
         self.keep_reserve()
 
+    def end(self) -> Position:
+        """The position just past the last record (where the next batch goes, barring a roll)."""
+        return (self._cur_seq, self._sizes.get(self._cur_seq, 0))
+
     def take_changes(self) -> list[Change]:
         changes, self.changes = self.changes, []
         return changes

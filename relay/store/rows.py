@@ -194,7 +194,17 @@ class WebSession:
     handle: str | None = None
     data: str = "{}"  # JSON: the pending sign-in's state, the domain being enrolled
 
-WriteOp: TypeAlias = MessageRow | StatusUpdate | NewAttempt
+@dataclass(frozen=True, slots=True)
+class SpoolMark:
+    """How far the store has caught up with the spool log (relay.store.mirror): (segment, offset)."""
+
+    segment: int
+    offset: int
+    at: float
+
+
+# IdempotentResponse as a write: inserted if absent (the first response for a key wins).
+WriteOp: TypeAlias = MessageRow | StatusUpdate | NewAttempt | IdempotentResponse | SpoolMark
 
 
 @dataclass(frozen=True, slots=True)

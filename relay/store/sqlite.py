@@ -54,6 +54,7 @@ from relay.store.rows import (
     NewAttempt,
     ReputationCount,
     SendCount,
+    SpoolMark,
     StatusUpdate,
     Suppression,
     Webhook,
@@ -318,6 +319,19 @@ class SqliteStore:
             _insert_messages(c, [op for op in ops if isinstance(op, MessageRow)])
             _update_statuses(c, [op for op in ops if isinstance(op, StatusUpdate)])
             _add_attempts(c, [op for op in ops if isinstance(op, NewAttempt)])
+            _put_idempotents(c, [op for op in ops if isinstance(op, IdempotentResponse)])
+            marks = [op for op in ops if isinstance(op, SpoolMark)]
+            if marks:  # in the same transaction as the rows it vouches for
+                m = marks[-1]
+                c.execute('INSERT INTO spool_mark (id, segment, "offset", updated_at) VALUES (1, ?, ?, ?)'
+                          ' ON CONFLICT (id) DO UPDATE SET segment = excluded.segment,'
+                          ' "offset" = excluded."offset", updated_at = excluded.updated_at',
+                          (m.segment, m.offset, m.at))
+
+    def spool_mark(self) -> tuple[int, int] | None:
+        """How far this store has caught up with the spool log; None before the first mark."""
+        row = self._one('SELECT segment, "offset" FROM spool_mark WHERE id = 1', ())
+        return (int(row["segment"]), int(row["offset"])) if row else None
 
     def get_message(self, message_id: int) -> MessageRow | None:
         row = self._one("SELECT * FROM messages WHERE id = ?", (message_id,))
@@ -627,6 +641,14 @@ def _insert_messages(c: sqlite3.Connection, rows: Sequence[MessageRow]) -> int:
 def _update_statuses(c: sqlite3.Connection, updates: Sequence[StatusUpdate]) -> int:
     params = [(u.status, u.at, u.attempts, u.last_reply, u.next_attempt_at, u.id) for u in updates]
     return c.executemany(_UPDATE_STATUS, params).rowcount if params else 0
+
+
+def _put_idempotents(c: sqlite3.Connection, rows: Sequence[IdempotentResponse]) -> None:
+    params = [(r.did, r.key, r.request_hash, r.status_code, r.response_json, r.created_at) for r in rows]
+    if params:
+        c.executemany(
+            "INSERT INTO idempotency (did, key, request_hash, status_code, response_json, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (did, key) DO NOTHING", params)
 
 
 def _add_attempts(c: sqlite3.Connection, rows: Sequence[NewAttempt]) -> None:

@@ -151,7 +151,7 @@ def test_kill9_never_loses_an_acknowledged_message(tmp_path: Path, tls_files: TL
 
 def test_full_spool_is_452_and_loses_nothing(tmp_path: Path, tls_files: TLSFiles,
                                             client_ctx: ssl.SSLContext) -> None:
-    relay = RelayProcess(base=tmp_path, tls=tls_files, extra_toml="[spool]\nmax_bytes = 40000\n")
+    relay = RelayProcess(base=tmp_path, tls=tls_files, extra_toml="[spool]\nmax_bytes = 140000\nsegment_bytes = 65536\n")
     key = relay.enroll(DID, DOMAIN)["api_key"]
     relay.start()
     s = smtplib.SMTP(*relay.submission, timeout=10)
@@ -159,7 +159,7 @@ def test_full_spool_is_452_and_loses_nothing(tmp_path: Path, tls_files: TLSFiles
     s.login(DID, key)
     acked: dict[str, bytes] = {}
     refused = None
-    for i in range(60):
+    for i in range(200):
         mid = f"<full-{i}@test>"
         data = message(f"a@{DOMAIN}", "x@example.org", subject="d", body=("q" * 76 + "\r\n") * 26)
         data = data.replace(b"<d@test>", mid.encode())
