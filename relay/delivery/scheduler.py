@@ -271,6 +271,10 @@ class Scheduler:
                 self._in_flight.add(job.rcpt_id)
                 try:
                     async with self._limit:
+                        while self._spool.pressure and not self._stopping:  # see run(): wait for the reserve
+                            await trio.sleep(_PRESSURE_POLL)
+                        if self._stopping:
+                            continue  # stays spooled for the next start
                         await self._deliver(job)
                 except SpoolError as exc:  # could not even read the message: retry later from the spool's state
                     log.error("spool error delivering %s: %s", job.rcpt_id, exc)

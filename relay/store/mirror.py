@@ -119,6 +119,6 @@ def idempotent_response(env: Envelope, ids: Iterable[int]) -> IdempotentResponse
     if not key:
         return None
     rejected = json.loads(env.attrs.get(REJECTED) or "[]")
-    body = json.dumps(send_response(env.rcpts, ids, rejected), separators=(",", ":"))
+    body = json.dumps(send_response(env.rcpts, ids, rejected), separators=(",", ":"), sort_keys=True)  # as jsonify
     return IdempotentResponse(did=env.did, key=key, request_hash=env.attrs.get(REQUEST_HASH, ""),
                               status_code=200, response_json=body, created_at=env.arrival)
