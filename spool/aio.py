@@ -110,6 +110,8 @@ class Spool:
         self._mirror = mirror
         self._store_mark = store_mark
         self._mirrored = trio.Event()  # set after each commit told the mirror something
+        self._relief = trio.Event()  # set while the spool is not living off its disk reserve
+        self._relief.set()
         self._log: SpoolLog | None = None
         self._stopped = False
         # Bounded: when the disk falls behind, accepting sessions wait here (backpressure)
@@ -169,6 +171,17 @@ class Spool:
             self._send.send_nowait(_Waiter([]))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # busy: housekeeping follows the commits already queued anyway
+
+    async def relieved(self) -> None:
+        """Return once the spool is not living off its disk reserve (at once if it is not)."""
+        while self.pressure:
+            await self._relief.wait()
+
+    def _note_pressure(self, spool_log: SpoolLog) -> None:
+        if not spool_log.pressure:
+            self._relief.set()
+        elif self._relief.is_set():
+            self._relief = trio.Event()
 
     @property
     def pressure(self) -> bool:
@@ -338,6 +351,7 @@ class Spool:
         victims = spool_log.reap()
         if victims or spool_log.pressure:
             await trio.to_thread.run_sync(_unlink_and_reserve, spool_log, victims)
+        self._note_pressure(spool_log)
 
     # -- read side (in-memory; cheap; shows only durable state) ----------------------------------
 

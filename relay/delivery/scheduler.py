@@ -271,8 +271,7 @@ class Scheduler:
                 self._in_flight.add(job.rcpt_id)
                 try:
                     async with self._limit:
-                        while self._spool.pressure and not self._stopping:  # see run(): wait for the reserve
-                            await trio.sleep(_PRESSURE_POLL)
+                        await self._spool.relieved()  # see run(): no delivery while on the disk reserve
                         if self._stopping:
                             continue  # stays spooled for the next start
                         await self._deliver(job)
