@@ -195,6 +195,22 @@ class WebSession:
     data: str = "{}"  # JSON: the pending sign-in's state, the domain being enrolled
 
 @dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """A webhook event waiting in the store until the member's endpoint takes it (relay.webhooks).
+
+    ``id`` is the event's stable id (also in ``body``): the same fact always gets the same id, so a
+    receiver can de-duplicate, and adding it twice keeps one row.
+    """
+
+    id: str
+    did: str
+    body: str
+    next_attempt_at: float
+    created_at: float
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolMark:
     """How far the store has caught up with the spool log (relay.store.mirror): (segment, offset)."""
 
