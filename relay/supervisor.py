@@ -48,6 +48,7 @@ from relay.inbound.handler import InboundHandler
 from relay.inbound.service import make_inbound_server
 from relay.labeler import Labeler
 from relay.metrics import RelayMetrics
+from relay.oauth.client import PENDING_TTL
 from relay.operatorkey import OperatorKeys
 from relay.reputation import Reputation
 from relay.services import Services
@@ -56,6 +57,7 @@ from relay.smtp.limits import Limits
 from relay.smtp.server import SmtpServer, SmtpServerConfig
 from relay.store import open_store
 from relay.store.aio import AsyncStore
+from relay.store.base import Store
 from relay.store.mirror import StatusMirror
 from relay.store.writer import StatusWriter
 from relay.submission import SubmissionHandler
@@ -196,11 +198,16 @@ async def _retention(store: AsyncStore, every: float = 3600.0) -> None:
             purged = await store.purge(now)
             await store.purge_idempotent(now - 24 * 3600)
             await store.purge_web_sessions(now)
+            await store.call(partial(_purge_oauth, older_than=now - PENDING_TTL))
             if purged:
                 log.info("retention: purged %d terminal message rows", purged)
         except Exception:
             log.exception("retention purge failed; will try again")
         await trio.sleep(every)
+
+
+def _purge_oauth(s: Store, *, older_than: float) -> int:
+    return s.purge_oauth_pending(older_than)
 
 
 def _submission_config(cfg: Config) -> SmtpServerConfig:
