@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from relay.errors import InsufficientStorage, QueueUnavailable
@@ -31,6 +31,17 @@ class Accepted:
     ids: tuple[int, ...]  # one per recipient, in envelope order
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One message to accept (``Acceptor.accept_all`` takes several at once)."""
+
+    did: str
+    mail_from: str
+    rcpts: tuple[str, ...]
+    data: bytes
+    attrs: Mapping[str, str]
+
+
 class Acceptor:
     def __init__(
         self, spool: Spool, writer: StatusWriter, *, bus: EventBus | None = None, metrics: RelayMetrics | None = None
@@ -45,32 +56,45 @@ class Acceptor:
     async def accept(
         self, *, did: str, mail_from: str, rcpts: Iterable[str], data: bytes, attrs: Mapping[str, str]
     ) -> Accepted:
+        (accepted,) = await self.accept_all([Submission(did, mail_from, tuple(rcpts), data, attrs)])
+        return accepted
+
+    async def accept_all(self, subs: Sequence[Submission]) -> list[Accepted]:
+        """Several messages in one spool batch: all of them are durable, or none (every copy an
+        inbound message makes, so a refusal never leaves some copies behind to be duplicated by the
+        sender's retry)."""
+        if not subs:
+            return []
         if self._writer.overloaded:
             # The store is far behind (down or slow): refuse for now rather than grow without bound.
             raise QueueUnavailable()
-        envelope = Envelope(
-            mail_from=mail_from, rcpts=tuple(rcpts), did=did, attrs=dict(attrs), arrival=time.time()
-        )
+        now = time.time()
+        envelopes = [Envelope(mail_from=s.mail_from, rcpts=s.rcpts, did=s.did, attrs=dict(s.attrs), arrival=now)
+                     for s in subs]
         started = time.perf_counter()
+        dids = ",".join(sorted({s.did for s in subs}))
         try:
-            result = await self._spool.accept(envelope, data)
+            results = await self._spool.commit([(env, s.data) for env, s in zip(envelopes, subs, strict=True)])
         except SpoolFull as exc:
-            log.warning("spool full, refusing message from %s: %s", did, exc)
+            log.warning("spool full, refusing message from %s: %s", dids, exc)
             raise InsufficientStorage() from None
         except SpoolUnavailable:
-            log.exception("spool unavailable, refusing message from %s", did)
+            log.exception("spool unavailable, refusing message from %s", dids)
             raise QueueUnavailable() from None
-        self.accepted_messages += 1
-        if self.on_accept is not None:
-            self.on_accept(result.queue_id)
-        source = _source(envelope.attrs)
-        if self.metrics is not None:
-            self.metrics.observe_accept(source, len(envelope.rcpts), time.perf_counter() - started)
-        if self.bus is not None:
-            self.bus.publish(MessageAccepted(
-                queue_id=result.queue_id, rcpt_ids=tuple(result.rcpt_ids), did=did, sender=mail_from,
-                recipients=envelope.rcpts, size=len(data), source=source))
-        return Accepted(result.queue_id, tuple(result.rcpt_ids))
+        out = []
+        for env, sub, result in zip(envelopes, subs, results, strict=True):
+            self.accepted_messages += 1
+            if self.on_accept is not None:
+                self.on_accept(result.queue_id)
+            source = _source(env.attrs)
+            if self.metrics is not None:
+                self.metrics.observe_accept(source, len(env.rcpts), time.perf_counter() - started)
+            if self.bus is not None:
+                self.bus.publish(MessageAccepted(
+                    queue_id=result.queue_id, rcpt_ids=tuple(result.rcpt_ids), did=sub.did, sender=sub.mail_from,
+                    recipients=env.rcpts, size=len(sub.data), source=source))
+            out.append(Accepted(result.queue_id, tuple(result.rcpt_ids)))
+        return out
 
 
 def _source(attrs: Mapping[str, str]) -> str:
