@@ -98,10 +98,11 @@ async def run_relay(
             # not durably seen, and compaction never deletes what it has not seen yet.
             spool = Spool(cfg.state_path / "spool", segment_bytes=cfg.spool.segment_bytes,
                           max_bytes=cfg.spool.max_bytes or None, reserve_bytes=cfg.spool.reserve_bytes,
-                          mirror=StatusMirror(writer), store_mark=await store.spool_mark())
+                          mirror=StatusMirror(writer, count_outcomes=True), store_mark=await store.spool_mark())
             await root.start(spool.run)  # recovery first; the spool logs its own report
             keys = ApiKeyCache()
-            reputation = Reputation.from_config(store, cfg)  # rate counters and suspensions, loaded first
+            # Rate counters and suspensions, loaded first; delivery outcomes are counted by the mirror.
+            reputation = Reputation.from_config(store, cfg, outcomes_in_store=True)
             await root.start(reputation.run)
             # The operator event stream: made before its publishers (acceptor, scheduler), which never wait on it.
             bus, metrics = EventBus(), RelayMetrics()

@@ -26,7 +26,7 @@ from pathlib import Path
 from spool import segment
 from spool.errors import SpoolFull, SpoolUnavailable, classify
 from spool.index import Index
-from spool.message import Accepted, Added, Change, Envelope, Position, QueuedMessage
+from spool.message import Accepted, Added, Change, Changed, Envelope, Position, QueuedMessage
 from spool.record import HEADER_SIZE, MessageDraft, draft_message, encode_transition, seal_message
 from spool.recovery import RecoveryReport, Scan, scan
 from spool.transition import Transition
@@ -536,8 +536,9 @@ class SpoolLog:
                     changes.append(Added(first, d.envelope))
             else:
                 for t in d.changes:
-                    if index.apply(t, w.segment) and changes is not None:
-                        changes.append(t)
+                    msg = index.messages.get(t.queue_id)
+                    if index.apply(t, w.segment) and changes is not None and msg is not None:
+                        changes.append(Changed(t, msg.envelope))
                 results.append(None)
         self.commits += 1
         self.appends += len(s.drafts)

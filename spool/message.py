@@ -30,8 +30,16 @@ class Added:
     envelope: Envelope
 
 
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """A transition that changed a recipient, with its message's envelope (the message may be gone)."""
+
+    transition: Transition
+    envelope: Envelope
+
+
 # What a mirror is told, in log order: a message was added, or a transition changed a recipient.
-Change = Added | Transition
+Change = Added | Changed
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from spool import segment
 from spool.index import Index
-from spool.message import Added, Change, Position
+from spool.message import Added, Change, Changed, Position
 from spool.record import HEADER_SIZE, MAGIC, MESSAGE, Undecodable, decode_message, decode_transition, valid_at
 
 log = logging.getLogger("spool.recovery")
@@ -159,8 +159,9 @@ def _apply(buf: memoryview, pos: int, n: int, seq: int, index: Index, result: Sc
                 result.replay.append(Added(ref.first_id, ref.envelope))
         else:
             t = decode_transition(payload)
-            if index.apply(t, seq) and replay:
-                result.replay.append(t)
+            msg = index.messages.get(t.queue_id)
+            if index.apply(t, seq) and replay and msg is not None:
+                result.replay.append(Changed(t, msg.envelope))
 
 
 def _resync(src: mmap.mmap | bytes, buf: memoryview, pos: int) -> int:

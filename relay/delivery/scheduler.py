@@ -38,6 +38,7 @@ from relay.delivery.retry import DEFAULT_POLICY, Decision, Outcome, OutcomeKind,
 from relay.eventbus import EventBus
 from relay.events import Delivery, Event, MessageAccepted, QueueChanged
 from relay.reputation import DeliveryEvents, classify_status
+from relay.store.mirror import STATUS_NOTE
 from relay.store.rows import NewAttempt
 from relay.store.writer import StatusWriter
 from spool import Accepted, Envelope, QueuedMessage, Spool, SpoolError, State, Transition
@@ -310,8 +311,9 @@ class Scheduler:
         now = self._now()
         attempts = st.attempts + 1
         decision = decide(result.outcome, attempts=attempts, now=now, arrival=env.arrival, policy=self._cfg.policy)
+        note = f"{STATUS_NOTE}{decision.status}" if decision.state in ("sent", "bounced") else ""
         change = Transition(job.queue_id, job.rcpt_id, State(decision.state), attempts=attempts,
-                            next_attempt_at=decision.next_attempt_at, reply=result.outcome.text)
+                            next_attempt_at=decision.next_attempt_at, reply=result.outcome.text, info=note)
         bounce = decision.state == "bounced" and bool(env.mail_from)
         dsn = self._dsn(env, data, job, decision, result, now) if bounce else None
         accepted = await self._record_outcome(change, dsn)

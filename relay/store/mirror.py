@@ -23,7 +23,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from relay.address import domain_of
-from relay.store.rows import IdempotentResponse, MessageRow, MessageStatus, SpoolMark, StatusUpdate, WriteOp
+from relay.reputation.policy import hour_bucket
+from relay.reputation.suspension import classify_status, normalize_class
+from relay.store.rows import (
+    IdempotentResponse,
+    MemberTotal,
+    MessageRow,
+    MessageStatus,
+    ReputationCount,
+    ReputationKind,
+    SpoolMark,
+    StatusUpdate,
+    WriteOp,
+)
 from relay.store.writer import StatusWriter
 from spool import Envelope, State, Transition
 from spool.message import Added, Change, Position
@@ -32,6 +44,9 @@ from spool.message import Added, Change, Position
 IDEMPOTENCY_KEY = "idempotency_key"
 REQUEST_HASH = "request_hash"
 REJECTED = "rejected"  # JSON: the recipients refused before the accept (part of the 200 answer)
+# A delivery's "sent"/"bounced" transition notes its RFC 3463 status as ``info`` ("status 5.1.1"):
+# the bounce class of the reputation counters is derived from it.
+STATUS_NOTE = "status "
 
 # What the store calls each spool state (an operator delete shows as bounced: it will never arrive).
 _STATUS: dict[State, MessageStatus] = {
@@ -47,14 +62,17 @@ _STATUS: dict[State, MessageStatus] = {
 class StatusMirror:
     """The spool's ``Mirror`` (spool.aio): feeds the status writer, reports how far the store got."""
 
-    def __init__(self, writer: StatusWriter, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, writer: StatusWriter, *, clock: Callable[[], float] = time.time, count_outcomes: bool = False
+    ) -> None:
         self._writer = writer
+        self._count_outcomes = count_outcomes  # also write reputation counters (Reputation(outcomes_in_store))
         self._clock = clock
         self._position: Position | None = None
 
     def mirror(self, position: Position, changes: Sequence[Change]) -> None:
         now = self._clock()
-        ops = ops_for(changes, now)
+        ops = ops_for(changes, now, count_outcomes=self._count_outcomes)
         ops.append(SpoolMark(position[0], position[1], now))
         self._writer.submit_nowait(ops)
         self._position = position
@@ -65,7 +83,7 @@ class StatusMirror:
         return position
 
 
-def ops_for(changes: Iterable[Change], now: float) -> list[WriteOp]:
+def ops_for(changes: Iterable[Change], now: float, *, count_outcomes: bool = False) -> list[WriteOp]:
     ops: list[WriteOp] = []
     for change in changes:
         if isinstance(change, Added):
@@ -77,11 +95,32 @@ def ops_for(changes: Iterable[Change], now: float) -> list[WriteOp]:
             idem = idempotent_response(env, ids)
             if idem is not None:
                 ops.append(idem)
-        elif isinstance(change, Transition) and change.state is not None:
+        elif (state := change.transition.state) is not None:
+            t = change.transition
             ops.append(StatusUpdate(
-                id=change.rcpt_id, status=_STATUS[change.state], at=now, attempts=change.attempts or None,
-                last_reply=change.reply or change.info or None, next_attempt_at=change.next_attempt_at))
+                id=t.rcpt_id, status=_STATUS[state], at=now, attempts=t.attempts or None,
+                last_reply=t.reply or t.info or None, next_attempt_at=t.next_attempt_at))
+            if count_outcomes:
+                ops += outcome_counts(t, change.envelope, now)
     return ops
+
+
+def outcome_counts(t: Transition, env: Envelope, now: float) -> list[WriteOp]:
+    """A member's delivery outcome as reputation counters (relay.reputation's hourly aggregates),
+    written in the same transaction as the status and the mark: counted exactly once, also when
+    recovery replays it. The relay's own mail (DSNs, forwards) is not a member's sending."""
+    if t.state not in (State.SENT, State.BOUNCED) or not env.mail_from or env.attrs.get("forward") \
+            or env.attrs.get("dsn"):
+        return []
+    domain = env.mail_from.rpartition("@")[2].lower()
+    if t.state is State.SENT:
+        kind: ReputationKind = "sent"
+        klass = ""
+    else:
+        kind = "bounce"
+        klass = normalize_class(classify_status(t.info.removeprefix(STATUS_NOTE)) if t.info.startswith(STATUS_NOTE)
+                                else "hard")
+    return [ReputationCount(env.did, domain, hour_bucket(now), kind, klass, 1), MemberTotal(env.did, kind, 1)]
 
 
 def rows_for(queue_id: int, ids: Iterable[int], env: Envelope) -> list[MessageRow]:

@@ -220,7 +220,9 @@ class SpoolMark:
 
 
 # IdempotentResponse as a write: inserted if absent (the first response for a key wins).
-WriteOp: TypeAlias = MessageRow | StatusUpdate | NewAttempt | IdempotentResponse | SpoolMark
+# ReputationCount / MemberTotal as writes are increments (relay.store.mirror: a delivery outcome).
+WriteOp: TypeAlias = (MessageRow | StatusUpdate | NewAttempt | IdempotentResponse | ReputationCount | MemberTotal
+                      | SpoolMark)
 
 
 @dataclass(frozen=True, slots=True)

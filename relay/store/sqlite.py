@@ -321,6 +321,12 @@ class SqliteStore:
             _update_statuses(c, [op for op in ops if isinstance(op, StatusUpdate)])
             _add_attempts(c, [op for op in ops if isinstance(op, NewAttempt)])
             _put_idempotents(c, [op for op in ops if isinstance(op, IdempotentResponse)])
+            counts = [op for op in ops if isinstance(op, ReputationCount)]
+            if counts:
+                c.executemany(_ADD_EVENT, [(r.did, r.domain, r.bucket_start, r.kind, r.klass, r.count) for r in counts])
+            totals = [op for op in ops if isinstance(op, MemberTotal)]
+            if totals:
+                c.executemany(_ADD_TOTAL, [(r.did, r.kind, r.count) for r in totals])
             marks = [op for op in ops if isinstance(op, SpoolMark)]
             if marks:  # in the same transaction as the rows it vouches for
                 m = marks[-1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spool import SpoolLog, State, Transition
-from spool.message import Added
+from spool.message import Added, Changed
 from tests.spool.helpers import envelope, segments
 
 SEG = 4096
@@ -22,7 +22,7 @@ def test_compaction_waits_for_the_store_to_catch_up(tmp_path: Path) -> None:
         # saying "accepted" for good.
         assert a.exists()
         changes = log.take_changes()
-        assert [type(c) for c in changes] == [Added, Transition, Added]
+        assert [type(c) for c in changes] == [Added, Changed, Added]
         log.caught_up(log.end())
         log.housekeep()
         assert not a.exists()
@@ -39,7 +39,7 @@ def test_recovery_replays_what_the_store_had_not_seen(tmp_path: Path) -> None:
     with SpoolLog.open(tmp_path, segment_bytes=SEG, mirrored=True, store_mark=seen) as log:
         replay = log.replay
         assert replay[0] == Added(m1.queue_id, envelope(2))
-        states = [(c.rcpt_id, c.state) for c in replay[1:] if isinstance(c, Transition)]
+        states = [(c.transition.rcpt_id, c.transition.state) for c in replay[1:] if isinstance(c, Changed)]
         # m0's "sent" is replayed although m0 is no longer live: the store must learn it too.
         assert states == [(m0.queue_id, State.SENT), (m1.queue_id, State.DEFERRED), (m1.queue_id + 1, State.BOUNCED)]
     with SpoolLog.open(tmp_path, segment_bytes=SEG, mirrored=True, store_mark=(10**9, 0)) as log:
