@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import time
 import urllib.parse
@@ -31,6 +32,7 @@ from joserfc.jwk import ECKey
 from relay.fetch import METADATA_BYTES, Fetched, FetchError, fetch, get_json
 from relay.identity import Identity, IdentityError, IdentityResolver, check_url
 from relay.oauth.keys import ClientKeys
+from relay.store.aio import AsyncStore
 
 SCOPE = "atproto"
 PENDING_TTL = 600.0  # seconds a sign-in may take between PAR and the callback
@@ -95,6 +97,7 @@ class OAuthClient:
         timeout: float = 10.0, allow_http_on_loopback: bool = False,
         http: Callable[[], httpx.AsyncClient] | None = None, clock: Callable[[], float] = time.time,
         client_name: str = "Atmosphere Relay", max_bytes: int = METADATA_BYTES, deadline: float = 30.0,
+        store: AsyncStore | None = None,
     ) -> None:
         self.public_url = public_url.rstrip("/")
         self.keys = keys
@@ -107,7 +110,10 @@ class OAuthClient:
         self._http = http or (lambda: httpx.AsyncClient(timeout=timeout, follow_redirects=False,
                                                         headers={"user-agent": "atmosphere-relay"}))
         self._clock = clock
-        self._pending: dict[str, PendingAuth] = {}
+        self._pending: dict[str, PendingAuth] = {}  # without a store (tests, tools)
+        # With a store, sign-ins in progress live there: a restart between the redirect to the
+        # authorization server and the callback no longer loses them (issue 14).
+        self._store = store
         self._nonces: dict[str, str] = {}
 
     # -- what the relay publishes ------------------------------------------------------------------
@@ -174,7 +180,7 @@ class OAuthClient:
         request_uri = body.get("request_uri")
         if not isinstance(request_uri, str):
             raise OAuthError("the authorization server returned no request_uri")
-        self._remember(pending)
+        await self._remember(pending)
         url = meta["authorization_endpoint"] + "?" + urllib.parse.urlencode(
             {"client_id": self.client_id, "request_uri": request_uri})
         return url, pending
@@ -187,7 +193,7 @@ class OAuthClient:
 
     async def _callback(self, params: Mapping[str, str]) -> TokenSet:
         state = params.get("state", "")
-        pending = self._pending.pop(state, None)
+        pending = await self._take(state)
         if pending is None or pending.created + PENDING_TTL < self._clock():
             raise OAuthStateError("this sign-in link is unknown, expired or was already used; start again",
                                   "invalid_state")
@@ -368,13 +374,36 @@ class OAuthClient:
             raise OAuthError(f"{what} refused: {error}: {body.get('error_description', '')}".rstrip(": "), error)
         return body
 
-    def _remember(self, pending: PendingAuth) -> None:
+    async def _take(self, state: str) -> PendingAuth | None:
+        if self._store is None:
+            return self._pending.pop(state, None)
+        found = await self._store.call(lambda s: s.take_oauth_pending(state))
+        return None if found is None else _pending_from_json(found[0])
+
+    async def _remember(self, pending: PendingAuth) -> None:
+        if self._store is not None:
+            blob = _pending_to_json(pending)
+            await self._store.call(lambda s: s.put_oauth_pending(pending.state, blob, pending.created))
+            return
         now = self._clock()
         if len(self._pending) >= MAX_PENDING:
             self._pending = {k: p for k, p in self._pending.items() if p.created + PENDING_TTL >= now}
             if len(self._pending) >= MAX_PENDING:
                 raise OAuthError("too many sign-ins in progress; try again in a few minutes", "temporarily_unavailable")
         self._pending[pending.state] = pending
+
+
+def _pending_to_json(p: PendingAuth) -> str:
+    return json.dumps({"state": p.state, "verifier": p.verifier, "issuer": p.issuer, "metadata": p.metadata,
+                       "dpop_key": dict(p.dpop_key.as_dict(private=True)), "expected_did": p.expected_did,
+                       "handle": p.handle, "created": p.created})
+
+
+def _pending_from_json(blob: str) -> PendingAuth:
+    d = json.loads(blob)
+    return PendingAuth(state=d["state"], verifier=d["verifier"], issuer=d["issuer"], metadata=d["metadata"],
+                       dpop_key=ECKey.import_key(d["dpop_key"]), expected_did=d["expected_did"],
+                       handle=d["handle"], created=float(d["created"]))
 
 
 def _wants_nonce(resp: Fetched) -> bool:

@@ -7,10 +7,11 @@ synchronous ``submit_nowait``; one task drains the channel and applies up to
 the first op for more to arrive.
 
 Why nothing is lost:
-- The spool, not the store, is the source of truth. An op still queued when
-  the process dies is re-derived from the spool at recovery (recipient rows are
-  re-inserted with ``ON CONFLICT DO NOTHING``, statuses re-applied from the
-  spool's state records), so the store converges.
+- The spool, not the store, is the source of truth. Message rows and statuses
+  are derived from it (relay.store.mirror): an op still queued when the process
+  dies is replayed from the spool at the next start (rows re-inserted with
+  ``ON CONFLICT DO NOTHING``, statuses re-applied from the spool's transition
+  records past the store's mark), so the store converges.
 - While the process runs, ops are never dropped: a batch is retried until the
   store is back, and ``submit_nowait`` never refuses an op. It is called right
   after the spool's fsync, when the client is owed its 250: failing there would
