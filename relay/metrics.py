@@ -79,11 +79,16 @@ class RelayMetrics:
         # Contained faults by where they happened: a connection ended by an exception the protocol code
         # did not handle (web.server). Each one is a bug to read in the log; none of them stops the relay.
         self.faults: Counter[str] = Counter()
+        # SMTP refusals by (listener, reason): reasons are a closed set (relay.smtp.server, RelayError codes).
+        self.smtp_refusals: Counter[tuple[str, str]] = Counter()
 
     def observe_accept(self, source: str, recipients: int, seconds: float) -> None:
         self.accepted[source if source in SOURCES else "smtp"] += 1
         self.accepted_recipients += recipients
         self.accept_latency.observe(seconds)
+
+    def observe_refusal(self, listener: str, reason: str) -> None:
+        self.smtp_refusals[(listener, reason)] += 1
 
 
 # ---- exposition ---------------------------------------------------------------------------------
@@ -145,6 +150,12 @@ class RelayCollector:
         faults.add_metric(["http_connection"], metrics.faults.get("http_connection", 0))
         faults.add_metric(["status_writer"], services.writer.stats.quarantined)
         yield faults
+        refusals = CounterMetricFamily("atmos_smtp_refusals_total",
+                                       "SMTP commands, messages and connections refused, by listener and reason.",
+                                       labels=["listener", "reason"])
+        for (listener, reason), n in sorted(metrics.smtp_refusals.items()):
+            refusals.add_metric([listener, reason], n)
+        yield refusals
         hist = metrics.accept_latency
         cumulative, running = [], 0
         for bound, n in zip(hist.bounds, hist.counts, strict=True):

@@ -15,12 +15,10 @@ exits 0.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -51,7 +49,7 @@ from relay.metrics import RelayMetrics
 from relay.oauth.client import PENDING_TTL
 from relay.operatorkey import OperatorKeys
 from relay.reputation import Reputation
-from relay.services import Services
+from relay.services import Bound, Services
 from relay.smtp.client import TlsPolicy
 from relay.smtp.limits import Limits
 from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
@@ -67,22 +65,6 @@ from spool import Spool, SpoolError
 from spool.segment import make_dirs
 
 log = logging.getLogger("relay.supervisor")
-
-
-@dataclass
-class Bound:
-    """Where the running relay listens (printed at start, used by tests)."""
-
-    submission: list[tuple[str, int]] = field(default_factory=list)
-    http: list[str] = field(default_factory=list)
-    capture: list[tuple[str, int]] = field(default_factory=list)
-    inbound: list[tuple[str, int]] = field(default_factory=list)
-    dev: bool = False  # started with --dev: `atmos admin` reads this to load the config the same way
-
-    def as_json(self) -> str:
-        return json.dumps({"dev": self.dev, "submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http,
-                           "inbound": [f"{h}:{p}" for h, p in self.inbound],
-                           "capture": [f"{h}:{p}" for h, p in self.capture]})
 
 
 async def run_relay(
@@ -108,24 +90,28 @@ async def run_relay(
             # The operator event stream: made before its publishers (acceptor, scheduler), which never wait on it.
             bus, metrics = EventBus(), RelayMetrics()
             acceptor = Acceptor(spool, writer, bus=bus, metrics=metrics)
-            bound = Bound(dev=cfg.dev)
+            bound = Bound(dev=cfg.dev)  # filled in as each listener binds; /docs and /openapi.json show real ports
             scheduler, pool, prepare = await _start_delivery(cfg, root, spool, writer, store, bound, bus)
             scheduler.delivery_events = reputation
             acceptor.on_accept = scheduler.notify
             services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
                                 auth=Authenticator(store, keys, cfg.auth), acceptor=acceptor, scheduler=scheduler,
-                                bus=bus, metrics=metrics, reputation=reputation)
+                                bus=bus, metrics=metrics, reputation=reputation, bound=bound)
             connect_reputation(bus, reputation)  # automatic suspensions and complaints onto the event stream
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
             services.webhooks = WebhookDispatcher(store, bus)
             await root.start(services.webhooks.run)  # member webhooks, off the event bus
-            buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, both listeners together
-            smtp = SmtpServer(_submission_config(cfg),
-                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation),
-                              buffers=buffers)
+            buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, all listeners together
+            # Ports 587 (STARTTLS) and 465 (implicit TLS, RFC 8314): one handler, the same AUTH and policy.
+            submission = SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation,
+                                           hostname=cfg.banner_host)
+            smtp = SmtpServer(_submission_config(cfg), submission, buffers=buffers, refusals=metrics)
             bound.submission = await root.start(smtp.serve)
+            smtps = SmtpServer(_submission_config(cfg, implicit_tls=True), submission, buffers=buffers,
+                               refusals=metrics)
+            bound.submissions = await root.start(smtps.serve)
             inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation),
-                                          ssl_context=server_context(cfg), buffers=buffers)
+                                          ssl_context=server_context(cfg), buffers=buffers, refusals=metrics)
             bound.inbound = await root.start(inbound.serve)
             http_stop, http_done = trio.Event(), trio.Event()
             bound.http = await root.start(_serve_http, services, http_stop, http_done)
@@ -149,6 +135,7 @@ async def run_relay(
             with trio.move_on_after(cfg.smtp.shutdown_grace + 5):
                 async with trio.open_nursery() as closing:  # every listener closes at once
                     closing.start_soon(smtp.shutdown, cfg.smtp.shutdown_grace)
+                    closing.start_soon(smtps.shutdown, cfg.smtp.shutdown_grace)
                     closing.start_soon(inbound.shutdown, cfg.smtp.shutdown_grace)
                     # End every /admin/ws stream and give the handlers a moment to send their close frame (1001).
                     closing.start_soon(partial(bus.aclose, grace=1.0))
@@ -216,10 +203,11 @@ def _purge_oauth(s: Store, *, older_than: float) -> int:
     return s.purge_oauth_pending(older_than)
 
 
-def _submission_config(cfg: Config) -> SmtpServerConfig:
-    addr = cfg.smtp.submission_addr
+def _submission_config(cfg: Config, *, implicit_tls: bool = False) -> SmtpServerConfig:
+    addr = cfg.smtp.submissions_addr if implicit_tls else cfg.smtp.submission_addr
     return SmtpServerConfig(
         host=addr.host, port=addr.port, hostname=cfg.banner_host, ssl_context=server_context(cfg),
+        implicit_tls=implicit_tls, name="submissions" if implicit_tls else "submission",
         require_tls_for_auth=True, require_auth=True,
         limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message,
                       max_errors=cfg.smtp.error_limit, max_junk_commands=cfg.smtp.junk_command_limit),
@@ -278,6 +266,8 @@ def _announce(cfg: Config, bound: Bound) -> None:
     lines = [f"Atmosphere Relay ({'dev' if cfg.dev else 'production'}) state in {cfg.state_path.resolve()}"]
     for host, port in bound.submission:
         lines.append(f"  SMTP submission   {host}:{port}  (STARTTLS, then AUTH PLAIN/LOGIN)")
+    for host, port in bound.submissions:
+        lines.append(f"  SMTP submissions  {host}:{port}  (implicit TLS, RFC 8314; smtps://)")
     for host, port in bound.inbound:
         lines.append(f"  inbound SMTP      {host}:{port}  (bounces, complaints, replies to member domains)")
     for url in bound.http:

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from relay.errors import PayloadTooLarge, RelayError
 from relay.services import Services
 from relay.slots import Slots
-from web import admin, adminws, api, auth, member, metrics, pages, unsubscribe, xrpc
+from web import admin, adminws, api, auth, member, metrics, openapi, pages, unsubscribe, xrpc
 
 log = logging.getLogger("web")
 
@@ -36,6 +36,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(adminws.blueprint)
     app.register_blueprint(metrics.blueprint)
     app.register_blueprint(xrpc.blueprint)
+    app.register_blueprint(openapi.blueprint)
 
     @app.errorhandler(RelayError)
     async def relay_error(exc: RelayError) -> Response:

@@ -202,6 +202,14 @@ CREATE TABLE oauth_pending (
 ) WITHOUT ROWID;
 """
 
+# Version 9 (issue 18): a per-domain default category (mail without X-Atmos-Category, e.g. a PDS's
+# password resets, can be transactional), and the tags/metadata a sender attached on /v1/send (JSON text).
+_V9 = """
+ALTER TABLE domains ADD COLUMN default_category TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN tags TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN metadata TEXT NOT NULL DEFAULT '';
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
@@ -209,9 +217,10 @@ MIGRATIONS: list[tuple[int, str]] = [
     (4, _V4),
     (5, _V5),
     (7, _V7),
+    (9, _V9),
 ]
 
-LATEST = MIGRATIONS[-1][0]
+LATEST = max(version for version, _ in MIGRATIONS)
 
 _BOOTSTRAP = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
