@@ -52,6 +52,7 @@ class Acceptor:
         self.on_accept: Callable[[int], None] | None = None  # the scheduler's notify
         self.bus = bus  # operator event stream: MessageAccepted after each accept
         self.metrics = metrics  # /metrics: accepted by source, accept latency
+        self.last_refusal: tuple[str, float] | None = None  # (why, monotonic time) until the next accept; /healthz
 
     async def accept(
         self, *, did: str, mail_from: str, rcpts: Iterable[str], data: bytes, attrs: Mapping[str, str]
@@ -77,10 +78,13 @@ class Acceptor:
             results = await self._spool.commit([(env, s.data) for env, s in zip(envelopes, subs, strict=True)])
         except SpoolFull as exc:
             log.warning("spool full, refusing message from %s: %s", dids, exc)
+            self.last_refusal = (f"spool full: {exc}", time.monotonic())
             raise InsufficientStorage() from None
-        except SpoolUnavailable:
+        except SpoolUnavailable as exc:
             log.exception("spool unavailable, refusing message from %s", dids)
+            self.last_refusal = (f"spool unavailable: {exc}", time.monotonic())
             raise QueueUnavailable() from None
+        self.last_refusal = None
         out = []
         for env, sub, result in zip(envelopes, subs, results, strict=True):
             self.accepted_messages += 1

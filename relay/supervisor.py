@@ -26,7 +26,6 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from relay import devsetup
 from relay.acceptor import Acceptor
@@ -34,6 +33,7 @@ from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
 from relay.config import Config
 from relay.delivery.client import ConnectionPool
+from relay.delivery.congestion import HostHealth
 from relay.delivery.prepare import Preparer
 from relay.delivery.retry import RetryPolicy
 from relay.delivery.routing import Resolver
@@ -54,7 +54,7 @@ from relay.reputation import Reputation
 from relay.services import Services
 from relay.smtp.client import TlsPolicy
 from relay.smtp.limits import Limits
-from relay.smtp.server import SmtpServer, SmtpServerConfig
+from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
 from relay.store import open_store
 from relay.store.aio import AsyncStore
 from relay.store.base import Store
@@ -77,9 +77,10 @@ class Bound:
     http: list[str] = field(default_factory=list)
     capture: list[tuple[str, int]] = field(default_factory=list)
     inbound: list[tuple[str, int]] = field(default_factory=list)
+    dev: bool = False  # started with --dev: `atmos admin` reads this to load the config the same way
 
     def as_json(self) -> str:
-        return json.dumps({"submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http,
+        return json.dumps({"dev": self.dev, "submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http,
                            "inbound": [f"{h}:{p}" for h, p in self.inbound],
                            "capture": [f"{h}:{p}" for h, p in self.capture]})
 
@@ -101,29 +102,31 @@ async def run_relay(
                           max_bytes=cfg.spool.max_bytes or None, reserve_bytes=cfg.spool.reserve_bytes,
                           mirror=StatusMirror(writer, count_outcomes=True, store_mark=mark), store_mark=mark)
             await root.start(spool.run)  # recovery first; the spool logs its own report
-            keys = ApiKeyCache()
+            keys = ApiKeyCache(bcrypt_threads=cfg.auth.bcrypt_threads, bcrypt_queue=cfg.auth.bcrypt_queue)
             # Rate counters and suspensions, loaded first; delivery outcomes are counted by the mirror.
             reputation = Reputation.from_config(store, cfg, outcomes_in_store=True)
             await root.start(reputation.run)
             # The operator event stream: made before its publishers (acceptor, scheduler), which never wait on it.
             bus, metrics = EventBus(), RelayMetrics()
             acceptor = Acceptor(spool, writer, bus=bus, metrics=metrics)
-            bound = Bound()
+            bound = Bound(dev=cfg.dev)
             scheduler, pool, prepare = await _start_delivery(cfg, root, spool, writer, store, bound, bus)
             scheduler.delivery_events = reputation
             acceptor.on_accept = scheduler.notify
             services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
-                                auth=Authenticator(store, keys), acceptor=acceptor, scheduler=scheduler,
+                                auth=Authenticator(store, keys, cfg.auth), acceptor=acceptor, scheduler=scheduler,
                                 bus=bus, metrics=metrics, reputation=reputation)
             connect_reputation(bus, reputation)  # automatic suspensions and complaints onto the event stream
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
             services.webhooks = WebhookDispatcher(store, bus)
             await root.start(services.webhooks.run)  # member webhooks, off the event bus
+            buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, both listeners together
             smtp = SmtpServer(_submission_config(cfg),
-                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation))
+                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation),
+                              buffers=buffers)
             bound.submission = await root.start(smtp.serve)
             inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation),
-                                          ssl_context=server_context(cfg))
+                                          ssl_context=server_context(cfg), buffers=buffers)
             bound.inbound = await root.start(inbound.serve)
             http_stop, http_done = trio.Event(), trio.Event()
             bound.http = await root.start(_serve_http, services, http_stop, http_done)
@@ -179,6 +182,7 @@ async def _start_delivery(
     transport = SmtpTransport(
         Resolver.from_config(cfg.delivery), pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
         relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls), allow_loopback_mx=cfg.delivery.allow_loopback_mx,
+        hosts=HostHealth(per_host=cfg.delivery.per_host, min_timeout=cfg.delivery.min_timeout),
     )
     operator = OperatorKeys(cfg.state_path, cfg.secret_key)
     await trio.to_thread.run_sync(operator.current)  # created on first start, before any delivery
@@ -186,6 +190,7 @@ async def _start_delivery(
     scheduler = Scheduler(spool, writer, transport, prepare=prepare, bus=bus, config=SchedulerConfig(
         operator_domain=cfg.operator_domain, secret=cfg.secret_key, reporting_mta=cfg.banner_host,
         max_concurrency=cfg.delivery.max_concurrency, per_destination=cfg.delivery.per_destination,
+        initial_concurrency=cfg.delivery.initial_concurrency, slow_concurrency=cfg.delivery.slow_concurrency,
         policy=RetryPolicy(schedule=cfg.delivery.retry_schedule),
     ))
     await root.start(scheduler.run)
@@ -217,10 +222,12 @@ def _submission_config(cfg: Config) -> SmtpServerConfig:
     return SmtpServerConfig(
         host=addr.host, port=addr.port, hostname=cfg.banner_host, ssl_context=server_context(cfg),
         require_tls_for_auth=True, require_auth=True,
-        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message),
+        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message,
+                      max_errors=cfg.smtp.error_limit, max_junk_commands=cfg.smtp.junk_command_limit),
         command_timeout=cfg.smtp.command_timeout, data_block_timeout=cfg.smtp.data_timeout,
         shutdown_grace=cfg.smtp.shutdown_grace,
-        max_connections=cfg.smtp.max_connections,
+        max_connections=cfg.smtp.max_connections, max_connections_per_ip=cfg.smtp.max_connections_per_ip,
+        gate_timeout=cfg.smtp.pre_auth_timeout, gate_time=cfg.smtp.pre_auth_time, session_time=cfg.smtp.session_time,
     )
 
 
@@ -229,15 +236,21 @@ async def _serve_http(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     from web.app import create_app
+    from web.server import serve
 
+    http = services.cfg.http
     hc = HypercornConfig()
-    hc.bind = [str(services.cfg.http.addr)]
+    hc.bind = [str(http.addr)]
     hc.accesslog = None
     hc.graceful_timeout = services.cfg.smtp.shutdown_grace
     hc.include_server_header = False
+    hc.keep_alive_timeout = http.head_timeout  # also the deadline for a new connection's request head
+    hc.read_timeout = http.read_timeout  # type: ignore[assignment]  # hypercorn types it int, uses it as float
+    hc.websocket_max_message_size = http.websocket_max_message
+    hc.websocket_ping_interval = http.websocket_ping
     app: Any = create_app(services)
     try:
-        await hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+        await serve(app, hc, stop, faults=services.metrics.faults, task_status=task_status)
     finally:
         done.set()
 

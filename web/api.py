@@ -13,13 +13,16 @@ from quart import Blueprint, Response, current_app, jsonify, request
 
 from relay.auth import Principal
 from relay.errors import AuthRequired, InvalidDid, InvalidRequest, PayloadTooLarge, RelayError
+from relay.health import refusals
 from relay.reputation import Grant, RateLimitExceeded, Reputation
 from relay.sender import check_sender
 from relay.services import Services
 from relay.store.base import StoreError
 from relay.store.mirror import IDEMPOTENCY_KEY, REJECTED, REQUEST_HASH, send_response
 from relay.submission import TRANSACTIONAL
+from spool import SpoolError
 from web.compose import compose
+from web.jsonbody import parse_json
 from web.validate import parse_send_request
 
 log = logging.getLogger("web.api")
@@ -59,18 +62,14 @@ async def authenticate() -> Principal:
         raise AuthRequired("X-Atmos-DID header or ?did= parameter required")
     if not did.startswith("did:"):
         raise InvalidDid()
-    return await services().auth.authenticate(did, key.strip())
+    return await services().auth.authenticate(did, key.strip(), peer=request.remote_addr or "")
 
 
 async def read_json() -> Any:
     limit = services().cfg.limits.json_body
     if (request.content_length or 0) > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    raw = await request.get_data(cache=True)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    return parse_json(await request.get_data(cache=True))
 
 
 @blueprint.post("/v1/send")
@@ -213,9 +212,21 @@ async def message_status(message_id: int) -> Response:
 
 @blueprint.get("/healthz")
 async def healthz() -> Response:
-    stats = services().spool.stats()
-    return jsonify({"status": "ok", "spool": {"liveMessages": stats.live_messages,
-                                              "liveRecipients": stats.live_recipients}})
+    """200 ``{"status": "ok"}`` while the relay takes mail; 503 ``{"status": "refusing", "reasons": [...]}``
+    while it refuses it (relay.health), so a load balancer or monitor learns the truth."""
+    svc = services()
+    reasons = await refusals(svc)
+    body: dict[str, Any] = {"status": "refusing" if reasons else "ok"}
+    if reasons:
+        body["reasons"] = reasons
+    try:
+        stats = svc.spool.stats()
+        body["spool"] = {"liveMessages": stats.live_messages, "liveRecipients": stats.live_recipients}
+    except SpoolError:
+        pass  # already a reason
+    resp = jsonify(body)
+    resp.status_code = 503 if reasons else 200
+    return resp
 
 
 __all__ = ["RelayError", "blueprint"]

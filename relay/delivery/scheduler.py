@@ -7,6 +7,12 @@ destination domain: each domain has its own queue and at most
 worker delivers its domain's jobs one after another so the transport can reuse
 a connection (RSET between messages).
 
+Fairness when destinations hang (``relay.delivery.congestion``): a domain starts
+with ``initial_concurrency`` workers and gains one per answered attempt; a
+timeout halves its window, and while its last attempt timed out its workers also
+need one of ``slow_concurrency`` slots, so tarpits never hold more than that and
+the rest of ``max_concurrency`` stays with destinations that answer.
+
 One transaction per recipient: the envelope sender is a VERP address carrying
 that recipient's id, so a bounce names exactly whom it is about (DESIGN §5).
 
@@ -33,6 +39,7 @@ from typing import Protocol
 import trio
 
 from relay.delivery import verp
+from relay.delivery.congestion import next_window
 from relay.delivery.dsn import FailedRecipient, build_dsn
 from relay.delivery.retry import DEFAULT_POLICY, Decision, Outcome, OutcomeKind, RetryPolicy, decide
 from relay.eventbus import EventBus
@@ -75,6 +82,8 @@ class SchedulerConfig:
     reporting_mta: str
     max_concurrency: int = 50
     per_destination: int = 5
+    initial_concurrency: int = 5  # slow start (clamped to per_destination)
+    slow_concurrency: int = 20  # slots every timing-out destination shares
     policy: RetryPolicy = DEFAULT_POLICY
 
 
@@ -88,9 +97,16 @@ class Job:
 
 @dataclass
 class _Destination:
+    window: int  # workers allowed now (slow start, halved on a timeout)
     jobs: deque[Job] = field(default_factory=deque)
     workers: int = 0
     paused: bool = False
+    strikes: int = 0  # consecutive attempts that timed out
+
+
+#: Outcomes in which the remote host answered (the window grows); a timeout shrinks it; the rest
+#: (DNS, refused connections, TLS) say nothing about how many connections the host can take.
+_ANSWERED = frozenset({OutcomeKind.DELIVERED, OutcomeKind.TEMPORARY, OutcomeKind.PERMANENT})
 
 
 class Scheduler:
@@ -116,8 +132,10 @@ class Scheduler:
         self._heap: list[tuple[float, int]] = []
         self._in_flight: set[int] = set()  # rcpt ids
         self._queued: set[int] = set()  # rcpt ids waiting in a destination queue
-        self._dest: dict[str, _Destination] = defaultdict(_Destination)
+        initial = min(config.initial_concurrency, config.per_destination)
+        self._dest: dict[str, _Destination] = defaultdict(lambda: _Destination(window=initial))
         self._limit = trio.CapacityLimiter(config.max_concurrency)
+        self._slow = trio.CapacityLimiter(config.slow_concurrency)
         self._wakeup = trio.Event()
         self._stopping = False
         self._nursery: trio.Nursery | None = None
@@ -255,7 +273,7 @@ class Scheduler:
 
     def _start_workers(self, domain: str, dest: _Destination) -> None:
         assert self._nursery is not None
-        while dest.jobs and not dest.paused and dest.workers < self._cfg.per_destination and not self._stopping:
+        while dest.jobs and not dest.paused and dest.workers < dest.window and not self._stopping:
             dest.workers += 1
             self._nursery.start_soon(self._worker, domain, dest)
 
@@ -266,17 +284,21 @@ class Scheduler:
 
     async def _worker(self, domain: str, dest: _Destination) -> None:
         try:
-            while dest.jobs and not dest.paused and not self._stopping:
+            # More workers than the window (it shrank after a timeout): the extra ones stop here.
+            while dest.jobs and not dest.paused and not self._stopping and dest.workers <= dest.window:
                 job = dest.jobs.popleft()
                 self._queued.discard(job.rcpt_id)
                 self._in_flight.add(job.rcpt_id)
                 try:
-                    async with self._limit:
-                        await self._spool.relieved()  # see run(): no delivery while on the disk reserve
-                        if self._stopping:
-                            continue  # stays spooled for the next start
-                        await self._deliver(job)
-                except SpoolError as exc:  # could not even read the message: retry later from the spool's state
+                    if dest.strikes:  # timing out: one of the few slow slots first, then a relay-wide one
+                        async with self._slow, self._limit:
+                            result = await self._deliver_when_relieved(job)
+                    else:
+                        async with self._limit:
+                            result = await self._deliver_when_relieved(job)
+                    if result is not None:
+                        self._feedback(domain, dest, result.outcome.kind)
+                except SpoolError as exc:  # could not read the message or record the outcome: retry later
                     log.error("spool error delivering %s: %s", job.rcpt_id, exc)
                     self._push(self._now() + 60, job.queue_id)
                 finally:
@@ -286,14 +308,34 @@ class Scheduler:
         finally:
             dest.workers -= 1
 
+    def _feedback(self, domain: str, dest: _Destination, kind: OutcomeKind) -> None:
+        """Slow start and back-off of the destination's window (relay.delivery.congestion)."""
+        timed_out = kind is OutcomeKind.TIMEOUT
+        if not timed_out and kind not in _ANSWERED:
+            return
+        before = dest.window
+        dest.window = next_window(dest.window, timed_out=timed_out, per_destination=self._cfg.per_destination)
+        dest.strikes = dest.strikes + 1 if timed_out else 0
+        if timed_out and dest.window < before:
+            log.warning("destination %s timed out %d time(s) in a row: %d connection(s) now", domain, dest.strikes,
+                        dest.window)
+        self._start_workers(domain, dest)
+
     # ---- one attempt -----------------------------------------------------------------------
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver_when_relieved(self, job: Job) -> AttemptResult | None:
+        await self._spool.relieved()  # see run(): no delivery while on the disk reserve
+        if self._stopping:
+            return None  # stays spooled for the next start
+        return await self._deliver(job)
+
+    async def _deliver(self, job: Job) -> AttemptResult | None:
+        """One attempt; the result, or None when there was nothing to do."""
         msg = self._spool.get(job.queue_id)
         if msg is None:
-            return
+            return None
         st = msg.recipient(job.rcpt_id)
         if not _pending(st.state):
-            return
+            return None
         data = await trio.to_thread.run_sync(self._spool.read_data, job.queue_id)
         env = msg.envelope
         # Null reverse-path stays null (a DSN); a forwarded reply keeps its SRS sender (RFC-style
@@ -331,6 +373,7 @@ class Scheduler:
                                           sender="", recipients=dsn_env.rcpts, size=size, source="dsn"))
         log.info("delivery %s to=%s via=%s tls=%s -> %s: %s", job.rcpt_id, job.rcpt, result.mx_host,
                  result.tls, decision.state, result.outcome.text)
+        return result
 
     def _record(self, job: Job, decision: Decision, result: AttemptResult, attempts: int, now: float) -> None:
         if decision.state == "sent":

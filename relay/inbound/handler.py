@@ -24,7 +24,9 @@ answers 501).
 Everything the listener accepts for forwarding goes into the spool through the Acceptor (so the
 250 is only given once it is durable) with a trace header prepended; the scheduler delivers it.
 Per-source-address token buckets limit connections (``421 4.7.0`` at connect) and transactions
-beyond the first on a connection (``451 4.7.0`` at MAIL).
+beyond the first on a connection (``451 4.7.0`` at MAIL). A transaction to a VERP or FBL address
+has the smaller size limit ``inbound.report_size`` (552 5.3.4 past it), and bounces and complaints
+are parsed in worker threads with caps on bytes and parts (``relay.inbound.reports``).
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ from relay.address import is_domain, normalize_domain
 from relay.config import Config
 from relay.delivery import verp
 from relay.inbound import InboundEvents, srs
-from relay.inbound.arf import ArfParseError, ArfReport, is_arf, parse_arf
-from relay.inbound.bounces import Bounce, analyze
-from relay.inbound.ratelimit import TokenBuckets
+from relay.inbound.arf import ArfParseError, ArfReport
+from relay.inbound.bounces import Bounce
+from relay.inbound.reports import ReportReader
+from relay.ratelimit import TokenBuckets
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
 from relay.store.aio import AsyncStore
@@ -137,6 +140,8 @@ class InboundHandler:
         self._fbl = cfg.inbound.fbl_local_part.lower()
         self._operator_boxes = frozenset({"postmaster", "abuse", self._fbl})
         self.buckets = TokenBuckets(cfg.inbound.per_ip_per_minute, cfg.inbound.per_ip_burst, clock=clock)
+        self.reports = ReportReader(threads=cfg.inbound.parse_threads, max_bytes=cfg.inbound.report_parse_bytes,
+                                    max_parts=cfg.inbound.report_parts)
         # Counters, for tests and the console.
         self.bounces = 0
         self.complaints = 0
@@ -177,6 +182,10 @@ class InboundHandler:
                      session.mail_from, route)
             return route
         self._routes(session)[address] = route
+        if route.kind == "bounce" or route.mailbox == "fbl":
+            # A bounce or a complaint needs its report and the returned headers, not 10 MiB.
+            limit = self.cfg.inbound.report_size
+            session.message_limit = min(limit, session.message_limit or limit)
         return Reply(250, "2.1.5", "recipient ok")
 
     async def on_message(self, session: Session, data: bytes) -> Reply:
@@ -303,13 +312,13 @@ class InboundHandler:
 
     async def _complaint(self, session: Session, data: bytes) -> bool:
         """Record an ARF complaint; False when it is not one or cannot be attributed (-> operator)."""
-        if not is_arf(data):
-            log.info("mail to the FBL address from <%s> is not an ARF report", session.mail_from)
-            return False
         try:
-            report = parse_arf(data)
+            report = await self.reports.arf(data)
         except ArfParseError as exc:
             log.warning("unreadable ARF report from <%s>: %s", session.mail_from, exc)
+            return False
+        if report is None:
+            log.info("mail to the FBL address from <%s> is not an ARF report", session.mail_from)
             return False
         did, row = await self._attribute(report)
         if did is None:
@@ -356,7 +365,7 @@ class InboundHandler:
         if row is None:
             log.warning("bounce for recipient id %d, which the store does not know: ignored", route.rcpt_id)
             return
-        report = analyze(data, row.recipient, null_sender=not session.mail_from)
+        report = await self.reports.bounce(data, row.recipient, null_sender=not session.mail_from)
         # A reply we forwarded to a member's own mailbox bounced there: not the member's sending.
         forwarded = srs.is_srs(row.mail_from, domain=self.domain)
         if report is None or not report.failed:

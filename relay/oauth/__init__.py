@@ -20,7 +20,8 @@ def client_from_config(
     keys = ClientKeys.load_or_create(cfg.state_path / "oauth")
     ident = identity or IdentityResolver.from_config(cfg)
     return OAuthClient(cfg.public_url, keys, ident, timeout=cfg.identity.timeout,
-                       allow_http_on_loopback=cfg.identity.allow_http_on_loopback, store=store)
+                       allow_http_on_loopback=cfg.identity.allow_http_on_loopback,
+                       max_bytes=cfg.identity.metadata_bytes, deadline=cfg.identity.deadline, store=store)
 
 
 __all__ = ["ClientKeys", "OAuthClient", "OAuthError", "OAuthStateError", "PendingAuth", "TokenSet",

@@ -7,7 +7,9 @@
 
 DPoP nonces (``use_dpop_nonce``) are remembered per origin and retried once with a fresh proof and a
 fresh client assertion (the assertion's ``jti`` must never repeat). Every URL the client talks to must be
-https, except http on loopback when ``allow_http_on_loopback`` is set (development and tests).
+https, except http on loopback when ``allow_http_on_loopback`` is set (development and tests). Every
+answer is read within ``max_bytes`` (``relay.fetch``) and each of ``start``/``callback``/``refresh`` has
+one overall ``deadline``: the servers involved are chosen by whoever signs in.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import trio
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
+from relay.fetch import METADATA_BYTES, Fetched, FetchError, fetch, get_json
 from relay.identity import Identity, IdentityError, IdentityResolver, check_url
 from relay.oauth.keys import ClientKeys
 from relay.store.aio import AsyncStore
@@ -92,7 +96,8 @@ class OAuthClient:
         self, public_url: str, keys: ClientKeys, identity: IdentityResolver, *, scope: str = SCOPE,
         timeout: float = 10.0, allow_http_on_loopback: bool = False,
         http: Callable[[], httpx.AsyncClient] | None = None, clock: Callable[[], float] = time.time,
-        client_name: str = "Atmosphere Relay", store: AsyncStore | None = None,
+        client_name: str = "Atmosphere Relay", max_bytes: int = METADATA_BYTES, deadline: float = 30.0,
+        store: AsyncStore | None = None,
     ) -> None:
         self.public_url = public_url.rstrip("/")
         self.keys = keys
@@ -100,6 +105,8 @@ class OAuthClient:
         self.scope = scope
         self.allow_http_on_loopback = allow_http_on_loopback
         self.client_name = client_name
+        self.max_bytes = max_bytes
+        self.deadline = deadline
         self._http = http or (lambda: httpx.AsyncClient(timeout=timeout, follow_redirects=False,
                                                         headers={"user-agent": "atmosphere-relay"}))
         self._clock = clock
@@ -146,6 +153,12 @@ class OAuthClient:
 
     async def start(self, handle_or_did: str) -> tuple[str, PendingAuth]:
         """Resolve, discover, push the authorization request; returns (authorize URL, pending)."""
+        with trio.move_on_after(self.deadline):
+            return await self._start(handle_or_did)
+        raise OAuthError(f"sign-in did not finish within {self.deadline:g} s (the PDS or its "
+                         "authorization server is too slow)", "temporarily_unavailable")
+
+    async def _start(self, handle_or_did: str) -> tuple[str, PendingAuth]:
         ident = await self.identity.resolve(handle_or_did)
         issuer, meta = await self.discover(ident)
         verifier = b64url(secrets.token_bytes(32))
@@ -174,6 +187,11 @@ class OAuthClient:
 
     async def callback(self, params: Mapping[str, str]) -> TokenSet:
         """Check the redirect's state and iss, redeem the code, check sub. Every state works once."""
+        with trio.move_on_after(self.deadline):
+            return await self._callback(params)
+        raise OAuthError(f"sign-in did not finish within {self.deadline:g} s", "temporarily_unavailable")
+
+    async def _callback(self, params: Mapping[str, str]) -> TokenSet:
         state = params.get("state", "")
         pending = await self._take(state)
         if pending is None or pending.created + PENDING_TTL < self._clock():
@@ -201,6 +219,11 @@ class OAuthClient:
         return tokens
 
     async def refresh(self, tokens: TokenSet) -> TokenSet:
+        with trio.move_on_after(self.deadline):
+            return await self._refresh(tokens)
+        raise OAuthError(f"token refresh did not finish within {self.deadline:g} s", "temporarily_unavailable")
+
+    async def _refresh(self, tokens: TokenSet) -> TokenSet:
         if not tokens.refresh_token:
             raise OAuthError("no refresh token", "invalid_grant")
         meta = await self._as_metadata(tokens.issuer)
@@ -211,7 +234,7 @@ class OAuthClient:
         fresh.handle = tokens.handle
         return fresh
 
-    async def resource_request(self, tokens: TokenSet, method: str, url: str, **kw: Any) -> httpx.Response:
+    async def resource_request(self, tokens: TokenSet, method: str, url: str, **kw: Any) -> Fetched:
         """A DPoP-bound call to the member's PDS (``Authorization: DPoP``, proof with ``ath``)."""
         ath = b64url(hashlib.sha256(tokens.access_token.encode()).digest())
         headers = dict(kw.pop("headers", {}) or {})
@@ -257,15 +280,14 @@ class OAuthClient:
         self._check(url, what)
         try:
             async with self._http() as client:
-                resp = await client.get(url, headers={"accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise OAuthError(f"could not fetch the {what} from {url} ({type(exc).__name__})") from None
-        if resp.status_code != 200:
-            raise OAuthError(f"{what}: HTTP {resp.status_code} from {url}")
-        try:
-            body = resp.json()
-        except ValueError:
-            raise OAuthError(f"{what} at {url} is not JSON") from None
+                status, body = await get_json(client, url, headers={"accept": "application/json"},
+                                              max_bytes=self.max_bytes, what=what)
+        except FetchError as exc:
+            raise OAuthError(str(exc)) from None
+        if status != 200:
+            raise OAuthError(f"{what}: HTTP {status} from {url}")
+        if body is None:
+            raise OAuthError(f"{what} at {url} is not JSON")
         if not isinstance(body, dict):
             raise OAuthError(f"{what} at {url} is not a JSON object")
         return body
@@ -312,15 +334,15 @@ class OAuthClient:
 
     async def _dpop_post(
         self, url: str, key: ECKey, form: Callable[[], dict[str, str]]
-    ) -> httpx.Response:
+    ) -> Fetched:
         return await self._dpop_request("POST", url, key, data_fn=form)
 
     async def _dpop_request(
         self, method: str, url: str, key: ECKey, *, headers: dict[str, str] | None = None, ath: str | None = None,
         data_fn: Callable[[], dict[str, str]] | None = None, **kw: Any,
-    ) -> httpx.Response:
+    ) -> Fetched:
         self._check(url, "endpoint")
-        resp: httpx.Response | None = None
+        resp: Fetched | None = None
         async with self._http() as client:
             for _ in range(2):
                 hdrs = dict(headers or {})
@@ -328,9 +350,10 @@ class OAuthClient:
                 if data_fn is not None:
                     kw["data"] = data_fn()
                 try:
-                    resp = await client.request(method, url, headers=hdrs, **kw)
-                except httpx.HTTPError as exc:
-                    raise OAuthError(f"could not reach {url} ({type(exc).__name__})") from None
+                    resp = await fetch(client, method, url, headers=hdrs, max_bytes=self.max_bytes,
+                                       what="answer", **kw)
+                except FetchError as exc:
+                    raise OAuthError(str(exc)) from None
                 if "dpop-nonce" in resp.headers:
                     self._nonces[_origin(url)] = resp.headers["dpop-nonce"]
                 if resp.status_code in (400, 401) and _wants_nonce(resp):
@@ -339,7 +362,7 @@ class OAuthClient:
         assert resp is not None
         return resp
 
-    def _json(self, resp: httpx.Response, what: str) -> dict[str, Any]:
+    def _json(self, resp: Fetched, what: str) -> dict[str, Any]:
         try:
             body = resp.json()
         except ValueError:
@@ -383,7 +406,7 @@ def _pending_from_json(blob: str) -> PendingAuth:
                        handle=d["handle"], created=float(d["created"]))
 
 
-def _wants_nonce(resp: httpx.Response) -> bool:
+def _wants_nonce(resp: Fetched) -> bool:
     if "use_dpop_nonce" in resp.headers.get("www-authenticate", ""):
         return True
     try:

@@ -1,10 +1,11 @@
-"""The store interface every backend implements (SQLite now, PostgreSQL later).
+"""The store interface every backend implements (one backend: SQLite; see UnsupportedStore).
 
 Errors::
 
     StoreError
     ├── StoreUnavailable     database locked past busy_timeout, disk full, I/O error
-    ├── UnsupportedStore     a store URL this build cannot open (postgresql:// for now)
+    ├── UnsupportedStore     a store URL this build cannot open (postgresql://: the config accepts it,
+    │                        no PostgreSQL backend exists)
     ├── SchemaTooNew         the database was migrated by a newer build
     ├── NotFound             a mutator named a row that does not exist (getters return None)
     ├── InvalidRow           a value broke a constraint (unknown status, ...)

@@ -62,6 +62,7 @@ from relay.store.rows import (
     WebSession,
     WriteOp,
 )
+from relay.text import display_text
 
 Clock = Callable[[], float]
 
@@ -678,6 +679,8 @@ def _errors() -> Iterator[None]:
         yield
     except (sqlite3.IntegrityError, sqlite3.DataError) as exc:
         raise InvalidRow(str(exc)) from exc
+    except UnicodeEncodeError as exc:  # a str the driver cannot encode (a lone surrogate): that row is bad
+        raise InvalidRow(f"text not encodable as UTF-8: {exc}") from exc
     except sqlite3.ProgrammingError:
         raise  # a bug in this module (closed connection, bad SQL), not an outage
     except sqlite3.DatabaseError as exc:  # OperationalError: locked, disk full, I/O error
@@ -692,16 +695,20 @@ def _updated(c: sqlite3.Connection, cur: sqlite3.Cursor, domain: str) -> sqlite3
 
 
 def _insert_messages(c: sqlite3.Connection, rows: Sequence[MessageRow]) -> int:
+    # Subjects and addresses come from what clients sent: undecodable 8-bit bytes reach here as lone
+    # surrogates (surrogateescape), which no UTF-8 column can hold. The message itself stays byte-exact
+    # in the spool; the row is for display, so those bytes are stored as U+FFFD.
     params = [
-        (r.id, r.queue_id, r.did, r.from_domain, r.mail_from, r.recipient, r.subject, r.category, r.source,
-         r.status, r.attempts, r.last_reply, r.next_attempt_at, r.created_at, r.updated_at)
+        (r.id, r.queue_id, r.did, r.from_domain, display_text(r.mail_from), display_text(r.recipient),
+         display_text(r.subject), r.category, r.source, r.status, r.attempts, display_text(r.last_reply),
+         r.next_attempt_at, r.created_at, r.updated_at)
         for r in rows
     ]  # fmt: skip
     return c.executemany(_INSERT_MESSAGE, params).rowcount if params else 0
 
 
 def _update_statuses(c: sqlite3.Connection, updates: Sequence[StatusUpdate]) -> int:
-    params = [(u.status, u.at, u.attempts, u.last_reply, u.next_attempt_at, u.id) for u in updates]
+    params = [(u.status, u.at, u.attempts, display_text(u.last_reply), u.next_attempt_at, u.id) for u in updates]
     return c.executemany(_UPDATE_STATUS, params).rowcount if params else 0
 
 

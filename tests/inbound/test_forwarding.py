@@ -8,7 +8,7 @@ import pytest
 import trio
 import trustme
 
-from relay.inbound import LoggingEvents, srs
+from relay.inbound import srs
 from relay.inbound.handler import FORWARD_MARK, InboundHandler
 from relay.inbound.service import make_inbound_server
 from tests.inbound.conftest import (
@@ -134,7 +134,7 @@ async def test_bounce_to_an_srs_address_goes_back_to_the_original_sender(rig: Ri
 async def test_starttls_offered_with_a_context(rig: Rig) -> None:
     server_ctx, client_ctx = tls_contexts(trustme.CA())
     cfg = make_config()
-    handler = InboundHandler(cfg, rig.store, rig.acceptor, LoggingEvents())
+    handler = InboundHandler(cfg, rig.store, rig.acceptor, rig.events)
     server = make_inbound_server(cfg, handler, ssl_context=server_ctx, host="127.0.0.1", port=0)
     async with trio.open_nursery() as nursery:
         [(host, port), *_] = await nursery.start(server.serve)

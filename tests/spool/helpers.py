@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from spool import Envelope
+from tests.peers.require import missing
 
 
 def envelope(n_rcpts: int = 1, *, tag: str = "x", arrival: float = 1_700_000_000.0) -> Envelope:
@@ -51,7 +52,7 @@ def mounted_tmpfs(mnt: Path, size: str = "1m") -> Iterator[Path]:
     if proc.returncode != 0:
         msg = proc.stderr.strip()
         if "permission denied" in msg.lower() or "operation not permitted" in msg.lower():
-            pytest.skip(f"mounting a tmpfs needs privileges (EPERM): {msg}")
+            missing(f"mounting a tmpfs needs privileges (EPERM): {msg}")
         pytest.fail(f"mount failed: {msg}")
     try:
         yield mnt
