@@ -15,8 +15,9 @@ h2c`` with an undecodable ``HTTP2-Settings``, stopped the whole relay. Three gua
    client must wait for the 101) make hypercorn answer 400 while the app may be answering the same
    handshake, two responses on one h11 connection (the upstream crash). Here the handshake has one
    answer: whichever comes first; the early bytes are dropped and the app is told to disconnect.
-4. ``_Connection._close``: closing is shielded from the app's cancellation and taken under the send
-   lock (two more hypercorn races that ``scripts/fuzz`` found; see there).
+4. ``_Connection.protocol_send`` and ``_close``: what hypercorn does in the app's task when a response
+   ends is shielded from the app's cancellation, and EOF is sent under the send lock (three more
+   hypercorn/quart-trio races that ``scripts/fuzz`` found: sockets held open, see there).
 
 Bounds (``[http]`` config): a request head must arrive within ``keep_alive_timeout`` of the
 connection's start (slowloris), each read within ``read_timeout``, heads are capped at
@@ -179,13 +180,18 @@ class _Connection(TCPServer):
         finally:
             await self._close()
 
+    async def protocol_send(self, event: Any) -> None:
+        # Runs in the app's task when a response ends (close the connection, or restart the keep-alive
+        # timer), and quart-trio cancels that task as soon as the stream closes: the close was cancelled
+        # half-way (the socket stayed open until the read timeout) and the keep-alive timer never started
+        # (idle connections were never closed). Found by scripts/fuzz. Shielded here, with a bound.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
+            await super().protocol_send(event)
+
     async def _close(self) -> None:
-        # Two hypercorn races, both found by scripts/fuzz. (1) _close runs in the app's task when the
-        # response ends the connection ("Connection: close"), and quart-trio cancels that task as soon as
-        # the stream closes: the close was cancelled half-way and the socket stayed open until the read
-        # timeout. Shielded here, with a bound. (2) hypercorn sends EOF without its send lock, and trio's
-        # send_eof holds the stream's send side across a checkpoint: a response being written then
-        # raised BusyResourceError. Taken under the lock here.
+        # hypercorn sends EOF without its send lock, and trio's send_eof holds the stream's send side
+        # across a checkpoint: a response being written then raised BusyResourceError (scripts/fuzz).
+        # Taken under the lock here; shielded as above (also called from the idle timer's task).
         with trio.CancelScope(shield=True):
             with trio.move_on_after(_CLOSE_GRACE):
                 if self.send_lock.statistics().owner is trio.lowlevel.current_task():

@@ -71,8 +71,9 @@ async def run_case(relay: Relay, tally: Tally, job: tuple[str, int], seed: int) 
                 conn = await Conn.open(target.submission if submission else target.inbound)
                 tally.smtp_ports["submission" if submission else "inbound"] += 1
                 try:
-                    tally.smtp[f"{case.__name__.removeprefix('case_')}:"
-                               f"{await case(conn, target, rng, TLS, submission)}"] += 1
+                    tally.smtp[
+                        f"{case.__name__.removeprefix('case_')}:{await case(conn, target, rng, TLS, submission)}"
+                    ] += 1
                 finally:
                     await conn.aclose()
             else:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http", type=int)
     parser.add_argument("--seconds", type=float, help="overall bound on the run")
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--concurrency", type=int, default=24)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--slowloris", type=int)
     parser.add_argument("--keep", action="store_true", help="keep the relay's state dir and log")
     parser.add_argument("--only", default="", help="run only case kinds whose name contains this (e.g. overlong)")
@@ -152,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args.http = args.http if args.http is not None else (180 if args.quick else 5_000)
     args.seconds = args.seconds if args.seconds is not None else (300.0 if args.quick else 3600.0)
     args.slowloris = args.slowloris if args.slowloris is not None else (3 if args.quick else 20)
-    jobs = [("smtp", i) for i in range(args.smtp)
-            if args.only in smtpcases.CASES[i % len(smtpcases.CASES)].__name__]
+    jobs = [("smtp", i) for i in range(args.smtp) if args.only in smtpcases.CASES[i % len(smtpcases.CASES)].__name__]
     jobs += [("http", i) for i in range(args.http) if args.only in httpcases.CASES[i % len(httpcases.CASES)].__name__]
     random.Random(args.seed).shuffle(jobs)
 
@@ -164,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     relay.start()
     first_pid = relay.proc.pid if relay.proc else 0
     rss_before = relay.rss_kib()
-    probe = subprocess.Popen([sys.executable, "-m", "fuzzlib.probe", *map(str, relay.target.http)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    probe = subprocess.Popen(
+        [sys.executable, "-m", "fuzzlib.probe", *map(str, relay.target.http)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     ran = trio.run(battery, relay, tally, jobs, args)
     probed = json.loads(probe.communicate("", timeout=60)[0])  # closing stdin ends the probe
     tally.health_ms, tally.health_bad = probed["ms"], Counter(probed["bad"])
@@ -177,24 +181,32 @@ def main(argv: list[str] | None = None) -> int:
 
     smtp_run, http_run = sum(tally.smtp.values()), sum(tally.http.values())
     http_5xx = {k: v for k, v in tally.http.items() if k.rsplit(":", 1)[1].startswith("5")}
-    print(f"fuzz: seed {args.seed}, {elapsed:.0f} s, relay `atmos serve --dev` pid {first_pid} on loopback, "
-          f"concurrency {args.concurrency}")
-    print(f"cases run: {ran} of {len(jobs)} (smtp {smtp_run}: submission {tally.smtp_ports['submission']}, "
-          f"inbound {tally.smtp_ports['inbound']}; http {http_run}); slowloris {args.slowloris}: "
-          f"{tally.slowloris_cut} cut off by the relay, {tally.slowloris_held} still open after 30 s")
+    print(
+        f"fuzz: seed {args.seed}, {elapsed:.0f} s, relay `atmos serve --dev` pid {first_pid} on loopback, "
+        f"concurrency {args.concurrency}"
+    )
+    print(
+        f"cases run: {ran} of {len(jobs)} (smtp {smtp_run}: submission {tally.smtp_ports['submission']}, "
+        f"inbound {tally.smtp_ports['inbound']}; http {http_run}); slowloris {args.slowloris}: "
+        f"{tally.slowloris_cut} cut off by the relay, {tally.slowloris_held} still open after 30 s"
+    )
     print("smtp outcomes: " + ", ".join(f"{k} {v}" for k, v in tally.smtp.most_common(12)))
     print("http outcomes: " + ", ".join(f"{k} {v}" for k, v in tally.http.most_common(12)))
     print(f"http 5xx answers: {sum(http_5xx.values())} {dict(http_5xx) if http_5xx else ''}".rstrip())
     if tally.client_errors:
-        print("client-side errors (refused/timed out): " + ", ".join(f"{k} {v}" for k, v in tally.client_errors.items()))
+        print(
+            "client-side errors (refused/timed out): " + ", ".join(f"{k} {v}" for k, v in tally.client_errors.items())
+        )
     print(f"process exits: {len(relay.exits)}" + (f" (exit codes {relay.exits})" if relay.exits else ""))
     print(f"tracebacks in the log: {len(found)}")
     for summary, count in Counter(found).most_common(10):
         print(f"  {count} x {summary}")
     print(f"RSS before: {rss_before / 1024:.1f} MiB, after: {rss_after / 1024:.1f} MiB")
-    print(f"/healthz during the run: {len(tally.health_ms)} probes, p50 {percentile(tally.health_ms, 0.5):.1f} ms, "
-          f"p99 {percentile(tally.health_ms, 0.99):.1f} ms (goal <= 50), max {max(tally.health_ms, default=0):.1f} ms"
-          + (f", not 200: {dict(tally.health_bad)}" if tally.health_bad else ""))
+    print(
+        f"/healthz during the run: {len(tally.health_ms)} probes, p50 {percentile(tally.health_ms, 0.5):.1f} ms, "
+        f"p99 {percentile(tally.health_ms, 0.99):.1f} ms (goal <= 50), max {max(tally.health_ms, default=0):.1f} ms"
+        + (f", not 200: {dict(tally.health_bad)}" if tally.health_bad else "")
+    )
     print(f"final stop (SIGTERM): rc {stop_rc}")
     ok = not relay.exits and not found and stop_rc == 0
     if args.keep or not ok:

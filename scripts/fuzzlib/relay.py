@@ -75,13 +75,20 @@ per_ip_burst = {BIG}
     def start(self, timeout: float = 60.0) -> None:
         if not self.config.exists():
             self.write_config()
-        env = dict(os.environ, ATMOS_ADMIN_TOKEN=ADMIN_TOKEN, ATMOS_SECRET_KEY="fuzz-secret-" + "k" * 24,
-                   PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        env = dict(
+            os.environ,
+            ATMOS_ADMIN_TOKEN=ADMIN_TOKEN,
+            ATMOS_SECRET_KEY="fuzz-secret-" + "k" * 24,
+            PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+        )
         offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         log = open(self.logfile, "ab")  # noqa: SIM115 (the child owns it for its lifetime)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "--dev", "--config", str(self.config), "--log-level", "WARNING"],
-            cwd=self.base, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.base,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         self.starts += 1
@@ -154,14 +161,18 @@ def tracebacks(text: str) -> list[str]:
         if not top:
             continue
         summary = "(truncated)"
-        for follow in lines[i + 1:i + 400]:
+        for follow in lines[i + 1 : i + 400]:
             bare = follow.lstrip(" |+-").rstrip()
             if bare and not follow.startswith(" ") and not follow.startswith("  ") and ":" in bare:
                 summary = bare  # a plain traceback ends at its first unindented line
                 break
-            if follow.lstrip().startswith("| ") and not bare.startswith(("File ", "Traceback", "^")) \
-                    and (":" in bare) and bare.split(":")[0].replace(".", "").replace("_", "").isalnum() \
-                    and bare.split(":")[0][:1].isupper():
+            if (
+                follow.lstrip().startswith("| ")
+                and not bare.startswith(("File ", "Traceback", "^"))
+                and (":" in bare)
+                and bare.split(":")[0].replace(".", "").replace("_", "").isalnum()
+                and bare.split(":")[0][:1].isupper()
+            ):
                 summary = bare  # inside a group: the first "| SomeError: message" line
                 break
             if follow.startswith(("Traceback", "  + Exception Group")):

@@ -242,3 +242,34 @@ async def test_chunked_bodies_are_coalesced_and_capped() -> None:
         assert too_many.startswith(b"HTTP/1.1 400")
         stop.set()
     assert seen == [MAX_CHUNKS - 1]
+
+
+@pytest.mark.trio
+async def test_idle_keep_alive_connection_is_closed_under_quart() -> None:
+    """After a keep-alive response the idle timer starts even though quart-trio cancels the app's task."""
+    from quart_trio import QuartTrio
+
+    quart = QuartTrio("t")
+
+    @quart.get("/")
+    async def index() -> dict[str, int]:
+        return {"ok": 1}
+
+    cfg = HypercornConfig()
+    cfg.bind = ["127.0.0.1:0"]
+    cfg.accesslog = None
+    cfg.keep_alive_timeout = 0.5
+    cfg.read_timeout = None
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(lambda task_status: serve(quart, cfg, stop, task_status=task_status))
+        port = int(binds[0].rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            with trio.fail_after(10):  # the keep-alive timeout is 0.5 s; without the fix: never
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 200")
+        stop.set()
