@@ -134,6 +134,19 @@ class _H11(H11Protocol):
         limit = self.config.h11_max_incomplete_size
         self.connection = _CoalescingConnection(h11.SERVER, max_incomplete_event_size=limit)
 
+    _errored = False  # hypercorn answered this connection's request with an error (400, 431, ...)
+
+    async def _send_error_response(self, status_code: int) -> None:
+        await super()._send_error_response(status_code)
+        self._errored = True
+
+    async def _send_h11_event(self, event: Any) -> None:
+        # After hypercorn's own error answer (a malformed body, too many chunks) the app may still be
+        # answering the same request: h11 refused that second response and the app's task raised (found
+        # by scripts/fuzz). The request has its answer; what the app sends after it is dropped.
+        if not self._errored:
+            await super()._send_h11_event(event)
+
     async def _check_protocol(self, event: h11.Request) -> None:
         return None  # no h2c upgrade, no "PRI * HTTP/2.0": the request is served as HTTP/1.1
 
