@@ -137,8 +137,10 @@ class _H11(H11Protocol):
     _errored = False  # hypercorn answered this connection's request with an error (400, 431, ...)
 
     async def _send_error_response(self, status_code: int) -> None:
-        await super()._send_error_response(status_code)
-        self._errored = True
+        self._errored = True  # first: the app's response must not slip in between these two events
+        headers = [(b"content-length", b"0"), (b"connection", b"close"), *self.config.response_headers("h11")]
+        await super()._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await super()._send_h11_event(h11.EndOfMessage())
 
     async def _send_h11_event(self, event: Any) -> None:
         # After hypercorn's own error answer (a malformed body, too many chunks) the app may still be
