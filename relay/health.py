@@ -53,6 +53,8 @@ async def _probe_store(services: Services) -> list[str]:
             await services.store.schema_version()
         except StoreError as exc:
             return [f"store unavailable: {exc}"]
+        except Exception as exc:  # a closed or broken connection: /healthz must answer, not fail
+            return [f"store unavailable: {type(exc).__name__}: {exc}"]
         return []
     return [f"store unavailable: no answer within {STORE_PROBE_TIMEOUT:.0f} s"]
 

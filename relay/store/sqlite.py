@@ -342,6 +342,8 @@ class SqliteStore:
         return (int(row["segment"]), int(row["offset"])) if row else None
 
     def get_message(self, message_id: int) -> MessageRow | None:
+        if not _INT64_MIN <= message_id <= _INT64_MAX:  # an id from a URL: no row beyond SQLite's range
+            return None
         row = self._one("SELECT * FROM messages WHERE id = ?", (message_id,))
         return _message(row) if row else None
 
@@ -372,6 +374,8 @@ class SqliteStore:
         return counts
 
     def attempts_for(self, message_id: int) -> list[Attempt]:
+        if not _INT64_MIN <= message_id <= _INT64_MAX:
+            return []
         rows = self._all("SELECT * FROM attempts WHERE message_id = ? ORDER BY at, id", (message_id,))
         return [_attempt(r) for r in rows]
 
@@ -670,6 +674,9 @@ class SqliteStore:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1  # SQLite INTEGER
 
 
 @contextmanager
