@@ -439,6 +439,7 @@ class SmtpServer:
         self.handler = handler
         self.buffers = buffers or BufferBudget(1 << 62)
         self._per_ip: dict[str, int] = {}  # open sessions per source_key (anvil)
+        self._refusing: set[str] = set()  # keys refused since their last session ended: logged once
         self._drain = Drain()
         self._accept_scope = trio.CancelScope()
         self._sessions_scope: trio.CancelScope | None = None
@@ -506,7 +507,9 @@ class SmtpServer:
                 log.warning("refusing %s: %d sessions open", peer, self._active)
                 sessions.start_soon(self._refuse, stream, TOO_MANY_CONNECTIONS)
             elif self._per_ip.get(key, 0) >= self.config.max_connections_per_ip:
-                log.warning("refusing %s: %d sessions open from %s", peer, self._per_ip[key], key)
+                if key not in self._refusing:  # a flood must not become a flood of log lines
+                    self._refusing.add(key)
+                    log.warning("refusing connections from %s: %d sessions open (%s)", key, self._per_ip[key], peer)
                 sessions.start_soon(self._refuse, stream, TOO_MANY_FROM_YOU)
             else:
                 self._active += 1
@@ -524,6 +527,7 @@ class SmtpServer:
             left = self._per_ip.pop(key) - 1
             if left:
                 self._per_ip[key] = left
+            self._refusing.discard(key)
             if self._active == 0 and self._drain.started:
                 self._drained.set()
 
