@@ -11,8 +11,8 @@ is right), and one address may have at most ``per_ip_concurrency`` checks
 running or queued at once, so a flood is refused with ``AuthThrottled``
 (454 4.7.0 / 429) before it reaches bcrypt and never queues ahead of others.
 A throttled address is refused before the store is asked; a DID under attack
-still lets in a member whose key is cached. Every failure is logged once,
-with the peer.
+still lets in a member whose key is cached. Every failure is logged once, with
+the peer.
 """
 
 from __future__ import annotations

@@ -71,6 +71,10 @@ class SmtpConfig:
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     addr: Addr = Addr("127.0.0.1", 8080)
+    head_timeout: float = 5.0  # a request head (and the next one on a keep-alive connection) within this
+    read_timeout: float = 60.0  # each read from a client; websockets stay alive on websocket_ping
+    websocket_ping: float = 20.0  # server pings idle websockets (RFC 6455 §5.5.2); pongs count as reads
+    websocket_max_message: int = 64 * 1024  # bytes per message a client may send on /admin/ws or the labeler
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +170,11 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class SpoolConfig:
-    max_bytes: int = 0  # 0: no limit beyond the disk itself
+    max_bytes: int = 0  # 0: no limit beyond the disk itself; else at least 2 x segment_bytes
     segment_bytes: int = 64 * MiB
+    # Disk space preallocated for transitions (spool/RESERVE): given up when the disk fills, so the
+    # outcome of a finished delivery can still be recorded; deliveries pause until it is back.
+    reserve_bytes: int = 8 * MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +187,12 @@ class IdentityConfig:
     allow_http_on_loopback: bool = False  # development only: http PDS/issuer on localhost/127.0.0.1/::1
     cache_ttl: float = 600.0  # resolved handles and DID documents
     timeout: float = 10.0  # per HTTP/DNS request during resolution and OAuth
+    # Bounds on what strangers' servers can make the relay read or wait for (relay.fetch, issue 13):
+    metadata_bytes: int = 64 * 1024  # OAuth metadata and endpoint answers, handle well-known files
+    document_bytes: int = 256 * 1024  # DID documents, PDS records
+    deadline: float = 30.0  # one whole sign-in step (resolve + discover + PAR; callback + token) or record read
+    signins: int = 32  # sign-in steps in flight relay-wide (POST /enroll, /oauth/callback); more: 503
+    signins_per_ip: int = 4  # ... and from one client IP; more: 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +339,7 @@ def _validate(cfg: Config) -> None:
                           f"got {cfg.identity.handle_resolution!r}")
     if cfg.identity.handle_resolution == "well-known-at" and not cfg.identity.handle_resolver_url:
         raise ConfigError("identity.handle_resolver_url: required when identity.handle_resolution = well-known-at")
+    _validate_spool(cfg.spool)
     if not cfg.store_url.startswith(("sqlite:///", "postgresql://")):
         raise ConfigError(f"store.url: expected sqlite:///path or postgresql://..., got {cfg.store_url!r}")
 
@@ -339,6 +353,17 @@ _POSITIVE = {
     "auth": {"per_ip_per_minute", "per_ip_burst", "per_ip_concurrency", "per_did_per_minute", "per_did_burst",
              "bcrypt_threads"},
 }
+
+
+def _validate_spool(spool: SpoolConfig) -> None:
+    if spool.segment_bytes < 64 * 1024:
+        raise ConfigError(f"spool.segment_bytes: at least 65536, got {spool.segment_bytes}")
+    if spool.max_bytes < 0 or spool.reserve_bytes < 0:
+        raise ConfigError("spool.max_bytes, spool.reserve_bytes: must not be negative")
+    if spool.max_bytes and spool.max_bytes < 2 * spool.segment_bytes:
+        # The active segment plus one being drained must fit, or the spool refuses mail for good.
+        raise ConfigError(f"spool.max_bytes ({spool.max_bytes}) must be 0 or at least twice "
+                          f"spool.segment_bytes ({spool.segment_bytes})")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
     RelayError                      451 4.3.0 / 500 INTERNAL (never shows internals)
     ├── AuthError
     │   ├── AuthRequired            530 5.7.0 / 400 AUTH_REQUIRED
-    │   ├── InvalidDid              501 5.5.4 / 400 INVALID_DID
+    │   ├── InvalidDid              535 5.7.8 / 400 INVALID_DID
     │   ├── AuthFailed              535 5.7.8 / 401 AUTH_FAILED
     │   ├── AuthThrottled           454 4.7.0 / 429 AUTH_THROTTLED (+ Retry-After; too many failures)
     │   └── AuthBusy                454 4.7.0 / 503 AUTH_BUSY (+ Retry-After; bcrypt queue full)

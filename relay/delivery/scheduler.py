@@ -17,9 +17,13 @@ One transaction per recipient: the envelope sender is a VERP address carrying
 that recipient's id, so a bounce names exactly whom it is about (DESIGN §5).
 
 Ordering of effects after an attempt: the spool transition is made durable
-first, then the store row is queued, then (for a bounce) the DSN is spooled. A
-crash between the remote's 250 and our transition redelivers the message on
-restart: delivery is at-least-once, never zero times.
+first (for a bounce, in the same batch as the DSN it reports, so a crash keeps
+both or neither); the store row follows from it (relay.store.mirror). A crash
+between the remote's 250 and our transition redelivers the message on restart:
+delivery is at-least-once, never zero times. While the process runs, an outcome
+that cannot be written (disk full) is retried, never turned into a second
+delivery, and while the spool lives off its disk reserve nothing new is
+dispatched (issue 14).
 """
 
 from __future__ import annotations
@@ -41,12 +45,17 @@ from relay.delivery.retry import DEFAULT_POLICY, Decision, Outcome, OutcomeKind,
 from relay.eventbus import EventBus
 from relay.events import Delivery, Event, MessageAccepted, QueueChanged
 from relay.reputation import DeliveryEvents, classify_status
-from relay.store.rows import MessageStatus, NewAttempt, StatusUpdate
+from relay.store.mirror import STATUS_NOTE
+from relay.store.rows import NewAttempt
 from relay.store.writer import StatusWriter
-from spool import Envelope, QueuedMessage, Spool, SpoolError, State, Transition
+from spool import Accepted, Envelope, QueuedMessage, Spool, SpoolError, State, Transition
 
 log = logging.getLogger("relay.delivery")
 
+# Recording an outcome that failed (disk full, I/O error) is retried with this backoff (seconds);
+# the recipient stays in flight meanwhile, so it is never delivered a second time by this process.
+_RECORD_RETRY_MIN, _RECORD_RETRY_MAX = 0.5, 30.0
+_PRESSURE_POLL = 1.0  # seconds between looks at a spool that lives off its disk reserve
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +154,9 @@ class Scheduler:
                 self._nursery = nursery
                 task_status.started()
                 while not self._stopping:
-                    timeout = self._dispatch_due()
+                    # Disk full and the spool on its reserve: an outcome might not be recordable, and a
+                    # delivery whose "sent" is lost goes out again, so start none until it is back.
+                    timeout = _PRESSURE_POLL if self._spool.pressure else self._dispatch_due()
                     with trio.move_on_after(timeout):
                         await self._wakeup.wait()
                     self._wakeup = trio.Event()
@@ -168,26 +179,26 @@ class Scheduler:
 
     # ---- operator actions (admin API / console) --------------------------------------------
     async def hold(self, queue_id: int) -> int:
-        n = await self._set_state(queue_id, State.HELD, "held", "held by operator",
+        n = await self._set_state(queue_id, State.HELD, "held by operator",
                                   lambda st: st.state in (State.ACCEPTED, State.DEFERRED, State.RELEASED))
         self._publish(QueueChanged(queue_id=queue_id, action="hold", changed=n))
         return n
 
     async def release(self, queue_id: int) -> int:
-        n = await self._set_state(queue_id, State.RELEASED, "accepted", "released by operator",
+        n = await self._set_state(queue_id, State.RELEASED, "released by operator",
                                   lambda st: st.state is State.HELD)
         self.notify(queue_id)
         self._publish(QueueChanged(queue_id=queue_id, action="release", changed=n))
         return n
 
     async def delete(self, queue_id: int) -> int:
-        n = await self._set_state(queue_id, State.DELETED, "bounced", "deleted by operator (no DSN sent)",
+        n = await self._set_state(queue_id, State.DELETED, "deleted by operator (no DSN sent)",
                                   lambda st: not st.terminal)
         self._publish(QueueChanged(queue_id=queue_id, action="delete", changed=n))
         return n
 
     async def retry_now(self, queue_id: int) -> int:
-        n = await self._set_state(queue_id, State.DEFERRED, "deferred", "retry requested by operator",
+        n = await self._set_state(queue_id, State.DEFERRED, "retry requested by operator",
                                   lambda st: st.state is State.DEFERRED, next_attempt_at=self._now())
         self.notify(queue_id)
         self._publish(QueueChanged(queue_id=queue_id, action="retry", changed=n))
@@ -213,7 +224,7 @@ class Scheduler:
         if self.bus is not None:
             self.bus.publish(event)
 
-    async def _set_state(self, queue_id: int, state: State, store_status: MessageStatus, note: str,
+    async def _set_state(self, queue_id: int, state: State, note: str,
                          which: Callable[..., bool], next_attempt_at: float | None = None) -> int:
         msg = self._spool.get(queue_id)
         if msg is None:
@@ -221,11 +232,7 @@ class Scheduler:
         changes = [Transition(queue_id, rid, state, attempts=st.attempts, next_attempt_at=next_attempt_at, info=note)
                    for rid, _, st in msg.recipients() if which(st) and rid not in self._in_flight]
         if changes:
-            await self._spool.transition(changes)
-            now = self._now()
-            self._writer.submit_nowait([StatusUpdate(id=c.rcpt_id, status=store_status, at=now,
-                                                     last_reply=note, next_attempt_at=next_attempt_at)
-                                        for c in changes])
+            await self._spool.transition(changes)  # the store row follows (relay.store.mirror)
         return len(changes)
 
     # ---- dispatch ------------------------------------------------------------------------
@@ -285,14 +292,14 @@ class Scheduler:
                 try:
                     if dest.strikes:  # timing out: one of the few slow slots first, then a relay-wide one
                         async with self._slow, self._limit:
-                            result = await self._deliver(job)
+                            result = await self._deliver_when_relieved(job)
                     else:
                         async with self._limit:
-                            result = await self._deliver(job)
+                            result = await self._deliver_when_relieved(job)
                     if result is not None:
                         self._feedback(domain, dest, result.outcome.kind)
-                except SpoolError as exc:  # cannot record the outcome: retry later from the spool's state
-                    log.error("spool error recording delivery of %s: %s", job.rcpt_id, exc)
+                except SpoolError as exc:  # could not read the message or record the outcome: retry later
+                    log.error("spool error delivering %s: %s", job.rcpt_id, exc)
                     self._push(self._now() + 60, job.queue_id)
                 finally:
                     self._in_flight.discard(job.rcpt_id)
@@ -315,6 +322,12 @@ class Scheduler:
         self._start_workers(domain, dest)
 
     # ---- one attempt -----------------------------------------------------------------------
+    async def _deliver_when_relieved(self, job: Job) -> AttemptResult | None:
+        await self._spool.relieved()  # see run(): no delivery while on the disk reserve
+        if self._stopping:
+            return None  # stays spooled for the next start
+        return await self._deliver(job)
+
     async def _deliver(self, job: Job) -> AttemptResult | None:
         """One attempt; the result, or None when there was nothing to do."""
         msg = self._spool.get(job.queue_id)
@@ -340,9 +353,12 @@ class Scheduler:
         now = self._now()
         attempts = st.attempts + 1
         decision = decide(result.outcome, attempts=attempts, now=now, arrival=env.arrival, policy=self._cfg.policy)
-        await self._spool.transition([Transition(job.queue_id, job.rcpt_id, State(decision.state), attempts=attempts,
-                                                 next_attempt_at=decision.next_attempt_at,
-                                                 reply=result.outcome.text)])
+        note = f"{STATUS_NOTE}{decision.status}" if decision.state in ("sent", "bounced") else ""
+        change = Transition(job.queue_id, job.rcpt_id, State(decision.state), attempts=attempts,
+                            next_attempt_at=decision.next_attempt_at, reply=result.outcome.text, info=note)
+        bounce = decision.state == "bounced" and bool(env.mail_from)
+        dsn = self._dsn(env, data, job, decision, result, now) if bounce else None
+        accepted = await self._record_outcome(change, dsn)
         self._record(job, decision, result, attempts, now)
         self._tell_reputation(env, job, decision, result)
         self._publish(Delivery(queue_id=job.queue_id, rcpt_id=job.rcpt_id, did=env.did, recipient=job.rcpt,
@@ -351,8 +367,10 @@ class Scheduler:
         if decision.state == "deferred" and decision.next_attempt_at is not None:
             self._push(decision.next_attempt_at, job.queue_id)
             self._wakeup.set()
-        elif decision.state == "bounced" and env.mail_from:
-            await self._bounce(env, data, job, decision, result, now)
+        for dsn_env, dsn_id, size in accepted:
+            self.notify(dsn_id.queue_id)
+            self._publish(MessageAccepted(queue_id=dsn_id.queue_id, rcpt_ids=tuple(dsn_id.rcpt_ids), did=env.did,
+                                          sender="", recipients=dsn_env.rcpts, size=size, source="dsn"))
         log.info("delivery %s to=%s via=%s tls=%s -> %s: %s", job.rcpt_id, job.rcpt, result.mx_host,
                  result.tls, decision.state, result.outcome.text)
         return result
@@ -364,13 +382,30 @@ class Scheduler:
             self.bounced += 1
         else:
             self.deferred += 1
-        self._writer.submit_nowait([
-            StatusUpdate(id=job.rcpt_id, status=decision.state, at=now,
-                         attempts=attempts, last_reply=result.outcome.text,
-                         next_attempt_at=decision.next_attempt_at),
+        # The status row itself follows from the spool transition (relay.store.mirror).
+        self._writer.submit_nowait(
             NewAttempt(message_id=job.rcpt_id, at=now, mx_host=result.mx_host, reply=result.outcome.text,
-                       tls=result.tls, outcome=decision.state),
-        ])
+                       tls=result.tls, outcome=decision.state))
+
+    async def _record_outcome(
+        self, change: Transition, dsn: tuple[Envelope, bytes] | None
+    ) -> list[tuple[Envelope, Accepted, int]]:
+        """Make the outcome durable (with its DSN, in one batch); retried until it is, never re-delivered.
+
+        Returns the DSN as accepted (envelope, ids, size), if there was one.
+        """
+        delay = _RECORD_RETRY_MIN
+        while True:
+            try:
+                accepted = await self._spool.commit([dsn] if dsn is not None else [], [change])
+            except SpoolError as exc:
+                log.error("cannot record the outcome of %s (%s); retrying in %.1f s", change.rcpt_id, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, _RECORD_RETRY_MAX)
+                continue
+            if dsn is None or not accepted:
+                return []
+            return [(dsn[0], accepted[0], len(dsn[1]))]
 
     def _tell_reputation(self, env: Envelope, job: Job, decision: Decision, result: AttemptResult) -> None:
         """Sends and bounces count toward the member's rates (DESIGN §6); the relay's own mail does not."""
@@ -384,8 +419,8 @@ class Scheduler:
             events.bounced(env.did, domain, job.rcpt_id, job.rcpt, classify_status(decision.status),
                            result.outcome.text)
 
-    async def _bounce(self, env: Envelope, data: bytes, job: Job, decision: Decision, result: AttemptResult,
-                      now: float) -> None:
+    def _dsn(self, env: Envelope, data: bytes, job: Job, decision: Decision, result: AttemptResult,
+             now: float) -> tuple[Envelope, bytes]:
         """RFC 3464 DSN to the original envelope sender, with a null reverse-path (never bounce a bounce)."""
         dsn = build_dsn(
             reporting_mta=self._cfg.reporting_mta,
@@ -401,10 +436,7 @@ class Scheduler:
         bounce_env = Envelope(mail_from="", rcpts=(env.mail_from,), did=env.did,
                               attrs={"dsn": "1", "source": "dsn", "subject": "Undelivered Mail Returned to Sender",
                                      "original_rcpt_id": str(job.rcpt_id)}, arrival=now)
-        accepted = await self._spool.accept(bounce_env, dsn)
-        self.notify(accepted.queue_id)
-        self._publish(MessageAccepted(queue_id=accepted.queue_id, rcpt_ids=tuple(accepted.rcpt_ids), did=env.did,
-                                      sender="", recipients=bounce_env.rcpts, size=len(dsn), source="dsn"))
+        return bounce_env, dsn
 
 
 def _pending(state: State) -> bool:

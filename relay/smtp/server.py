@@ -86,6 +86,7 @@ SESSION_TOO_LONG = Reply(421, "4.4.2", "session time limit reached, closing conn
 NO_MEMORY = Reply(421, "4.3.1", "insufficient system resources, try again later")
 DATA_LATER = Reply(451, "4.3.1", "insufficient system resources, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "local error, try again later")
+_COMMITTED_REPLY_WAIT = 10.0  # seconds a durable message's 250 may take to write, even on shutdown
 _TLS_FAILED = Reply(421, "4.7.0", "TLS handshake failed")  # never sent: the channel is unusable
 
 # Errors from accept() that mean "out of resources", not "listener broken" (as trio.serve_listeners).
@@ -248,6 +249,8 @@ class _Connection:
         reply = await self._answer(event)
         self._out += self.conn.send(reply)
         self._record(event, reply)
+        if isinstance(event, MessageComplete) and reply.code < 300:
+            await self._flush_committed()
         self._charge()
         if self.conn.state is State.TLS:
             await self._start_tls()
@@ -327,6 +330,16 @@ class _Connection:
             self._out.clear()
             with trio.fail_after(self.config.command_timeout):
                 await self.stream.send_all(data)
+
+    async def _flush_committed(self) -> None:
+        """The message is durable: its 250 goes out now, even if this session is being cancelled
+        (a client that never sees it retries and the message is delivered twice). Shielded, bounded.
+        The end of DATA is a synchronisation point anyway (RFC 2920 §3.1): the client waits for it."""
+        with trio.CancelScope(shield=True), trio.move_on_after(_COMMITTED_REPLY_WAIT):
+            try:
+                await self._flush()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                pass  # the peer is gone; the message stays accepted
 
     async def _last_words(self) -> None:
         """Cancelled (shutdown grace over): try to say 421 before closing."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
-import shutil
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -18,6 +16,7 @@ import trio
 from relay.smtp.limits import Limits
 from relay.smtp.reply import Reply
 from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
+from tests.peers.require import require
 from tests.smtp.server_support import PASSWORD, USER, RawClient, RecordingHandler, start
 
 T = TypeVar("T")
@@ -312,11 +311,7 @@ async def test_idle_session_gets_421_on_shutdown(handler: RecordingHandler) -> N
 @pytest.mark.peer
 @pytest.mark.trio
 async def test_swaks_starttls_auth_plain(tls: Contexts, handler: RecordingHandler) -> None:
-    swaks = shutil.which("swaks")
-    if swaks is None:  # a real peer: missing in CI is a failure, locally a skip
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("swaks not installed: run scripts/install-test-peers")
-        pytest.skip("swaks not installed: run scripts/install-test-peers")
+    swaks = require("swaks")
     async with trio.open_nursery() as nursery:
         server, (host, port) = await start(nursery, submission(tls), handler)
         argv = [
