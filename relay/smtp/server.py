@@ -249,9 +249,9 @@ class _Connection:
         reply = await self._answer(event)
         self._out += self.conn.send(reply)
         self._record(event, reply)
+        self._charge()  # before the flush: the message's bytes are free once it is answered
         if isinstance(event, MessageComplete) and reply.code < 300:
             await self._flush_committed()
-        self._charge()
         if self.conn.state is State.TLS:
             await self._start_tls()
 
