@@ -9,10 +9,12 @@ import typing
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from relay.smtp.core import State
 from relay.smtp.data import BARE_NEWLINE, LINE_TOO_LONG, TOO_BIG, DataReader
-from relay.smtp.events import Event, MessageComplete, ProtocolError
+from relay.smtp.events import NEED_DATA, ConnectionClosed, Event, MailFrom, MessageComplete, ProtocolError, RcptTo
 from relay.smtp.limits import Limits
-from tests.smtp.harness import b64, plain, run_stream
+from relay.smtp.reply import Reply
+from tests.smtp.harness import accept_all, b64, new_conn, plain, run_stream
 
 EVENT_TYPES = typing.get_args(Event)
 LIMITS = Limits(
@@ -187,11 +189,6 @@ BUDGET = Limits(max_command_line=64, max_errors=4, max_junk_commands=3)
 def test_past_the_error_budget_the_next_event_closes(frags: list[bytes]) -> None:
     """With an app that refuses every MAIL and RCPT (so no message resets the counters), errors never
     exceed max_errors + 1, and once they exceed max_errors the session ends with 421 4.7.0."""
-    from relay.smtp.core import State
-    from relay.smtp.events import NEED_DATA, ConnectionClosed, MailFrom, RcptTo
-    from relay.smtp.reply import Reply
-    from tests.smtp.harness import accept_all, new_conn
-
     conn = new_conn(limits=BUDGET, require_tls_for_auth=False)
     conn.receive_data(b"".join(frags))
     conn.receive_data(b"")
