@@ -249,9 +249,9 @@ class _Connection:
         reply = await self._answer(event)
         self._out += self.conn.send(reply)
         self._record(event, reply)
+        self._charge()  # before the flush: the message's bytes are free once it is answered
         if isinstance(event, MessageComplete) and reply.code < 300:
             await self._flush_committed()
-        self._charge()
         if self.conn.state is State.TLS:
             await self._start_tls()
 
@@ -452,6 +452,7 @@ class SmtpServer:
         self.handler = handler
         self.buffers = buffers or BufferBudget(1 << 62)
         self._per_ip: dict[str, int] = {}  # open sessions per source_key (anvil)
+        self._refusing: set[str] = set()  # keys refused since their last session ended: logged once
         self._drain = Drain()
         self._accept_scope = trio.CancelScope()
         self._sessions_scope: trio.CancelScope | None = None
@@ -519,7 +520,9 @@ class SmtpServer:
                 log.warning("refusing %s: %d sessions open", peer, self._active)
                 sessions.start_soon(self._refuse, stream, TOO_MANY_CONNECTIONS)
             elif self._per_ip.get(key, 0) >= self.config.max_connections_per_ip:
-                log.warning("refusing %s: %d sessions open from %s", peer, self._per_ip[key], key)
+                if key not in self._refusing:  # a flood must not become a flood of log lines
+                    self._refusing.add(key)
+                    log.warning("refusing connections from %s: %d sessions open (%s)", key, self._per_ip[key], peer)
                 sessions.start_soon(self._refuse, stream, TOO_MANY_FROM_YOU)
             else:
                 self._active += 1
@@ -537,6 +540,7 @@ class SmtpServer:
             left = self._per_ip.pop(key) - 1
             if left:
                 self._per_ip[key] = left
+            self._refusing.discard(key)
             if self._active == 0 and self._drain.started:
                 self._drained.set()
 
