@@ -2,11 +2,12 @@
 
 - ``build_snapshot(services)``: what a fresh /admin/ws client receives first.
 - ``run_publisher(services)``: the root-nursery task that, every second, samples throughput and (while
-  anyone listens) publishes ``QueueDepth`` and ``Throughput``; ``Warming`` every 10 s when the
-  reputation service is wired in; a ``Heartbeat`` (with the dropped-subscriber count) every 5 s.
+  anyone listens) publishes ``QueueDepth`` and ``Throughput``; ``Warming`` every 10 s when the relay
+  runs a reputation service; a ``Heartbeat`` (with the dropped-subscriber count) every 5 s.
 - ``execute(services, command)`` / ``handle_frame(services, text)``: the console's commands (the same
   ones ``POST /admin/api/command`` takes), answered by a ``CommandResult``; never raises for bad input.
-- ``connect_reputation(bus, reputation)``: automatic suspensions and complaints onto the bus.
+- ``reputation_hooks(bus)``: the reputation service's hooks that put automatic suspensions and complaints
+  onto the bus.
 
 Other publish points live where the thing happens: the acceptor (``MessageAccepted``), the scheduler
 (``Delivery`` after each attempt, ``QueueChanged`` after operator actions and pauses), the command
@@ -19,8 +20,9 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import trio
 
@@ -46,11 +48,37 @@ from relay.events import (
     Warming,
     decode,
 )
-from relay.services import Services
 from relay.store.base import NotFound, StoreError
 from spool import Spool, SpoolError, State
 
 log = logging.getLogger("relay.events")
+
+if TYPE_CHECKING:
+    from relay.acceptor import Acceptor
+    from relay.metrics import RelayMetrics
+    from relay.reputation import Reputation
+    from relay.store.aio import AsyncStore
+
+
+class Services(Protocol):
+    """What the operator plane reads of the running relay. ``relay.services.Services`` is one; naming
+    only these here keeps this module (and the metrics beside it) free of the wiring."""
+
+    @property
+    def store(self) -> AsyncStore: ...
+    @property
+    def spool(self) -> Spool: ...
+    @property
+    def scheduler(self) -> Scheduler | None: ...
+    @property
+    def acceptor(self) -> Acceptor: ...
+    @property
+    def bus(self) -> EventBus: ...
+    @property
+    def metrics(self) -> RelayMetrics: ...
+    @property
+    def reputation(self) -> Reputation | None: ...
+
 
 QUEUE_STATES = ("accepted", "deferred", "held")  # wire names; a released recipient is "accepted" again
 _WIRE_STATE = {State.ACCEPTED: "accepted", State.RELEASED: "accepted", State.DEFERRED: "deferred",
@@ -113,10 +141,10 @@ async def suspended_members(services: Services) -> tuple[SuspendedMember, ...]:
 
 async def warming_state(services: Services) -> tuple[DomainWarming, ...]:
     """Per verified domain: warming tier, day and hourly/daily use, from the reputation service's
-    in-memory counters. Empty when no reputation service is wired in (``services.reputation``)."""
-    limiter: Any = getattr(getattr(services, "reputation", None), "limiter", None)
-    if limiter is None or not hasattr(limiter, "windows_for"):
+    in-memory counters. Empty when the relay runs no reputation service (``services.reputation``)."""
+    if services.reputation is None:
         return ()
+    limiter = services.reputation.limiter
     try:
         rows = await services.store.call(
             lambda store: [(m.did, store.domains_for(m.did)) for m in store.list_members()])
@@ -193,7 +221,7 @@ async def run_publisher(
                 accepted, delivered = services.metrics.throughput.rates()
                 bus.publish(Throughput(accepted_per_s=accepted, delivered_per_s=delivered,
                                        window=services.metrics.throughput.window))
-                if now - last_warming >= warming_every and getattr(services, "reputation", None) is not None:
+                if now - last_warming >= warming_every and services.reputation is not None:
                     last_warming = now
                     bus.publish(Warming(domains=await warming_state(services)))
             if now - last_heartbeat >= heartbeat_every:
@@ -321,10 +349,9 @@ async def _member_status(services: Services, did: str, suspend: bool, reason: st
                                                reason if suspend else None)
     except NotFound:
         raise CommandError(f"no member {did}") from None
-    rep: Any = getattr(services, "reputation", None)
-    if rep is not None and hasattr(rep, "note_member_status"):
+    if services.reputation is not None:
         # The accept path's in-memory view of suspensions, so this takes effect on the next MAIL FROM.
-        rep.note_member_status(did, "suspended" if suspend else "active", reason if suspend else None)
+        services.reputation.note_member_status(did, "suspended" if suspend else "active", reason if suspend else None)
     if suspend:
         services.bus.publish(MemberSuspended(did=did, reason=reason, automatic=False))
         return f"suspended {did}: {reason}"
@@ -334,24 +361,30 @@ async def _member_status(services: Services, did: str, suspend: bool, reason: st
 
 # ---- hooks for other services -------------------------------------------------------------------------
 
-def connect_reputation(bus: EventBus, reputation: Any) -> None:
-    """Automatic suspensions and complaints from the reputation service (its ``on_suspended(did, reason)``
-    and ``on_complaint(did, feedback_type)`` hooks) onto the bus."""
-    if hasattr(reputation, "on_suspended"):
-        reputation.on_suspended = lambda did, reason: bus.publish(
-            MemberSuspended(did=did, reason=reason, automatic=True))
-    if hasattr(reputation, "on_complaint"):
-        reputation.on_complaint = lambda did, feedback: bus.publish(
-            ComplaintReceived(did=did, recipient=None, feedback_type=feedback))
+class ReputationHooks(TypedDict):
+    on_suspended: Callable[[str, str], None]
+    on_complaint: Callable[[str, str], None]
+
+
+def reputation_hooks(bus: EventBus) -> ReputationHooks:
+    """The reputation service's ``on_suspended(did, reason)`` and ``on_complaint(did, feedback_type)``
+    hooks, publishing automatic suspensions and complaints onto the bus (constructor arguments:
+    ``Reputation.from_config(store, cfg, **reputation_hooks(bus))``)."""
+    return ReputationHooks(
+        on_suspended=lambda did, reason: bus.publish(MemberSuspended(did=did, reason=reason, automatic=True)),
+        on_complaint=lambda did, feedback: bus.publish(
+            ComplaintReceived(did=did, recipient=None, feedback_type=feedback)),
+    )
 
 
 __all__ = [
     "CommandError",
     "QueueView",
+    "ReputationHooks",
     "build_snapshot",
-    "connect_reputation",
     "execute",
     "handle_frame",
     "queue_view",
+    "reputation_hooks",
     "run_publisher",
 ]

@@ -19,8 +19,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from relay.eventstream import QUEUE_STATES, queue_view
+
 if TYPE_CHECKING:
-    from relay.services import Services
+    from relay.eventstream import Services
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SOURCES = ("smtp", "http", "dsn", "forward")
@@ -93,8 +95,6 @@ class RelayCollector:
         self.services = services
 
     def collect(self) -> Iterator[Metric]:
-        from relay.eventstream import QUEUE_STATES, queue_view  # here: eventstream imports Services, which imports us
-
         services = self.services
         spool_stats = services.spool.stats()
         now = time.time()
