@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from relay.store.aio import AsyncStore
 
 
-class Services(Protocol):
+class OperatorView(Protocol):
     """What the operator plane reads of the running relay. ``relay.services.Services`` is one; naming
     only these here keeps this module (and the metrics beside it) free of the wiring."""
 
@@ -127,19 +127,19 @@ def queue_view(spool: Spool, scheduler: Scheduler | None, *, limit: int = SNAPSH
     return view
 
 
-def queue_depth(services: Services) -> QueueDepth:
+def queue_depth(services: OperatorView) -> QueueDepth:
     view = queue_view(services.spool, services.scheduler, limit=0)
     return QueueDepth(by_state=view.by_state, by_destination=view.by_destination, in_flight=view.in_flight,
                       oldest_deferred=view.oldest_deferred)
 
 
-async def suspended_members(services: Services) -> tuple[SuspendedMember, ...]:
+async def suspended_members(services: OperatorView) -> tuple[SuspendedMember, ...]:
     members = await services.store.list_members()
     return tuple(SuspendedMember(did=m.did, handle=m.handle, reason=m.suspension_reason or "", since=m.updated_at)
                  for m in members if m.status == "suspended")
 
 
-async def warming_state(services: Services) -> tuple[DomainWarming, ...]:
+async def warming_state(services: OperatorView) -> tuple[DomainWarming, ...]:
     """Per verified domain: warming tier, day and hourly/daily use, from the reputation service's
     in-memory counters. Empty when the relay runs no reputation service (``services.reputation``)."""
     if services.reputation is None:
@@ -181,7 +181,7 @@ def _warming(did: str, domain: str, windows: list[Any], age: int) -> DomainWarmi
                          daily_used=md.used if md else 0, daily_limit=md.limit if md else 0)
 
 
-async def build_snapshot(services: Services) -> Snapshot:
+async def build_snapshot(services: OperatorView) -> Snapshot:
     view = queue_view(services.spool, services.scheduler, limit=SNAPSHOT_ITEMS)
     accepted_per_s, delivered_per_s = services.metrics.throughput.rates()
     scheduler = services.scheduler
@@ -202,7 +202,7 @@ async def build_snapshot(services: Services) -> Snapshot:
 # ---- the periodic publisher -----------------------------------------------------------------------
 
 async def run_publisher(
-    services: Services, *, tick: float = 1.0, heartbeat_every: float = 5.0, warming_every: float = 10.0,
+    services: OperatorView, *, tick: float = 1.0, heartbeat_every: float = 5.0, warming_every: float = 10.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     bus = services.bus
@@ -233,7 +233,7 @@ async def run_publisher(
             deadline = trio.current_time()  # fell far behind (a long pause): do not burst to catch up
 
 
-def _sample(services: Services, now: float) -> None:
+def _sample(services: OperatorView, now: float) -> None:
     scheduler = services.scheduler
     services.metrics.throughput.sample(now, services.acceptor.accepted_messages,
                                        scheduler.delivered if scheduler is not None else 0)
@@ -289,7 +289,7 @@ def frame_id(text: str | bytes) -> str:
     return value if isinstance(value, str) else ""
 
 
-async def handle_frame(services: Services, text: str | bytes) -> CommandResult:
+async def handle_frame(services: OperatorView, text: str | bytes) -> CommandResult:
     """One frame from a console: parsed, executed, answered. Never raises for bad input."""
     try:
         command = parse_command(text)
@@ -298,7 +298,7 @@ async def handle_frame(services: Services, text: str | bytes) -> CommandResult:
     return await execute(services, command)
 
 
-async def execute(services: Services, command: Command) -> CommandResult:
+async def execute(services: OperatorView, command: Command) -> CommandResult:
     try:
         message = await _execute(services, check_command(command))
     except CommandError as exc:
@@ -310,7 +310,7 @@ async def execute(services: Services, command: Command) -> CommandResult:
     return CommandResult(id=command.id, ok=True, message=message)
 
 
-async def _execute(services: Services, command: Command) -> str:
+async def _execute(services: OperatorView, command: Command) -> str:
     action, target = command.action, command.target.strip()
     if action in ("retry", "hold", "release", "delete"):
         scheduler = _scheduler(services)
@@ -336,13 +336,13 @@ async def _execute(services: Services, command: Command) -> str:
     return f"{'paused' if action == 'pause' else 'resumed'} delivery to {domain}"
 
 
-def _scheduler(services: Services) -> Scheduler:
+def _scheduler(services: OperatorView) -> Scheduler:
     if services.scheduler is None:
         raise CommandError("delivery is not running on this relay")
     return services.scheduler
 
 
-async def _member_status(services: Services, did: str, suspend: bool, reason: str) -> str:
+async def _member_status(services: OperatorView, did: str, suspend: bool, reason: str) -> str:
     reason = reason or "suspended by the operator"
     try:
         await services.store.set_member_status(did, "suspended" if suspend else "active",
@@ -379,6 +379,7 @@ def reputation_hooks(bus: EventBus) -> ReputationHooks:
 
 __all__ = [
     "CommandError",
+    "OperatorView",
     "QueueView",
     "ReputationHooks",
     "build_snapshot",

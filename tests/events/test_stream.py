@@ -48,7 +48,7 @@ from relay.eventstream import (
     run_publisher,
     warming_state,
 )
-from relay.metrics import RelayMetrics, render
+from relay.metrics import RelayMetrics
 from relay.reputation import Reputation
 from relay.services import Services
 from relay.store.aio import AsyncStore
@@ -57,6 +57,7 @@ from relay.store.writer import StatusWriter
 from spool import Spool, State
 from tests.events.conftest import closed_by_server
 from web.app import create_app
+from web.metrics import render
 
 TOKEN = "admin-token-" + "z" * 20
 DID = "did:plc:streamaaaaaaaaaaaaaaaaaa"
