@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from relay.metrics import RelayMetrics
     from relay.reputation import Reputation
     from relay.store.aio import AsyncStore
+    from relay.store.writer import StatusWriter
 
 
 class OperatorView(Protocol):
@@ -68,6 +69,8 @@ class OperatorView(Protocol):
     def store(self) -> AsyncStore: ...
     @property
     def spool(self) -> Spool: ...
+    @property
+    def writer(self) -> StatusWriter: ...
     @property
     def scheduler(self) -> Scheduler | None: ...
     @property
@@ -284,7 +287,7 @@ def frame_id(text: str | bytes) -> str:
     try:
         frame = json.loads(text)
         value = frame["data"]["id"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         return ""
     return value if isinstance(value, str) else ""
 

@@ -63,6 +63,9 @@ class RelayMetrics:
         self.accepted_recipients = 0
         self.accept_latency = Histogram()  # from the accept call to durable (fdatasync'ed) in the spool
         self.throughput = RateWindow(window)
+        # Contained faults by where they happened: a connection ended by an exception the protocol code
+        # did not handle (web.server). Each one is a bug to read in the log; none of them stops the relay.
+        self.faults: Counter[str] = Counter()
 
     def observe_accept(self, source: str, recipients: int, seconds: float) -> None:
         self.accepted[source if source in SOURCES else "smtp"] += 1

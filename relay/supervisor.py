@@ -11,9 +11,13 @@ Three steps, in this order (``run_relay``):
    connection pool -> delivery scheduler -> webhooks -> event publisher -> SMTP submission ->
    inbound SMTP -> HTTP (incl. /admin/ws, /metrics) -> periodic jobs, DNS verifier, labeler.
 
-SIGTERM/SIGINT: the listeners close first (idle SMTP sessions
-get 421), in-flight sessions and requests get a grace period, the status
-writer flushes, then the nursery is cancelled and the process exits 0.
+SIGTERM/SIGINT: the listeners close first, SMTP and HTTP at once
+(idle SMTP sessions get 421, hypercorn stops accepting), in-flight sessions and
+requests get a grace period and the HTTP server's graceful shutdown is awaited
+(every request already being handled gets its answer: a client that saw its
+connection close would retry and duplicate a spooled message), deliveries get
+theirs, the status writer flushes, then the nursery is cancelled and the process
+exits 0.
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from relay import devsetup
-from relay.acceptor import Acceptor, reconcile_rows
+from relay.acceptor import Acceptor
 from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
 from relay.config import Addr, Config
 from relay.delivery.client import ConnectionPool
+from relay.delivery.congestion import HostHealth
 from relay.delivery.prepare import Preparer
 from relay.delivery.retry import RetryPolicy
 from relay.delivery.routing import Resolver
@@ -55,19 +59,23 @@ from relay.labeler import Labeler, LabelerKey
 from relay.labeler.service import key_path as labeler_key_path
 from relay.metrics import RelayMetrics
 from relay.oauth import client_from_config
+from relay.oauth.client import PENDING_TTL
 from relay.operatorkey import OperatorKeys
 from relay.reputation import Reputation
 from relay.services import Bound, Services
 from relay.smtp.client import TlsPolicy
 from relay.smtp.limits import Limits
-from relay.smtp.server import SmtpServer, SmtpServerConfig
+from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
 from relay.store import open_store
 from relay.store.aio import AsyncStore
+from relay.store.base import Store
+from relay.store.mirror import StatusMirror
 from relay.store.writer import StatusWriter
 from relay.submission import SubmissionHandler
 from relay.tlscert import server_context
 from relay.webhooks import WebhookDispatcher
 from spool import Spool, SpoolError
+from spool.segment import make_dirs
 
 log = logging.getLogger("relay.supervisor")
 
@@ -134,7 +142,7 @@ def _as_running(cfg: Config, listeners: _Listeners) -> Config:
 async def run_relay(
     cfg: Config, shutdown: trio.Event, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    await trio.to_thread.run_sync(make_dirs, cfg.state_path)  # durable names, before anything goes in
     sync_store = open_store(cfg.store_url)
     store = AsyncStore(sync_store)
     try:
@@ -147,18 +155,22 @@ async def run_relay(
         operator = OperatorKeys(cfg.state_path, cfg.secret_key)
         await trio.to_thread.run_sync(operator.current)  # created on first start, before any delivery
         labeler_key = await trio.to_thread.run_sync(LabelerKey.load_or_create, labeler_key_path(cfg))
-        oauth = await trio.to_thread.run_sync(client_from_config, cfg)
+        oauth = await trio.to_thread.run_sync(partial(client_from_config, cfg, store=store))
         demo = await store.call(partial(devsetup.ensure_demo_member, cfg)) if cfg.dev else None
 
         # 2. Construct every service, then freeze Services: nothing is attached to a running service.
-        spool = Spool(cfg.state_path / "spool", segment_bytes=cfg.spool.segment_bytes,
-                      max_bytes=cfg.spool.max_bytes or None)
         writer = StatusWriter(store)
-        keys = ApiKeyCache()
+        # The store mirrors the spool (relay.store.mirror): recovery replays to it whatever it had
+        # not durably seen, and compaction never deletes what it has not seen yet.
+        spool = Spool(cfg.state_path / "spool", segment_bytes=cfg.spool.segment_bytes,
+                      max_bytes=cfg.spool.max_bytes or None, reserve_bytes=cfg.spool.reserve_bytes,
+                      mirror=StatusMirror(writer, count_outcomes=True), store_mark=await store.spool_mark())
+        keys = ApiKeyCache(bcrypt_threads=cfg.auth.bcrypt_threads, bcrypt_queue=cfg.auth.bcrypt_queue)
         # The operator event stream: made before its publishers (acceptor, scheduler), which never wait on it.
         bus, metrics = EventBus(), RelayMetrics()
-        # Rate counters and suspensions; automatic suspensions and complaints go onto the event stream.
-        reputation = Reputation.from_config(store, cfg, **reputation_hooks(bus))
+        # Rate counters and suspensions; delivery outcomes are counted by the mirror; automatic
+        # suspensions and complaints go onto the event stream.
+        reputation = Reputation.from_config(store, cfg, outcomes_in_store=True, **reputation_hooks(bus))
         sink, relayhost = None, cfg.delivery.relayhost
         if bound.capture:
             sink = CaptureSink(cfg.state_path / "captured", hostname="capture.localhost", ssl_context=tls)
@@ -168,15 +180,17 @@ async def run_relay(
             Resolver.from_config(cfg.delivery), pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
             relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls),
             allow_loopback_mx=cfg.delivery.allow_loopback_mx,
+            hosts=HostHealth(per_host=cfg.delivery.per_host, min_timeout=cfg.delivery.min_timeout),
         )
         scheduler = Scheduler(spool, writer, transport, prepare=Preparer(cfg, store, operator), bus=bus,
                               delivery_events=reputation, config=SchedulerConfig(
             operator_domain=cfg.operator_domain, secret=cfg.secret_key, reporting_mta=cfg.banner_host,
             max_concurrency=cfg.delivery.max_concurrency, per_destination=cfg.delivery.per_destination,
+            initial_concurrency=cfg.delivery.initial_concurrency, slow_concurrency=cfg.delivery.slow_concurrency,
             policy=RetryPolicy(schedule=cfg.delivery.retry_schedule),
         ))
         acceptor = Acceptor(spool, writer, bus=bus, metrics=metrics, on_accept=scheduler.notify)
-        auth = Authenticator(store, keys)
+        auth = Authenticator(store, keys, cfg.auth)
         webhooks = WebhookDispatcher(store, bus)
         verifier = None
         if not cfg.dev or cfg.dns.nameservers:
@@ -188,17 +202,16 @@ async def run_relay(
         services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys, auth=auth,
                             acceptor=acceptor, scheduler=scheduler, verifier=verifier, bus=bus, metrics=metrics,
                             labeler=labeler, reputation=reputation, webhooks=webhooks, oauth=oauth, bound=bound)
+        buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, both listeners together
         smtp = SmtpServer(_submission_config(cfg, tls),
-                          SubmissionHandler(auth, store, acceptor, reputation=reputation))
-        inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation), ssl_context=tls)
+                          SubmissionHandler(auth, store, acceptor, reputation=reputation), buffers=buffers)
+        inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation), ssl_context=tls,
+                                      buffers=buffers)
 
         # 3. Start them in dependency order.
         async with trio.open_nursery() as root:
+            await root.start(writer.run)  # before the spool: its recovery replays to the store through it
             await root.start(spool.run)  # recovery first; the spool logs its own report
-            await root.start(writer.run)
-            rows = reconcile_rows(spool.live())
-            if rows:  # rows lost to a crash before the batched writer flushed
-                await store.insert_messages(rows)
             await root.start(reputation.run)  # rate counters and suspensions, loaded before any accept
             if sink is not None:
                 await root.start(partial(sink.serve, listeners.capture))
@@ -208,8 +221,8 @@ async def run_relay(
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
             await root.start(smtp.serve_listeners, listeners.submission)
             await root.start(inbound.serve_listeners, listeners.inbound)
-            http_stop = trio.Event()
-            await root.start(_serve_http, services, listeners.http, http_stop)
+            http_stop, http_done = trio.Event(), trio.Event()
+            await root.start(_serve_http, services, listeners.http, http_stop, http_done)
             run_file = cfg.state_path / "run.json"
             run_file.write_text(bound.as_json())  # lets `atmos admin` find a relay bound to port 0
             root.start_soon(_retention, store)
@@ -220,13 +233,14 @@ async def run_relay(
             _announce(cfg, bound, demo)
             await shutdown.wait()
             log.info("shutting down: closing listeners")
+            http_stop.set()  # hypercorn stops accepting at once; requests in progress run on
             with trio.move_on_after(cfg.smtp.shutdown_grace + 5):
-                async with trio.open_nursery() as closing:  # both listeners close at once
+                async with trio.open_nursery() as closing:  # every listener closes at once
                     closing.start_soon(smtp.shutdown, cfg.smtp.shutdown_grace)
                     closing.start_soon(inbound.shutdown, cfg.smtp.shutdown_grace)
-            # End every /admin/ws stream and give the handlers a moment to send their close frame (1001).
-            await bus.aclose(grace=1.0)
-            http_stop.set()
+                    # End every /admin/ws stream and give the handlers a moment to send their close frame (1001).
+                    closing.start_soon(partial(bus.aclose, grace=1.0))
+                    closing.start_soon(http_done.wait)  # hypercorn's graceful shutdown: every answer sent
             log.info("shutting down: in-flight deliveries get %.0f s", cfg.delivery.shutdown_grace)
             await scheduler.shutdown(cfg.delivery.shutdown_grace)
             with trio.move_on_after(5):
@@ -246,6 +260,7 @@ async def _retention(store: AsyncStore, every: float = 3600.0) -> None:
             purged = await store.purge(now)
             await store.purge_idempotent(now - 24 * 3600)
             await store.purge_web_sessions(now)
+            await store.call(partial(_purge_oauth, older_than=now - PENDING_TTL))
             if purged:
                 log.info("retention: purged %d terminal message rows", purged)
         except Exception:
@@ -253,31 +268,46 @@ async def _retention(store: AsyncStore, every: float = 3600.0) -> None:
         await trio.sleep(every)
 
 
+def _purge_oauth(s: Store, *, older_than: float) -> int:
+    return s.purge_oauth_pending(older_than)
+
+
 def _submission_config(cfg: Config, tls: ssl.SSLContext) -> SmtpServerConfig:
     addr = cfg.smtp.submission_addr
     return SmtpServerConfig(
         host=addr.host, port=addr.port, hostname=cfg.banner_host, ssl_context=tls,
         require_tls_for_auth=True, require_auth=True,
-        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message),
+        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message,
+                      max_errors=cfg.smtp.error_limit, max_junk_commands=cfg.smtp.junk_command_limit),
         command_timeout=cfg.smtp.command_timeout, data_block_timeout=cfg.smtp.data_timeout,
         shutdown_grace=cfg.smtp.shutdown_grace,
-        max_connections=cfg.smtp.max_connections,
+        max_connections=cfg.smtp.max_connections, max_connections_per_ip=cfg.smtp.max_connections_per_ip,
+        gate_timeout=cfg.smtp.pre_auth_timeout, gate_time=cfg.smtp.pre_auth_time, session_time=cfg.smtp.session_time,
     )
 
 
 async def _serve_http(
-    services: Services, sock: socket.socket, stop: trio.Event, *,
+    services: Services, sock: socket.socket, stop: trio.Event, done: trio.Event, *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     from web.app import create_app
+    from web.server import serve
 
+    http = services.cfg.http
     hc = HypercornConfig()
-    hc.bind = [f"fd://{sock.detach()}"]  # bound by _bind_http; hypercorn takes the descriptor over
+    hc.bind = [f"fd://{sock.detach()}"]  # bound by _bind_http; the server takes the descriptor over
     hc.accesslog = None
     hc.graceful_timeout = services.cfg.smtp.shutdown_grace
     hc.include_server_header = False
+    hc.keep_alive_timeout = http.head_timeout  # also the deadline for a new connection's request head
+    hc.read_timeout = http.read_timeout  # type: ignore[assignment]  # hypercorn types it int, uses it as float
+    hc.websocket_max_message_size = http.websocket_max_message
+    hc.websocket_ping_interval = http.websocket_ping
     app: Any = create_app(services)
-    await hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+    try:
+        await serve(app, hc, stop, faults=services.metrics.faults, task_status=task_status)
+    finally:
+        done.set()
 
 
 async def _main(cfg: Config) -> None:

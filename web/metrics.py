@@ -76,6 +76,12 @@ class RelayCollector:
         yield CounterMetricFamily("atmos_events_published_total", "Operator events published.", value=bus.published)
         yield CounterMetricFamily("atmos_event_subscribers_dropped_total",
                                   "Event stream subscribers dropped for falling behind.", value=bus.dropped)
+        faults = CounterMetricFamily("atmos_faults_total",
+                                     "Contained faults: connections ended by an internal error, items a service "
+                                     "quarantined.", labels=["where"])
+        faults.add_metric(["http_connection"], metrics.faults.get("http_connection", 0))
+        faults.add_metric(["status_writer"], services.writer.stats.quarantined)
+        yield faults
         hist = metrics.accept_latency
         cumulative, running = [], 0
         for bound, n in zip(hist.bounds, hist.counts, strict=True):

@@ -45,6 +45,7 @@ class RelayProcess:
     extra_toml: str = ""
     shutdown_grace: float = 3.0
     dev: bool = False  # `atmos serve --dev --config F`: generated secrets and TLS in state_dir
+    smtp_toml: str = ""  # more [smtp] keys (the table itself is written here)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     submission: tuple[str, int] = ("", 0)
@@ -65,7 +66,7 @@ class RelayProcess:
         self.config_path.write_text(
             f'operator_domain = "relay.test"\nstate_dir = "{self.state_dir}"\n'
             '[smtp]\nsubmission_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\n'
-            f'shutdown_grace = {self.shutdown_grace}\n[http]\naddr = "127.0.0.1:0"\n'
+            f'shutdown_grace = {self.shutdown_grace}\n' + self.smtp_toml + '[http]\naddr = "127.0.0.1:0"\n'
             + ("" if self.dev else f'[tls]\ncert_file = "{self.tls.cert}"\nkey_file = "{self.tls.key}"\n')
             + self.limits_toml()
             # Never route test mail through the machine's resolver: unless the test brings its own

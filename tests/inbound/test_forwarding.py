@@ -174,3 +174,16 @@ async def test_size_limit(rig_factory: object) -> None:
 
     assert await rig.smtp(fn) == (552, 552)
     assert rig.spooled() == []
+
+
+@pytest.mark.trio
+async def test_all_copies_of_one_message_commit_in_one_batch(rig: Rig) -> None:
+    """Issue 14: copies were spooled one by one, so an error after the first made the sender retry
+    and duplicated the ones already spooled. One batch is all of them or none."""
+    before = rig.spool.stats().commits
+    code, text = await rig.send("bob@sender.example", [f"anything@{MEMBER_DOMAIN}", f"postmaster@{OPERATOR}"], REPLY)
+    assert code == 250
+    spooled = rig.spooled()
+    assert {m.envelope.rcpts for m in spooled} == {(FORWARD_TO,), (rig.cfg.inbound.operator_inbox,)}
+    assert rig.spool.stats().commits == before + 1
+    assert text == "2.0.0 queued as " + ",".join(str(m.queue_id) for m in spooled)
