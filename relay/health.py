@@ -10,18 +10,40 @@ monitor that stops sending must still see the relay recover.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from relay.services import Services
 from relay.store.base import StoreError
 from spool import SpoolError
+
+if TYPE_CHECKING:
+    from relay.acceptor import Acceptor
+    from relay.config import Config
+    from relay.store.aio import AsyncStore
+    from relay.store.writer import StatusWriter
+    from spool import Spool
+
+
+class Relay(Protocol):
+    """What the health answer reads of the running relay (relay.services.Services is one)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def store(self) -> AsyncStore: ...
+    @property
+    def spool(self) -> Spool: ...
+    @property
+    def writer(self) -> StatusWriter: ...
+    @property
+    def acceptor(self) -> Acceptor: ...
 
 STORE_PROBE_TIMEOUT = 2.0  # seconds for one cheap read; slower than this is "not answering"
 RECENT = 30.0
 
 
-async def refusals(services: Services) -> list[str]:
+async def refusals(services: Relay) -> list[str]:
     """Why mail is being refused now; empty when the relay takes mail."""
     reasons: list[str] = []
     writer = services.writer
@@ -47,7 +69,7 @@ async def refusals(services: Services) -> list[str]:
     return reasons
 
 
-async def _probe_store(services: Services) -> list[str]:
+async def _probe_store(services: Relay) -> list[str]:
     with trio.move_on_after(STORE_PROBE_TIMEOUT):
         try:
             await services.store.schema_version()

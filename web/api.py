@@ -37,9 +37,8 @@ def services() -> Services:
 
 
 def reputation(svc: Services) -> Reputation | None:
-    """The rate-limit and suspension service, once the supervisor provides one."""
-    rep: Reputation | None = getattr(svc, "reputation", None)
-    return rep
+    """The rate-limit and suspension service (None only where a test builds Services without one)."""
+    return svc.reputation
 
 
 def rate_limited(exc: RateLimitExceeded) -> Response:

@@ -80,8 +80,7 @@ async def status() -> Response:
     svc, did = await _member()
     try:
         status = await _reputation(svc).member_status(did)
-        labeler = getattr(svc, "labeler", None)
-        status["labels"] = [] if labeler is None else await labeler.labels_in_force(did)
+        status["labels"] = [] if svc.labeler is None else await svc.labeler.labels_in_force(did)
         return jsonify(status)
     except StoreError:
         raise ServiceUnavailable() from None

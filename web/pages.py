@@ -59,6 +59,12 @@ async def _csrf_failed(exc: sessions.CsrfFailed) -> tuple[str, int]:
                                "page and try again."), 403
 
 
+def submission_port(svc: Services) -> int:
+    """The port members submit to: the one the relay bound (the configured one, or the kernel's pick
+    for port 0), not a hard-coded 587."""
+    return svc.bound.submission[0][1] if svc.bound.submission else svc.cfg.smtp.submission_addr.port
+
+
 async def _page(template: str, **ctx: Any) -> str:
     session = await sessions.current()
     cfg = _svc().cfg
@@ -67,7 +73,7 @@ async def _page(template: str, **ctx: Any) -> str:
     ctx.setdefault("public_url", cfg.public_url)
     ctx.setdefault("operator_domain", cfg.operator_domain)
     ctx.setdefault("smtp_host", cfg.smtp.hostname or cfg.operator_domain)
-    ctx.setdefault("smtp_port", 587 if not cfg.dev else cfg.smtp.submission_addr.port)
+    ctx.setdefault("smtp_port", submission_port(_svc()))
     return await render_template(template, **ctx)
 
 
@@ -238,15 +244,14 @@ async def _records(row: Domain) -> list[DnsRecord]:
 
 
 def _last_report(domain: str) -> DomainReport | None:
-    verifier = getattr(_svc(), "verifier", None)
+    verifier = _svc().verifier
     return verifier.last_report(domain) if verifier is not None else None
 
 
 async def _check(domain: str) -> DomainReport:
     svc = _svc()
-    verifier = getattr(svc, "verifier", None)
-    if verifier is not None:
-        report: DomainReport = await verifier.check(domain)
+    if svc.verifier is not None:
+        report: DomainReport = await svc.verifier.check(domain)
         return report
     return await check_once(svc.cfg, svc.store, domain)
 
@@ -321,9 +326,8 @@ async def account() -> str | Response:
     )
 
 
-async def _current_labels(svc: Any, did: str) -> list[str]:
-    labeler = getattr(svc, "labeler", None)
-    return [] if labeler is None else list(await labeler.labels_in_force(did))
+async def _current_labels(svc: Services, did: str) -> list[str]:
+    return [] if svc.labeler is None else list(await svc.labeler.labels_in_force(did))
 
 
 @blueprint.post("/account/domain/<domain>/check")

@@ -36,7 +36,6 @@ class Preparer:
         self._operator_checked = 0.0
         self._operator_lock = trio.Lock()  # one reader of the key file at a time
         self._member_keys: dict[str, tuple[SigningKey, ...]] = {}
-        self.public_url = cfg.public_url  # the supervisor corrects it once HTTP has bound port 0
 
     async def __call__(self, env: Envelope, rcpt_id: int, rcpt: str, data: bytes) -> bytes:
         operator = await self._operator_signing_key()
@@ -45,7 +44,7 @@ class Preparer:
         member_domain = domain_of(env.mail_from)
         transactional = env.attrs.get("transactional") == "1"
         url = None if transactional else unsubscribe_url(
-            self.public_url, make_token(self._cfg.secret_key, env.did, rcpt))
+            self._cfg.public_url, make_token(self._cfg.secret_key, env.did, rcpt))
         out = rewrite(data, did=env.did, category=env.attrs.get("category", ""), transactional=transactional,
                       member_domain=member_domain, unsubscribe_url=url)
         return sign(out, [*await self._keys_for(member_domain), operator])

@@ -120,9 +120,10 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         prepare: Prepare | None = None,
         bus: EventBus | None = None,
+        delivery_events: DeliveryEvents | None = None,
     ) -> None:
         self._prepare = prepare
-        self.delivery_events: DeliveryEvents | None = None  # reputation: counts sends and bounces
+        self.delivery_events = delivery_events  # reputation: counts sends and bounces
         self.bus = bus  # operator event stream: Delivery after each attempt, QueueChanged after operator actions
         self._spool = spool
         self._writer = writer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,19 +32,12 @@ KEY = "atmos_" + "k" * 43
 KEY_B = "atmos_" + "b" * 43
 
 
-@dataclass(slots=True)
-class RepServices(Services):
-    """Services with the field the supervisor is expected to add (read with getattr by web/)."""
-
-    reputation: Reputation | None = None
-
-
 @dataclass
 class Env:
     client: QuartClient
     store: SqliteStore
     rep: Reputation
-    services: RepServices
+    services: Services
 
 
 @pytest.fixture
@@ -70,7 +64,7 @@ async def env(sync_store: SqliteStore, tmp_path: Path) -> AsyncIterator[Env]:
         rep = Reputation(store, limits, cfg.suspension)
         await nursery.start(rep.run)
         keys = ApiKeyCache()
-        svc = RepServices(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
+        svc = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
                           auth=Authenticator(store, keys), acceptor=Acceptor(spool, writer), reputation=rep)
         yield Env(create_app(svc).test_client(), sync_store, rep, svc)
         nursery.cancel_scope.cancel()
@@ -218,10 +212,10 @@ async def test_forward_to_bad_json_and_auth(env: Env) -> None:
 
 @pytest.mark.trio
 async def test_without_a_reputation_service(env: Env) -> None:
-    env.services.reputation = None
-    got, body = await answer(await env.client.get("/member/status", headers=auth()))
+    client = create_app(dataclasses.replace(env.services, reputation=None)).test_client()
+    got, body = await answer(await client.get("/member/status", headers=auth()))
     assert (got, body["code"]) == (503, "SERVICE_UNAVAILABLE")
-    resp = await env.client.post("/v1/send", headers=auth(), json={"from": f"a@{DOMAIN}", "to": "x@dest.example",
+    resp = await client.post("/v1/send", headers=auth(), json={"from": f"a@{DOMAIN}", "to": "x@dest.example",
                                                                    "text": "hi"})
     assert resp.status_code == 200 and "RateLimit-Limit" not in resp.headers  # no limiter, no limits
 
