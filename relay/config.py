@@ -9,6 +9,7 @@ come from the environment, or in ``--dev`` are generated once into
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -79,7 +80,6 @@ class DeliveryConfig:
     max_concurrency: int = 100  # deliveries in flight relay-wide
     per_destination: int = 20  # connections per destination domain (Postfix default_destination_concurrency_limit)
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
-    allow_loopback_mx: bool = False  # tests: MX records pointing at 127.0.0.1
     capture: bool = True  # dev only, without relayhost: deliver to the built-in capture sink
     shutdown_grace: float = 10.0  # in-flight deliveries get this long at SIGTERM
 
@@ -94,6 +94,7 @@ class DnsConfig:
     nameservers: tuple[str, ...] = ()  # for checks; empty: delivery.nameservers, then the system resolver
     recheck_interval: float = 86400.0  # verified domains re-checked daily
     pending_recheck_interval: float = 300.0  # pending domains retried every few minutes
+    pending_claim_ttl: float = 7 * 86400.0  # a domain claim not proved by DNS within this expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ class LimitsConfig:
     message_size: int = 25 * MiB
     json_body: int = 1 * MiB
     recipients_per_message: int = 100
+    header_size: int = 256 * 1024  # a header section longer than this is refused (552 5.3.4), never judged by a prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,7 @@ class SuspensionConfig:
     max_bounce_rate: float = 0.05  # bounces / sends
     max_complaint_rate: float = 0.0008  # complaints / sends
     min_sends: int = 20  # below this volume no rate is judged
+    min_complaints: int = 3  # fewer distinct complaints than this never suspend, whatever the rate
     suppress_hard_bounces: bool = False  # members may opt in: hard-bounced recipients join the suppression list
 
 
@@ -127,6 +130,22 @@ class InboundConfig:
     per_ip_per_minute: int = 30
     per_ip_burst: int = 10
     message_size: int = 10 * MiB
+    # Where ARF reports are believed from: a domain whose DKIM signature on the report verifies
+    # ("fbl.example.net", subdomains included) or a network the report arrives from ("192.0.2.0/24").
+    fbl_sources: tuple[str, ...] = ()
+    forward_daily: int = 200  # forwarded replies per member per UTC day
+    forward_per_ip_per_hour: int = 30  # forwarded replies accepted from one source address per hour
+    srs_daily: int = 5  # delivery reports relayed to one SRS0 address per UTC day
+    forward_confirm_ttl: float = 3 * 86400.0  # how long a forward-to confirmation link stays valid
+
+
+@dataclass(frozen=True, slots=True)
+class TestingConfig:
+    """Settings only the test suite uses. Never set them on a relay that faces the internet."""
+
+    # Outbound connections may reach loopback addresses (and http:// on loopback): the test peers
+    # (sink MX, webhook receivers, local PDS/PLC) all listen there. Other non-global ranges stay refused.
+    allow_loopback_peers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +166,6 @@ class IdentityConfig:
     plc_url: str = "https://plc.directory"  # DID PLC directory; tests point it at a local PLC
     handle_resolution: str = "standard"  # standard: DNS TXT _atproto.<handle> + https well-known | well-known-at
     handle_resolver_url: str = ""  # well-known-at: GET <this>/.well-known/atproto-did with Host: <handle> (tests)
-    allow_http_on_loopback: bool = False  # development only: http PDS/issuer on localhost/127.0.0.1/::1
     cache_ttl: float = 600.0  # resolved handles and DID documents
     timeout: float = 10.0  # per HTTP/DNS request during resolution and OAuth
 
@@ -179,6 +197,7 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    testing: TestingConfig = field(default_factory=TestingConfig)
     # secrets: never from the file (see load_secrets)
     admin_token: str = field(default="", repr=False)
     secret_key: bytes = field(default=b"", repr=False)
@@ -201,6 +220,9 @@ PRODUCTION_DEFAULTS: dict[str, Any] = {
     "http": {"addr": "0.0.0.0:8080"},
 }
 _SECRET_KEYS = {"admin_token", "secret_key"}
+# Keys that were replaced by the one test-only setting: say where they went.
+_MOVED = {"delivery.allow_loopback_mx": "testing.allow_loopback_peers",
+          "identity.allow_http_on_loopback": "testing.allow_loopback_peers"}
 
 
 def load(path: str | Path | None, *, dev: bool, env: typing.Mapping[str, str] | None = None) -> Config:
@@ -286,8 +308,33 @@ def _validate(cfg: Config) -> None:
                           f"got {cfg.identity.handle_resolution!r}")
     if cfg.identity.handle_resolution == "well-known-at" and not cfg.identity.handle_resolver_url:
         raise ConfigError("identity.handle_resolver_url: required when identity.handle_resolution = well-known-at")
+    for key, number in (("inbound.forward_daily", cfg.inbound.forward_daily),
+                        ("inbound.forward_per_ip_per_hour", cfg.inbound.forward_per_ip_per_hour),
+                        ("inbound.srs_daily", cfg.inbound.srs_daily),
+                        ("limits.header_size", cfg.limits.header_size),
+                        ("inbound.forward_confirm_ttl", cfg.inbound.forward_confirm_ttl),
+                        ("dns.pending_claim_ttl", cfg.dns.pending_claim_ttl)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be positive, got {number}")
+    if cfg.suspension.min_complaints < 1:
+        raise ConfigError(f"suspension.min_complaints: must be at least 1, got {cfg.suspension.min_complaints}")
+    for i, source in enumerate(cfg.inbound.fbl_sources):
+        if not fbl_source_ok(source):
+            raise ConfigError(f"inbound.fbl_sources[{i}]: {source!r} is neither a domain nor a network (a.b.c.d/n)")
     if not cfg.store_url.startswith(("sqlite:///", "postgresql://")):
         raise ConfigError(f"store.url: expected sqlite:///path or postgresql://..., got {cfg.store_url!r}")
+
+
+def fbl_source_ok(source: str) -> bool:
+    """A network (``192.0.2.0/24``, ``2001:db8::/32``, a bare address) or a domain name."""
+    try:
+        ipaddress.ip_network(source, strict=False)
+        return True
+    except ValueError:
+        pass
+    labels = source.rstrip(".").lower().split(".")
+    return len(labels) >= 2 and all(
+        label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +355,8 @@ def _build(cls: type[Any], raw: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         name = prefix + key
+        if name in _MOVED:
+            raise ConfigError(f"{name}: replaced by {_MOVED[name]} (test suites only)")
         if key not in fields:
             raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(fields))})")
         kwargs[key] = _coerce(hints[key], value, name)

@@ -38,6 +38,7 @@ from relay.delivery.sink import CaptureSink
 from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
 from relay.dns.verifier import DomainVerifier
+from relay.egress import Egress
 from relay.eventbus import EventBus
 from relay.eventstream import connect_reputation, run_publisher
 from relay.inbound.handler import InboundHandler
@@ -107,7 +108,7 @@ async def run_relay(
                                 bus=bus, metrics=metrics, reputation=reputation)
             connect_reputation(bus, reputation)  # automatic suspensions and complaints onto the event stream
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
-            services.webhooks = WebhookDispatcher(store, bus)
+            services.webhooks = WebhookDispatcher(store, bus, egress=Egress.from_config(cfg))
             await root.start(services.webhooks.run)  # member webhooks, off the event bus
             smtp = SmtpServer(_submission_config(cfg),
                               SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation))
@@ -167,7 +168,7 @@ async def _start_delivery(
     await root.start(pool.run)
     transport = SmtpTransport(
         Resolver.from_config(cfg.delivery), pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
-        relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls), allow_loopback_mx=cfg.delivery.allow_loopback_mx,
+        relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls), egress=Egress.from_config(cfg),
     )
     operator = OperatorKeys(cfg.state_path, cfg.secret_key)
     await trio.to_thread.run_sync(operator.current)  # created on first start, before any delivery

@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 import trio
 
+from relay.egress import Egress
 from relay.eventbus import EventBus
 from relay.events import ComplaintReceived, Delivery, Event, MessageAccepted, Unsubscribed
 from relay.store.aio import AsyncStore
@@ -120,8 +121,10 @@ def to_webhook_events(event: Event) -> list[tuple[str, str, dict[str, Any]]]:
 class WebhookDispatcher:
     def __init__(self, store: AsyncStore, bus: EventBus, *, clock: Callable[[], float] = time.time,
                  workers: int = 4, queue_size: int = 1000, max_retrying: int = 1000,
-                 backoff: Sequence[float] = BACKOFF, timeout: float = 10.0, cache_ttl: float = 10.0) -> None:
+                 backoff: Sequence[float] = BACKOFF, timeout: float = 10.0, cache_ttl: float = 10.0,
+                 egress: Egress | None = None) -> None:
         self.store, self.bus, self.clock = store, bus, clock
+        self.egress = egress or Egress()  # every POST resolves and connects through the address policy
         self.workers, self.max_retrying, self.backoff = workers, max_retrying, tuple(backoff)
         self.timeout, self.cache_ttl = timeout, cache_ttl
         self._send, self._receive = trio.open_memory_channel[_Job](queue_size)
@@ -130,7 +133,7 @@ class WebhookDispatcher:
         self.sent = self.failed = self.dropped = 0  # counters since start
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client, \
+        async with self.egress.http_client(timeout=self.timeout) as client, \
                 trio.open_nursery() as nursery:
             for _ in range(self.workers):
                 nursery.start_soon(self._worker, client, nursery)

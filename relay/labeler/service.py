@@ -32,6 +32,7 @@ from relay.config import Config
 from relay.dkimkeys import SecretBoxError
 from relay.dns.checks import DnsLookup, DnsLookupError, DomainReport, TxtLookup
 from relay.dns.verifier import DomainVerifier, UnknownDomain
+from relay.egress import Egress
 from relay.labeler.conditions import (
     ATTESTATION_COLLECTION,
     any_verdict,
@@ -80,9 +81,10 @@ class Resolver(Protocol):
 class PdsAttestations:
     """Fetches ``email.atmos.attestation/<domain>`` from the member's PDS (found through its DID)."""
 
-    def __init__(self, resolver: Resolver, *, timeout: float = 10.0) -> None:
+    def __init__(self, resolver: Resolver, *, timeout: float = 10.0, egress: Egress | None = None) -> None:
         self.resolver = resolver
         self.timeout = timeout
+        self.egress = egress or Egress()
 
     async def fetch(self, did: str, domain: str) -> AttestationFetch:
         from relay.identity import IdentityError
@@ -91,16 +93,17 @@ class PdsAttestations:
             ident = await self.resolver.resolve_did(did)
         except IdentityError as exc:
             return AttestationFetch("error", detail=str(exc))
-        return await get_record(ident.pds_url, did, domain, timeout=self.timeout)
+        return await get_record(ident.pds_url, did, domain, timeout=self.timeout, egress=self.egress)
 
 
-async def get_record(pds_url: str, did: str, domain: str, *, timeout: float = 10.0) -> AttestationFetch:  # noqa: ASYNC109
-    """``GET <pds>/xrpc/com.atproto.repo.getRecord`` (httpx on Trio, through anyio)."""
+async def get_record(pds_url: str, did: str, domain: str, *, timeout: float = 10.0,  # noqa: ASYNC109
+                     egress: Egress | None = None) -> AttestationFetch:
+    """``GET <pds>/xrpc/com.atproto.repo.getRecord`` (httpx on Trio, through anyio and relay.egress)."""
     url = pds_url.rstrip("/") + "/xrpc/com.atproto.repo.getRecord"
     params = {"repo": did, "collection": ATTESTATION_COLLECTION, "rkey": domain}
     try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                     headers={"user-agent": "atmosphere-relay-labeler"}) as client:
+        async with (egress or Egress()).http_client(timeout=timeout,
+                                                    headers={"user-agent": "atmosphere-relay-labeler"}) as client:
             resp = await client.get(url, params=params)
     except httpx.HTTPError as exc:
         return AttestationFetch("error", detail=f"PDS unreachable ({type(exc).__name__})")
@@ -161,7 +164,8 @@ class Labeler:
             resolver = IdentityResolver.from_config(cfg, txt=self.lookup)
         self.resolver = resolver
         self.attestations: AttestationSource = (
-            attestations if attestations is not None else PdsAttestations(resolver, timeout=cfg.identity.timeout))
+            attestations if attestations is not None else PdsAttestations(resolver, timeout=cfg.identity.timeout,
+                                                                       egress=Egress.from_config(cfg)))
         self.clock = clock
         self.results: dict[str, MemberCheck] = {}
         self._fresh: dict[str, DomainReport] = {}  # reports handed over by on_domain_change

@@ -7,7 +7,7 @@
 
 DPoP nonces (``use_dpop_nonce``) are remembered per origin and retried once with a fresh proof and a
 fresh client assertion (the assertion's ``jti`` must never repeat). Every URL the client talks to must be
-https, except http on loopback when ``allow_http_on_loopback`` is set (development and tests).
+https and every connection passes relay.egress (http only in --dev or to a loopback test peer).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import httpx
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
+from relay.egress import Egress
 from relay.identity import Identity, IdentityError, IdentityResolver, check_url
 from relay.oauth.keys import ClientKeys
 
@@ -88,7 +89,7 @@ class TokenSet:
 class OAuthClient:
     def __init__(
         self, public_url: str, keys: ClientKeys, identity: IdentityResolver, *, scope: str = SCOPE,
-        timeout: float = 10.0, allow_http_on_loopback: bool = False,
+        timeout: float = 10.0, egress: Egress | None = None,
         http: Callable[[], httpx.AsyncClient] | None = None, clock: Callable[[], float] = time.time,
         client_name: str = "Atmosphere Relay",
     ) -> None:
@@ -96,10 +97,9 @@ class OAuthClient:
         self.keys = keys
         self.identity = identity
         self.scope = scope
-        self.allow_http_on_loopback = allow_http_on_loopback
+        self.egress = egress or identity.egress
         self.client_name = client_name
-        self._http = http or (lambda: httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                                        headers={"user-agent": "atmosphere-relay"}))
+        self._http = http or self.egress.http_factory(timeout)
         self._clock = clock
         self._pending: dict[str, PendingAuth] = {}
         self._nonces: dict[str, str] = {}
@@ -244,7 +244,7 @@ class OAuthClient:
 
     def _check(self, url: str, what: str) -> None:
         try:
-            check_url(url, allow_http_on_loopback=self.allow_http_on_loopback, what=what)
+            check_url(url, egress=self.egress, what=what)
         except IdentityError as exc:
             raise OAuthError(str(exc)) from None
 

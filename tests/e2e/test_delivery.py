@@ -56,7 +56,7 @@ def dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnotServer]:
 
 def delivery_toml(sink: SmtpSink, dns: KnotServer, per_destination: int = 5) -> str:
     return (f"[delivery]\nport = {sink.port}\nnameservers = [\"{dns.nameservers[0]}\"]\n"
-            f"allow_loopback_mx = true\nshutdown_grace = 5.0\nper_destination = {per_destination}\n")
+            f"shutdown_grace = 5.0\nper_destination = {per_destination}\n")
 
 
 @pytest.fixture(scope="module")
