@@ -143,6 +143,8 @@ class InboundConfig:
 class TestingConfig:
     """Settings only the test suite uses. Never set them on a relay that faces the internet."""
 
+    __test__ = False  # not a pytest test class, whatever its name
+
     # Outbound connections may reach loopback addresses (and http:// on loopback): the test peers
     # (sink MX, webhook receivers, local PDS/PLC) all listen there. Other non-global ranges stay refused.
     allow_loopback_peers: bool = False

@@ -170,9 +170,9 @@ def _parse_webhook(body: Any, egress: Egress) -> tuple[str, tuple[str, ...]]:
     if not host or parts.username is not None or parts.password is not None:
         raise InvalidRequest("url: must name a host and carry no user name or password")
     try:
-        egress.check_url(url, what="url:")
-    except EgressRefused as exc:
-        raise InvalidRequest(str(exc)) from None
+        egress.check_url(url)
+    except EgressRefused:
+        raise InvalidRequest("url: must be an https:// URL (plain http only in --dev)") from None
     literal = _literal(host)
     if literal is not None and egress.refusal(literal) is not None:
         # Names are checked again at every connection (they can change); an address can be refused now.

@@ -56,6 +56,7 @@ from relay.store.rows import (
     SendCount,
     StatusUpdate,
     Suppression,
+    UnattributedReport,
     Webhook,
     WebSession,
     WriteOp,
@@ -272,12 +273,59 @@ class SqliteStore:
             return _domain(_updated(c, cur, domain))
 
     def set_forward_to(self, domain: str, forward_to: str | None) -> Domain:
+        """A new target starts unconfirmed (replies to it are refused until its link is followed);
+        setting the same target again keeps its confirmation."""
         domain = normalize_domain(domain)
         with self._tx() as c:
             cur = c.execute(
-                "UPDATE domains SET forward_to = ? WHERE domain = ?", (forward_to or None, domain)
+                "UPDATE domains SET forward_confirmed_at = CASE WHEN forward_to IS ? THEN forward_confirmed_at"
+                " ELSE NULL END, forward_to = ? WHERE domain = ?", (forward_to or None, forward_to or None, domain)
             )
             return _domain(_updated(c, cur, domain))
+
+    def confirm_forward_to(self, domain: str, forward_to: str, at: float) -> Domain | None:
+        """Mark ``forward_to`` confirmed if it is still the domain's target (None when it changed since)."""
+        domain = normalize_domain(domain)
+        with self._tx() as c:
+            cur = c.execute("UPDATE domains SET forward_confirmed_at = COALESCE(forward_confirmed_at, ?)"
+                            " WHERE domain = ? AND forward_to = ?", (at, domain, forward_to))
+            if cur.rowcount == 0:
+                return None
+            return _domain(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone())
+
+    # -- abuse resistance ---------------------------------------------------------------------
+
+    def record_complaint(self, rcpt_id: int, did: str, recipient: str, feedback_type: str, source: str) -> bool:
+        """True the first time recipient ``rcpt_id`` is complained about; False for every repeat."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO complaints (rcpt_id, did, recipient, feedback_type, source, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rcpt_id) DO NOTHING",
+                (rcpt_id, did, recipient, feedback_type[:32], source[:200], self._clock()))
+            return cur.rowcount > 0
+
+    def add_unattributed(self, kind: str, peer: str, mail_from: str, reason: str, summary: str) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO unattributed_reports (kind, peer, mail_from, reason, summary, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (kind, peer[:64], mail_from[:320], reason[:300], summary[:1000],
+                                              self._clock()))
+            return int(cur.lastrowid or 0)
+
+    def list_unattributed(self, limit: int = 100) -> list[UnattributedReport]:
+        rows = self._all("SELECT * FROM unattributed_reports ORDER BY id DESC LIMIT ?", (limit,))
+        return [UnattributedReport(**dict(r)) for r in rows]
+
+    def take_daily(self, scope: str, key: str, day: int, cap: int) -> bool:
+        """Count one against (scope, key, day) unless ``cap`` is reached; atomic across processes."""
+        with self._tx() as c:
+            row = c.execute("SELECT count FROM daily_counts WHERE scope = ? AND key = ? AND day = ?",
+                            (scope, key, day)).fetchone()
+            if row is not None and int(row["count"]) >= cap:
+                return False
+            c.execute("INSERT INTO daily_counts (scope, key, day, count) VALUES (?, ?, ?, 1)"
+                      " ON CONFLICT (scope, key, day) DO UPDATE SET count = count + 1", (scope, key, day))
+            return True
 
     # -- API keys -----------------------------------------------------------------------------
 
@@ -455,6 +503,10 @@ class SqliteStore:
         old = f"SELECT id FROM messages WHERE {_TERMINAL} AND updated_at < ?"
         with self._tx() as c:
             c.execute(f"DELETE FROM attempts WHERE message_id IN ({old})", (cutoff,))
+            # Complaint de-duplication lives as long as the rows it is about; daily counters two days.
+            c.execute("DELETE FROM complaints WHERE received_at < ?", (cutoff,))
+            c.execute("DELETE FROM unattributed_reports WHERE received_at < ?", (cutoff,))
+            c.execute("DELETE FROM daily_counts WHERE day < ?", (int(now // 86400) - 2,))
             return c.execute(f"DELETE FROM messages WHERE id IN ({old})", (cutoff,)).rowcount
 
 
