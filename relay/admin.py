@@ -90,7 +90,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _store(cfg: Config) -> Store:
-    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    cfg.make_state_dir()
     return open_store(cfg.store_url)
 
 

@@ -212,6 +212,15 @@ class Config:
     def banner_host(self) -> str:
         return self.smtp.hostname or self.operator_domain
 
+    def make_state_dir(self) -> Path:
+        """Create the state dir 0700 (or tighten an existing one): it holds the store (bcrypt hashes,
+        sealed keys, recipients), the spool (message bodies) and the generated secrets."""
+        path = self.state_path
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+        return path
+
     @property
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.state_path / 'relay.db'}"

@@ -92,6 +92,13 @@ class PayloadTooLarge(RelayError):
     default_message = "message too big"
 
 
+class HeaderTooLarge(RelayError):
+    """The header section is over ``limits.header_size``: refused whole, never judged by a prefix."""
+
+    smtp_code, smtp_enhanced, http_status, code = 552, "5.3.4", 400, "HEADER_TOO_LARGE"
+    default_message = "header section too large"
+
+
 class QueueUnavailable(RelayError):
     smtp_code, smtp_enhanced, http_status, code = 451, "4.4.2", 503, "QUEUE_UNAVAILABLE"
     default_message = "queue temporarily unavailable, try again later"

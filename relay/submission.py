@@ -12,7 +12,7 @@ from relay.address import split_address
 from relay.auth import Authenticator, Principal
 from relay.errors import AuthRequired, InvalidRequest, MemberSuspended, RelayError, SuppressedRecipient
 from relay.reputation import Reputation
-from relay.sender import check_header_from, check_sender, parse_headers
+from relay.sender import HEADER_LIMIT, check_header_from, check_sender, parse_headers
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
 from relay.store.aio import AsyncStore
@@ -24,8 +24,10 @@ TRANSACTIONAL = frozenset({"transactional", "login-link", "password-reset", "mfa
 
 class SubmissionHandler:
     def __init__(
-        self, auth: Authenticator, store: AsyncStore, acceptor: Acceptor, *, reputation: Reputation | None = None
+        self, auth: Authenticator, store: AsyncStore, acceptor: Acceptor, *, reputation: Reputation | None = None,
+        header_limit: int = HEADER_LIMIT,
     ) -> None:
+        self._header_limit = header_limit  # limits.header_size
         self._auth = auth
         self._store = store
         self._acceptor = acceptor
@@ -71,8 +73,8 @@ class SubmissionHandler:
 
     async def on_message(self, session: Session, data: bytes) -> Reply:
         principal = _principal(session)
-        check_header_from(principal, data)
-        headers = parse_headers(data)
+        check_header_from(principal, data, self._header_limit)
+        headers = parse_headers(data, self._header_limit)
         category = headers.get("x-atmos-category", "").strip().lower()
         attrs = {
             "source": "smtp",

@@ -80,7 +80,7 @@ class Bound:
 async def run_relay(
     cfg: Config, shutdown: trio.Event, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    cfg.make_state_dir()
     sync_store = open_store(cfg.store_url)
     store = AsyncStore(sync_store)
     try:
@@ -111,7 +111,8 @@ async def run_relay(
             services.webhooks = WebhookDispatcher(store, bus, egress=Egress.from_config(cfg))
             await root.start(services.webhooks.run)  # member webhooks, off the event bus
             smtp = SmtpServer(_submission_config(cfg),
-                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation))
+                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation,
+                                                header_limit=cfg.limits.header_size))
             bound.submission = await root.start(smtp.serve)
             inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation),
                                           ssl_context=server_context(cfg))

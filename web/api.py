@@ -13,7 +13,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from relay.auth import Principal
 from relay.errors import AuthRequired, InvalidDid, InvalidRequest, PayloadTooLarge, RelayError
 from relay.reputation import Grant, RateLimitExceeded, Reputation
-from relay.sender import check_sender
+from relay.sender import check_sender, header_section
 from relay.services import Services
 from relay.submission import TRANSACTIONAL
 from web.compose import compose
@@ -137,6 +137,7 @@ async def _send(svc: Services, principal: Principal) -> Response:
         data = compose(req)
         if len(data) > svc.cfg.limits.message_size:
             raise PayloadTooLarge("composed message larger than the message size limit")
+        header_section(data, svc.cfg.limits.header_size)  # 400 HEADER_TOO_LARGE past limits.header_size
         attrs = {"source": "http", "subject": req.subject, "category": req.category,
                  "transactional": "1" if transactional else ""}
         # Warming and rate caps (DESIGN §6): checked and counted at once; given back if the accept fails.

@@ -33,6 +33,7 @@ from relay.services import Services
 from relay.store.base import StoreError
 from relay.store.rows import Webhook
 from relay.webhooks import EVENT_TYPES, new_secret
+from web import forwardto
 from web.api import authenticate, read_json, reputation, services
 
 blueprint = Blueprint("member", __name__)
@@ -108,7 +109,9 @@ async def forward_to() -> Response:
     if row is None or row.did != did:
         raise DomainMismatch(f"domain: {domain} is not enrolled under {did}")
     updated = await svc.store.set_forward_to(domain, target)
-    return jsonify({"domain": updated.domain, "forward_to": updated.forward_to})
+    sent = await forwardto.after_change(svc, updated)
+    return jsonify({"domain": updated.domain, "forward_to": updated.forward_to,
+                    "confirmed": updated.forward_confirmed_at is not None, "confirmation_sent": sent})
 
 
 @blueprint.put("/member/webhook")

@@ -31,6 +31,7 @@ from relay.oauth import OAuthError
 from relay.services import Services
 from relay.store.base import MAX_DOMAINS_PER_DID, DomainLimitReached, DomainTaken, StoreError
 from relay.store.rows import MESSAGE_STATUSES, Domain
+from web import forwardto
 from web import session as sessions
 from web.auth import oauth_client
 from web.member import _parse_forward
@@ -329,9 +330,15 @@ async def set_forward() -> tuple[str, int] | str | Response:
         domain, target = _parse_forward({"domain": row.domain, "forward_to": str(form.get("forward_to", ""))})
     except RelayError as exc:
         return await _page("error.html", title="Forward-to not changed", message=str(exc)), 400
-    await _svc().store.set_forward_to(domain, target)
-    return _redirect("/account?notice=" + urllib.parse.quote(
-        f"Replies to {domain} now go to {target}." if target else f"Replies to {domain} are no longer forwarded."), 303)
+    updated = await _svc().store.set_forward_to(domain, target)
+    sent = await forwardto.after_change(_svc(), updated)
+    if not target:
+        notice = f"Replies to {domain} are no longer forwarded."
+    elif sent:
+        notice = f"We sent a confirmation link to {target}: replies to {domain} are forwarded once it is followed."
+    else:
+        notice = f"Replies to {domain} now go to {target}."
+    return _redirect("/account?notice=" + urllib.parse.quote(notice), 303)
 
 
 @blueprint.post("/account/suppressions/remove")

@@ -17,6 +17,7 @@ runs calls in a worker thread; it is only ever used by one thread at a time.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -110,7 +111,8 @@ _TERMINAL = "status IN ({})".format(", ".join(f"'{s}'" for s in TERMINAL_STATUSE
 def connect(path: str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
     """Open, configure and migrate a database file (or ``:memory:``)."""
     if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private(path)
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
@@ -125,6 +127,23 @@ def connect(path: str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
             raise StoreUnavailable(f"cannot open store {path}: {exc}") from exc
         raise
     return conn
+
+
+def _private(path: str) -> None:
+    """Create the database file 0600 before SQLite first writes it (SQLite gives the -wal and -shm
+    files the database file's mode), and tighten files an older version left readable."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        try:
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 class SqliteStore:
