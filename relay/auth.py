@@ -7,7 +7,7 @@ The bcrypt check runs off the event loop and successful checks are cached
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from relay.address import is_did
@@ -26,6 +26,7 @@ class Principal:
     handle: str | None
     domains: frozenset[str]  # verified domains: sending allowed
     pending: frozenset[str]  # enrolled, ownership not yet proven
+    key_hash: str = field(default="", repr=False, compare=False)  # the stored hash the key matched
 
 
 class Authenticator:
@@ -59,6 +60,7 @@ class Authenticator:
             handle=member.handle,
             domains=frozenset(d.domain for d in domains if d.state == "verified"),
             pending=frozenset(d.domain for d in domains if d.state != "verified"),
+            key_hash=stored,
         )
 
 

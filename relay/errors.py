@@ -62,6 +62,13 @@ class AuthFailed(AuthError):
     default_message = "authentication failed"
 
 
+class KeyRegenerated(AuthError):
+    """The API key this SMTP session authenticated with was regenerated: the session ends (421)."""
+
+    smtp_code, smtp_enhanced, http_status, code = 421, "4.7.0", 401, "AUTH_FAILED"
+    default_message = "the API key of this session was regenerated, closing; authenticate with the new key"
+
+
 class MemberSuspended(RelayError):
     smtp_code, smtp_enhanced, http_status, code = 521, "5.7.1", 403, "MEMBER_SUSPENDED"
     default_message = "member suspended"

@@ -10,7 +10,7 @@ import logging
 from relay.acceptor import Acceptor
 from relay.address import split_address
 from relay.auth import Authenticator, Principal
-from relay.errors import AuthRequired, InvalidRequest, MemberSuspended, RelayError, SuppressedRecipient
+from relay.errors import AuthRequired, InvalidRequest, KeyRegenerated, MemberSuspended, RelayError, SuppressedRecipient
 from relay.reputation import Reputation
 from relay.sender import HEADER_LIMIT, check_header_from, check_sender, parse_headers
 from relay.smtp.handler import Session
@@ -45,8 +45,16 @@ class SubmissionHandler:
         log.info("auth ok did=%s peer=%s", principal.did, session.peer[0])
         return Reply(235, "2.7.0", "authentication succeeded")
 
+    async def _key_still_current(self, principal: Principal) -> None:
+        """A regenerated key ends the sessions that authenticated with the old one, in every process
+        (the stored hash is the truth; ``atmos admin`` or another node may have changed it)."""
+        if await self._store.get_api_key_hash(principal.did) != principal.key_hash:
+            log.info("did=%s: API key regenerated, ending a session that used the old one", principal.did)
+            raise KeyRegenerated()
+
     async def on_mail(self, session: Session, address: str, params: dict[str, str]) -> Reply:
         principal = _principal(session)
+        await self._key_still_current(principal)
         if not address:
             # A null reverse-path is for bounces (RFC 5321 §4.5.5); members never send those.
             raise InvalidRequest("null sender <> is not allowed on submission")
@@ -73,6 +81,7 @@ class SubmissionHandler:
 
     async def on_message(self, session: Session, data: bytes) -> Reply:
         principal = _principal(session)
+        await self._key_still_current(principal)
         check_header_from(principal, data, self._header_limit)
         headers = parse_headers(data, self._header_limit)
         category = headers.get("x-atmos-category", "").strip().lower()
