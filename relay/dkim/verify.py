@@ -8,7 +8,8 @@ mailbox can trust that result after SPF broke in forwarding (RFC 8617 §5.1).
 
 dkimpy is synchronous and does its own DNS: each check runs in a worker thread (a small capacity
 limiter bounds how many at once), and its TXT lookups go to the configured nameservers
-(``dns.nameservers``, else ``delivery.nameservers``; Knot in the tests), never a search list.
+(``delivery.nameservers``, the relay's resolver for the outside world, else ``dns.nameservers``;
+Knot in the tests), never a search list.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class DkimVerifier:
 
     @classmethod
     def from_config(cls, cfg: Config) -> DkimVerifier:
-        return cls(cfg.dns.nameservers or cfg.delivery.nameservers)
+        return cls(cfg.delivery.nameservers or cfg.dns.nameservers)
 
     def _txt(self, name: bytes, timeout: float = 5.0) -> bytes | None:
         """dkimpy's ``dnsfunc``: the first TXT record of ``name``, its strings joined (RFC 6376 §3.6.2.2)."""
