@@ -213,11 +213,6 @@ class InboundHandler:
             routes = self._routes(session)
             if not any(r.kind == "member" for r in routes.values()) and not self.forward_buckets.take(session.peer[0]):
                 return TOO_MANY_FORWARDS  # the first forwarding recipient of a transaction pays
-        elif route.kind == "srs":
-            day = int(self._now() // 86400)
-            if not await self.store.call(lambda s: s.take_daily("srs", route.address.lower(), day,
-                                                                self.cfg.inbound.srs_daily)):
-                return SRS_LIMIT
         return route
 
     async def on_message(self, session: Session, data: bytes) -> Reply:
@@ -236,6 +231,14 @@ class InboundHandler:
             if len(srs_routes) == len(chosen):
                 return ONLY_BOUNCES
             srs_routes = []
+        if srs_routes:
+            try:
+                srs_routes = await self._within_srs_limit(srs_routes)
+            except StoreError as exc:
+                log.warning("store unavailable while counting SRS reports: %s", exc)
+                return TRY_LATER
+            if not srs_routes and all(r.kind == "srs" for r in chosen):
+                return SRS_LIMIT
         members = [r for r in chosen if r.kind == "member"]
         if members:
             try:
@@ -444,6 +447,21 @@ class InboundHandler:
         except StoreError as exc:  # the log line above is the operator's record then
             log.warning("unattributed report not stored: %s", exc)
 
+    async def _within_srs_limit(self, routes: list[Route]) -> list[Route]:
+        """The SRS routes whose address may still relay a report today (counted only for reports
+        relayed, so junk refused after DATA cannot use up a genuine bounce's budget)."""
+        day = int(self._now() // 86400)
+        kept = []
+        for route in routes:
+            key = route.address.lower()
+            if await self.store.call(functools.partial(_take_daily, scope="srs", key=key, day=day,
+                                                       cap=self.cfg.inbound.srs_daily)):
+                kept.append(route)
+            else:
+                log.warning("SRS address <%s> reached its daily limit of %d reports", route.address,
+                            self.cfg.inbound.srs_daily)
+        return kept
+
     async def _within_forward_cap(self, routes: list[Route]) -> list[Route]:
         """The member routes whose member still has forwards left today (one counted per member)."""
         day = int(self._now() // 86400)
@@ -452,8 +470,8 @@ class InboundHandler:
             assert route.domain is not None
             did = route.domain.did
             if did not in allowed:
-                allowed[did] = await self.store.call(functools.partial(_take_forward, did=did, day=day,
-                                                                       cap=self.cfg.inbound.forward_daily))
+                allowed[did] = await self.store.call(functools.partial(
+                    _take_daily, scope="forward", key=did, day=day, cap=self.cfg.inbound.forward_daily))
                 if not allowed[did]:
                     log.warning("forwarding cap (%d a day) reached for %s", self.cfg.inbound.forward_daily, did)
         return [r for r in routes if r.domain is not None and allowed[r.domain.did]]
@@ -548,8 +566,8 @@ def _looks_like_verp(address: str, domain: str) -> bool:
     return addr_domain.lower() == domain and local.lower().startswith("bounces+")
 
 
-def _take_forward(store: Store, *, did: str, day: int, cap: int) -> bool:
-    return store.take_daily("forward", did, day, cap)
+def _take_daily(store: Store, *, scope: str, key: str, day: int, cap: int) -> bool:
+    return store.take_daily(scope, key, day, cap)
 
 
 def _is_delivery_report(data: bytes) -> bool:
