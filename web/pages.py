@@ -188,26 +188,34 @@ async def add_domain() -> tuple[str, int] | Response:
 async def _create_domain(svc: Services, did: str, domain: str) -> None:
     """As ``atmos admin enroll``: fresh DKIM keys (encrypted at rest), the DID-bound challenge token."""
     existing = await svc.store.get_domain(domain)
-    if existing is not None:
+    if existing is not None and (existing.did == did or existing.state == "verified"):
         if existing.did != did:
             raise DomainTaken(domain)
         return
+    if any(d.domain == domain for d in await svc.store.domains_for(did)):
+        return  # this DID already holds a (competing) pending claim
+    # Pending under another DID (perhaps a squatter): a competing claim; the first DNS proof wins.
     keys = await trio.to_thread.run_sync(new_domain_keys, domain)
     box = SecretBox(svc.cfg.secret_key)
     await svc.store.add_domain(did=did, domain=domain, selector=keys.selector,
                                rsa_private=box.encrypt(keys.rsa_private_pem),
                                ed25519_private=box.encrypt(keys.ed25519_private_raw),
-                               verify_token=verify_token(svc.cfg.secret_key, did), state="pending")
+                               verify_token=verify_token(svc.cfg.secret_key, did), state="pending",
+                               claim_ttl=svc.cfg.dns.pending_claim_ttl)
 
 
 async def _own_domain(domain: str) -> tuple[sessions.Session, Domain] | None:
     session = await _member_session()
-    if session is None:
+    if session is None or session.did is None:
         return None
-    row = await _svc().store.get_domain(domain.lower())
-    if row is None or row.did != session.did:
-        return None
-    return session, row
+    row = await _own_row(session.did, domain)
+    return None if row is None else (session, row)
+
+
+async def _own_row(did: str, domain: str) -> Domain | None:
+    """The DID's own row of ``domain``: its enrolled domain or its competing pending claim."""
+    wanted = domain.strip().lower().rstrip(".")
+    return next((d for d in await _svc().store.domains_for(did) if d.domain == wanted), None)
 
 
 async def _records(row: Domain) -> list[DnsRecord]:
@@ -220,11 +228,11 @@ def _last_report(domain: str) -> DomainReport | None:
     return verifier.last_report(domain) if verifier is not None else None
 
 
-async def _check(domain: str) -> DomainReport:
+async def _check(domain: str, did: str) -> DomainReport:
     svc = _svc()
     verifier = getattr(svc, "verifier", None)
     if verifier is not None:
-        report: DomainReport = await verifier.check(domain)
+        report: DomainReport = await verifier.check(domain, did=did)
         return report
     return await check_once(svc.cfg, svc.store, domain)
 
@@ -250,10 +258,10 @@ async def domain_check(domain: str) -> tuple[str, int] | str | Response:
     error = None
     report = None
     try:
-        report = await _check(row.domain)
+        report = await _check(row.domain, session.did)
     except (StoreError, OSError, ValueError) as exc:
         error = f"The check could not run: {exc}"
-    row = await svc.store.get_domain(row.domain) or row
+    row = await _own_row(session.did, row.domain) or row
     api_key = None
     if row.state == "verified" and await svc.store.get_api_key_hash(session.did) is None:
         api_key = await _new_api_key(svc, session.did)

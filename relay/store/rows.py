@@ -49,6 +49,7 @@ class Domain:
     created_at: float = 0.0
     verified_at: float | None = None  # first successful ownership check; kept across re-checks
     forward_confirmed_at: float | None = None  # forward_to proved by the link mailed to it; None: replies refused
+    claim: bool = False  # a competing pending claim (domain_claims), not the domain's own row
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

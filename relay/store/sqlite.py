@@ -242,30 +242,53 @@ class SqliteStore:
         ed25519_private: bytes,
         verify_token: str,
         state: DomainState = "pending",
+        claim_ttl: float | None = None,
     ) -> Domain:
-        """Enroll a domain. Re-adding one's own domain returns the stored row unchanged
-        (its DKIM keys may already be published). ``state="verified"`` is for operator
-        enrollment without DNS checks (``atmos admin enroll --skip-dns``, dev demo)."""
+        """Enroll (claim) a domain. Re-adding one's own domain returns the stored row unchanged (its
+        DKIM keys may already be published). ``state="verified"`` is for operator enrollment without
+        DNS checks (``atmos admin enroll --skip-dns``, dev demo): it takes the domain from any pending
+        claimant. A domain another DID holds *pending* is not taken: this DID gets a competing claim
+        (``domain_claims``) and the first DNS proof wins (``promote_claim``); a pending claim older
+        than ``claim_ttl`` seconds is dropped first (DomainTaken only for a verified domain)."""
         domain = normalize_domain(domain)
+        now = self._clock()
         with self._tx() as c:
             if c.execute("SELECT 1 FROM members WHERE did = ?", (did,)).fetchone() is None:
                 raise NotFound(f"no member {did}")
+            if claim_ttl is not None:
+                _expire(c, domain, now - claim_ttl)
             existing = c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone()
-            if existing is not None:
-                if existing["did"] != did:
-                    raise DomainTaken(domain)
+            mine = c.execute("SELECT * FROM domain_claims WHERE domain = ? AND did = ?", (domain, did)).fetchone()
+            if existing is not None and existing["did"] == did:
                 return _domain(existing)
+            if existing is not None and existing["state"] == "verified":
+                raise DomainTaken(domain)
+            if mine is not None and state != "verified":
+                return _claim(mine)
             # Counted under the write lock, so two processes cannot both add a third domain.
-            (count,) = c.execute("SELECT COUNT(*) FROM domains WHERE did = ?", (did,)).fetchone()
-            if count >= MAX_DOMAINS_PER_DID:
+            (count,) = c.execute(
+                "SELECT (SELECT COUNT(*) FROM domains WHERE did = ?) + (SELECT COUNT(*) FROM domain_claims"
+                " WHERE did = ?)", (did, did)).fetchone()
+            if count >= MAX_DOMAINS_PER_DID and mine is None:
                 raise DomainLimitReached(did)
-            now = self._clock()
+            if existing is not None and state != "verified":
+                c.execute(
+                    "INSERT INTO domain_claims (domain, did, selector, rsa_private, ed25519_private, verify_token,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (domain, did, selector, rsa_private, ed25519_private, verify_token, now))
+                return _claim(c.execute("SELECT * FROM domain_claims WHERE domain = ? AND did = ?",
+                                        (domain, did)).fetchone())
+            if existing is not None:  # verified by the operator: every pending claimant loses
+                c.execute("DELETE FROM domains WHERE domain = ?", (domain,))
+            c.execute("DELETE FROM domain_claims WHERE domain = ? AND did = ?", (domain, did))
             c.execute(
                 "INSERT INTO domains (domain, did, selector, rsa_private, ed25519_private, verify_token,"
                 " state, created_at, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (domain, did, selector, rsa_private, ed25519_private, verify_token, state, now,
                  now if state == "verified" else None),
             )  # fmt: skip
+            if state == "verified":
+                c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,))
             return _domain(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone())
 
     def get_domain(self, domain: str) -> Domain | None:
@@ -273,8 +296,53 @@ class SqliteStore:
         return _domain(row) if row else None
 
     def domains_for(self, did: str) -> list[Domain]:
+        """The DID's domains, its competing pending claims included (``Domain.claim``)."""
         rows = self._all("SELECT * FROM domains WHERE did = ? ORDER BY created_at, domain", (did,))
-        return [_domain(r) for r in rows]
+        claims = self._all("SELECT * FROM domain_claims WHERE did = ? ORDER BY created_at, domain", (did,))
+        return sorted([*map(_domain, rows), *map(_claim, claims)], key=lambda d: (d.created_at, d.domain))
+
+    def promote_claim(self, domain: str, did: str) -> Domain:
+        """``did`` proved the domain first: its claim becomes the verified row, the others are dropped."""
+        domain = normalize_domain(domain)
+        now = self._clock()
+        with self._tx() as c:
+            existing = c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone()
+            if existing is not None and existing["did"] == did:
+                c.execute("UPDATE domains SET state = 'verified', verified_at = COALESCE(verified_at, ?)"
+                          " WHERE domain = ?", (now, domain))
+            else:
+                if existing is not None and existing["state"] == "verified":
+                    raise DomainTaken(domain)
+                claim = c.execute("SELECT * FROM domain_claims WHERE domain = ? AND did = ?",
+                                  (domain, did)).fetchone()
+                if claim is None:
+                    raise NotFound(f"no claim of {domain} by {did}")
+                c.execute("DELETE FROM domains WHERE domain = ?", (domain,))
+                c.execute(
+                    "INSERT INTO domains (domain, did, selector, rsa_private, ed25519_private, verify_token,"
+                    " state, created_at, verified_at) VALUES (?, ?, ?, ?, ?, ?, 'verified', ?, ?)",
+                    (domain, did, claim["selector"], claim["rsa_private"], claim["ed25519_private"],
+                     claim["verify_token"], claim["created_at"], now))
+            c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,))
+            return _domain(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone())
+
+    def release_domain(self, domain: str) -> int:
+        """Drop a domain and every claim on it (``atmos admin domain release``); rows removed."""
+        domain = normalize_domain(domain)
+        with self._tx() as c:
+            n = c.execute("DELETE FROM domains WHERE domain = ?", (domain,)).rowcount
+            return int(n) + int(c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,)).rowcount)
+
+    def expire_claims(self, ttl: float) -> list[tuple[str, str]]:
+        """Drop pending claims (own rows and competing ones) older than ``ttl``; (domain, did) dropped."""
+        cutoff = self._clock() - ttl
+        with self._tx() as c:
+            old = [(r["domain"], r["did"]) for r in c.execute(
+                "SELECT domain, did FROM domains WHERE state = 'pending' AND created_at < ? UNION ALL"
+                " SELECT domain, did FROM domain_claims WHERE created_at < ?", (cutoff, cutoff))]
+            for domain in {d for d, _ in old}:
+                _expire(c, domain, cutoff)
+            return old
 
     def set_domain_state(
         self, domain: str, state: DomainState | None = None, dkim_state: DkimState | None = None
@@ -289,6 +357,8 @@ class SqliteStore:
                 " ELSE verified_at END WHERE domain = ?",
                 (state, dkim_state, state, self._clock(), domain),
             )
+            if state == "verified":  # the first DNS proof wins: competing claims are dropped
+                c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,))
             return _domain(_updated(c, cur, domain))
 
     def set_forward_to(self, domain: str, forward_to: str | None) -> Domain:
@@ -726,6 +796,29 @@ def _webhook(row: sqlite3.Row) -> Webhook:
 
 def _domain(row: sqlite3.Row) -> Domain:
     return Domain(**dict(row))
+
+
+def _claim(row: sqlite3.Row) -> Domain:
+    return Domain(domain=row["domain"], did=row["did"], selector=row["selector"], rsa_private=row["rsa_private"],
+                  ed25519_private=row["ed25519_private"], verify_token=row["verify_token"], state="pending",
+                  created_at=float(row["created_at"]), claim=True)
+
+
+def _expire(c: sqlite3.Connection, domain: str, cutoff: float) -> None:
+    """Drop ``domain``'s pending claims made before ``cutoff``; when its own pending row goes, the
+    oldest surviving competing claim takes its place (still pending)."""
+    c.execute("DELETE FROM domain_claims WHERE domain = ? AND created_at < ?", (domain, cutoff))
+    gone = c.execute("DELETE FROM domains WHERE domain = ? AND state = 'pending' AND created_at < ?",
+                     (domain, cutoff)).rowcount
+    if not gone:
+        return
+    nxt = c.execute("SELECT * FROM domain_claims WHERE domain = ? ORDER BY created_at LIMIT 1", (domain,)).fetchone()
+    if nxt is not None:
+        c.execute("INSERT INTO domains (domain, did, selector, rsa_private, ed25519_private, verify_token, state,"
+                  " created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                  (domain, nxt["did"], nxt["selector"], nxt["rsa_private"], nxt["ed25519_private"],
+                   nxt["verify_token"], nxt["created_at"]))
+        c.execute("DELETE FROM domain_claims WHERE domain = ? AND did = ?", (domain, nxt["did"]))
 
 
 def _message(row: sqlite3.Row) -> MessageRow:
