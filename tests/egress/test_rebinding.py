@@ -13,7 +13,7 @@ import trio
 from relay.delivery.routing import Resolver
 from relay.egress import Egress
 from tests.peers.knot import KnotServer
-from tests.peers.knot import knot_fixture as knot_fixture  # noqa: F401  (registers the ``knot`` fixture)
+from tests.peers.knot import knot_fixture as knot_fixture  # registers the ``knot`` fixture
 
 
 async def http_server(nursery: trio.Nursery, seen: list[bytes]) -> int:
