@@ -108,7 +108,7 @@ async def run_relay(
                                 bus=bus, metrics=metrics, reputation=reputation)
             connect_reputation(bus, reputation)  # automatic suspensions and complaints onto the event stream
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
-            services.webhooks = WebhookDispatcher(store, bus, egress=Egress.from_config(cfg))
+            services.webhooks = WebhookDispatcher(store, bus, egress=Egress.from_config(cfg), secret_key=cfg.secret_key)
             await root.start(services.webhooks.run)  # member webhooks, off the event bus
             smtp = SmtpServer(_submission_config(cfg),
                               SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation,

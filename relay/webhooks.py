@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 import trio
 
+from relay.dkimkeys import SecretBox, SecretBoxError
 from relay.egress import Egress
 from relay.eventbus import EventBus
 from relay.events import ComplaintReceived, Delivery, Event, MessageAccepted, Unsubscribed
@@ -56,6 +57,32 @@ _DELIVERY_TYPES = {"sent": "delivered", "deferred": "deferred", "bounced": "boun
 def new_secret() -> str:
     """``whsec_`` + 32 random bytes, base64url without padding."""
     return "whsec_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+_SEALED = "sealed:v1:"
+
+
+def seal_secret(box: SecretBox, did: str, url: str, secret: str) -> str:
+    """The ``whsec_`` secret as stored: AES-GCM under the relay secret (as DKIM keys are), bound to
+    its row (DID and URL as associated data), so a ciphertext copied to another row never opens."""
+    blob = box.encrypt(secret.encode(), aad=_row(did, url))
+    return _SEALED + base64.b64encode(blob).decode("ascii")
+
+
+def open_secret(box: SecretBox, hook: Webhook) -> str:
+    """The usable secret of a stored endpoint; SecretBoxError when it does not open for this row.
+    Rows stored before sealing (plain ``whsec_…``) are read as they are."""
+    if not hook.secret.startswith(_SEALED):
+        return hook.secret
+    try:
+        blob = base64.b64decode(hook.secret.removeprefix(_SEALED), validate=True)
+    except ValueError:
+        raise SecretBoxError("the stored webhook secret is not valid base64") from None
+    return box.decrypt(blob, aad=_row(hook.did, hook.url)).decode()
+
+
+def _row(did: str, url: str) -> bytes:
+    return b"webhook\0" + did.encode() + b"\0" + url.encode()
 
 
 def sign(secret: str, body: bytes, t: int) -> str:
@@ -122,8 +149,9 @@ class WebhookDispatcher:
     def __init__(self, store: AsyncStore, bus: EventBus, *, clock: Callable[[], float] = time.time,
                  workers: int = 4, queue_size: int = 1000, max_retrying: int = 1000,
                  backoff: Sequence[float] = BACKOFF, timeout: float = 10.0, cache_ttl: float = 10.0,
-                 egress: Egress | None = None) -> None:
+                 egress: Egress | None = None, secret_key: bytes = b"") -> None:
         self.store, self.bus, self.clock = store, bus, clock
+        self._box = SecretBox(secret_key) if secret_key else None  # opens sealed endpoint secrets
         self.egress = egress or Egress()  # every POST resolves and connects through the address policy
         self.workers, self.max_retrying, self.backoff = workers, max_retrying, tuple(backoff)
         self.timeout, self.cache_ttl = timeout, cache_ttl
@@ -174,10 +202,15 @@ class WebhookDispatcher:
             hook = await self._webhook(did)
             if hook is None or kind not in hook.events:
                 continue
+            try:
+                secret = open_secret(self._box, hook) if self._box is not None else hook.secret
+            except SecretBoxError as exc:
+                log.error("webhook of %s: cannot open its stored secret (%s): not sent", did, exc)
+                continue
             event_id = "evt_" + secrets.token_hex(12)
             body = json.dumps({"type": kind, "id": event_id, "created": int(self.clock()), "data": data},
                               separators=(",", ":")).encode()
-            self._enqueue(_Job(hook.url, hook.secret, event_id, body))
+            self._enqueue(_Job(hook.url, secret, event_id, body))
 
     def _enqueue(self, job: _Job) -> None:
         try:
@@ -221,5 +254,5 @@ class WebhookDispatcher:
         return False
 
 
-__all__ = ["EVENT_TYPES", "SIGNATURE_HEADER", "WebhookDispatcher", "new_secret", "sign", "to_webhook_events",
-           "verify_signature"]
+__all__ = ["EVENT_TYPES", "SIGNATURE_HEADER", "WebhookDispatcher", "new_secret", "open_secret", "seal_secret", "sign",
+           "to_webhook_events", "verify_signature"]

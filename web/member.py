@@ -26,13 +26,14 @@ from urllib.parse import urlsplit
 from quart import Blueprint, Response, jsonify, request
 
 from relay.address import normalize_domain, split_address
+from relay.dkimkeys import SecretBox
 from relay.egress import Egress, EgressRefused
 from relay.errors import DomainMismatch, InvalidRequest, MemberSuspended, QueueUnavailable, RelayError
 from relay.reputation import Reputation
 from relay.services import Services
 from relay.store.base import StoreError
 from relay.store.rows import Webhook
-from relay.webhooks import EVENT_TYPES, new_secret
+from relay.webhooks import EVENT_TYPES, new_secret, seal_secret
 from web import forwardto
 from web.api import authenticate, read_json, reputation, services
 
@@ -118,9 +119,11 @@ async def forward_to() -> Response:
 async def put_webhook() -> Response:
     svc, did = await _member(allow_suspended=False)
     url, events = _parse_webhook(await read_json(), Egress.from_config(svc.cfg))
-    hook = await svc.store.set_webhook(Webhook(did=did, url=url, secret=new_secret(), events=events))
+    secret = new_secret()
+    sealed = seal_secret(SecretBox(svc.cfg.secret_key), did, url, secret)  # never stored in clear
+    hook = await svc.store.set_webhook(Webhook(did=did, url=url, secret=sealed, events=events))
     _forget(svc, did)
-    return jsonify({"url": hook.url, "events": list(hook.events), "secret": hook.secret})
+    return jsonify({"url": hook.url, "events": list(hook.events), "secret": secret})
 
 
 @blueprint.get("/member/webhook")

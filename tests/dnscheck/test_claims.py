@@ -22,7 +22,7 @@ from tests.peers.knot import knot_fixture  # noqa: F401
 
 from .conftest import CFG, DID, SECRET
 
-SQUATTER = "did:plc:squattersssssssssssssssss"
+SQUATTER = "did:plc:squat" + "s" * 19
 T0 = 1_800_000_000.0
 
 

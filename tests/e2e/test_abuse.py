@@ -355,6 +355,22 @@ def test_regenerating_the_key_ends_sessions_that_used_the_old_one(relay: RelayPr
         assert again.mail(f"a@{DOMAIN}")[0] == 250
 
 
+def test_webhook_secrets_are_sealed_at_rest(relay: RelayProcess, member: Member) -> None:
+    import sqlite3
+
+    r = httpx.put(f"{relay.http}/member/webhook", headers=auth(member), json={"url": "https://hooks.example/x"},
+                  timeout=10)
+    assert r.status_code == 200, r.text
+    secret = r.json()["secret"]
+    db = sqlite3.connect(f"file:{relay.state_dir / 'relay.db'}?mode=ro", uri=True)
+    try:
+        [(stored,)] = db.execute("SELECT secret FROM webhooks WHERE did = ?", (member.did,)).fetchall()
+    finally:
+        db.close()
+    assert stored.startswith("sealed:v1:") and secret not in stored and secret.startswith("whsec_")
+    httpx.delete(f"{relay.http}/member/webhook", headers=auth(member), timeout=10)
+
+
 def test_state_dir_and_database_are_private(relay: RelayProcess) -> None:
     assert stat.S_IMODE(relay.state_dir.stat().st_mode) == 0o700
     for name in ("relay.db", "relay.db-wal", "relay.db-shm"):
@@ -362,3 +378,20 @@ def test_state_dir_and_database_are_private(relay: RelayProcess) -> None:
         if path.exists():
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
     assert (relay.state_dir / "relay.db").exists()
+
+
+def test_a_squatted_domain_can_still_be_claimed_and_the_operator_can_release_it(relay: RelayProcess) -> None:
+    squatter, owner = "did:plc:squat" + "s" * 19, "did:plc:owner" + "o" * 19
+    first = relay.admin("enroll", "--did", squatter, "--domain", "squat.example")
+    assert first["state"] == "pending"
+    # Before: "already enrolled by another member" forever. Now a competing claim with its own token.
+    second = relay.admin("enroll", "--did", owner, "--domain", "squat.example")
+    assert second["state"] == "pending" and second["challenge"]["value"] != first["challenge"]["value"]
+    released = relay.admin("domain", "release", "squat.example")
+    assert sorted(r["did"] for r in released["released"]) == sorted([squatter, owner])
+    again = relay.admin("domain", "release", "squat.example", check=False)
+    assert again.returncode != 0 and "not enrolled or claimed" in (again.stderr + again.stdout)
+    # The operator vouching (--skip-dns) takes a domain from a pending squatter at once.
+    relay.admin("enroll", "--did", squatter, "--domain", "squat.example")
+    taken = relay.admin("enroll", "--did", owner, "--domain", "squat.example", "--skip-dns")
+    assert taken["state"] == "verified"
