@@ -480,7 +480,8 @@ class InboundHandler:
         """A message to a verified VERP address: classify, update the row, tell events, tell the member."""
         row = await self.store.get_message(route.rcpt_id)
         if row is None:
-            log.warning("bounce for recipient id %d, which the store does not know: ignored", route.rcpt_id)
+            await self._unattributed(session, "dsn", f"VERP recipient id {route.rcpt_id} is not (or no longer) "
+                                     "in the store", data)
             return []
         report = analyze(data, row.recipient, null_sender=not session.mail_from)
         # A reply we forwarded to a member's own mailbox bounced there: not the member's sending.

@@ -337,6 +337,14 @@ def test_second_from_after_the_header_limit_is_refused(relay: RelayProcess, memb
     assert (code, msg.decode().split(" ", 1)[0]) == (552, "5.3.4"), msg
 
 
+def test_http_send_with_an_oversized_header_section_is_400(relay: RelayProcess, member: Member) -> None:
+    headers = {f"X-Pad-{i}": "p" * 900 for i in range(300)}
+    r = httpx.post(f"{relay.http}/v1/send", headers=auth(member), timeout=10, json={
+        "from": f"a@{DOMAIN}", "to": "x@example.org", "subject": "pad", "text": "hi", "headers": headers})
+    assert (r.status_code, r.json()["code"]) == (400, "HEADER_TOO_LARGE"), r.text
+    assert "limits.header_size" in r.json()["error"]
+
+
 def test_regenerating_the_key_ends_sessions_that_used_the_old_one(relay: RelayProcess, member: Member,
                                                                   tls_files: TLSFiles) -> None:
     client = submission(relay, tls_files)
