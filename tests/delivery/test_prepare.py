@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from relay.config import Config
-from relay.dkimkeys import SecretBox, new_domain_keys
 from relay.delivery.prepare import Preparer
+from relay.dkimkeys import SecretBox, new_domain_keys
 from relay.operatorkey import OperatorKeys
 from relay.store import open_store
 from relay.store.aio import AsyncStore
