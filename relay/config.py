@@ -137,6 +137,7 @@ class InboundConfig:
     forward_per_ip_per_hour: int = 30  # forwarded replies accepted from one source address per hour
     srs_daily: int = 5  # delivery reports relayed to one SRS0 address per UTC day
     forward_confirm_ttl: float = 3 * 86400.0  # how long a forward-to confirmation link stays valid
+    forward_confirm_daily: int = 5  # confirmation mails a member may have sent per day (no mail-bombing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +323,7 @@ def _validate(cfg: Config) -> None:
     for key, number in (("inbound.forward_daily", cfg.inbound.forward_daily),
                         ("inbound.forward_per_ip_per_hour", cfg.inbound.forward_per_ip_per_hour),
                         ("inbound.srs_daily", cfg.inbound.srs_daily),
+                        ("inbound.forward_confirm_daily", cfg.inbound.forward_confirm_daily),
                         ("limits.header_size", cfg.limits.header_size),
                         ("inbound.forward_confirm_ttl", cfg.inbound.forward_confirm_ttl),
                         ("dns.pending_claim_ttl", cfg.dns.pending_claim_ttl)):

@@ -6,6 +6,7 @@ import time
 
 from quart import Blueprint, render_template, request
 
+from relay.errors import RateLimited
 from relay.forwardto import read_token, request_confirmation
 from relay.services import Services
 from relay.store.rows import Domain
@@ -35,9 +36,14 @@ async def confirm(token: str) -> tuple[str, int]:
 
 
 async def after_change(svc: Services, row: Domain) -> bool:
-    """After a forward-to change: mail the confirmation link unless the target is already confirmed."""
+    """After a forward-to change: mail the confirmation link unless the target is already confirmed,
+    at most ``inbound.forward_confirm_daily`` a day per member (the relay mails an address the member
+    chose: never a way to flood someone's mailbox)."""
     if not row.forward_to or row.forward_confirmed_at is not None:
         return False
+    day, cap = int(time.time() // 86400), svc.cfg.inbound.forward_confirm_daily
+    if not await svc.store.call(lambda s: s.take_daily("forward-confirm", row.did, day, cap)):
+        raise RateLimited(f"forward_to: at most {cap} confirmation mails a day; try again tomorrow")
     public_url = svc.cfg.public_url
     if public_url.endswith(":0"):  # bound to port 0 (tests): the links must name the real port
         public_url = request.host_url.rstrip("/")

@@ -339,7 +339,10 @@ async def set_forward() -> tuple[str, int] | str | Response:
     except RelayError as exc:
         return await _page("error.html", title="Forward-to not changed", message=str(exc)), 400
     updated = await _svc().store.set_forward_to(domain, target)
-    sent = await forwardto.after_change(_svc(), updated)
+    try:
+        sent = await forwardto.after_change(_svc(), updated)
+    except RelayError as exc:
+        return await _page("error.html", title="Confirmation not sent", message=str(exc)), 429
     if not target:
         notice = f"Replies to {domain} are no longer forwarded."
     elif sent:

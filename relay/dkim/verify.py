@@ -15,6 +15,7 @@ Knot in the tests), never a search list.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.dkim")
 
 MAX_SIGNATURES = 5  # more DKIM-Signature fields than this are not all checked (cost bound)
+_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,253}")  # what a d= or s= value may be to be written into our header
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ def passes_for(results: Sequence[DkimResult], domains: Sequence[str]) -> str | N
 def authentication_results(authserv_id: str, results: Sequence[DkimResult]) -> bytes:
     """An ``Authentication-Results`` field (RFC 8601) with the DKIM results and ``arc=none``."""
     parts = [f"dkim={'pass' if r.ok else 'fail'} header.d={r.domain} header.s={r.selector}"
-             for r in results if r.domain and r.selector.replace("-", "").replace("_", "").isalnum()]
+             for r in results if _TOKEN.fullmatch(r.domain) and _TOKEN.fullmatch(r.selector)]
     body = ";\r\n\t".join([*(parts or ["dkim=none"]), "arc=none"])
     return f"Authentication-Results: {authserv_id};\r\n\t{body}\r\n".encode()
 

@@ -403,3 +403,16 @@ def test_a_squatted_domain_can_still_be_claimed_and_the_operator_can_release_it(
     relay.admin("enroll", "--did", squatter, "--domain", "squat.example")
     taken = relay.admin("enroll", "--did", owner, "--domain", "squat.example", "--skip-dns")
     assert taken["state"] == "verified"
+
+
+def test_confirmation_mails_are_limited_per_member(relay: RelayProcess, member: Member) -> None:
+    """The relay mails an address the member chose: a member cannot turn that into a mail bomb."""
+    codes = []
+    for i in range(7):
+        r = httpx.put(f"{relay.http}/member/forward-to", headers=auth(member), timeout=10,
+                      json={"domain": DOMAIN, "forward_to": f"target{i}@example.net"})
+        codes.append(r.status_code)
+    assert 429 in codes and codes.count(200) <= 5, codes
+    last = httpx.put(f"{relay.http}/member/forward-to", headers=auth(member), timeout=10,
+                     json={"domain": DOMAIN, "forward_to": "target9@example.net"})
+    assert (last.status_code, last.json()["code"]) == (429, "RATE_LIMITED")
