@@ -517,8 +517,11 @@ class InboundHandler:
     ) -> list[str]:
         """Pass a bounce (or an auto-reply) on to the member's forward-to mailbox, null reverse-path."""
         domain = await self.store.get_domain(row.from_domain) if row.from_domain else None
-        if domain is None or domain.did != row.did or not domain.forward_to:
-            log.info("no forward-to for %s (%s): bounce for rcpt id %d logged only", row.from_domain, row.did, row.id)
+        if domain is None or domain.did != row.did or not domain.forward_to or domain.forward_confirmed_at is None:
+            # Unconfirmed: the content of a "bounce" is anyone's to write (every recipient sees the VERP
+            # address), so it goes only to a mailbox that asked for the member's mail.
+            log.info("no confirmed forward-to for %s (%s): bounce for rcpt id %d logged only", row.from_domain,
+                     row.did, row.id)
             return []
         attrs = self._attrs(data, forward="1", dsn="1", original_rcpt_id=str(row.id),
                             bounce_class=report.klass if report is not None and report.failed else "")

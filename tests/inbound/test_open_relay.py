@@ -231,3 +231,13 @@ async def test_srs_next_to_other_recipients_never_carries_content(rig: Rig) -> N
     code, _ = await rig.send("", [address, f"postmaster@{OPERATOR}"], SPAM)
     assert code == 250
     assert [m.envelope.rcpts for m in rig.spooled()] == [(OPERATOR_INBOX,)]
+
+
+@pytest.mark.trio
+async def test_bounces_pass_only_to_a_confirmed_forward_to(rig: Rig) -> None:
+    """Anyone who received a member's mail knows its VERP address and can 'bounce' any content to it."""
+    await rig.add_sent(30_001, "accomplice@evil.example")
+    await rig.store.set_forward_to(MEMBER_DOMAIN, "victim@elsewhere.example")  # unconfirmed
+    vacation = b"From: a@evil.example\r\nSubject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\nbuy\r\n"
+    assert (await rig.send("", [rig.verp(30_001)], vacation))[0] == 250
+    assert rig.spooled() == []
