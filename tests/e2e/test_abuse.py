@@ -416,3 +416,51 @@ def test_confirmation_mails_are_limited_per_member(relay: RelayProcess, member: 
     last = httpx.put(f"{relay.http}/member/forward-to", headers=auth(member), timeout=10,
                      json={"domain": DOMAIN, "forward_to": "target9@example.net"})
     assert (last.status_code, last.json()["code"]) == (429, "RATE_LIMITED")
+
+
+def test_a_submitted_body_that_embeds_spool_records_never_becomes_one(
+        tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles) -> None:
+    """Over SMTP a member submits a body carrying well-formed spool records (old CRC format and new
+    format under a guessed key), each queueing mail as another DID; the record around it is damaged
+    (as a torn write would) and the relay restarts: recovery never picks up what the member wrote."""
+    import os
+    import signal
+
+    from spool import Envelope
+    from spool.record import RecordKey, draft_message, seal_message
+    from tests.spool.test_forgery import VICTIM, legacy_record
+
+    proc = RelayProcess(base=tmp_path_factory.mktemp("forge"), tls=tls_files)  # mail stays queued (closed port)
+    info = proc.enroll(DID, DOMAIN, HANDLE)
+    proc.start()
+    m = Member(DID, DOMAIN, HANDLE, info["api_key"])
+    planted_env = Envelope(mail_from="ceo@victim.example", rcpts=("target@evil.example",), did=VICTIM, attrs={},
+                           arrival=1.0)
+    v2 = draft_message(RecordKey(os.urandom(32)), planted_env, b"Subject: forged\r\n\r\nhi\r\n")
+    header, suffix = seal_message(v2, 990_000)
+    planted = legacy_record(planted_env, b"Subject: forged\r\n\r\nhi\r\n", 991_000) + header + v2.prefix + \
+        v2.data + suffix
+    body = (f"From: a@{DOMAIN}\r\nTo: x@example.org\r\nSubject: carrier\r\n\r\n").encode() + planted + b"\r\n"
+    try:
+        with submission(proc, tls_files) as client:
+            client.login(m.did, m.key)
+            client.sendmail(f"a@{DOMAIN}", ["x@example.org"], body)
+            client.sendmail(f"a@{DOMAIN}", ["y@example.org"], b"From: a@" + DOMAIN.encode() + b"\r\n\r\nafter\r\n")
+    finally:
+        proc.stop(signal.SIGKILL)
+    spool_dir = proc.state_dir / "spool"
+    assert stat.S_IMODE((spool_dir / "record.key").stat().st_mode) == 0o600
+    [seg] = sorted(spool_dir.glob("seg-*.log"))
+    blob = bytearray(seg.read_bytes())
+    at = blob.index(b"Subject: carrier")
+    start = blob.rindex(b"\xe5ASQ", 0, at)
+    blob[start] ^= 0xFF  # the carrier's header no longer parses: recovery must resync past it
+    seg.write_bytes(bytes(blob))
+    proc.start()
+    try:
+        queued = proc.admin("queue", "list")
+        assert [q["recipients"][0]["address"] for q in queued] == ["y@example.org"]
+        assert all(q["did"] != VICTIM for q in queued)
+        assert list((spool_dir / "quarantine").glob("*.bin"))  # the damaged range is kept, not dropped
+    finally:
+        proc.stop()
