@@ -334,6 +334,9 @@ async def set_forward() -> tuple[str, int] | str | Response:
     if found is None:
         return await _not_found()
     _, row = found
+    if row.claim:  # a competing claim: the domain's row is someone else's until this DID proves it
+        return await _page("error.html", title="Forward-to not changed",
+                           message=f"{row.domain} is not yours yet: publish its DNS records and check first"), 409
     try:
         domain, target = _parse_forward({"domain": row.domain, "forward_to": str(form.get("forward_to", ""))})
     except RelayError as exc:
