@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -72,6 +73,10 @@ def add_parser(sub: Any) -> None:
     drelease.add_argument("domain")
     drelease.add_argument("--json", action="store_true")
 
+    reports = asub.add_parser("reports", help="complaints and bounces no member could be held to (newest first)")
+    reports.add_argument("--limit", type=int, default=50)
+    reports.add_argument("--json", action="store_true")
+
     queue = asub.add_parser("queue", help="the spool")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     qlist = qsub.add_parser("list")
@@ -84,7 +89,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    handlers = {"enroll": enroll, "members": members, "queue": queue, "dkim": dkim, "domain": domain_cmd}
+    handlers = {"enroll": enroll, "members": members, "queue": queue, "dkim": dkim, "domain": domain_cmd,
+                "reports": reports_cmd}
     result = handlers[args.admin_command](cfg, args)
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
@@ -189,6 +195,17 @@ def domain_cmd(cfg: Config, args: argparse.Namespace) -> Any:
         raise AdminError(f"cannot read the DKIM keys of {name}: {exc}") from None
     out: dict[str, Any] = report.to_json()
     return out
+
+
+def reports_cmd(cfg: Config, args: argparse.Namespace) -> Any:
+    """Unattributed ARF/DSN reports (relay.inbound): kept for the operator, never counted against anyone."""
+    if not 0 < args.limit <= 10_000:
+        raise AdminError(f"--limit: expected 1 to 10000, got {args.limit}")
+    store = _store(cfg)
+    try:
+        return [dataclasses.asdict(r) for r in store.list_unattributed(args.limit)]
+    finally:
+        store.close()
 
 
 def dkim(cfg: Config, args: argparse.Namespace) -> Any:

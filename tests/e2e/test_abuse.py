@@ -232,6 +232,10 @@ def test_arf_reports_count_only_from_fbl_sources_and_only_through_verp(
     assert "someone-else@example.net" not in suppressed(relay, member)
     assert message_status(relay, member, mid)["recipient"] == "carol@example.org"
     assert standing(relay, member)["status"] == "active"  # one complaint never suspends (min_complaints)
+    # The three reports nobody could be held to are the operator's to read.
+    kept = relay.admin("reports")
+    reasons = " | ".join(r["reason"] for r in kept)
+    assert len(kept) >= 3 and "inbound.fbl_sources" in reasons, reasons
 
 
 # ---- forwarding ------------------------------------------------------------------------------------
