@@ -15,6 +15,7 @@ from relay.address import split_address
 from relay.auth import Principal
 from relay.errors import DomainMismatch, HeaderTooLarge, InvalidRequest
 from relay.outbound import split_message
+from relay.text import display_text
 
 # RFC 5322 sets no limit on the header section; we do (limits.header_size), and a message over it is
 # refused whole: policy that read only a prefix would miss a second From: placed after it.
@@ -64,11 +65,12 @@ def header_fields(data: bytes, limit: int = HEADER_LIMIT) -> list[tuple[str, str
 
 
 def parse_headers(data: bytes, limit: int = HEADER_LIMIT) -> dict[str, str]:
-    """The first value of each header, RFC 2047 encoded words decoded (for display only)."""
+    """The first value of each header, RFC 2047 encoded words decoded (for display only: undecodable
+    8-bit bytes become U+FFFD here, the message keeps them)."""
     out: dict[str, str] = {}
     for name, value in header_fields(data, limit):
         if name not in out:
-            out[name] = _decode_words(value) if "=?" in value else value
+            out[name] = display_text(_decode_words(value) if "=?" in value else value)
     return out
 
 
@@ -77,11 +79,6 @@ def _decode_words(value: str) -> str:
         return str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError):
         return value
-
-
-def header_from_addresses(data: bytes) -> list[str]:
-    values = [v for n, v in header_fields(data) if n == "from"]
-    return [addr for _, addr in getaddresses(values) if addr]
 
 
 def check_header_from(principal: Principal, data: bytes, limit: int = HEADER_LIMIT) -> None:

@@ -349,9 +349,6 @@ class Resolver:
     def from_config(cls, delivery: DeliveryConfig, *, lifetime: float = DEFAULT_LIFETIME) -> Resolver:
         return cls(delivery.nameservers, lifetime=lifetime)
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
     async def addresses(self, host: str) -> list[str]:
         """A and AAAA of ``host`` (relay.egress resolves HTTP peers with this); [] when it has none.
 

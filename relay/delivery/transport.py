@@ -12,6 +12,7 @@ import logging
 import ssl
 
 from relay.delivery.client import ConnectionPool, DeliveryResult, deliver
+from relay.delivery.congestion import HostHealth
 from relay.delivery.retry import Outcome, OutcomeKind
 from relay.delivery.routing import MxHost, Resolver, Route, RoutingError, route
 from relay.delivery.scheduler import AttemptResult
@@ -34,8 +35,10 @@ class SmtpTransport:
         timeouts: ClientTimeouts | None = None,
         egress: Egress | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        hosts: HostHealth | None = None,
     ) -> None:
         self._resolver = resolver
+        self.hosts = hosts or HostHealth()
         self._pool = pool
         self._helo = helo_name
         self._port = port
@@ -63,7 +66,8 @@ class SmtpTransport:
         for host in hosts:
             result = await deliver(host.addresses, found.port, host.name, mail_from=mail_from, rcpts=[rcpt], data=data,
                                    helo_name=self._helo, tls_policy=self._tls, timeouts=self._timeouts,
-                                   pool=self._pool, ssl_context=self._ssl_context, smtputf8=smtputf8)
+                                   pool=self._pool, ssl_context=self._ssl_context, smtputf8=smtputf8,
+                                   hosts=self.hosts)
             reply = result.per_rcpt.get(rcpt)
             if reply is not None:
                 return AttemptResult(Outcome.from_reply(reply), mx_host=host.name, tls=result.tls)

@@ -24,7 +24,7 @@ dkimpy) and are attributed only through the relay's own VERP envelope sender in 
 message (HMAC-tagged, ``relay.delivery.verp``): the recipient id it names is the complainer,
 whatever the report's other fields say. Never by ``X-Atmos-Member-Did``, a header anyone can
 write. A complaint counts once per recipient id. Reports that cannot be attributed are stored
-for the operator (``unattributed_reports``) and forwarded to the operator inbox; they never touch
+for the operator (``atmos admin reports``) and forwarded to the operator inbox; they never touch
 a member's standing or suppression list.
 
 Everything else is refused: ``550 5.1.1 address not available`` for unknown addresses at our
@@ -39,7 +39,9 @@ answers 501).
 Everything the listener accepts for forwarding goes into the spool through the Acceptor (so the
 250 is only given once it is durable) with a trace header prepended; the scheduler delivers it.
 Per-source-address token buckets limit connections (``421 4.7.0`` at connect) and transactions
-beyond the first on a connection (``451 4.7.0`` at MAIL).
+beyond the first on a connection (``451 4.7.0`` at MAIL). A transaction to a VERP or FBL address
+has the smaller size limit ``inbound.report_size`` (552 5.3.4 past it), and bounces and complaints
+are parsed in worker threads with caps on bytes and parts (``relay.inbound.reports``).
 """
 
 from __future__ import annotations
@@ -51,22 +53,23 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from email.utils import format_datetime
 from typing import Literal
 
-from relay.acceptor import Acceptor
+from relay.acceptor import Acceptor, Submission
 from relay.address import is_domain, normalize_domain
 from relay.config import Config
 from relay.delivery import verp
 from relay.dkim.verify import DkimVerifier, authentication_results, passes_for
 from relay.inbound import InboundEvents, srs
-from relay.inbound.arf import ArfParseError, ArfReport, is_arf, parse_arf
-from relay.inbound.bounces import Bounce, analyze
-from relay.inbound.ratelimit import TokenBuckets
+from relay.inbound.arf import ArfParseError, ArfReport
+from relay.inbound.bounces import Bounce
+from relay.inbound.reports import ReportReader
+from relay.ratelimit import TokenBuckets
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
 from relay.store.aio import AsyncStore
@@ -117,6 +120,17 @@ class Route:
     original: str = ""  # srs: the original sender the SRS0 address stands for
 
 
+@dataclass
+class _Plan:
+    """What one inbound message leads to: its copies (accepted together) and what follows once they are."""
+
+    copies: list[tuple[Submission, str]] = field(default_factory=list)  # (copy, log line)
+    after: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def copy(self, sub: Submission, what: str) -> None:
+        self.copies.append((sub, what))
+
+
 class InboundHandler:
     def __init__(
         self,
@@ -148,11 +162,13 @@ class InboundHandler:
         self._fbl = cfg.inbound.fbl_local_part.lower()
         self._operator_boxes = frozenset({"postmaster", "abuse", self._fbl})
         self.buckets = TokenBuckets(cfg.inbound.per_ip_per_minute, cfg.inbound.per_ip_burst, clock=clock)
+        self.reports = ReportReader(threads=cfg.inbound.parse_threads, max_bytes=cfg.inbound.report_parse_bytes,
+                                    max_parts=cfg.inbound.report_parts)
         per_hour = cfg.inbound.forward_per_ip_per_hour
         self.forward_buckets = TokenBuckets(per_hour / 60.0, min(per_hour, 10), clock=clock)
         self.verifier = verifier or DkimVerifier.from_config(cfg)
-        self._fbl_networks = []
-        self._fbl_domains = []
+        self._fbl_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._fbl_domains: list[str] = []
         for source in cfg.inbound.fbl_sources:
             try:
                 self._fbl_networks.append(ipaddress.ip_network(source, strict=False))
@@ -195,20 +211,20 @@ class InboundHandler:
             log.warning("store unavailable while checking <%s>: %s", address, exc)
             return TRY_LATER
         if not isinstance(route, Reply):
-            try:
-                route = await self._limit(session, route)
-            except StoreError as exc:
-                log.warning("store unavailable while counting <%s>: %s", address, exc)
-                return TRY_LATER
+            route = self._limit(session, route)
         if isinstance(route, Reply):
             log.info("refused rcpt <%s> from %s (mail from <%s>): %s", address, session.peer[0],
                      session.mail_from, route)
             return route
         self._routes(session)[address] = route
+        if route.kind == "bounce" or route.mailbox == "fbl":
+            # A bounce or a complaint needs its report and the returned headers, not 10 MiB.
+            limit = self.cfg.inbound.report_size
+            session.message_limit = min(limit, session.message_limit or limit)
         return Reply(250, "2.1.5", "recipient ok")
 
-    async def _limit(self, session: Session, route: Route) -> Route | Reply:
-        """The per-source and per-address limits of forwarding routes (module docstring, 3 and 4)."""
+    def _limit(self, session: Session, route: Route) -> Route | Reply:
+        """The per-source limit of forwarding routes (module docstring, 4)."""
         if route.kind == "member":
             routes = self._routes(session)
             if not any(r.kind == "member" for r in routes.values()) and not self.forward_buckets.take(session.peer[0]):
@@ -224,6 +240,10 @@ class InboundHandler:
             log.warning("loop: refusing message from <%s> (%s) to %s", session.mail_from, session.peer[0],
                         ",".join(r.address for r in chosen))
             return LOOP
+        # Every copy this message makes is accepted in ONE spool batch, before the side effects that
+        # depend on it (a bounce's status and counters): a refusal leaves nothing behind for the
+        # sender's retry to duplicate (issue 14).
+        plan = _Plan()
         srs_routes = [r for r in chosen if r.kind == "srs"]
         if srs_routes and not _is_delivery_report(data):
             log.warning("refusing non-report mail from %s to SRS address(es) %s", session.peer[0],
@@ -231,35 +251,36 @@ class InboundHandler:
             if len(srs_routes) == len(chosen):
                 return ONLY_BOUNCES
             srs_routes = []
-        if srs_routes:
-            try:
+        try:
+            if srs_routes:
                 srs_routes = await self._within_srs_limit(srs_routes)
-            except StoreError as exc:
-                log.warning("store unavailable while counting SRS reports: %s", exc)
-                return TRY_LATER
-            if not srs_routes and all(r.kind == "srs" for r in chosen):
-                return SRS_LIMIT
-        members = [r for r in chosen if r.kind == "member"]
-        if members:
-            try:
+                if not srs_routes and all(r.kind == "srs" for r in chosen):
+                    return SRS_LIMIT
+            members = [r for r in chosen if r.kind == "member"]
+            if members:
                 members = await self._within_forward_cap(members)
-            except StoreError as exc:
-                log.warning("store unavailable while counting forwards: %s", exc)
-                return TRY_LATER
-            if not members and all(r.kind == "member" for r in chosen):
-                return FORWARD_LIMIT
-        queued: list[str] = []
+                if not members and all(r.kind == "member" for r in chosen):
+                    return FORWARD_LIMIT
+        except StoreError as exc:
+            log.warning("store unavailable while counting forwards: %s", exc)
+            return TRY_LATER
         if members:
-            queued += await self._forward_replies(session, members, data)
+            await self._forward_replies(session, members, data, plan)
         if srs_routes:
-            queued += await self._return_bounces(session, srs_routes, data)
+            self._return_bounces(session, srs_routes, data, plan)
         operator = [r for r in chosen if r.kind == "operator"]
         if operator:
-            queued += await self._to_operator(session, operator, data)
+            await self._to_operator(session, operator, data, plan)
         for route in chosen:
             if route.kind == "bounce":
-                queued += await self._bounce(session, route, data)
-        note = f"queued as {','.join(queued)}" if queued else "accepted"
+                await self._bounce(session, route, data, plan)
+        accepted = await self.acceptor.accept_all([sub for sub, _ in plan.copies])
+        for (_, what), acc in zip(plan.copies, accepted, strict=True):
+            self.forwarded += 1
+            log.info("%s (queue %d)", what, acc.queue_id)
+        for effect in plan.after:
+            await effect()
+        note = f"queued as {','.join(str(a.queue_id) for a in accepted)}" if accepted else "accepted"
         return Reply(250, "2.0.0", note)
 
     # ---- RCPT decisions --------------------------------------------------------------------
@@ -314,7 +335,7 @@ class InboundHandler:
 
     # ---- after DATA -------------------------------------------------------------------------
 
-    async def _forward_replies(self, session: Session, routes: list[Route], data: bytes) -> list[str]:
+    async def _forward_replies(self, session: Session, routes: list[Route], data: bytes, plan: _Plan) -> None:
         """Replies to member domains: one copy per (member, forward-to), SRS0 envelope sender."""
         groups: dict[tuple[str, str], list[Route]] = {}
         for route in routes:
@@ -325,64 +346,53 @@ class InboundHandler:
         # Any Authentication-Results claiming to be ours is someone else's forgery (RFC 8601 §5).
         results = await self.verifier.verify(data)
         checked = authentication_results(self.hostname, results) + _without_our_results(data, self.hostname)
-        queued = []
         for (did, forward_to), group in groups.items():
             rcpts = [r.address for r in group]
             attrs = self._attrs(data, forward="1", transactional="1", forward_for=",".join(rcpts)[:300],
                                 original_mail_from=(session.mail_from or "")[:320], arc="1")
-            accepted = await self.acceptor.accept(did=did, mail_from=sender, rcpts=[forward_to],
-                                                  data=self._trace(session, rcpts) + checked, attrs=attrs)
-            self.forwarded += 1
-            queued.append(str(accepted.queue_id))
-            log.info("forwarding reply from <%s> to %s for %s via <%s> as <%s> (queue %d)", session.mail_from,
-                     ",".join(rcpts), did, forward_to, sender, accepted.queue_id)
-        return queued
+            plan.copy(Submission(did, sender, (forward_to,), self._trace(session, rcpts) + checked, attrs),
+                      f"forwarding reply from <{session.mail_from}> to {','.join(rcpts)} for {did} "
+                      f"via <{forward_to}> as <{sender}>")
 
-    async def _return_bounces(self, session: Session, routes: list[Route], data: bytes) -> list[str]:
+    def _return_bounces(self, session: Session, routes: list[Route], data: bytes, plan: _Plan) -> None:
         """Bounces to SRS0 addresses: sent on to the original senders, null reverse-path."""
-        originals = list(dict.fromkeys(r.original for r in routes))
+        originals = tuple(dict.fromkeys(r.original for r in routes))
         attrs = self._attrs(data, forward="1", dsn="1", srs="reverse")
-        accepted = await self.acceptor.accept(did=self.operator_did, mail_from="", rcpts=originals,
-                                              data=self._trace(session, [r.address for r in routes]) + data,
-                                              attrs=attrs)
-        self.forwarded += 1
-        log.info("returning bounce to %s (SRS) (queue %d)", ",".join(originals), accepted.queue_id)
-        return [str(accepted.queue_id)]
+        plan.copy(Submission(self.operator_did, "", originals,
+                             self._trace(session, [r.address for r in routes]) + data, attrs),
+                  f"returning bounce to {','.join(originals)} (SRS)")
 
-    async def _to_operator(self, session: Session, routes: list[Route], data: bytes) -> list[str]:
+    async def _to_operator(self, session: Session, routes: list[Route], data: bytes, plan: _Plan) -> None:
         boxes = {r.mailbox for r in routes}
         if "fbl" in boxes and await self._complaint(session, data) and boxes == {"fbl"}:
-            return []  # attributed and recorded; the operator sees it on the console, not in the inbox
+            return  # attributed and recorded; the operator sees it on the console, not in the inbox
         inbox = self.cfg.inbound.operator_inbox
         rcpts = [r.address for r in routes]
         if not inbox:
             log.info("mail for %s from <%s> (%s, %d bytes): no operator inbox configured, logged only",
                      ",".join(rcpts), session.mail_from, session.peer[0], len(data))
-            return []
+            return
         attrs = self._attrs(data, forward="1", transactional="1", forward_for=",".join(rcpts)[:300],
                             original_mail_from=(session.mail_from or "")[:320])
         sender = self._srs_sender(session.mail_from or "")
-        accepted = await self.acceptor.accept(did=self.operator_did, mail_from=sender, rcpts=[inbox],
-                                              data=self._trace(session, rcpts) + data, attrs=attrs)
-        self.forwarded += 1
-        log.info("forwarding mail for %s from <%s> to the operator inbox (queue %d)", ",".join(rcpts),
-                 session.mail_from, accepted.queue_id)
-        return [str(accepted.queue_id)]
+        plan.copy(Submission(self.operator_did, sender, (inbox,), self._trace(session, rcpts) + data, attrs),
+                  f"forwarding mail for {','.join(rcpts)} from <{session.mail_from}> to the operator inbox")
 
     async def _complaint(self, session: Session, data: bytes) -> bool:
         """Record an ARF complaint; False when it is not one or cannot be attributed (-> operator)."""
-        if not is_arf(data):
+        try:
+            report = await self.reports.arf(data)
+        except ArfParseError as exc:
+            await self._unattributed(session, "arf", f"unreadable ARF report: {exc}", data)
+            return False
+        if report is None:
             log.info("mail to the FBL address from <%s> is not an ARF report", session.mail_from)
             return False
         source = await self._fbl_source(session, data)
         if source is None:
             await self._unattributed(session, "arf", "not from a configured feedback-loop source "
-                                     "(inbound.fbl_sources: no matching network or verified DKIM domain)", data)
-            return False
-        try:
-            report = parse_arf(data)
-        except ArfParseError as exc:
-            await self._unattributed(session, "arf", f"unreadable ARF report: {exc}", data)
+                                     "(inbound.fbl_sources: no matching network or verified DKIM domain)", data,
+                                     report)
             return False
         row, why = await self._attribute(report)
         if row is None:
@@ -476,45 +486,54 @@ class InboundHandler:
                     log.warning("forwarding cap (%d a day) reached for %s", self.cfg.inbound.forward_daily, did)
         return [r for r in routes if r.domain is not None and allowed[r.domain.did]]
 
-    async def _bounce(self, session: Session, route: Route, data: bytes) -> list[str]:
-        """A message to a verified VERP address: classify, update the row, tell events, tell the member."""
+    async def _bounce(self, session: Session, route: Route, data: bytes, plan: _Plan) -> None:
+        """A message to a verified VERP address: classify, update the row, tell events, tell the member
+        (the row update and the events run once the copy to the member is durable: ``plan.after``)."""
         row = await self.store.get_message(route.rcpt_id)
         if row is None:
             await self._unattributed(session, "dsn", f"VERP recipient id {route.rcpt_id} is not (or no longer) "
                                      "in the store", data)
-            return []
-        report = analyze(data, row.recipient, null_sender=not session.mail_from)
+            return
+        report = await self.reports.bounce(data, row.recipient, null_sender=not session.mail_from)
         # A reply we forwarded to a member's own mailbox bounced there: not the member's sending.
         forwarded = srs.is_srs(row.mail_from, domain=self.domain)
         if report is None or not report.failed:
             what = "not a bounce (auto-reply?)" if report is None else f"a DSN with action {report.action}"
             log.info("message to <%s> (rcpt id %d) from <%s> is %s: passed on to the member", route.address,
                      route.rcpt_id, session.mail_from, what)
-            return [] if forwarded else await self._to_member(session, route, row, data, report)
+            if not forwarded:
+                await self._to_member(session, route, row, data, report, plan)
+            return
         diagnostic = report.diagnostic or f"status {report.status}"
         if row.status == "bounced":
             log.info("bounce for rcpt id %d already recorded (%s): ignored", route.rcpt_id, diagnostic)
-            return []
-        queued = [] if forwarded else await self._to_member(session, route, row, data, report)
-        if row.status == "sent":
-            update = StatusUpdate(id=row.id, status="bounced", at=self._now(), next_attempt_at=None,
-                                  last_reply=f"late bounce ({report.klass}): {diagnostic}"[:1000])
-            await self.store.update_statuses([update])
-        else:
-            log.info("bounce for rcpt id %d while its status is %s: the spool decides", route.rcpt_id, row.status)
-        if forwarded:
-            log.info("forwarded reply %d to <%s> bounced (%s): %s", row.id, row.recipient, report.klass, diagnostic)
-            return queued
-        self.bounces += 1
-        log.info("bounce did=%s rcpt id=%d to=<%s> class=%s status=%s: %s", row.did, row.id, row.recipient,
-                 report.klass, report.status, diagnostic)
-        # Suppressing hard-bounced recipients (suspension.suppress_hard_bounces) is the events side's job.
-        await self.events.bounce(row.did, row.id, row.recipient, report.klass, diagnostic)
-        return queued
+            return
+        if not forwarded:
+            await self._to_member(session, route, row, data, report, plan)
+        klass = report.klass
+        status = report.status
+
+        async def record() -> None:
+            if row.status == "sent":
+                update = StatusUpdate(id=row.id, status="bounced", at=self._now(), next_attempt_at=None,
+                                      last_reply=f"late bounce ({klass}): {diagnostic}"[:1000])
+                await self.store.update_statuses([update])
+            else:
+                log.info("bounce for rcpt id %d while its status is %s: the spool decides", route.rcpt_id, row.status)
+            if forwarded:
+                log.info("forwarded reply %d to <%s> bounced (%s): %s", row.id, row.recipient, klass, diagnostic)
+                return
+            self.bounces += 1
+            log.info("bounce did=%s rcpt id=%d to=<%s> class=%s status=%s: %s", row.did, row.id, row.recipient,
+                     klass, status, diagnostic)
+            # Suppressing hard-bounced recipients (suspension.suppress_hard_bounces) is the events side's job.
+            await self.events.bounce(row.did, row.id, row.recipient, klass, diagnostic)
+
+        plan.after.append(record)
 
     async def _to_member(
-        self, session: Session, route: Route, row: MessageRow, data: bytes, report: Bounce | None
-    ) -> list[str]:
+        self, session: Session, route: Route, row: MessageRow, data: bytes, report: Bounce | None, plan: _Plan
+    ) -> None:
         """Pass a bounce (or an auto-reply) on to the member's forward-to mailbox, null reverse-path."""
         domain = await self.store.get_domain(row.from_domain) if row.from_domain else None
         if domain is None or domain.did != row.did or not domain.forward_to or domain.forward_confirmed_at is None:
@@ -522,13 +541,11 @@ class InboundHandler:
             # address), so it goes only to a mailbox that asked for the member's mail.
             log.info("no confirmed forward-to for %s (%s): bounce for rcpt id %d logged only", row.from_domain,
                      row.did, row.id)
-            return []
+            return
         attrs = self._attrs(data, forward="1", dsn="1", original_rcpt_id=str(row.id),
                             bounce_class=report.klass if report is not None and report.failed else "")
-        accepted = await self.acceptor.accept(did=row.did, mail_from="", rcpts=[domain.forward_to],
-                                              data=self._trace(session, [route.address]) + data, attrs=attrs)
-        self.forwarded += 1
-        return [str(accepted.queue_id)]
+        plan.copy(Submission(row.did, "", (domain.forward_to,), self._trace(session, [route.address]) + data, attrs),
+                  f"passing a bounce for rcpt id {row.id} on to <{domain.forward_to}>")
 
     # ---- helpers ----------------------------------------------------------------------------
 

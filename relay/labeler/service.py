@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import httpx
 import trio
 
 from relay.config import Config
@@ -33,6 +32,7 @@ from relay.dkimkeys import SecretBoxError
 from relay.dns.checks import DnsLookup, DnsLookupError, DomainReport, TxtLookup
 from relay.dns.verifier import DomainVerifier, UnknownDomain
 from relay.egress import Egress
+from relay.fetch import DOCUMENT_BYTES, FetchError, get_json
 from relay.labeler.conditions import (
     ATTESTATION_COLLECTION,
     any_verdict,
@@ -81,9 +81,12 @@ class Resolver(Protocol):
 class PdsAttestations:
     """Fetches ``email.atmos.attestation/<domain>`` from the member's PDS (found through its DID)."""
 
-    def __init__(self, resolver: Resolver, *, timeout: float = 10.0, egress: Egress | None = None) -> None:
+    def __init__(self, resolver: Resolver, *, timeout: float = 10.0, max_bytes: int = DOCUMENT_BYTES,
+                 deadline: float = 30.0, egress: Egress | None = None) -> None:
         self.resolver = resolver
         self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.deadline = deadline
         self.egress = egress or Egress()
 
     async def fetch(self, did: str, domain: str) -> AttestationFetch:
@@ -93,29 +96,31 @@ class PdsAttestations:
             ident = await self.resolver.resolve_did(did)
         except IdentityError as exc:
             return AttestationFetch("error", detail=str(exc))
-        return await get_record(ident.pds_url, did, domain, timeout=self.timeout, egress=self.egress)
+        return await get_record(ident.pds_url, did, domain, timeout=self.timeout, max_bytes=self.max_bytes,
+                                deadline=self.deadline, egress=self.egress)
 
 
 async def get_record(pds_url: str, did: str, domain: str, *, timeout: float = 10.0,  # noqa: ASYNC109
+                     max_bytes: int = DOCUMENT_BYTES, deadline: float = 30.0,
                      egress: Egress | None = None) -> AttestationFetch:
-    """``GET <pds>/xrpc/com.atproto.repo.getRecord`` (httpx on Trio, through anyio and relay.egress)."""
+    """``GET <pds>/xrpc/com.atproto.repo.getRecord`` (httpx on Trio, through anyio), bounded (relay.fetch),
+    connected through the outbound address policy (relay.egress)."""
     url = pds_url.rstrip("/") + "/xrpc/com.atproto.repo.getRecord"
     params = {"repo": did, "collection": ATTESTATION_COLLECTION, "rkey": domain}
-    try:
-        async with (egress or Egress()).http_client(timeout=timeout,
-                                                    headers={"user-agent": "atmosphere-relay-labeler"}) as client:
-            resp = await client.get(url, params=params)
-    except httpx.HTTPError as exc:
-        return AttestationFetch("error", detail=f"PDS unreachable ({type(exc).__name__})")
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if resp.status_code == 200 and isinstance(body, dict):
-        return AttestationFetch("found", value=body.get("value"))
-    if resp.status_code in (400, 404) and isinstance(body, dict) and body.get("error") == "RecordNotFound":
-        return AttestationFetch("absent", detail="no attestation record")
-    return AttestationFetch("error", detail=f"PDS answered HTTP {resp.status_code}")
+    with trio.move_on_after(deadline):
+        try:
+            async with (egress or Egress()).http_client(
+                    timeout=timeout, headers={"user-agent": "atmosphere-relay-labeler"}) as client:
+                status, body = await get_json(client, url, params=params, max_bytes=max_bytes,
+                                              what="attestation record")
+        except FetchError as exc:
+            return AttestationFetch("error", detail=f"PDS: {exc}")
+        if status == 200 and isinstance(body, dict):
+            return AttestationFetch("found", value=body.get("value"))
+        if status in (400, 404) and isinstance(body, dict) and body.get("error") == "RecordNotFound":
+            return AttestationFetch("absent", detail="no attestation record")
+        return AttestationFetch("error", detail=f"PDS answered HTTP {status}")
+    return AttestationFetch("error", detail=f"PDS did not answer within {deadline:g} s")
 
 
 @dataclass(slots=True)
@@ -164,8 +169,9 @@ class Labeler:
             resolver = IdentityResolver.from_config(cfg, txt=self.lookup)
         self.resolver = resolver
         self.attestations: AttestationSource = (
-            attestations if attestations is not None else PdsAttestations(resolver, timeout=cfg.identity.timeout,
-                                                                       egress=Egress.from_config(cfg)))
+            attestations if attestations is not None else PdsAttestations(
+                resolver, timeout=cfg.identity.timeout, max_bytes=cfg.identity.document_bytes,
+                deadline=cfg.identity.deadline, egress=Egress.from_config(cfg)))
         self.clock = clock
         self.results: dict[str, MemberCheck] = {}
         self._fresh: dict[str, DomainReport] = {}  # reports handed over by on_domain_change
