@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from relay.address import is_did
@@ -43,6 +43,7 @@ class Principal:
     handle: str | None
     domains: frozenset[str]  # verified domains: sending allowed
     pending: frozenset[str]  # enrolled, ownership not yet proven
+    key_hash: str = field(default="", repr=False, compare=False)  # the stored hash the key matched
 
 
 class Authenticator:
@@ -94,6 +95,7 @@ class Authenticator:
             handle=member.handle,
             domains=frozenset(d.domain for d in domains if d.state == "verified"),
             pending=frozenset(d.domain for d in domains if d.state != "verified"),
+            key_hash=stored,
         )
 
 

@@ -9,6 +9,7 @@ come from the environment, or in ``--dev`` are generated once into
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -96,7 +97,6 @@ class DeliveryConfig:
     slow_concurrency: int = 20  # slots all destinations that are timing out share
     min_timeout: float = 60.0  # floor of the shortened timeouts for MX hosts that keep hanging
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
-    allow_loopback_mx: bool = False  # tests: MX records pointing at 127.0.0.1
     capture: bool = True  # dev only, without relayhost: deliver to the built-in capture sink
     shutdown_grace: float = 10.0  # in-flight deliveries get this long at SIGTERM
 
@@ -111,6 +111,7 @@ class DnsConfig:
     nameservers: tuple[str, ...] = ()  # for checks; empty: delivery.nameservers, then the system resolver
     recheck_interval: float = 86400.0  # verified domains re-checked daily
     pending_recheck_interval: float = 300.0  # pending domains retried every few minutes
+    pending_claim_ttl: float = 7 * 86400.0  # a domain claim not proved by DNS within this expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class LimitsConfig:
     message_size: int = 25 * MiB
     json_body: int = 1 * MiB
     recipients_per_message: int = 100
+    header_size: int = 256 * 1024  # a header section longer than this is refused (552 5.3.4), never judged by a prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,7 @@ class SuspensionConfig:
     max_bounce_rate: float = 0.05  # bounces / sends
     max_complaint_rate: float = 0.0008  # complaints / sends
     min_sends: int = 20  # below this volume no rate is judged
+    min_complaints: int = 3  # fewer distinct complaints than this never suspend, whatever the rate
     suppress_hard_bounces: bool = False  # members may opt in: hard-bounced recipients join the suppression list
 
 
@@ -144,10 +147,29 @@ class InboundConfig:
     per_ip_per_minute: int = 30
     per_ip_burst: int = 10
     message_size: int = 10 * MiB
+    # Where ARF reports are believed from: a domain whose DKIM signature on the report verifies
+    # ("fbl.example.net", subdomains included) or a network the report arrives from ("192.0.2.0/24").
+    fbl_sources: tuple[str, ...] = ()
+    forward_daily: int = 200  # forwarded replies per member per UTC day
+    forward_per_ip_per_hour: int = 30  # forwarded replies accepted from one source address per hour
+    srs_daily: int = 5  # delivery reports relayed to one SRS0 address per UTC day
+    forward_confirm_ttl: float = 3 * 86400.0  # how long a forward-to confirmation link stays valid
+    forward_confirm_daily: int = 5  # confirmation mails a member may have sent per day (no mail-bombing)
     report_size: int = 1 * MiB  # size limit of a transaction to a VERP (bounce) or FBL address
     report_parse_bytes: int = 256 * 1024  # a DSN or ARF report is parsed from its first this many bytes
     report_parts: int = 64  # MIME parts beyond which a report is not parsed at all
     parse_threads: int = 2  # worker threads parsing reports (off the event loop)
+
+
+@dataclass(frozen=True, slots=True)
+class TestingConfig:
+    """Settings only the test suite uses. Never set them on a relay that faces the internet."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    # Outbound connections may reach loopback addresses (and http:// on loopback): the test peers
+    # (sink MX, webhook receivers, local PDS/PLC) all listen there. Other non-global ranges stay refused.
+    allow_loopback_peers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +206,6 @@ class IdentityConfig:
     plc_url: str = "https://plc.directory"  # DID PLC directory; tests point it at a local PLC
     handle_resolution: str = "standard"  # standard: DNS TXT _atproto.<handle> + https well-known | well-known-at
     handle_resolver_url: str = ""  # well-known-at: GET <this>/.well-known/atproto-did with Host: <handle> (tests)
-    allow_http_on_loopback: bool = False  # development only: http PDS/issuer on localhost/127.0.0.1/::1
     cache_ttl: float = 600.0  # resolved handles and DID documents
     timeout: float = 10.0  # per HTTP/DNS request during resolution and OAuth
     # Bounds on what strangers' servers can make the relay read or wait for (relay.fetch, issue 13):
@@ -223,6 +244,7 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    testing: TestingConfig = field(default_factory=TestingConfig)
     # secrets: never from the file (see load_secrets)
     admin_token: str = field(default="", repr=False)
     secret_key: bytes = field(default=b"", repr=False)
@@ -235,6 +257,15 @@ class Config:
     def banner_host(self) -> str:
         return self.smtp.hostname or self.operator_domain
 
+    def make_state_dir(self) -> Path:
+        """Create the state dir 0700 (or tighten an existing one): it holds the store (bcrypt hashes,
+        sealed keys, recipients), the spool (message bodies) and the generated secrets."""
+        path = self.state_path
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+        return path
+
     @property
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.state_path / 'relay.db'}"
@@ -245,6 +276,9 @@ PRODUCTION_DEFAULTS: dict[str, Any] = {
     "http": {"addr": "0.0.0.0:8080"},
 }
 _SECRET_KEYS = {"admin_token", "secret_key"}
+# Keys that were replaced by the one test-only setting: say where they went.
+_MOVED = {"delivery.allow_loopback_mx": "testing.allow_loopback_peers",
+          "identity.allow_http_on_loopback": "testing.allow_loopback_peers"}
 
 
 def load(path: str | Path | None, *, dev: bool, env: typing.Mapping[str, str] | None = None) -> Config:
@@ -340,8 +374,25 @@ def _validate(cfg: Config) -> None:
     if cfg.identity.handle_resolution == "well-known-at" and not cfg.identity.handle_resolver_url:
         raise ConfigError("identity.handle_resolver_url: required when identity.handle_resolution = well-known-at")
     _validate_spool(cfg.spool)
+    if cfg.suspension.min_complaints < 1:
+        raise ConfigError(f"suspension.min_complaints: must be at least 1, got {cfg.suspension.min_complaints}")
+    for i, source in enumerate(cfg.inbound.fbl_sources):
+        if not fbl_source_ok(source):
+            raise ConfigError(f"inbound.fbl_sources[{i}]: {source!r} is neither a domain nor a network (a.b.c.d/n)")
     if not cfg.store_url.startswith(("sqlite:///", "postgresql://")):
         raise ConfigError(f"store.url: expected sqlite:///path or postgresql://..., got {cfg.store_url!r}")
+
+
+def fbl_source_ok(source: str) -> bool:
+    """A network (``192.0.2.0/24``, ``2001:db8::/32``, a bare address) or a domain name."""
+    try:
+        ipaddress.ip_network(source, strict=False)
+        return True
+    except ValueError:
+        pass
+    labels = source.rstrip(".").lower().split(".")
+    return len(labels) >= 2 and all(
+        label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels)
 
 
 _POSITIVE = {
@@ -349,7 +400,10 @@ _POSITIVE = {
                  "min_timeout"},
     "smtp": {"max_connections", "max_connections_per_ip", "pre_auth_timeout", "pre_auth_time", "pre_mail_timeout",
              "pre_mail_time", "session_time", "error_limit", "data_buffer_bytes"},
-    "inbound": {"report_size", "report_parse_bytes", "report_parts", "parse_threads"},
+    "inbound": {"report_size", "report_parse_bytes", "report_parts", "parse_threads", "forward_daily",
+                "forward_per_ip_per_hour", "srs_daily", "forward_confirm_daily", "forward_confirm_ttl"},
+    "limits": {"header_size"},
+    "dns": {"pending_claim_ttl"},
     "auth": {"per_ip_per_minute", "per_ip_burst", "per_ip_concurrency", "per_did_per_minute", "per_did_burst",
              "bcrypt_threads"},
 }
@@ -384,6 +438,8 @@ def _build(cls: type[Any], raw: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         name = prefix + key
+        if name in _MOVED:
+            raise ConfigError(f"{name}: replaced by {_MOVED[name]} (test suites only)")
         if key not in fields:
             raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(fields))})")
         kwargs[key] = _coerce(hints[key], value, name)

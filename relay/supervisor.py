@@ -51,6 +51,7 @@ from relay.delivery.sink import CaptureSink
 from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
 from relay.dns.verifier import DomainVerifier
+from relay.egress import Egress
 from relay.eventbus import EventBus
 from relay.eventstream import reputation_hooks, run_publisher
 from relay.inbound.handler import InboundHandler
@@ -143,6 +144,7 @@ async def run_relay(
     cfg: Config, shutdown: trio.Event, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED
 ) -> None:
     await trio.to_thread.run_sync(make_dirs, cfg.state_path)  # durable names, before anything goes in
+    cfg.make_state_dir()  # 0700, an existing state dir tightened too (store, spool, secrets live there)
     sync_store = open_store(cfg.store_url)
     store = AsyncStore(sync_store)
     try:
@@ -180,7 +182,7 @@ async def run_relay(
         transport = SmtpTransport(
             Resolver.from_config(cfg.delivery), pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
             relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls),
-            allow_loopback_mx=cfg.delivery.allow_loopback_mx,
+            egress=Egress.from_config(cfg),
             hosts=HostHealth(per_host=cfg.delivery.per_host, min_timeout=cfg.delivery.min_timeout),
         )
         scheduler = Scheduler(spool, writer, transport, prepare=Preparer(cfg, store, operator), bus=bus,
@@ -192,7 +194,7 @@ async def run_relay(
         ))
         acceptor = Acceptor(spool, writer, bus=bus, metrics=metrics, on_accept=scheduler.notify)
         auth = Authenticator(store, keys, cfg.auth)
-        webhooks = WebhookDispatcher(store, bus)
+        webhooks = WebhookDispatcher(store, bus, egress=Egress.from_config(cfg), secret_key=cfg.secret_key)
         verifier = None
         if not cfg.dev or cfg.dns.nameservers:
             # Dev without test nameservers: no DNS checks, so a newcomer's relay sends no queries out.
@@ -205,7 +207,8 @@ async def run_relay(
                             labeler=labeler, reputation=reputation, webhooks=webhooks, oauth=oauth, bound=bound)
         buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, both listeners together
         smtp = SmtpServer(_submission_config(cfg, tls),
-                          SubmissionHandler(auth, store, acceptor, reputation=reputation), buffers=buffers)
+                          SubmissionHandler(auth, store, acceptor, reputation=reputation,
+                                            header_limit=cfg.limits.header_size), buffers=buffers)
         inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation), ssl_context=tls,
                                       buffers=buffers)
 

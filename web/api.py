@@ -15,7 +15,7 @@ from relay.auth import Principal
 from relay.errors import AuthRequired, InvalidDid, InvalidRequest, PayloadTooLarge, RelayError
 from relay.health import refusals
 from relay.reputation import Grant, RateLimitExceeded, Reputation
-from relay.sender import check_sender
+from relay.sender import check_sender, header_section
 from relay.services import Services
 from relay.store.base import StoreError
 from relay.store.mirror import IDEMPOTENCY_KEY, REJECTED, REQUEST_HASH, send_response
@@ -157,6 +157,7 @@ async def _send(
         data = compose(req)
         if len(data) > svc.cfg.limits.message_size:
             raise PayloadTooLarge("composed message larger than the message size limit")
+        header_section(data, svc.cfg.limits.header_size)  # 400 HEADER_TOO_LARGE past limits.header_size
         attrs = {"source": "http", "subject": req.subject, "category": req.category,
                  "transactional": "1" if transactional else ""}
         if idempotency is not None:

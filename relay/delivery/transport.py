@@ -8,7 +8,6 @@ through to the next MX, as in Postfix, so a message is never sent twice at once)
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 
@@ -17,6 +16,7 @@ from relay.delivery.congestion import HostHealth
 from relay.delivery.retry import Outcome, OutcomeKind
 from relay.delivery.routing import MxHost, Resolver, Route, RoutingError, route
 from relay.delivery.scheduler import AttemptResult
+from relay.egress import Egress
 from relay.smtp.client import ClientTimeouts, TlsPolicy
 
 log = logging.getLogger("relay.delivery")
@@ -33,7 +33,7 @@ class SmtpTransport:
         relayhost: str = "",
         tls_policy: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
         timeouts: ClientTimeouts | None = None,
-        allow_loopback_mx: bool = False,
+        egress: Egress | None = None,
         ssl_context: ssl.SSLContext | None = None,
         hosts: HostHealth | None = None,
     ) -> None:
@@ -45,7 +45,7 @@ class SmtpTransport:
         self._relayhost = relayhost
         self._tls = tls_policy
         self._timeouts = timeouts or ClientTimeouts()
-        self._allow_loopback = allow_loopback_mx or bool(relayhost)
+        self._egress = egress or Egress()
         self._ssl_context = ssl_context
 
     async def attempt(self, domain: str, mail_from: str, rcpt: str, data: bytes) -> AttemptResult:
@@ -56,9 +56,11 @@ class SmtpTransport:
             return AttemptResult(Outcome(kind, str(exc), exc.enhanced))
         hosts = self._usable(found)
         if not hosts:
-            # Never deliver to ourselves: an MX on loopback would loop mail back into the relay.
-            text = f"{domain}: every MX host resolves to a loopback address"
-            return AttemptResult(Outcome(OutcomeKind.DNS_PERMANENT, text, "5.4.6"))
+            # Never deliver to ourselves or into a private network (relay.egress): an MX of 0.0.0.0,
+            # ::ffff:127.0.0.1 or 10.0.0.1 would reach listeners no stranger should reach.
+            refused = "; ".join(f"{h.name} {a} is {self._egress.refusal(a)}" for h in found.hosts for a in h.addresses)
+            text = f"{domain}: no MX host has a globally routable address ({refused})"[:900]
+            return AttemptResult(Outcome(OutcomeKind.DNS_PERMANENT, text, "5.4.4"))
         smtputf8 = not (mail_from.isascii() and rcpt.isascii())
         last: DeliveryResult | None = None
         for host in hosts:
@@ -80,11 +82,12 @@ class SmtpTransport:
         return AttemptResult(_no_reply(last, "connection failed"), mx_host=last.mx_host)
 
     def _usable(self, found: Route) -> list[MxHost]:
-        if self._allow_loopback:
-            return found.hosts
+        if self._relayhost:
+            return found.hosts  # the operator's own smarthost, often on a private network: their choice
         hosts = []
         for host in found.hosts:
-            addresses = [a for a in host.addresses if not ipaddress.ip_address(a).is_loopback]
+            # deliver() connects to exactly these checked addresses: no second lookup to rebind.
+            addresses = self._egress.allowed(host.addresses)
             if addresses:
                 hosts.append(MxHost(host.name, host.preference, addresses))
         return hosts

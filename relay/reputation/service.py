@@ -387,7 +387,7 @@ class Reputation:
             "standing": {
                 "windowHours": cfg.window / HOUR, "sends": sends, "bounces": bounces, "complaints": complaints,
                 "maxBounceRate": cfg.max_bounce_rate, "maxComplaintRate": cfg.max_complaint_rate,
-                "minSends": cfg.min_sends,
+                "minSends": cfg.min_sends, "minComplaints": cfg.min_complaints,
             },
             "labels": [],
         }

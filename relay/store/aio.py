@@ -86,6 +86,7 @@ class AsyncStore:
         ed25519_private: bytes,
         verify_token: str,
         state: DomainState = "pending",
+        claim_ttl: float | None = None,
     ) -> Domain:
         fn = functools.partial(
             self._store.add_domain,
@@ -96,6 +97,7 @@ class AsyncStore:
             ed25519_private=ed25519_private,
             verify_token=verify_token,
             state=state,
+            claim_ttl=claim_ttl,
         )
         return await self._run(fn)
 

@@ -202,6 +202,54 @@ CREATE TABLE oauth_pending (
 ) WITHOUT ROWID;
 """
 
+# Abuse resistance (issue 15): complaints de-duplicated per recipient id (the VERP address names
+# one recipient of one message); reports nobody can be held to, kept for the operator; forward-to
+# confirmation; per-day counters (forwards per member, delivery reports per SRS0 address);
+# competing pending domain claims.
+_V8 = """
+CREATE TABLE complaints (
+    rcpt_id       INTEGER PRIMARY KEY,
+    did           TEXT NOT NULL,
+    recipient     TEXT NOT NULL,
+    feedback_type TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    received_at   REAL NOT NULL
+);
+CREATE INDEX complaints_received ON complaints(received_at);
+
+CREATE TABLE unattributed_reports (
+    id          INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    mail_from   TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX unattributed_reports_received ON unattributed_reports(received_at);
+
+ALTER TABLE domains ADD COLUMN forward_confirmed_at REAL;
+
+CREATE TABLE daily_counts (
+    scope TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    day   INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (scope, key, day)
+) WITHOUT ROWID;
+
+CREATE TABLE domain_claims (
+    domain          TEXT NOT NULL CHECK (domain = lower(domain)),
+    did             TEXT NOT NULL REFERENCES members(did),
+    selector        TEXT NOT NULL,
+    rsa_private     BLOB NOT NULL,
+    ed25519_private BLOB NOT NULL,
+    verify_token    TEXT NOT NULL,
+    created_at      REAL NOT NULL,
+    PRIMARY KEY (domain, did)
+) WITHOUT ROWID;
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
@@ -209,6 +257,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (4, _V4),
     (5, _V5),
     (7, _V7),
+    (8, _V8),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -48,6 +48,8 @@ class Domain:
     forward_to: str | None = None
     created_at: float = 0.0
     verified_at: float | None = None  # first successful ownership check; kept across re-checks
+    forward_confirmed_at: float | None = None  # forward_to proved by the link mailed to it; None: replies refused
+    claim: bool = False  # a competing pending claim (domain_claims), not the domain's own row
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,3 +239,16 @@ class LabelRow:
     sig: bytes
     exp: str | None = None
     seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UnattributedReport:
+    """A complaint or bounce the relay could not tie to a message it sent: the operator's to read."""
+
+    id: int
+    kind: str  # arf | dsn
+    peer: str  # the SMTP client's address
+    mail_from: str
+    reason: str  # why it was not attributed (untrusted source, no VERP address, forged tag, ...)
+    summary: str  # feedback type, reported Message-ID, ... (bounded)
+    received_at: float

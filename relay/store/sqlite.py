@@ -17,6 +17,7 @@ runs calls in a worker thread; it is only ever used by one thread at a time.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +59,7 @@ from relay.store.rows import (
     SpoolMark,
     StatusUpdate,
     Suppression,
+    UnattributedReport,
     Webhook,
     WebSession,
     WriteOp,
@@ -112,7 +114,8 @@ _TERMINAL = "status IN ({})".format(", ".join(f"'{s}'" for s in TERMINAL_STATUSE
 def connect(path: str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
     """Open, configure and migrate a database file (or ``:memory:``)."""
     if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private(path)
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
@@ -127,6 +130,23 @@ def connect(path: str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
             raise StoreUnavailable(f"cannot open store {path}: {exc}") from exc
         raise
     return conn
+
+
+def _private(path: str) -> None:
+    """Create the database file 0600 before SQLite first writes it (SQLite gives the -wal and -shm
+    files the database file's mode), and tighten files an older version left readable."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        try:
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 class SqliteStore:
@@ -225,30 +245,53 @@ class SqliteStore:
         ed25519_private: bytes,
         verify_token: str,
         state: DomainState = "pending",
+        claim_ttl: float | None = None,
     ) -> Domain:
-        """Enroll a domain. Re-adding one's own domain returns the stored row unchanged
-        (its DKIM keys may already be published). ``state="verified"`` is for operator
-        enrollment without DNS checks (``atmos admin enroll --skip-dns``, dev demo)."""
+        """Enroll (claim) a domain. Re-adding one's own domain returns the stored row unchanged (its
+        DKIM keys may already be published). ``state="verified"`` is for operator enrollment without
+        DNS checks (``atmos admin enroll --skip-dns``, dev demo): it takes the domain from any pending
+        claimant. A domain another DID holds *pending* is not taken: this DID gets a competing claim
+        (``domain_claims``) and the first DNS proof wins (``promote_claim``); a pending claim older
+        than ``claim_ttl`` seconds is dropped first (DomainTaken only for a verified domain)."""
         domain = normalize_domain(domain)
+        now = self._clock()
         with self._tx() as c:
             if c.execute("SELECT 1 FROM members WHERE did = ?", (did,)).fetchone() is None:
                 raise NotFound(f"no member {did}")
+            if claim_ttl is not None:
+                _expire(c, domain, now - claim_ttl)
             existing = c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone()
-            if existing is not None:
-                if existing["did"] != did:
-                    raise DomainTaken(domain)
+            mine = c.execute("SELECT * FROM domain_claims WHERE domain = ? AND did = ?", (domain, did)).fetchone()
+            if existing is not None and existing["did"] == did:
                 return _domain(existing)
+            if existing is not None and existing["state"] == "verified":
+                raise DomainTaken(domain)
+            if mine is not None and state != "verified":
+                return _claim(mine)
             # Counted under the write lock, so two processes cannot both add a third domain.
-            (count,) = c.execute("SELECT COUNT(*) FROM domains WHERE did = ?", (did,)).fetchone()
-            if count >= MAX_DOMAINS_PER_DID:
+            (count,) = c.execute(
+                "SELECT (SELECT COUNT(*) FROM domains WHERE did = ?) + (SELECT COUNT(*) FROM domain_claims"
+                " WHERE did = ?)", (did, did)).fetchone()
+            if count >= MAX_DOMAINS_PER_DID and mine is None:
                 raise DomainLimitReached(did)
-            now = self._clock()
+            if existing is not None and state != "verified":
+                c.execute(
+                    "INSERT INTO domain_claims (domain, did, selector, rsa_private, ed25519_private, verify_token,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (domain, did, selector, rsa_private, ed25519_private, verify_token, now))
+                return _claim(c.execute("SELECT * FROM domain_claims WHERE domain = ? AND did = ?",
+                                        (domain, did)).fetchone())
+            if existing is not None:  # verified by the operator: every pending claimant loses
+                c.execute("DELETE FROM domains WHERE domain = ?", (domain,))
+            c.execute("DELETE FROM domain_claims WHERE domain = ? AND did = ?", (domain, did))
             c.execute(
                 "INSERT INTO domains (domain, did, selector, rsa_private, ed25519_private, verify_token,"
                 " state, created_at, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (domain, did, selector, rsa_private, ed25519_private, verify_token, state, now,
                  now if state == "verified" else None),
             )  # fmt: skip
+            if state == "verified":
+                c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,))
             return _domain(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone())
 
     def get_domain(self, domain: str) -> Domain | None:
@@ -256,8 +299,53 @@ class SqliteStore:
         return _domain(row) if row else None
 
     def domains_for(self, did: str) -> list[Domain]:
+        """The DID's domains, its competing pending claims included (``Domain.claim``)."""
         rows = self._all("SELECT * FROM domains WHERE did = ? ORDER BY created_at, domain", (did,))
-        return [_domain(r) for r in rows]
+        claims = self._all("SELECT * FROM domain_claims WHERE did = ? ORDER BY created_at, domain", (did,))
+        return sorted([*map(_domain, rows), *map(_claim, claims)], key=lambda d: (d.created_at, d.domain))
+
+    def promote_claim(self, domain: str, did: str) -> Domain:
+        """``did`` proved the domain first: its claim becomes the verified row, the others are dropped."""
+        domain = normalize_domain(domain)
+        now = self._clock()
+        with self._tx() as c:
+            existing = c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone()
+            if existing is not None and existing["did"] == did:
+                c.execute("UPDATE domains SET state = 'verified', verified_at = COALESCE(verified_at, ?)"
+                          " WHERE domain = ?", (now, domain))
+            else:
+                if existing is not None and existing["state"] == "verified":
+                    raise DomainTaken(domain)
+                claim = c.execute("SELECT * FROM domain_claims WHERE domain = ? AND did = ?",
+                                  (domain, did)).fetchone()
+                if claim is None:
+                    raise NotFound(f"no claim of {domain} by {did}")
+                c.execute("DELETE FROM domains WHERE domain = ?", (domain,))
+                c.execute(
+                    "INSERT INTO domains (domain, did, selector, rsa_private, ed25519_private, verify_token,"
+                    " state, created_at, verified_at) VALUES (?, ?, ?, ?, ?, ?, 'verified', ?, ?)",
+                    (domain, did, claim["selector"], claim["rsa_private"], claim["ed25519_private"],
+                     claim["verify_token"], claim["created_at"], now))
+            c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,))
+            return _domain(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone())
+
+    def release_domain(self, domain: str) -> int:
+        """Drop a domain and every claim on it (``atmos admin domain release``); rows removed."""
+        domain = normalize_domain(domain)
+        with self._tx() as c:
+            n = c.execute("DELETE FROM domains WHERE domain = ?", (domain,)).rowcount
+            return int(n) + int(c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,)).rowcount)
+
+    def expire_claims(self, ttl: float) -> list[tuple[str, str]]:
+        """Drop pending claims (own rows and competing ones) older than ``ttl``; (domain, did) dropped."""
+        cutoff = self._clock() - ttl
+        with self._tx() as c:
+            old = [(r["domain"], r["did"]) for r in c.execute(
+                "SELECT domain, did FROM domains WHERE state = 'pending' AND created_at < ? UNION ALL"
+                " SELECT domain, did FROM domain_claims WHERE created_at < ?", (cutoff, cutoff))]
+            for domain in {d for d, _ in old}:
+                _expire(c, domain, cutoff)
+            return old
 
     def set_domain_state(
         self, domain: str, state: DomainState | None = None, dkim_state: DkimState | None = None
@@ -272,15 +360,64 @@ class SqliteStore:
                 " ELSE verified_at END WHERE domain = ?",
                 (state, dkim_state, state, self._clock(), domain),
             )
+            if state == "verified":  # the first DNS proof wins: competing claims are dropped
+                c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,))
             return _domain(_updated(c, cur, domain))
 
     def set_forward_to(self, domain: str, forward_to: str | None) -> Domain:
+        """A new target starts unconfirmed (replies to it are refused until its link is followed);
+        setting the same target again keeps its confirmation."""
         domain = normalize_domain(domain)
         with self._tx() as c:
             cur = c.execute(
-                "UPDATE domains SET forward_to = ? WHERE domain = ?", (forward_to or None, domain)
+                "UPDATE domains SET forward_confirmed_at = CASE WHEN forward_to IS ? THEN forward_confirmed_at"
+                " ELSE NULL END, forward_to = ? WHERE domain = ?", (forward_to or None, forward_to or None, domain)
             )
             return _domain(_updated(c, cur, domain))
+
+    def confirm_forward_to(self, domain: str, forward_to: str, at: float) -> Domain | None:
+        """Mark ``forward_to`` confirmed if it is still the domain's target (None when it changed since)."""
+        domain = normalize_domain(domain)
+        with self._tx() as c:
+            cur = c.execute("UPDATE domains SET forward_confirmed_at = COALESCE(forward_confirmed_at, ?)"
+                            " WHERE domain = ? AND forward_to = ?", (at, domain, forward_to))
+            if cur.rowcount == 0:
+                return None
+            return _domain(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone())
+
+    # -- abuse resistance ---------------------------------------------------------------------
+
+    def record_complaint(self, rcpt_id: int, did: str, recipient: str, feedback_type: str, source: str) -> bool:
+        """True the first time recipient ``rcpt_id`` is complained about; False for every repeat."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO complaints (rcpt_id, did, recipient, feedback_type, source, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rcpt_id) DO NOTHING",
+                (rcpt_id, did, recipient, feedback_type[:32], source[:200], self._clock()))
+            return cur.rowcount > 0
+
+    def add_unattributed(self, kind: str, peer: str, mail_from: str, reason: str, summary: str) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO unattributed_reports (kind, peer, mail_from, reason, summary, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (kind, peer[:64], mail_from[:320], reason[:300], summary[:1000],
+                                              self._clock()))
+            return int(cur.lastrowid or 0)
+
+    def list_unattributed(self, limit: int = 100) -> list[UnattributedReport]:
+        rows = self._all("SELECT * FROM unattributed_reports ORDER BY id DESC LIMIT ?", (limit,))
+        return [UnattributedReport(**dict(r)) for r in rows]
+
+    def take_daily(self, scope: str, key: str, day: int, cap: int) -> bool:
+        """Count one against (scope, key, day) unless ``cap`` is reached; atomic across processes."""
+        with self._tx() as c:
+            row = c.execute("SELECT count FROM daily_counts WHERE scope = ? AND key = ? AND day = ?",
+                            (scope, key, day)).fetchone()
+            if row is not None and int(row["count"]) >= cap:
+                return False
+            c.execute("INSERT INTO daily_counts (scope, key, day, count) VALUES (?, ?, ?, 1)"
+                      " ON CONFLICT (scope, key, day) DO UPDATE SET count = count + 1", (scope, key, day))
+            return True
 
     # -- API keys -----------------------------------------------------------------------------
 
@@ -536,6 +673,10 @@ class SqliteStore:
         old = f"SELECT id FROM messages WHERE {_TERMINAL} AND updated_at < ?"
         with self._tx() as c:
             c.execute(f"DELETE FROM attempts WHERE message_id IN ({old})", (cutoff,))
+            # Complaint de-duplication lives as long as the rows it is about; daily counters two days.
+            c.execute("DELETE FROM complaints WHERE received_at < ?", (cutoff,))
+            c.execute("DELETE FROM unattributed_reports WHERE received_at < ?", (cutoff,))
+            c.execute("DELETE FROM daily_counts WHERE day < ?", (int(now // 86400) - 2,))
             return c.execute(f"DELETE FROM messages WHERE id IN ({old})", (cutoff,)).rowcount
 
 
@@ -753,6 +894,29 @@ def _webhook(row: sqlite3.Row) -> Webhook:
 
 def _domain(row: sqlite3.Row) -> Domain:
     return Domain(**dict(row))
+
+
+def _claim(row: sqlite3.Row) -> Domain:
+    return Domain(domain=row["domain"], did=row["did"], selector=row["selector"], rsa_private=row["rsa_private"],
+                  ed25519_private=row["ed25519_private"], verify_token=row["verify_token"], state="pending",
+                  created_at=float(row["created_at"]), claim=True)
+
+
+def _expire(c: sqlite3.Connection, domain: str, cutoff: float) -> None:
+    """Drop ``domain``'s pending claims made before ``cutoff``; when its own pending row goes, the
+    oldest surviving competing claim takes its place (still pending)."""
+    c.execute("DELETE FROM domain_claims WHERE domain = ? AND created_at < ?", (domain, cutoff))
+    gone = c.execute("DELETE FROM domains WHERE domain = ? AND state = 'pending' AND created_at < ?",
+                     (domain, cutoff)).rowcount
+    if not gone:
+        return
+    nxt = c.execute("SELECT * FROM domain_claims WHERE domain = ? ORDER BY created_at LIMIT 1", (domain,)).fetchone()
+    if nxt is not None:
+        c.execute("INSERT INTO domains (domain, did, selector, rsa_private, ed25519_private, verify_token, state,"
+                  " created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                  (domain, nxt["did"], nxt["selector"], nxt["rsa_private"], nxt["ed25519_private"],
+                   nxt["verify_token"], nxt["created_at"]))
+        c.execute("DELETE FROM domain_claims WHERE domain = ? AND did = ?", (domain, nxt["did"]))
 
 
 def _message(row: sqlite3.Row) -> MessageRow:

@@ -204,7 +204,7 @@ class Soak:
         self.sink = SmtpSink(base / "sink").start()
         self.deferring = self._start_deferring_sink(self.sink.port)
         toml = (f"[delivery]\nport = {self.sink.port}\nnameservers = [\"{self.dns.nameservers[0]}\"]\n"
-                "allow_loopback_mx = true\nshutdown_grace = 5.0\n")
+                "shutdown_grace = 5.0\n")  # loopback peers: [testing] from RelayProcess
         # INFO: the relay logs each outcome once it is durable, which tells in-flight duplicates apart.
         self.relay = RelayProcess(base=base / "relay", tls=self.tls, extra_toml=toml, env={"ATMOS_LOG_LEVEL": "INFO"})
         self.relay.base.mkdir(parents=True, exist_ok=True)

@@ -169,12 +169,16 @@ async def test_suspended_member_reads_its_standing_but_cannot_change_things(env:
 async def test_forward_to(env: Env) -> None:
     status, body = await answer(await env.client.put("/member/forward-to", headers=auth(),
                                                      json={"domain": "Mail.Example.com", "forward_to": "Me@Elsewhere.org"}))
-    assert (status, body) == (200, {"domain": DOMAIN, "forward_to": "Me@elsewhere.org"})
+    assert (status, body) == (200, {"domain": DOMAIN, "forward_to": "Me@elsewhere.org", "confirmed": False,
+                                    "confirmation_sent": True})
     row = env.store.get_domain(DOMAIN)
-    assert row is not None and row.forward_to == "Me@elsewhere.org"
+    assert row is not None and row.forward_to == "Me@elsewhere.org" and row.forward_confirmed_at is None
+    [confirmation] = [m for m in env.services.spool.live() if m.envelope.rcpts == ("Me@elsewhere.org",)]
+    assert b"/forward-to/confirm/" in env.services.spool.read_data(confirmation.queue_id)
     status, body = await answer(await env.client.put("/member/forward-to", headers=auth(),
                                                      json={"domain": DOMAIN, "forward_to": None}))
-    assert (status, body) == (200, {"domain": DOMAIN, "forward_to": None})
+    assert (status, body) == (200, {"domain": DOMAIN, "forward_to": None, "confirmed": False,
+                                    "confirmation_sent": False})
     row = env.store.get_domain(DOMAIN)
     assert row is not None and row.forward_to is None
 
