@@ -75,13 +75,27 @@ class DeliveryConfig:
     port: int = 25
     relayhost: str = ""  # optional smarthost: "[host]:port" (no MX lookup) or "host:port"
     nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system resolver
-    tls: str = "may"  # may (opportunistic) | verify | none  (Postfix smtp_tls_security_level)
+    # may (opportunistic) | verify | none | dane (Postfix smtp_tls_security_level); empty: dane when
+    # dnssec is on, else may. MTA-STS applies on top of may/dane (relay/delivery/tlspolicy.py).
+    tls: str = ""
+    dnssec: bool = False  # nameservers are a local DNSSEC validator: trust its AD bit (smtp_dns_support_level)
+    tls_ca_file: str = ""  # trust store for verified TLS (MX hosts, MTA-STS policy hosts); empty: the system's
+    mta_sts: bool = True  # honour recipient domains' MTA-STS policies (RFC 8461)
+    mta_sts_timeout: float = 15.0  # one policy fetch, all of it (DNS, connect, TLS, HTTP)
+    mta_sts_max_bytes: int = 65536  # a policy larger than this is invalid
+    mta_sts_cache_entries: int = 10000  # policies kept in memory (least recently used dropped)
     max_concurrency: int = 100  # deliveries in flight relay-wide
     per_destination: int = 20  # connections per destination domain (Postfix default_destination_concurrency_limit)
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
     allow_loopback_mx: bool = False  # tests: MX records pointing at 127.0.0.1
     capture: bool = True  # dev only, without relayhost: deliver to the built-in capture sink
     shutdown_grace: float = 10.0  # in-flight deliveries get this long at SIGTERM
+
+
+    @property
+    def tls_level(self) -> str:
+        """``tls`` with the default filled in: dane when a validator is configured, else may."""
+        return self.tls or ("dane" if self.dnssec else "may")
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,8 +287,23 @@ def _validate(cfg: Config) -> None:
                        ("limits.recipients_per_message", cfg.limits.recipients_per_message)):
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
-    if cfg.delivery.tls not in ("may", "verify", "none"):
-        raise ConfigError(f"delivery.tls: expected may, verify or none, got {cfg.delivery.tls!r}")
+    if cfg.delivery.tls not in ("", "may", "verify", "none", "dane"):
+        raise ConfigError(f"delivery.tls: expected may, verify, none or dane, got {cfg.delivery.tls!r}")
+    if cfg.delivery.tls == "dane" and not cfg.delivery.dnssec:
+        raise ConfigError("delivery.tls: dane needs delivery.dnssec = true (a local validating resolver)")
+    if cfg.delivery.dnssec:
+        from relay.delivery.dane import dnssec_nameservers_problem
+
+        problem = dnssec_nameservers_problem(cfg.delivery.nameservers)
+        if problem is not None:
+            raise ConfigError(f"delivery.dnssec: {problem}")
+    sts_limits: tuple[tuple[str, float], ...] = (
+        ("delivery.mta_sts_timeout", cfg.delivery.mta_sts_timeout),
+                       ("delivery.mta_sts_max_bytes", cfg.delivery.mta_sts_max_bytes),
+        ("delivery.mta_sts_cache_entries", cfg.delivery.mta_sts_cache_entries))
+    for key, value in sts_limits:
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
     if not cfg.delivery.retry_schedule or any(d <= 0 for d in cfg.delivery.retry_schedule):
         raise ConfigError("delivery.retry_schedule: a non-empty list of positive seconds")
     for key, value in (("delivery.max_concurrency", cfg.delivery.max_concurrency),

@@ -35,6 +35,7 @@ from relay.delivery.retry import RetryPolicy
 from relay.delivery.routing import Resolver
 from relay.delivery.scheduler import Scheduler, SchedulerConfig
 from relay.delivery.sink import CaptureSink
+from relay.delivery.tlspolicy import tls_planner
 from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
 from relay.dns.verifier import DomainVerifier
@@ -47,7 +48,6 @@ from relay.metrics import RelayMetrics
 from relay.operatorkey import OperatorKeys
 from relay.reputation import Reputation
 from relay.services import Services
-from relay.smtp.client import TlsPolicy
 from relay.smtp.limits import Limits
 from relay.smtp.server import SmtpServer, SmtpServerConfig
 from relay.store import open_store
@@ -165,9 +165,13 @@ async def _start_delivery(
         relayhost = f"[{host}]:{port}"
     pool = ConnectionPool()
     await root.start(pool.run)
+    resolver = Resolver.from_config(cfg.delivery)
+    planner = tls_planner(cfg, resolver)
+    if planner.sts is not None:
+        await root.start(planner.sts.run)
     transport = SmtpTransport(
-        Resolver.from_config(cfg.delivery), pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
-        relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls), allow_loopback_mx=cfg.delivery.allow_loopback_mx,
+        resolver, pool, helo_name=cfg.banner_host, port=cfg.delivery.port, relayhost=relayhost,
+        tls_policy=planner.default, allow_loopback_mx=cfg.delivery.allow_loopback_mx, planner=planner,
     )
     operator = OperatorKeys(cfg.state_path, cfg.secret_key)
     await trio.to_thread.run_sync(operator.current)  # created on first start, before any delivery

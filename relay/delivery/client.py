@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import trio
 
-from relay.smtp.client import ClientTimeouts, SmtpClient, SmtpError, TlsPolicy, open_smtp
+from relay.smtp.client import ClientTimeouts, PeerCheck, SmtpClient, SmtpError, SmtpTlsError, TlsPolicy, open_smtp
 from relay.smtp.reply import Reply
 
 __all__ = ["ConnectionPool", "DeliveryResult", "PoolKey", "deliver"]
@@ -58,12 +58,14 @@ class DeliveryResult:
     tls_cipher: str | None = None
     reused: bool = False  # the connection came from the pool
     started: bool = False  # a transaction began on this host (its outcome is final for this attempt)
+    tls_failure: str | None = None  # RFC 8460 result type when required TLS failed (SmtpTlsError)
 
 
 class PoolKey(NamedTuple):
     address: str
     port: int
     tls: TlsPolicy
+    auth: str = ""  # how the peer was authenticated (DANE/MTA-STS): only reused under the same terms
 
 
 async def deliver(
@@ -80,18 +82,21 @@ async def deliver(
     pool: ConnectionPool | None = None,
     ssl_context: ssl.SSLContext | None = None,
     smtputf8: bool = False,
+    peer_check: PeerCheck | None = None,
+    auth: str = "",
 ) -> DeliveryResult:
     """Offer the message to the host ``mx_name`` at ``addresses`` (in order); see the module docstring.
 
     Never raises for network or protocol trouble: that is in the result. ``ssl_context`` replaces the
-    TLS policy's default context (tests pass their own CA).
+    TLS policy's default context (tests pass their own CA). ``peer_check`` judges the server's
+    certificate chain (DANE); ``auth`` names those terms so pooled connections are reused only under them.
     """
     if not addresses:
         return DeliveryResult(mx_name, connection_error=f"no address for host {mx_name}")
     timeouts = timeouts or ClientTimeouts()
     error: SmtpError | None = None
     for address in addresses:
-        key = PoolKey(address, port, tls_policy)
+        key = PoolKey(address, port, tls_policy, auth)
         client = await pool.acquire(key) if pool is not None else None
         reused = client is not None
         if client is None:
@@ -104,6 +109,7 @@ async def deliver(
                     timeouts=timeouts,
                     tls_server_name=mx_name,
                     ssl_context=ssl_context,
+                    peer_check=peer_check,
                 )
             except SmtpError as exc:
                 log.info("delivery to %s: %s", mx_name, exc.text)
@@ -116,6 +122,7 @@ async def deliver(
         connection_error=error.text,
         address=addresses[-1],
         connection_reply=error.reply if error.from_server else None,
+        tls_failure=error.result_type if isinstance(error, SmtpTlsError) else None,
     )
 
 
