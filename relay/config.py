@@ -299,11 +299,11 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"delivery.dnssec: {problem}")
     sts_limits: tuple[tuple[str, float], ...] = (
         ("delivery.mta_sts_timeout", cfg.delivery.mta_sts_timeout),
-                       ("delivery.mta_sts_max_bytes", cfg.delivery.mta_sts_max_bytes),
+        ("delivery.mta_sts_max_bytes", cfg.delivery.mta_sts_max_bytes),
         ("delivery.mta_sts_cache_entries", cfg.delivery.mta_sts_cache_entries))
-    for key, value in sts_limits:
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
+    for sts_key, limit in sts_limits:
+        if limit <= 0:
+            raise ConfigError(f"{sts_key}: must be positive, got {limit}")
     if not cfg.delivery.retry_schedule or any(d <= 0 for d in cfg.delivery.retry_schedule):
         raise ConfigError("delivery.retry_schedule: a non-empty list of positive seconds")
     for key, value in (("delivery.max_concurrency", cfg.delivery.max_concurrency),

@@ -75,6 +75,12 @@ def dnssec_nameservers_problem(nameservers: Sequence[str]) -> str | None:
     return None
 
 
+# The name is matched against the subjectAltName, which must be there; its criticality and every other
+# leaf extension are left alone.
+_EE_POLICY = verification.ExtensionPolicy.permit_all().require_present(
+    x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None)
+
+
 # ---- records and matching -------------------------------------------------------------------------
 
 
@@ -141,9 +147,13 @@ class TlsaSet:
         problem = ""
         for anchor in anchors:
             try:
+                # RFC 7672 §3.1.2 asks for a chain to the anchor and the name, not the CA/Browser profile:
+                # the leaf's extensions are not held to WebPKI rules (private CAs rarely follow them).
                 verifier = (
                     verification.PolicyBuilder()
                     .store(verification.Store([anchor]))
+                    .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                                        ee_policy=_EE_POLICY)
                     .time(now or datetime.datetime.now(datetime.UTC))
                     .build_server_verifier(x509.DNSName(self.host))
                 )
