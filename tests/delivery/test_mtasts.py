@@ -58,7 +58,7 @@ class Peers:
 
 def _https(site: Site, ca: trustme.CA) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             host = self.headers.get("Host", "")
             site.requests.append(host)
             status, ctype, body = site.policies.get(host, (404, "text/plain", b"no policy here\n"))
@@ -68,7 +68,7 @@ def _https(site: Site, ca: trustme.CA) -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
