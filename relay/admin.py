@@ -68,6 +68,9 @@ def add_parser(sub: Any) -> None:
     dcheck.add_argument("--dry-run", action="store_true", help="report only; do not change the domain's state")
     dcheck.add_argument("--json", action="store_true")
 
+    doctor = asub.add_parser("doctor", help="check the operator's own DNS, TLS-RPT/MTA-STS and certificate")
+    doctor.add_argument("--json", action="store_true")
+
     queue = asub.add_parser("queue", help="the spool")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     qlist = qsub.add_parser("list")
@@ -80,6 +83,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    if args.admin_command == "doctor":
+        report = doctor_cmd(cfg)
+        print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+        return 0 if report.ok else 1
     handlers = {"enroll": enroll, "members": members, "queue": queue, "dkim": dkim, "domain": domain_cmd}
     result = handlers[args.admin_command](cfg, args)
     if getattr(args, "json", False):
@@ -168,6 +175,16 @@ def domain_cmd(cfg: Config, args: argparse.Namespace) -> Any:
         raise AdminError(f"cannot read the DKIM keys of {name}: {exc}") from None
     out: dict[str, Any] = report.to_json()
     return out
+
+
+def doctor_cmd(cfg: Config) -> Any:
+    """The operator's set-up (relay/doctor.py); exit status 1 when something must be fixed."""
+    import trio
+
+    from relay.dns.checks import DnsLookup
+    from relay.doctor import diagnose
+
+    return trio.run(functools.partial(diagnose, cfg, lookup=DnsLookup.from_config(cfg)))
 
 
 def dkim(cfg: Config, args: argparse.Namespace) -> Any:
