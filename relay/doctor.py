@@ -37,9 +37,9 @@ from cryptography import x509
 
 from relay.address import normalize_domain
 from relay.delivery.mtasts import StsError, fetch_policy, parse_policy, parse_record
+from relay.dkimkeys import split_txt
 from relay.dns.checks import DnsLookup, DnsLookupError, Status, check_domain
 from relay.dns.records import DnsRecord, dmarc_name, dmarc_value, mx_host
-from relay.dkimkeys import split_txt
 
 if TYPE_CHECKING:
     from relay.config import Config
