@@ -84,6 +84,7 @@ class DeliveryConfig:
     mta_sts_timeout: float = 15.0  # one policy fetch, all of it (DNS, connect, TLS, HTTP)
     mta_sts_max_bytes: int = 65536  # a policy larger than this is invalid
     mta_sts_cache_entries: int = 10000  # policies kept in memory (least recently used dropped)
+    tls_reports: bool = True  # send daily TLS reports (RFC 8460) to destinations that publish _smtp._tls
     max_concurrency: int = 100  # deliveries in flight relay-wide
     per_destination: int = 20  # connections per destination domain (Postfix default_destination_concurrency_limit)
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)

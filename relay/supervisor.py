@@ -36,6 +36,7 @@ from relay.delivery.routing import Resolver
 from relay.delivery.scheduler import Scheduler, SchedulerConfig
 from relay.delivery.sink import CaptureSink
 from relay.delivery.tlspolicy import tls_planner
+from relay.delivery.tlsrpt import TlsRptCounter, tls_reporter
 from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
 from relay.dns.verifier import DomainVerifier
@@ -99,9 +100,13 @@ async def run_relay(
             bus, metrics = EventBus(), RelayMetrics()
             acceptor = Acceptor(spool, writer, bus=bus, metrics=metrics)
             bound = Bound()
-            scheduler, pool, prepare = await _start_delivery(cfg, root, spool, writer, store, bound, bus)
+            tls_counter = TlsRptCounter()  # TLS-RPT (RFC 8460): sessions under DANE/MTA-STS, per day
+            scheduler, pool, prepare = await _start_delivery(cfg, root, spool, writer, store, bound, bus,
+                                                             recorder=tls_counter)
             scheduler.delivery_events = reputation
             acceptor.on_accept = scheduler.notify
+            if cfg.delivery.tls_reports:
+                await root.start(tls_reporter(cfg, tls_counter, store, acceptor).run)
             services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
                                 auth=Authenticator(store, keys), acceptor=acceptor, scheduler=scheduler,
                                 bus=bus, metrics=metrics, reputation=reputation)
@@ -153,7 +158,7 @@ async def run_relay(
 
 async def _start_delivery(
     cfg: Config, root: trio.Nursery, spool: Spool, writer: StatusWriter, store: AsyncStore, bound: Bound,
-    bus: EventBus | None = None,
+    bus: EventBus | None = None, recorder: TlsRptCounter | None = None,
 ) -> tuple[Scheduler, ConnectionPool, Preparer]:
     """Transport (routing + SMTP client + connection pool), then the scheduler over the spool."""
     relayhost = cfg.delivery.relayhost
@@ -166,7 +171,7 @@ async def _start_delivery(
     pool = ConnectionPool()
     await root.start(pool.run)
     resolver = Resolver.from_config(cfg.delivery)
-    planner = tls_planner(cfg, resolver)
+    planner = tls_planner(cfg, resolver, recorder=recorder)
     if planner.sts is not None:
         await root.start(planner.sts.run)
     transport = SmtpTransport(

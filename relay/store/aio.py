@@ -22,6 +22,7 @@ from relay.store.rows import (
     Domain,
     DomainState,
     IdempotentResponse,
+    InboundTlsReport,
     LabelRow,
     Member,
     MemberStatus,
@@ -33,6 +34,7 @@ from relay.store.rows import (
     SendCount,
     StatusUpdate,
     Suppression,
+    TlsRptCount,
     Webhook,
     WebSession,
     WriteOp,
@@ -243,6 +245,24 @@ class AsyncStore:
         return await self._run(functools.partial(self._store.purge_web_sessions, now))
 
     # labels
+    async def add_tlsrpt_counts(self, rows: Sequence[TlsRptCount]) -> None:
+        await self._run(functools.partial(self._store.add_tlsrpt_counts, rows))
+
+    async def tlsrpt_counts(self, day: str) -> list[TlsRptCount]:
+        return await self._run(functools.partial(self._store.tlsrpt_counts, day))
+
+    async def claim_tlsrpt_report(self, day: str, policy_domain: str, now: float) -> bool:
+        return await self._run(functools.partial(self._store.claim_tlsrpt_report, day, policy_domain, now))
+
+    async def add_tlsrpt_inbound(self, report: InboundTlsReport) -> bool:
+        return await self._run(functools.partial(self._store.add_tlsrpt_inbound, report))
+
+    async def list_tlsrpt_inbound(self, limit: int) -> list[InboundTlsReport]:
+        return await self._run(functools.partial(self._store.list_tlsrpt_inbound, limit))
+
+    async def purge_tlsrpt(self, before_day: str) -> int:
+        return await self._run(functools.partial(self._store.purge_tlsrpt, before_day))
+
     async def add_labels(self, labels: Sequence[LabelRow]) -> list[LabelRow]:
         return await self._run(functools.partial(self._store.add_labels, labels))
 

@@ -26,6 +26,7 @@ from relay.store.rows import (
     Domain,
     DomainState,
     IdempotentResponse,
+    InboundTlsReport,
     LabelRow,
     Member,
     MemberStatus,
@@ -37,6 +38,7 @@ from relay.store.rows import (
     SendCount,
     StatusUpdate,
     Suppression,
+    TlsRptCount,
     Webhook,
     WebSession,
     WriteOp,
@@ -217,6 +219,14 @@ class Store(Protocol):
     def purge_web_sessions(self, now: float) -> int: ...
 
     # labels (relay.labeler): append-only, seq ascending
+    # -- TLS reports (RFC 8460, relay.delivery.tlsrpt) --
+    def add_tlsrpt_counts(self, rows: Sequence[TlsRptCount]) -> None: ...
+    def tlsrpt_counts(self, day: str) -> list[TlsRptCount]: ...
+    def claim_tlsrpt_report(self, day: str, policy_domain: str, now: float) -> bool: ...
+    def add_tlsrpt_inbound(self, report: InboundTlsReport) -> bool: ...
+    def list_tlsrpt_inbound(self, limit: int) -> list[InboundTlsReport]: ...
+    def purge_tlsrpt(self, before_day: str) -> int: ...
+
     def add_labels(self, labels: Sequence[LabelRow]) -> list[LabelRow]: ...
     def labels_after(self, cursor: int, limit: int) -> list[LabelRow]: ...
     def query_labels(

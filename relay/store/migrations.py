@@ -174,12 +174,53 @@ CREATE TABLE webhooks (
 ) WITHOUT ROWID;
 """
 
+# relay.delivery.tlsrpt (RFC 8460): sessions per policy and outcome per UTC day, which daily reports went
+# out, and reports received about the operator domain.
+_V10 = """
+CREATE TABLE tlsrpt_counts (
+    day            TEXT NOT NULL,
+    policy_domain  TEXT NOT NULL,
+    policy_type    TEXT NOT NULL,
+    policy_strings TEXT NOT NULL,
+    mx_patterns    TEXT NOT NULL,
+    mx_host        TEXT NOT NULL,
+    result_type    TEXT NOT NULL,
+    receiving_ip   TEXT NOT NULL,
+    sessions       INTEGER NOT NULL,
+    detail         TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (day, policy_domain, policy_type, policy_strings, mx_patterns, mx_host, result_type, receiving_ip)
+) WITHOUT ROWID;
+
+CREATE TABLE tlsrpt_sent (
+    day           TEXT NOT NULL,
+    policy_domain TEXT NOT NULL,
+    sent_at       REAL NOT NULL,
+    PRIMARY KEY (day, policy_domain)
+) WITHOUT ROWID;
+
+CREATE TABLE tlsrpt_inbound (
+    id            INTEGER PRIMARY KEY,
+    organization  TEXT NOT NULL,
+    report_id     TEXT NOT NULL,
+    policy_domain TEXT NOT NULL,
+    start_time    TEXT NOT NULL,
+    end_time      TEXT NOT NULL,
+    successes     INTEGER NOT NULL,
+    failures      INTEGER NOT NULL,
+    failure_types TEXT NOT NULL,
+    report        TEXT NOT NULL,
+    received_at   REAL NOT NULL,
+    UNIQUE (organization, report_id)
+);
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
     (3, _V3),
     (4, _V4),
     (5, _V5),
+    (10, _V10),
 ]
 
 LATEST = MIGRATIONS[-1][0]
