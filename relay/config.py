@@ -139,6 +139,7 @@ class InboundConfig:
 
     operator_inbox: str = ""  # where postmaster@/abuse@/fbl@ of the operator domain go; empty: logged only
     fbl_local_part: str = "fbl"
+    tlsrpt_local_part: str = "tls-reports"  # TLS reports (RFC 8460) about the operator domain; shown on the console
     per_ip_per_minute: int = 30
     per_ip_burst: int = 10
     message_size: int = 10 * MiB
