@@ -175,6 +175,10 @@ class LabelerConfig:
     did: str = ""  # the labeler's DID; default did:web:<host of public_url>
     recheck_interval: float = 86400.0  # labels of every member re-checked daily
     pending: float = 300.0  # members whose check could not conclude (DNS/PDS error) retried this often
+    # A subscribeRepos (wss://host/xrpc/com.atproto.sync.subscribeRepos) or Jetstream (wss://host/subscribe)
+    # stream: attestation changes of members are acted on within seconds. Empty: the periodic check only.
+    firehose_url: str = ""
+    firehose_max_frame: int = 2 * MiB  # a bigger frame ends the connection (the stream is a stranger's)
 
 
 @dataclass(frozen=True, slots=True)

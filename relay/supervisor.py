@@ -45,6 +45,7 @@ from relay.eventstream import connect_reputation, run_publisher
 from relay.inbound.handler import InboundHandler
 from relay.inbound.service import make_inbound_server
 from relay.labeler import Labeler
+from relay.labeler.firehose import Firehose
 from relay.metrics import RelayMetrics
 from relay.operatorkey import OperatorKeys
 from relay.reputation import Reputation
@@ -135,6 +136,10 @@ async def run_relay(
                 services.verifier = verifier
                 await root.start(verifier.run)
                 await root.start(services.labeler.run)
+                if cfg.labeler.firehose_url:
+                    firehose = Firehose(cfg.labeler.firehose_url, store, services.labeler.request_check,
+                                        max_frame=cfg.labeler.firehose_max_frame)
+                    await root.start(firehose.run)
             task_status.started(bound)
             await shutdown.wait()
             log.info("shutting down: closing listeners")

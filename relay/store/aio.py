@@ -263,6 +263,12 @@ class AsyncStore:
     async def purge_tlsrpt(self, before_day: str) -> int:
         return await self._run(functools.partial(self._store.purge_tlsrpt, before_day))
 
+    async def get_firehose_cursor(self, url: str) -> int | None:
+        return await self._run(functools.partial(self._store.get_firehose_cursor, url))
+
+    async def set_firehose_cursor(self, url: str, cursor: int, now: float) -> None:
+        await self._run(functools.partial(self._store.set_firehose_cursor, url, cursor, now))
+
     async def add_labels(self, labels: Sequence[LabelRow]) -> list[LabelRow]:
         return await self._run(functools.partial(self._store.add_labels, labels))
 

@@ -175,7 +175,7 @@ CREATE TABLE webhooks (
 """
 
 # relay.delivery.tlsrpt (RFC 8460): sessions per policy and outcome per UTC day, which daily reports went
-# out, and reports received about the operator domain.
+# out, and reports received about the operator domain; relay.labeler.firehose: stream cursors.
 _V10 = """
 CREATE TABLE tlsrpt_counts (
     day            TEXT NOT NULL,
@@ -212,6 +212,13 @@ CREATE TABLE tlsrpt_inbound (
     received_at   REAL NOT NULL,
     UNIQUE (organization, report_id)
 );
+
+-- relay.labeler.firehose: the last sequence number (or Jetstream time_us) handled, per stream URL.
+CREATE TABLE firehose_cursor (
+    url        TEXT PRIMARY KEY,
+    cursor     INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 MIGRATIONS: list[tuple[int, str]] = [

@@ -597,6 +597,15 @@ class SqliteStore:
             n += c.execute("DELETE FROM tlsrpt_sent WHERE day < ?", (before_day,)).rowcount
             return int(n)
 
+    def get_firehose_cursor(self, url: str) -> int | None:
+        row = self._one("SELECT cursor FROM firehose_cursor WHERE url = ?", (url,))
+        return int(row["cursor"]) if row is not None else None
+
+    def set_firehose_cursor(self, url: str, cursor: int, now: float) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO firehose_cursor (url, cursor, updated_at) VALUES (?, ?, ?) ON CONFLICT (url)"
+                      " DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at", (url, cursor, now))
+
     def add_labels(self, labels: Sequence[LabelRow]) -> list[LabelRow]:
         out = []
         with self._tx() as c:
