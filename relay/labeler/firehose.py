@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,7 +153,7 @@ class Firehose:
                     backoff = _BACKOFF_START  # a session that ended cleanly resets the backoff
                 except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
                         trio_websocket.ConnectionTimeout, trio_websocket.DisconnectionTimeout, FrameError,
-                        trio.BrokenResourceError) as exc:
+                        trio.BrokenResourceError, trio.TooSlowError) as exc:
                     log.warning("firehose %s: %s; reconnecting in %.0f s", self.url, exc, backoff)
                 except Exception:
                     log.exception("firehose %s failed; reconnecting in %.0f s", self.url, backoff)
@@ -165,22 +166,55 @@ class Firehose:
 
     async def _session(self) -> None:
         url = self._connect_url()
-        async with trio_websocket.open_websocket_url(url, max_message_size=self.max_frame, connect_timeout=30,
-                                                     disconnect_timeout=5) as ws:
-            self.connects += 1
-            log.info("firehose connected: %s", url)
-            last_save = trio.current_time()
-            while True:
-                message = await ws.get_message()
-                seen = await self._decode(message)
-                self.frames += 1
-                if seen.cursor is not None:
-                    self.cursor = seen.cursor
-                if seen.dids:
-                    await self._trigger(seen.dids)
-                if trio.current_time() - last_save >= _SAVE_EVERY:
-                    await self._save()
-                    last_save = trio.current_time()
+        parts = urlsplit(url)
+        secure = parts.scheme == "wss"
+        host, port = parts.hostname or "", parts.port or (443 if secure else 80)
+        resource = parts.path + (f"?{parts.query}" if parts.query else "")
+        # Our own TCP (and TLS) stream under trio-websocket: it is closed here whatever happens (the
+        # library leaks the socket when a message exceeds max_message_size), and it is where an
+        # outbound address rule can pin the address.
+        with trio.fail_after(30):
+            tcp = await trio.open_tcp_stream(host, port)
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+        try:
+            if secure:
+                stream = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host,
+                                        https_compatible=True)
+            try:
+                async with trio.open_nursery() as nursery:
+                    with trio.fail_after(30):
+                        ws = await trio_websocket.wrap_client_stream(nursery, stream, host, resource,
+                                                                     max_message_size=self.max_frame)
+                    try:
+                        await self._receive(ws, url)
+                    finally:
+                        with trio.move_on_after(5) as closing:
+                            closing.shield = True
+                            await ws.aclose()
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                # The connection's own nursery wraps what ended it; one cause is reported as itself.
+                if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                    raise group.exceptions[0] from None
+                raise
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _receive(self, ws: trio_websocket.WebSocketConnection, url: str) -> None:
+        self.connects += 1
+        log.info("firehose connected: %s", url)
+        last_save = trio.current_time()
+        while True:
+            message = await ws.get_message()
+            seen = await self._decode(message)
+            self.frames += 1
+            if seen.cursor is not None:
+                self.cursor = seen.cursor
+            if seen.dids:
+                await self._trigger(seen.dids)
+            if trio.current_time() - last_save >= _SAVE_EVERY:
+                await self._save()
+                last_save = trio.current_time()
 
     async def _decode(self, message: str | bytes) -> Seen:
         if self.jetstream:
