@@ -238,7 +238,8 @@ class TxtSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class StsLookup:
-    """The policy in force (None: no MTA-STS for the domain) and, when discovery failed just now, why."""
+    """The policy in force (None: no MTA-STS for the domain) and, when a discovery made by this call
+    failed, why (later calls inside ``txt_interval`` do not repeat it)."""
 
     policy: StsPolicy | None
     failure: StsError | None = None
@@ -279,12 +280,14 @@ class MtaSts:
         self._entries.move_to_end(domain)
         while entry.busy is not None:  # someone is refreshing this domain now: share the outcome
             await entry.busy.wait()
+        failure = None
         if self.clock() - entry.checked_at >= self.txt_interval:
             await self._refresh(domain, entry)
+            failure = entry.failure  # reported once per discovery, not once per message
         policy = entry.policy
         if policy is not None and self.wall() >= policy.expires_at:
             policy = entry.policy = None  # §5.1: an expired policy is gone
-        return StsLookup(policy if policy is not None and policy.mode != "none" else None, entry.failure)
+        return StsLookup(policy if policy is not None and policy.mode != "none" else None, failure)
 
     async def _refresh(self, domain: str, entry: _Entry, *, force: bool = False) -> None:
         entry.busy = trio.Event()

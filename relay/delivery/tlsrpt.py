@@ -85,9 +85,13 @@ class TlsRptCounter:
     def record(self, policy: PolicyRef, *, mx_host: str, address: str | None, failure: str | None,
                detail: str = "") -> None:
         key = _Key(utc_day(self.clock()), policy, mx_host, failure or "", address or "" if failure else "")
-        if key not in self._counts and len(self._counts) >= self.max_entries:
-            self.dropped += 1
-            return
+        if key not in self._counts:
+            # Destinations without a policy are the many; they may fill only half of the table, so the
+            # lines for DANE/MTA-STS domains (the ones that publish _smtp._tls) always find room.
+            limit = self.max_entries // 2 if policy.kind == "no-policy-found" else self.max_entries
+            if len(self._counts) >= limit:
+                self.dropped += 1
+                return
         self._counts[key] = self._counts.get(key, 0) + 1
         if failure and detail:
             self._details[key] = detail[:_MAX_DETAIL]

@@ -70,6 +70,13 @@ def test_counter_is_bounded() -> None:
     for i in range(5):
         counter.record(PolicyRef(f"d{i}.test", "sts"), mx_host="mx", address=None, failure=None)
     assert len(counter.drain()) == 2 and counter.dropped == 3
+    # Destinations without a policy fill at most half: policy lines always find room.
+    counter = TlsRptCounter(max_entries=4, clock=lambda: NOON)
+    for i in range(4):
+        counter.record(PolicyRef(f"n{i}.test", "no-policy-found"), mx_host="mx", address=None, failure=None)
+    counter.record(STS, mx_host="mx.sts.test", address=None, failure=None)
+    kinds = sorted(r.policy_type for r in counter.drain())
+    assert kinds == ["no-policy-found", "no-policy-found", "sts"] and counter.dropped == 2
 
 
 def test_report_mail_is_multipart_report_and_reads_back() -> None:
