@@ -121,14 +121,20 @@ async def test_jetstream_client_survives_hostile_frames_and_resumes_from_its_cur
         await ws.aclose()
 
     checked: list[str] = []
+    two = trio.Event()
+
+    def on_member(did: str) -> None:
+        checked.append(did)
+        if len(checked) == 2:
+            two.set()
+
     async with trio.open_nursery() as nursery:
         server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
         url = f"ws://127.0.0.1:{server.port}/subscribe"
-        firehose = Firehose(url, store, checked.append, max_frame=4096)
+        firehose = Firehose(url, store, on_member, max_frame=4096)
         await nursery.start(firehose.run)
         with trio.fail_after(30):
-            while len(checked) < 2:
-                await trio.sleep(0.05)
+            await two.wait()
         nursery.cancel_scope.cancel()
     assert checked == [member, member]  # the stranger's commit and the other collection are ignored
     assert paths[0] == "/subscribe?wantedCollections=email.atmos.attestation"
