@@ -176,7 +176,7 @@ async def _start_delivery(
     pool = ConnectionPool()
     await root.start(pool.run)
     resolver = Resolver.from_config(cfg.delivery)
-    planner = tls_planner(cfg, resolver, recorder=recorder)
+    planner = tls_planner(cfg, resolver, recorder=recorder, store=store)
     if planner.sts is not None:
         await root.start(planner.sts.run)
     transport = SmtpTransport(

@@ -16,7 +16,8 @@ Discovery and caching (§3, §5.1):
   re-resolution) that the outbound address rule allows.
 - A cached policy is used until its ``max_age`` runs out, even when the TXT record vanishes or a refetch
   fails (§5.1: that is what defeats an attacker who strips the record); the ``run`` service refreshes
-  policies in the background before they expire. The cache is bounded (least recently used out).
+  policies in the background before they expire. The cache is bounded (least recently used out) and
+  kept in the store, so a restart does not forget it.
 - A failed discovery with nothing cached means no policy: delivery goes on as before, and the failure
   is reported to TLS-RPT (RFC 8460 §4.3.2.1 result types ``sts-policy-fetch-error``, ``sts-policy-invalid``,
   ``sts-webpki-invalid``).
@@ -35,6 +36,8 @@ from typing import Literal, Protocol
 
 import h11
 import trio
+
+from relay.store.rows import StsPolicyRow
 
 __all__ = ["MtaSts", "StsError", "StsLookup", "StsPolicy", "fetch_policy", "parse_policy", "parse_record"]
 
@@ -236,6 +239,12 @@ class TxtSource(Protocol):
     async def txt(self, name: str) -> list[tuple[str, ...]]: ...
 
 
+class PolicyStore(Protocol):
+    async def put_sts_policy(self, row: StsPolicyRow) -> None: ...
+    async def sts_policies(self, now: float, limit: int) -> list[StsPolicyRow]: ...
+    async def purge_sts_policies(self, now: float) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StsLookup:
     """The policy in force (None: no MTA-STS for the domain) and, when a discovery made by this call
@@ -265,6 +274,7 @@ class MtaSts:
     txt_interval: float = DEFAULT_TXT_INTERVAL
     max_entries: int = DEFAULT_MAX_ENTRIES
     port: int = 443  # tests serve policies on a free port
+    store: PolicyStore | None = None  # policies survive restarts (loaded by ``load``/``run``)
     wall: Callable[[], float] = time.time
     clock: Callable[[], float] = time.monotonic
     _entries: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
@@ -314,6 +324,7 @@ class MtaSts:
                 body = await fetch_policy(domain, addresses=self.addresses, context=self.context,
                                           timeout=self.timeout, max_bytes=self.max_bytes, port=self.port)
                 entry.policy = parse_policy(body, sts_id=sts_id, fetched_at=self.wall())
+                await self._save(domain, entry.policy)
                 log.info("MTA-STS policy of %s: mode %s, mx %s, max_age %d", domain, entry.policy.mode,
                          ",".join(entry.policy.mx), entry.policy.max_age)
             except StsError as exc:
@@ -322,6 +333,30 @@ class MtaSts:
         finally:
             busy, entry.busy = entry.busy, None
             busy.set()
+
+    async def _save(self, domain: str, policy: StsPolicy) -> None:
+        if self.store is None:
+            return
+        try:
+            await self.store.put_sts_policy(StsPolicyRow(domain, policy.sts_id, policy.text, policy.fetched_at,
+                                                         policy.expires_at))
+        except Exception:  # the in-memory cache still holds it; the store may be back next time
+            log.exception("MTA-STS: could not save the policy of %s", domain)
+
+    async def load(self) -> int:
+        """Unexpired policies from the store into the cache (at start); returns how many."""
+        if self.store is None:
+            return 0
+        loaded = 0
+        for row in await self.store.sts_policies(self.wall(), self.max_entries):
+            try:
+                policy = parse_policy(row.policy.encode(), sts_id=row.sts_id, fetched_at=row.fetched_at)
+            except StsError:
+                continue
+            if row.domain not in self._entries:
+                self._entries[row.domain] = _Entry(policy=policy)
+                loaded += 1
+        return loaded
 
     def cached(self) -> dict[str, StsPolicy]:
         return {d: e.policy for d, e in self._entries.items() if e.policy is not None}
@@ -338,11 +373,20 @@ class MtaSts:
 
     async def run(self, *, every: float = 3600.0, ahead: float = 86400.0,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Background refresh: hourly, policies with less than a day left are fetched again."""
+        """Background refresh: hourly, policies with less than a day left are fetched again. The stored
+        policies are loaded first, so deliveries after a restart keep enforcing them."""
+        try:
+            loaded = await self.load()
+            if loaded:
+                log.info("MTA-STS: %d cached policies loaded", loaded)
+        except Exception:
+            log.exception("MTA-STS: could not load the stored policies; starting with an empty cache")
         task_status.started()
         while True:
             await trio.sleep(every)
             try:
                 await self.refresh_due(ahead=ahead)
+                if self.store is not None:
+                    await self.store.purge_sts_policies(self.wall())
             except Exception:
                 log.exception("MTA-STS background refresh failed; will try again")

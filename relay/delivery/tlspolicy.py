@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from relay.delivery.dane import Dane, DaneHost
-from relay.delivery.mtasts import MtaSts, StsPolicy
+from relay.delivery.mtasts import MtaSts, PolicyStore, StsPolicy
 from relay.delivery.routing import MxHost, Resolver, Route
 from relay.smtp.client import PeerCheck, TlsPolicy, opportunistic_context, verify_context
 
@@ -47,7 +47,8 @@ def verified_context(ca_file: str = "") -> ssl.SSLContext:
     return ctx
 
 
-def tls_planner(cfg: Config, resolver: Resolver, recorder: Recorder | None = None) -> TlsPlanner:
+def tls_planner(cfg: Config, resolver: Resolver, recorder: Recorder | None = None,
+                store: PolicyStore | None = None) -> TlsPlanner:
     """The planner ``delivery.*`` describes: default level, DANE with ``dnssec``, MTA-STS unless off."""
     from relay.dns.checks import DnsLookup
 
@@ -64,7 +65,7 @@ def tls_planner(cfg: Config, resolver: Resolver, recorder: Recorder | None = Non
 
         sts = MtaSts(txt=DnsLookup(delivery.nameservers), addresses=addresses, context=verify,
                      timeout=delivery.mta_sts_timeout, max_bytes=delivery.mta_sts_max_bytes,
-                     max_entries=delivery.mta_sts_cache_entries)
+                     max_entries=delivery.mta_sts_cache_entries, store=store)
     default = TlsPolicy.OPPORTUNISTIC if level == "dane" else TlsPolicy(level)
     return TlsPlanner(default, dane=dane, sts=sts, verify=verify, recorder=recorder)
 

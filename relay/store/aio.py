@@ -33,6 +33,7 @@ from relay.store.rows import (
     ReputationCount,
     SendCount,
     StatusUpdate,
+    StsPolicyRow,
     Suppression,
     TlsRptCount,
     Webhook,
@@ -262,6 +263,15 @@ class AsyncStore:
 
     async def purge_tlsrpt(self, before_day: str) -> int:
         return await self._run(functools.partial(self._store.purge_tlsrpt, before_day))
+
+    async def put_sts_policy(self, row: StsPolicyRow) -> None:
+        await self._run(functools.partial(self._store.put_sts_policy, row))
+
+    async def sts_policies(self, now: float, limit: int) -> list[StsPolicyRow]:
+        return await self._run(functools.partial(self._store.sts_policies, now, limit))
+
+    async def purge_sts_policies(self, now: float) -> int:
+        return await self._run(functools.partial(self._store.purge_sts_policies, now))
 
     async def get_firehose_cursor(self, url: str) -> int | None:
         return await self._run(functools.partial(self._store.get_firehose_cursor, url))

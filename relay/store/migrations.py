@@ -175,7 +175,7 @@ CREATE TABLE webhooks (
 """
 
 # relay.delivery.tlsrpt (RFC 8460): sessions per policy and outcome per UTC day, which daily reports went
-# out, and reports received about the operator domain; relay.labeler.firehose: stream cursors.
+# out, and reports received about the operator domain; MTA-STS policies; relay.labeler.firehose: cursors.
 _V10 = """
 CREATE TABLE tlsrpt_counts (
     day            TEXT NOT NULL,
@@ -212,6 +212,16 @@ CREATE TABLE tlsrpt_inbound (
     received_at   REAL NOT NULL,
     UNIQUE (organization, report_id)
 );
+
+-- relay.delivery.mtasts: policies survive a restart (RFC 8461 §5.1: a cached policy is what defeats an
+-- attacker who strips the TXT record or blocks the HTTPS fetch).
+CREATE TABLE mta_sts_policies (
+    domain     TEXT PRIMARY KEY,
+    sts_id     TEXT NOT NULL,
+    policy     TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 
 -- relay.labeler.firehose: the last sequence number (or Jetstream time_us) handled, per stream URL.
 CREATE TABLE firehose_cursor (

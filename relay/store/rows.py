@@ -243,3 +243,14 @@ class InboundTlsReport:
     failure_types: str = ""  # "type=count, ..."
     report: str = ""  # the JSON, as received (bounded)
     id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StsPolicyRow:
+    """An MTA-STS policy as fetched (relay.delivery.mtasts parses ``policy`` again when loading it)."""
+
+    domain: str
+    sts_id: str
+    policy: str
+    fetched_at: float
+    expires_at: float

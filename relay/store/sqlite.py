@@ -56,6 +56,7 @@ from relay.store.rows import (
     ReputationCount,
     SendCount,
     StatusUpdate,
+    StsPolicyRow,
     Suppression,
     TlsRptCount,
     Webhook,
@@ -596,6 +597,22 @@ class SqliteStore:
             n = c.execute("DELETE FROM tlsrpt_counts WHERE day < ?", (before_day,)).rowcount
             n += c.execute("DELETE FROM tlsrpt_sent WHERE day < ?", (before_day,)).rowcount
             return int(n)
+
+    def put_sts_policy(self, row: StsPolicyRow) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO mta_sts_policies (domain, sts_id, policy, fetched_at, expires_at)"
+                      " VALUES (?, ?, ?, ?, ?) ON CONFLICT (domain) DO UPDATE SET sts_id = excluded.sts_id,"
+                      " policy = excluded.policy, fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
+                      (row.domain, row.sts_id, row.policy, row.fetched_at, row.expires_at))
+
+    def sts_policies(self, now: float, limit: int) -> list[StsPolicyRow]:
+        rows = self._all("SELECT * FROM mta_sts_policies WHERE expires_at > ? ORDER BY fetched_at DESC LIMIT ?",
+                         (now, limit))
+        return [StsPolicyRow(r["domain"], r["sts_id"], r["policy"], r["fetched_at"], r["expires_at"]) for r in rows]
+
+    def purge_sts_policies(self, now: float) -> int:
+        with self._tx() as c:
+            return int(c.execute("DELETE FROM mta_sts_policies WHERE expires_at <= ?", (now,)).rowcount)
 
     def get_firehose_cursor(self, url: str) -> int | None:
         row = self._one("SELECT cursor FROM firehose_cursor WHERE url = ?", (url,))

@@ -311,3 +311,32 @@ def test_record_parsing() -> None:
         parse_record(["v=STSv1; id=1", "v=STSv1; id=2"])
     with pytest.raises(StsError, match="id="):
         parse_record(["v=STSv1; id=not-valid!"])
+
+
+@pytest.mark.trio
+async def test_a_stored_policy_survives_a_restart_without_txt_or_https(peers: Peers, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from relay.store import open_store
+    from relay.store.aio import AsyncStore
+
+    store = AsyncStore(open_store(f"sqlite:///{tmp_path / 'relay.db'}"))
+    try:
+        first = _sts(peers)
+        first.store = store
+        assert (await first.policy("good.test")).policy is not None
+        # "Restart": a new cache, the TXT record stripped and the policy host unreachable (an attacker's view).
+        after = MtaSts(txt=NoRecord(), addresses=_nowhere, context=peers.client_ca, store=store)
+        assert await after.load() == 1
+        found = await after.policy("good.test")
+        assert found.policy is not None and found.policy.mode == "enforce" and after.fetches == 0
+        assert await store.purge_sts_policies(time.time() + 2 * 86400) == 1  # expired ones go
+    finally:
+        await store.aclose()
+
+
+class NoRecord:
+    async def txt(self, name: str) -> list[tuple[str, ...]]:
+        return []
+
+
+async def _nowhere(host: str) -> list[str]:
+    raise OSError("unreachable")
