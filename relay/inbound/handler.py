@@ -130,6 +130,7 @@ class InboundHandler:
         self._secret = cfg.secret_key
         self._fbl = cfg.inbound.fbl_local_part.lower()
         self._tlsrpt = cfg.inbound.tlsrpt_local_part.lower()
+        self._report_threads = trio.CapacityLimiter(2)  # TLS reports decompressed and parsed at once
         self._operator_boxes = frozenset({"postmaster", "abuse", self._fbl, self._tlsrpt})
         self.buckets = TokenBuckets(cfg.inbound.per_ip_per_minute, cfg.inbound.per_ip_burst, clock=clock)
         # Counters, for tests and the console.
@@ -308,7 +309,8 @@ class InboundHandler:
             return False
         try:
             # Decompressing and parsing a stranger's attachment: off the event loop, with byte caps.
-            report = await trio.to_thread.run_sync(functools.partial(tlsrpt.parse_inbound, data, now=self._now()))
+            report = await trio.to_thread.run_sync(functools.partial(tlsrpt.parse_inbound, data, now=self._now()),
+                                                   limiter=self._report_threads)
         except tlsrpt.ReportError as exc:
             log.info("TLS report from <%s> (%s) not readable: %s", session.mail_from, session.peer[0], exc)
             return False
