@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,14 @@ def test_attestation_commits_on_the_pds_firehose_label_within_seconds(
     try:
         member.login(local_pds.handle, local_pds.password)
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        started = time.monotonic()
         member.com.atproto.repo.put_record({
             "repo": did, "collection": ATTESTATION_COLLECTION, "rkey": DOMAIN,
             "record": {"$type": ATTESTATION_COLLECTION, "domain": DOMAIN, "dkimSelectors": selectors,
                        "relayMember": True, "createdAt": now}})
         # The re-check is an hour away: only the firehose can bring this label in time.
         wait_for(http, did, {"verified-mail-operator": True, "relay-member": True})
+        print(f"relay-member applied {time.monotonic() - started:.2f} s after the attestation commit")
         member.com.atproto.repo.delete_record({"repo": did, "collection": ATTESTATION_COLLECTION, "rkey": DOMAIN})
         wait_for(http, did, {"relay-member": False, "verified-mail-operator": True})
         negations = [lab for lab in query(http, did)["labels"] if lab["val"] == "relay-member" and lab.get("neg")]
