@@ -35,4 +35,4 @@ bench: install-dev
 	scripts/bench
 
 clean:
-	rm -rf $(VENV) state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) state .tmp .pytest_cache .mypy_cache .ruff_cache

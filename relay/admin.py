@@ -31,12 +31,16 @@ class AdminError(Exception):
     """A refused admin command; the message says what to fix."""
 
 
-def add_parser(sub: Any) -> None:
-    admin = sub.add_parser("admin", help="operator commands")
-    admin.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``common`` (--config, --dev) goes to every parser here, so options are accepted in any position."""
+
+    def parser(group: Any, name: str, **kwargs: Any) -> Any:
+        return group.add_parser(name, parents=[common], **kwargs)
+
+    admin = sub.add_parser("admin", help="operator commands", parents=[common])
     asub = admin.add_subparsers(dest="admin_command", required=True)
 
-    enroll = asub.add_parser("enroll", help="enroll a member DID and a sending domain")
+    enroll = parser(asub, "enroll", help="enroll a member DID and a sending domain")
     enroll.add_argument("--did", required=True)
     enroll.add_argument("--domain", required=True)
     enroll.add_argument("--handle")
@@ -44,39 +48,39 @@ def add_parser(sub: Any) -> None:
     enroll.add_argument("--new-key", action="store_true", help="issue a new API key even if one exists")
     enroll.add_argument("--json", action="store_true")
 
-    members = asub.add_parser("members", help="members")
+    members = parser(asub, "members", help="members")
     msub = members.add_subparsers(dest="members_command", required=True)
-    mlist = msub.add_parser("list")
+    mlist = parser(msub, "list")
     mlist.add_argument("--json", action="store_true")
     for name in ("suspend", "unsuspend"):
-        p = msub.add_parser(name)
+        p = parser(msub, name)
         p.add_argument("did")
         p.add_argument("--reason", default="operator decision")
         p.add_argument("--json", action="store_true")
 
-    dkim = asub.add_parser("dkim", help="the operator domain's DKIM key")
+    dkim = parser(asub, "dkim", help="the operator domain's DKIM key")
     dsub = dkim.add_subparsers(dest="dkim_command", required=True)
     for name, text in (("show", "the operator keys and the DNS records to publish"),
                        ("rotate", "new selector; the old key stays valid for a grace period")):
-        p = dsub.add_parser(name, help=text)
+        p = parser(dsub, name, help=text)
         p.add_argument("--json", action="store_true")
 
-    domain = asub.add_parser("domain", help="sending domains")
+    domain = parser(asub, "domain", help="sending domains")
     dosub = domain.add_subparsers(dest="domain_command", required=True)
-    dcheck = dosub.add_parser("check", help="check the domain's DNS records now and update its state")
+    dcheck = parser(dosub, "check", help="check the domain's DNS records now and update its state")
     dcheck.add_argument("domain")
     dcheck.add_argument("--dry-run", action="store_true", help="report only; do not change the domain's state")
     dcheck.add_argument("--json", action="store_true")
 
-    doctor = asub.add_parser("doctor", help="check the operator's own DNS, TLS-RPT/MTA-STS and certificate")
+    doctor = parser(asub, "doctor", help="check the operator's own DNS, TLS-RPT/MTA-STS and certificate")
     doctor.add_argument("--json", action="store_true")
 
-    queue = asub.add_parser("queue", help="the spool")
+    queue = parser(asub, "queue", help="the spool")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
-    qlist = qsub.add_parser("list")
+    qlist = parser(qsub, "list")
     qlist.add_argument("--json", action="store_true")
     for name in ("show", "retry", "hold", "release", "delete"):
-        p = qsub.add_parser(name, help=f"{name} a queued message (talks to the running relay)")
+        p = parser(qsub, name, help=f"{name} a queued message (talks to the running relay)")
         p.add_argument("queue_id", type=int)
         p.add_argument("--url", help="the relay's HTTP base URL (default: from state/run.json)")
         p.add_argument("--json", action="store_true")

@@ -4,7 +4,10 @@ bcrypt is slow on purpose (~250 ms at cost 12), so it never runs on the event
 loop: ``ApiKeyCache.verify`` runs it in a worker thread (at most two at once,
 so a flood of bad keys cannot take every core) and remembers a successful
 check for a few minutes as an HMAC, so a client that reconnects for every
-message pays microseconds, not a bcrypt.
+message pays microseconds, not a bcrypt. The queue for those threads is
+bounded: past ``bcrypt_queue`` waiting checks, ``verify`` raises ``AuthBusy``
+at once rather than make everyone wait behind a flood. Identical checks that
+overlap (a client opening ten connections at once) share one bcrypt.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Callable
 
 import bcrypt
 import trio
+
+from relay.errors import AuthBusy
 
 KEY_PREFIX = "atmos_"
 DEFAULT_COST = 12
@@ -62,6 +67,7 @@ class ApiKeyCache:
         ttl: float = 300.0,
         max_entries: int = 10_000,
         bcrypt_threads: int = 2,
+        bcrypt_queue: int = 16,
         cost: int = DEFAULT_COST,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -72,18 +78,47 @@ class ApiKeyCache:
         self._clock = clock
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # did -> (mac, expiry)
         self._limiter = trio.CapacityLimiter(bcrypt_threads)
+        self._queue = bcrypt_queue
+        self._flights: dict[bytes, _Flight] = {}  # checks running now, by mac
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def cached(self, did: str, key: str, stored_hash: str) -> bool:
+        """True when this exact key was verified recently: no bcrypt needed."""
+        return self._hit(did, self._mac(did, key, stored_hash))
+
+    def running(self, did: str, key: str, stored_hash: str) -> bool:
+        """True when this exact check is in a bcrypt thread now (``verify`` would share it)."""
+        return self._mac(did, key, stored_hash) in self._flights
+
     async def verify(self, did: str, key: str, stored_hash: str) -> bool:
+        """Raises ``AuthBusy`` when the bcrypt queue is full."""
         mac = self._mac(did, key, stored_hash)
         if self._hit(did, mac):
             return True
-        ok = await trio.to_thread.run_sync(check_api_key, key, stored_hash, limiter=self._limiter)
-        if ok:
+        while (running := self._flights.get(mac)) is not None:  # the same check is running: share its answer
+            await running.done.wait()
+            if running.finished:
+                return running.ok
+            # That caller was cancelled before its check ran: run our own.
+        if self._limiter.statistics().tasks_waiting >= self._queue:
+            raise AuthBusy(retry_after=1)
+        flight = self._flights[mac] = _Flight()
+        try:
+            flight.ok = await trio.to_thread.run_sync(check_api_key, key, stored_hash, limiter=self._limiter)
+            flight.finished = True
+        finally:
+            del self._flights[mac]
+            flight.done.set()
+        if flight.ok:
             self._remember(did, mac)
-        return ok
+        return flight.ok
+
+    @property
+    def waiting(self) -> int:
+        """bcrypt checks waiting for a thread."""
+        return self._limiter.statistics().tasks_waiting
 
     async def hash(self, key: str) -> str:
         """bcrypt a new key off the event loop (regenerate: hash, store, then ``forget``)."""
@@ -117,3 +152,12 @@ class ApiKeyCache:
         self._entries.move_to_end(did)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)  # least recently used
+
+
+class _Flight:
+    __slots__ = ("done", "finished", "ok")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.finished = False  # False when done: the check never ran (its caller was cancelled)
+        self.ok = False

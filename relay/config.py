@@ -54,14 +54,27 @@ class SmtpConfig:
     inbound_addr: Addr = Addr("127.0.0.1", 2525)
     hostname: str = ""  # banner/EHLO name; defaults to operator_domain
     max_connections: int = 2000
+    max_connections_per_ip: int = 50  # per listener and address or IPv6 /64 (smtpd_client_connection_count_limit)
     command_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7 server timeout
     data_timeout: float = 180.0  # §4.5.3.2.5 DATA block
+    pre_auth_timeout: float = 60.0  # submission: idle limit before AUTH succeeds
+    pre_auth_time: float = 120.0  # submission: AUTH must succeed this soon after connecting
+    pre_mail_timeout: float = 60.0  # inbound: idle limit before the first MAIL
+    pre_mail_time: float = 300.0  # inbound: the first MAIL must come this soon after connecting
+    session_time: float = 3600.0  # any session, however busy
+    error_limit: int = 20  # errors and refused MAIL/RCPT before 421 (smtpd_hard_error_limit)
+    junk_command_limit: int = 100  # NOOP/RSET/VRFY/HELP before each counts as an error (smtpd_junk_command_limit)
+    data_buffer_bytes: int = 256 * MiB  # received mail held in memory by all sessions together
     shutdown_grace: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     addr: Addr = Addr("127.0.0.1", 8080)
+    head_timeout: float = 5.0  # a request head (and the next one on a keep-alive connection) within this
+    read_timeout: float = 60.0  # each read from a client; websockets stay alive on websocket_ping
+    websocket_ping: float = 20.0  # server pings idle websockets (RFC 6455 §5.5.2); pongs count as reads
+    websocket_max_message: int = 64 * 1024  # bytes per message a client may send on /admin/ws or the labeler
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +100,10 @@ class DeliveryConfig:
     tls_reports: bool = True  # send daily TLS reports (RFC 8460) to destinations that publish _smtp._tls
     max_concurrency: int = 100  # deliveries in flight relay-wide
     per_destination: int = 20  # connections per destination domain (Postfix default_destination_concurrency_limit)
+    initial_concurrency: int = 5  # a destination starts here, +1 per answered attempt (initial_destination_concurrency)
+    per_host: int = 20  # connections per MX address, whichever domains it serves
+    slow_concurrency: int = 20  # slots all destinations that are timing out share
+    min_timeout: float = 60.0  # floor of the shortened timeouts for MX hosts that keep hanging
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
     allow_loopback_mx: bool = False  # tests: MX records pointing at 127.0.0.1
     capture: bool = True  # dev only, without relayhost: deliver to the built-in capture sink
@@ -143,6 +160,23 @@ class InboundConfig:
     per_ip_per_minute: int = 30
     per_ip_burst: int = 10
     message_size: int = 10 * MiB
+    report_size: int = 1 * MiB  # size limit of a transaction to a VERP (bounce) or FBL address
+    report_parse_bytes: int = 256 * 1024  # a DSN or ARF report is parsed from its first this many bytes
+    report_parts: int = 64  # MIME parts beyond which a report is not parsed at all
+    parse_threads: int = 2  # worker threads parsing reports (off the event loop)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Failed-authentication limits (SMTP AUTH and the HTTP API key), checked before bcrypt runs."""
+
+    per_ip_per_minute: float = 10.0  # bcrypt checks per client address (refunded when the key is right)
+    per_ip_burst: int = 10
+    per_ip_concurrency: int = 1  # bcrypt checks one address may have running or queued at once
+    per_did_per_minute: float = 30.0  # bcrypt checks per DID, from anywhere
+    per_did_burst: int = 30
+    bcrypt_threads: int = 2  # at most this many bcrypt checks at once
+    bcrypt_queue: int = 16  # checks waiting for a thread; past it: 454 4.7.0 / 503 at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +186,11 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class SpoolConfig:
-    max_bytes: int = 0  # 0: no limit beyond the disk itself
+    max_bytes: int = 0  # 0: no limit beyond the disk itself; else at least 2 x segment_bytes
     segment_bytes: int = 64 * MiB
+    # Disk space preallocated for transitions (spool/RESERVE): given up when the disk fills, so the
+    # outcome of a finished delivery can still be recorded; deliveries pause until it is back.
+    reserve_bytes: int = 8 * MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +203,12 @@ class IdentityConfig:
     allow_http_on_loopback: bool = False  # development only: http PDS/issuer on localhost/127.0.0.1/::1
     cache_ttl: float = 600.0  # resolved handles and DID documents
     timeout: float = 10.0  # per HTTP/DNS request during resolution and OAuth
+    # Bounds on what strangers' servers can make the relay read or wait for (relay.fetch, issue 13):
+    metadata_bytes: int = 64 * 1024  # OAuth metadata and endpoint answers, handle well-known files
+    document_bytes: int = 256 * 1024  # DID documents, PDS records
+    deadline: float = 30.0  # one whole sign-in step (resolve + discover + PAR; callback + token) or record read
+    signins: int = 32  # sign-in steps in flight relay-wide (POST /enroll, /oauth/callback); more: 503
+    signins_per_ip: int = 4  # ... and from one client IP; more: 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +238,7 @@ class Config:
     suspension: SuspensionConfig = field(default_factory=SuspensionConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
@@ -312,17 +356,49 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{sts_key}: must be positive, got {limit}")
     if not cfg.delivery.retry_schedule or any(d <= 0 for d in cfg.delivery.retry_schedule):
         raise ConfigError("delivery.retry_schedule: a non-empty list of positive seconds")
-    for key, value in (("delivery.max_concurrency", cfg.delivery.max_concurrency),
-                       ("delivery.per_destination", cfg.delivery.per_destination)):
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value}")
+    positive: list[tuple[str, float]] = [
+        (f"{section}.{f.name}", getattr(getattr(cfg, section), f.name))
+        for section, names in _POSITIVE.items() for f in dataclasses.fields(getattr(cfg, section)) if f.name in names
+    ]
+    for name, number in positive:
+        if number <= 0:
+            raise ConfigError(f"{name}: must be positive, got {number}")
+    for key, value in (("smtp.junk_command_limit", cfg.smtp.junk_command_limit),
+                       ("auth.bcrypt_queue", cfg.auth.bcrypt_queue)):
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value}")
+    if cfg.delivery.initial_concurrency > cfg.delivery.per_destination:
+        raise ConfigError("delivery.initial_concurrency: must not exceed delivery.per_destination")
     if cfg.identity.handle_resolution not in ("standard", "well-known-at"):
         raise ConfigError("identity.handle_resolution: expected standard or well-known-at, "
                           f"got {cfg.identity.handle_resolution!r}")
     if cfg.identity.handle_resolution == "well-known-at" and not cfg.identity.handle_resolver_url:
         raise ConfigError("identity.handle_resolver_url: required when identity.handle_resolution = well-known-at")
+    _validate_spool(cfg.spool)
     if not cfg.store_url.startswith(("sqlite:///", "postgresql://")):
         raise ConfigError(f"store.url: expected sqlite:///path or postgresql://..., got {cfg.store_url!r}")
+
+
+_POSITIVE = {
+    "delivery": {"max_concurrency", "per_destination", "initial_concurrency", "per_host", "slow_concurrency",
+                 "min_timeout"},
+    "smtp": {"max_connections", "max_connections_per_ip", "pre_auth_timeout", "pre_auth_time", "pre_mail_timeout",
+             "pre_mail_time", "session_time", "error_limit", "data_buffer_bytes"},
+    "inbound": {"report_size", "report_parse_bytes", "report_parts", "parse_threads"},
+    "auth": {"per_ip_per_minute", "per_ip_burst", "per_ip_concurrency", "per_did_per_minute", "per_did_burst",
+             "bcrypt_threads"},
+}
+
+
+def _validate_spool(spool: SpoolConfig) -> None:
+    if spool.segment_bytes < 64 * 1024:
+        raise ConfigError(f"spool.segment_bytes: at least 65536, got {spool.segment_bytes}")
+    if spool.max_bytes < 0 or spool.reserve_bytes < 0:
+        raise ConfigError("spool.max_bytes, spool.reserve_bytes: must not be negative")
+    if spool.max_bytes and spool.max_bytes < 2 * spool.segment_bytes:
+        # The active segment plus one being drained must fit, or the spool refuses mail for good.
+        raise ConfigError(f"spool.max_bytes ({spool.max_bytes}) must be 0 or at least twice "
+                          f"spool.segment_bytes ({spool.segment_bytes})")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

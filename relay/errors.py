@@ -3,8 +3,10 @@
     RelayError                      451 4.3.0 / 500 INTERNAL (never shows internals)
     ├── AuthError
     │   ├── AuthRequired            530 5.7.0 / 400 AUTH_REQUIRED
-    │   ├── InvalidDid              501 5.5.4 / 400 INVALID_DID
-    │   └── AuthFailed              535 5.7.8 / 401 AUTH_FAILED
+    │   ├── InvalidDid              535 5.7.8 / 400 INVALID_DID
+    │   ├── AuthFailed              535 5.7.8 / 401 AUTH_FAILED
+    │   ├── AuthThrottled           454 4.7.0 / 429 AUTH_THROTTLED (+ Retry-After; too many failures)
+    │   └── AuthBusy                454 4.7.0 / 503 AUTH_BUSY (+ Retry-After; bcrypt queue full)
     ├── MemberSuspended             521 5.7.1 / 403 MEMBER_SUSPENDED
     ├── DomainMismatch              550 5.1.0 / 403 DOMAIN_MISMATCH
     ├── SuppressedRecipient         550 5.7.1 / (a `rejected` entry over HTTP)
@@ -60,6 +62,20 @@ class InvalidDid(AuthError):
 class AuthFailed(AuthError):
     smtp_code, smtp_enhanced, http_status, code = 535, "5.7.8", 401, "AUTH_FAILED"
     default_message = "authentication failed"
+
+
+class AuthThrottled(AuthError):
+    """Too many authentication attempts from this address or for this DID (refused before bcrypt)."""
+
+    smtp_code, smtp_enhanced, http_status, code = 454, "4.7.0", 429, "AUTH_THROTTLED"
+    default_message = "too many failed authentications, try again later"
+
+
+class AuthBusy(AuthError):
+    """Every bcrypt thread is busy and the queue is full (RFC 4954 §6: temporary failure)."""
+
+    smtp_code, smtp_enhanced, http_status, code = 454, "4.7.0", 503, "AUTH_BUSY"
+    default_message = "temporary authentication failure, try again later"
 
 
 class MemberSuspended(RelayError):

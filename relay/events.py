@@ -240,8 +240,8 @@ def decode(text: str | bytes) -> tuple[Event | None, float]:
     """(event, ts); the event is None for a type this version does not know (skip it)."""
     try:
         frame = json.loads(text)
-    except ValueError as exc:
-        raise SchemaError(f"not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's stack
+        raise SchemaError(f"not JSON: {exc!r}") from None
     if not isinstance(frame, dict) or frame.get("v") != VERSION:
         raise SchemaError(f"unsupported frame version {frame.get('v') if isinstance(frame, dict) else None!r}")
     cls = EVENTS.get(str(frame.get("type")))

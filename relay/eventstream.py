@@ -256,7 +256,7 @@ def frame_id(text: str | bytes) -> str:
     try:
         frame = json.loads(text)
         value = frame["data"]["id"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         return ""
     return value if isinstance(value, str) else ""
 

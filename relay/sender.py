@@ -15,6 +15,7 @@ from relay.address import split_address
 from relay.auth import Principal
 from relay.errors import DomainMismatch, InvalidRequest
 from relay.outbound import split_message
+from relay.text import display_text
 
 _HEADER_LIMIT = 256 * 1024  # headers beyond this are not parsed for policy (RFC 5322 has no limit)
 
@@ -52,11 +53,12 @@ def header_fields(data: bytes) -> list[tuple[str, str]]:
 
 
 def parse_headers(data: bytes) -> dict[str, str]:
-    """The first value of each header, RFC 2047 encoded words decoded (for display only)."""
+    """The first value of each header, RFC 2047 encoded words decoded (for display only: undecodable
+    8-bit bytes become U+FFFD here, the message keeps them)."""
     out: dict[str, str] = {}
     for name, value in header_fields(data):
         if name not in out:
-            out[name] = _decode_words(value) if "=?" in value else value
+            out[name] = display_text(_decode_words(value) if "=?" in value else value)
     return out
 
 
@@ -65,11 +67,6 @@ def _decode_words(value: str) -> str:
         return str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError):
         return value
-
-
-def header_from_addresses(data: bytes) -> list[str]:
-    values = [v for n, v in header_fields(data) if n == "from"]
-    return [addr for _, addr in getaddresses(values) if addr]
 
 
 def check_header_from(principal: Principal, data: bytes) -> None:

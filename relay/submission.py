@@ -35,7 +35,7 @@ class SubmissionHandler:
         return None
 
     async def on_auth(self, session: Session, username: str, password: str) -> Reply:
-        principal = await self._auth.authenticate(username, password)
+        principal = await self._auth.authenticate(username, password, peer=session.peer[0])
         session.did = principal.did
         session.extra["principal"] = principal
         if self._reputation is not None:

@@ -4,9 +4,13 @@
       -> SMTP submission -> inbound SMTP -> HTTP (incl. /admin/ws, /metrics) -> periodic jobs
 
 Each service reports its real bound address through ``task_status`` so port 0
-works everywhere. SIGTERM/SIGINT: the listeners close first (idle SMTP sessions
-get 421), in-flight sessions and requests get a grace period, the status
-writer flushes, then the nursery is cancelled and the process exits 0.
+works everywhere. SIGTERM/SIGINT: the listeners close first, SMTP and HTTP at once
+(idle SMTP sessions get 421, hypercorn stops accepting), in-flight sessions and
+requests get a grace period and the HTTP server's graceful shutdown is awaited
+(every request already being handled gets its answer: a client that saw its
+connection close would retry and duplicate a spooled message), deliveries get
+theirs, the status writer flushes, then the nursery is cancelled and the process
+exits 0.
 """
 
 from __future__ import annotations
@@ -22,14 +26,14 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from relay import devsetup
-from relay.acceptor import Acceptor, reconcile_rows
+from relay.acceptor import Acceptor
 from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator
 from relay.config import Config
 from relay.delivery.client import ConnectionPool
+from relay.delivery.congestion import HostHealth
 from relay.delivery.prepare import Preparer
 from relay.delivery.retry import RetryPolicy
 from relay.delivery.routing import Resolver
@@ -47,18 +51,22 @@ from relay.inbound.service import make_inbound_server
 from relay.labeler import Labeler
 from relay.labeler.firehose import Firehose
 from relay.metrics import RelayMetrics
+from relay.oauth.client import PENDING_TTL
 from relay.operatorkey import OperatorKeys
 from relay.reputation import Reputation
 from relay.services import Services
 from relay.smtp.limits import Limits
-from relay.smtp.server import SmtpServer, SmtpServerConfig
+from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
 from relay.store import open_store
 from relay.store.aio import AsyncStore
+from relay.store.base import Store
+from relay.store.mirror import StatusMirror
 from relay.store.writer import StatusWriter
 from relay.submission import SubmissionHandler
 from relay.tlscert import server_context
 from relay.webhooks import WebhookDispatcher
 from spool import Spool, SpoolError
+from spool.segment import make_dirs
 
 log = logging.getLogger("relay.supervisor")
 
@@ -71,9 +79,10 @@ class Bound:
     http: list[str] = field(default_factory=list)
     capture: list[tuple[str, int]] = field(default_factory=list)
     inbound: list[tuple[str, int]] = field(default_factory=list)
+    dev: bool = False  # started with --dev: `atmos admin` reads this to load the config the same way
 
     def as_json(self) -> str:
-        return json.dumps({"submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http,
+        return json.dumps({"dev": self.dev, "submission": [f"{h}:{p}" for h, p in self.submission], "http": self.http,
                            "inbound": [f"{h}:{p}" for h, p in self.inbound],
                            "capture": [f"{h}:{p}" for h, p in self.capture]})
 
@@ -81,26 +90,27 @@ class Bound:
 async def run_relay(
     cfg: Config, shutdown: trio.Event, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    await trio.to_thread.run_sync(make_dirs, cfg.state_path)  # durable names, before anything goes in
     sync_store = open_store(cfg.store_url)
     store = AsyncStore(sync_store)
     try:
         async with trio.open_nursery() as root:
-            spool = Spool(cfg.state_path / "spool", segment_bytes=cfg.spool.segment_bytes,
-                          max_bytes=cfg.spool.max_bytes or None)
-            await root.start(spool.run)  # recovery first; the spool logs its own report
             writer = StatusWriter(store)
             await root.start(writer.run)
-            rows = reconcile_rows(spool.live())
-            if rows:  # rows lost to a crash before the batched writer flushed
-                await store.insert_messages(rows)
-            keys = ApiKeyCache()
-            reputation = Reputation.from_config(store, cfg)  # rate counters and suspensions, loaded first
+            # The store mirrors the spool (relay.store.mirror): recovery replays to it whatever it had
+            # not durably seen, and compaction never deletes what it has not seen yet.
+            spool = Spool(cfg.state_path / "spool", segment_bytes=cfg.spool.segment_bytes,
+                          max_bytes=cfg.spool.max_bytes or None, reserve_bytes=cfg.spool.reserve_bytes,
+                          mirror=StatusMirror(writer, count_outcomes=True), store_mark=await store.spool_mark())
+            await root.start(spool.run)  # recovery first; the spool logs its own report
+            keys = ApiKeyCache(bcrypt_threads=cfg.auth.bcrypt_threads, bcrypt_queue=cfg.auth.bcrypt_queue)
+            # Rate counters and suspensions, loaded first; delivery outcomes are counted by the mirror.
+            reputation = Reputation.from_config(store, cfg, outcomes_in_store=True)
             await root.start(reputation.run)
             # The operator event stream: made before its publishers (acceptor, scheduler), which never wait on it.
             bus, metrics = EventBus(), RelayMetrics()
             acceptor = Acceptor(spool, writer, bus=bus, metrics=metrics)
-            bound = Bound()
+            bound = Bound(dev=cfg.dev)
             tls_counter = TlsRptCounter()  # TLS-RPT (RFC 8460): sessions under DANE/MTA-STS, per day
             scheduler, pool, prepare = await _start_delivery(cfg, root, spool, writer, store, bound, bus,
                                                              recorder=tls_counter)
@@ -109,20 +119,22 @@ async def run_relay(
             if cfg.delivery.tls_reports:
                 await root.start(tls_reporter(cfg, tls_counter, store, acceptor).run)
             services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
-                                auth=Authenticator(store, keys), acceptor=acceptor, scheduler=scheduler,
+                                auth=Authenticator(store, keys, cfg.auth), acceptor=acceptor, scheduler=scheduler,
                                 bus=bus, metrics=metrics, reputation=reputation)
             connect_reputation(bus, reputation)  # automatic suspensions and complaints onto the event stream
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
             services.webhooks = WebhookDispatcher(store, bus)
             await root.start(services.webhooks.run)  # member webhooks, off the event bus
+            buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, both listeners together
             smtp = SmtpServer(_submission_config(cfg),
-                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation))
+                              SubmissionHandler(services.auth, store, services.acceptor, reputation=reputation),
+                              buffers=buffers)
             bound.submission = await root.start(smtp.serve)
             inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation),
-                                          ssl_context=server_context(cfg))
+                                          ssl_context=server_context(cfg), buffers=buffers)
             bound.inbound = await root.start(inbound.serve)
-            http_stop = trio.Event()
-            bound.http = await root.start(_serve_http, services, http_stop)
+            http_stop, http_done = trio.Event(), trio.Event()
+            bound.http = await root.start(_serve_http, services, http_stop, http_done)
             if cfg.http.addr.port == 0 and cfg.public_url.endswith(":0") and bound.http:
                 prepare.public_url = bound.http[0]  # links in mail must name the port actually bound
             run_file = cfg.state_path / "run.json"
@@ -143,13 +155,14 @@ async def run_relay(
             task_status.started(bound)
             await shutdown.wait()
             log.info("shutting down: closing listeners")
+            http_stop.set()  # hypercorn stops accepting at once; requests in progress run on
             with trio.move_on_after(cfg.smtp.shutdown_grace + 5):
-                async with trio.open_nursery() as closing:  # both listeners close at once
+                async with trio.open_nursery() as closing:  # every listener closes at once
                     closing.start_soon(smtp.shutdown, cfg.smtp.shutdown_grace)
                     closing.start_soon(inbound.shutdown, cfg.smtp.shutdown_grace)
-            # End every /admin/ws stream and give the handlers a moment to send their close frame (1001).
-            await bus.aclose(grace=1.0)
-            http_stop.set()
+                    # End every /admin/ws stream and give the handlers a moment to send their close frame (1001).
+                    closing.start_soon(partial(bus.aclose, grace=1.0))
+                    closing.start_soon(http_done.wait)  # hypercorn's graceful shutdown: every answer sent
             log.info("shutting down: in-flight deliveries get %.0f s", cfg.delivery.shutdown_grace)
             await scheduler.shutdown(cfg.delivery.shutdown_grace)
             with trio.move_on_after(5):
@@ -182,6 +195,7 @@ async def _start_delivery(
     transport = SmtpTransport(
         resolver, pool, helo_name=cfg.banner_host, port=cfg.delivery.port, relayhost=relayhost,
         tls_policy=planner.default, allow_loopback_mx=cfg.delivery.allow_loopback_mx, planner=planner,
+        hosts=HostHealth(per_host=cfg.delivery.per_host, min_timeout=cfg.delivery.min_timeout),
     )
     operator = OperatorKeys(cfg.state_path, cfg.secret_key)
     await trio.to_thread.run_sync(operator.current)  # created on first start, before any delivery
@@ -189,6 +203,7 @@ async def _start_delivery(
     scheduler = Scheduler(spool, writer, transport, prepare=prepare, bus=bus, config=SchedulerConfig(
         operator_domain=cfg.operator_domain, secret=cfg.secret_key, reporting_mta=cfg.banner_host,
         max_concurrency=cfg.delivery.max_concurrency, per_destination=cfg.delivery.per_destination,
+        initial_concurrency=cfg.delivery.initial_concurrency, slow_concurrency=cfg.delivery.slow_concurrency,
         policy=RetryPolicy(schedule=cfg.delivery.retry_schedule),
     ))
     await root.start(scheduler.run)
@@ -203,6 +218,7 @@ async def _retention(store: AsyncStore, every: float = 3600.0) -> None:
             purged = await store.purge(now)
             await store.purge_idempotent(now - 24 * 3600)
             await store.purge_web_sessions(now)
+            await store.call(partial(_purge_oauth, older_than=now - PENDING_TTL))
             if purged:
                 log.info("retention: purged %d terminal message rows", purged)
         except Exception:
@@ -210,30 +226,46 @@ async def _retention(store: AsyncStore, every: float = 3600.0) -> None:
         await trio.sleep(every)
 
 
+def _purge_oauth(s: Store, *, older_than: float) -> int:
+    return s.purge_oauth_pending(older_than)
+
+
 def _submission_config(cfg: Config) -> SmtpServerConfig:
     addr = cfg.smtp.submission_addr
     return SmtpServerConfig(
         host=addr.host, port=addr.port, hostname=cfg.banner_host, ssl_context=server_context(cfg),
         require_tls_for_auth=True, require_auth=True,
-        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message),
+        limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message,
+                      max_errors=cfg.smtp.error_limit, max_junk_commands=cfg.smtp.junk_command_limit),
         command_timeout=cfg.smtp.command_timeout, data_block_timeout=cfg.smtp.data_timeout,
         shutdown_grace=cfg.smtp.shutdown_grace,
-        max_connections=cfg.smtp.max_connections,
+        max_connections=cfg.smtp.max_connections, max_connections_per_ip=cfg.smtp.max_connections_per_ip,
+        gate_timeout=cfg.smtp.pre_auth_timeout, gate_time=cfg.smtp.pre_auth_time, session_time=cfg.smtp.session_time,
     )
 
 
 async def _serve_http(
-    services: Services, stop: trio.Event, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    services: Services, stop: trio.Event, done: trio.Event, *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     from web.app import create_app
+    from web.server import serve
 
+    http = services.cfg.http
     hc = HypercornConfig()
-    hc.bind = [str(services.cfg.http.addr)]
+    hc.bind = [str(http.addr)]
     hc.accesslog = None
     hc.graceful_timeout = services.cfg.smtp.shutdown_grace
     hc.include_server_header = False
+    hc.keep_alive_timeout = http.head_timeout  # also the deadline for a new connection's request head
+    hc.read_timeout = http.read_timeout  # type: ignore[assignment]  # hypercorn types it int, uses it as float
+    hc.websocket_max_message_size = http.websocket_max_message
+    hc.websocket_ping_interval = http.websocket_ping
     app: Any = create_app(services)
-    await hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+    try:
+        await serve(app, hc, stop, faults=services.metrics.faults, task_status=task_status)
+    finally:
+        done.set()
 
 
 async def _main(cfg: Config) -> None:

@@ -15,9 +15,12 @@ constant time and refuses timestamps older than a few minutes (``verify_signatur
 standalone: copy it). ``id`` is the same on every retry, so receivers can de-duplicate.
 
 Delivery never waits for a webhook: the dispatcher is an ordinary event-bus subscriber (the bus drops a
-subscriber that falls behind; the dispatcher then logs and resubscribes), POSTs run in a few worker
-tasks fed by a bounded queue (full: the event is dropped and logged), and a failed POST (non-2xx,
-timeout, connection error) is retried after 1 s, 5 s, 30 s, 2 min and 10 min, then dropped and logged.
+subscriber that falls behind; the dispatcher then logs and resubscribes) that writes each event to the
+store's outbox (it survives restarts; ``id`` is derived from the event, so the same fact always has the
+same id). One lane per member POSTs that member's events in order, at most 16 lanes at once, each POST
+bounded (3 s to connect, 10 s overall), so one member's slow endpoint delays only that member; a failed
+POST (non-2xx, timeout, connection error) is retried after 1 s, 5 s, 30 s, 2 min and 10 min, then
+dropped and logged.
 Endpoints are looked up in the store and cached for ``cache_ttl`` seconds; ``PUT``/``DELETE
 /member/webhook`` call ``forget`` so a change takes effect at once (another process, e.g. ``atmos
 admin``, changing the table is seen within ``cache_ttl``).
@@ -33,7 +36,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -42,7 +45,8 @@ import trio
 from relay.eventbus import EventBus
 from relay.events import ComplaintReceived, Delivery, Event, MessageAccepted, Unsubscribed
 from relay.store.aio import AsyncStore
-from relay.store.rows import Webhook
+from relay.store.base import Store
+from relay.store.rows import OutboxEvent, Webhook
 
 log = logging.getLogger("relay.webhooks")
 
@@ -87,15 +91,6 @@ def verify_signature(secret: str, header: str, body: bytes | str, tolerance: flo
     return any(hmac.compare_digest(expected, c) for c in candidates)
 
 
-@dataclass(frozen=True, slots=True)
-class _Job:
-    url: str
-    secret: str
-    event_id: str
-    body: bytes
-    attempt: int = 0  # failed POSTs so far
-
-
 def to_webhook_events(event: Event) -> list[tuple[str, str, dict[str, Any]]]:
     """(did, webhook type, data) for a bus event; empty for events members do not get."""
     match event:
@@ -117,23 +112,46 @@ def to_webhook_events(event: Event) -> list[tuple[str, str, dict[str, Any]]]:
     return []
 
 
+def _members_due(store: Store, *, now: float) -> list[str]:
+    return store.outbox_members_due(now)
+
+
+def _due(store: Store, *, did: str, now: float, limit: int) -> list[OutboxEvent]:
+    return store.outbox_due(did, now, limit)
+
+
+def event_id_for(did: str, kind: str, data: dict[str, Any]) -> str:
+    """The stable id of a webhook event: the same fact (re-derived after a restart) gets the same id."""
+    blob = json.dumps([did, kind, data], sort_keys=True, separators=(",", ":")).encode()
+    return "evt_" + hashlib.sha256(blob).hexdigest()[:24]
+
+
 class WebhookDispatcher:
+    """Bus events -> the store's webhook outbox -> one delivery lane per member.
+
+    The outbox survives restarts; an event leaves it when the endpoint answered 2xx or after its
+    last retry. Each member has one lane (one POST at a time, in order), at most ``workers`` lanes
+    run at once, and every POST is bounded (``connect_timeout``, ``timeout`` overall): a member's
+    slow or dead endpoint delays only that member's events (issue 13 item 7b, issue 14).
+    """
+
     def __init__(self, store: AsyncStore, bus: EventBus, *, clock: Callable[[], float] = time.time,
-                 workers: int = 4, queue_size: int = 1000, max_retrying: int = 1000,
-                 backoff: Sequence[float] = BACKOFF, timeout: float = 10.0, cache_ttl: float = 10.0) -> None:
+                 workers: int = 16, backoff: Sequence[float] = BACKOFF, connect_timeout: float = 3.0,
+                 timeout: float = 10.0, cache_ttl: float = 10.0, poll: float = 1.0, batch: int = 20) -> None:
         self.store, self.bus, self.clock = store, bus, clock
-        self.workers, self.max_retrying, self.backoff = workers, max_retrying, tuple(backoff)
-        self.timeout, self.cache_ttl = timeout, cache_ttl
-        self._send, self._receive = trio.open_memory_channel[_Job](queue_size)
+        self.workers, self.backoff = workers, tuple(backoff)
+        self.connect_timeout, self.timeout, self.cache_ttl = connect_timeout, timeout, cache_ttl
+        self.poll, self.batch = poll, batch
         self._cache: dict[str, tuple[float, Webhook | None]] = {}
-        self._retrying = 0
+        self._lanes: set[str] = set()
+        self._wake = trio.Event()
         self.sent = self.failed = self.dropped = 0  # counters since start
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client, \
+        timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client, \
                 trio.open_nursery() as nursery:
-            for _ in range(self.workers):
-                nursery.start_soon(self._worker, client, nursery)
+            nursery.start_soon(self._dispatch, client, nursery)
             await nursery.start(self._listen)
             task_status.started()
 
@@ -148,7 +166,7 @@ class WebhookDispatcher:
                     try:
                         await self._handle(event)
                     except Exception:  # a store hiccup loses one event, never the dispatcher
-                        log.exception("webhook: could not dispatch %s", event.type)
+                        log.exception("webhook: could not queue %s", event.type)
             if not sub.dropped:
                 return  # the bus closed: shutting down
             log.warning("webhook dispatcher fell behind the event bus and was dropped; resubscribing")
@@ -167,56 +185,87 @@ class WebhookDispatcher:
         return hook
 
     async def _handle(self, event: Event) -> None:
+        rows: list[OutboxEvent] = []
+        now = self.clock()
         for did, kind, data in to_webhook_events(event):
             hook = await self._webhook(did)
             if hook is None or kind not in hook.events:
                 continue
-            event_id = "evt_" + secrets.token_hex(12)
-            body = json.dumps({"type": kind, "id": event_id, "created": int(self.clock()), "data": data},
-                              separators=(",", ":")).encode()
-            self._enqueue(_Job(hook.url, hook.secret, event_id, body))
+            event_id = event_id_for(did, kind, data)
+            body = json.dumps({"type": kind, "id": event_id, "created": int(now), "data": data},
+                              separators=(",", ":"))
+            rows.append(OutboxEvent(id=event_id, did=did, body=body, next_attempt_at=now, created_at=now))
+        if rows:
+            await self.store.call(lambda s: s.outbox_add(rows))
+            self._wake.set()
 
-    def _enqueue(self, job: _Job) -> None:
+    async def _dispatch(self, client: httpx.AsyncClient, nursery: trio.Nursery) -> None:
+        """Start a lane for every member with due events (until ``workers`` lanes run)."""
+        while True:
+            try:
+                due = await self.store.call(partial(_members_due, now=self.clock()))
+            except Exception:
+                log.exception("webhook: cannot read the outbox; trying again")
+                due = []
+            for did in due:
+                if did not in self._lanes and len(self._lanes) < self.workers:
+                    self._lanes.add(did)
+                    nursery.start_soon(self._lane, client, did)
+            with trio.move_on_after(self.poll):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _lane(self, client: httpx.AsyncClient, did: str) -> None:
         try:
-            self._send.send_nowait(job)
-        except trio.WouldBlock:
-            self.dropped += 1
-            log.warning("webhook queue full: dropped %s for %s", job.event_id, job.url)
-
-    async def _worker(self, client: httpx.AsyncClient, nursery: trio.Nursery) -> None:
-        async for job in self._receive:
-            if await self._post(client, job):
-                self.sent += 1
-                continue
-            self.failed += 1
-            if job.attempt >= len(self.backoff) or self._retrying >= self.max_retrying:
-                self.dropped += 1
-                log.warning("webhook %s to %s dropped after %d attempts", job.event_id, job.url, job.attempt + 1)
-                continue
-            self._retrying += 1
-            nursery.start_soon(self._retry_later, _Job(job.url, job.secret, job.event_id, job.body,
-                                                       job.attempt + 1), self.backoff[job.attempt])
-
-    async def _retry_later(self, job: _Job, delay: float) -> None:
-        try:
-            await trio.sleep(delay)
+            while True:
+                hook = await self._webhook(did)
+                due = await self.store.call(partial(_due, did=did, now=self.clock(), limit=self.batch))
+                if not due:
+                    return
+                if hook is None:
+                    n = await self.store.call(lambda s: s.outbox_drop_member(did))
+                    log.info("webhook: %s has no endpoint any more; dropped %d queued events", did, n)
+                    return
+                for ev in due:
+                    if not await self._deliver(client, hook, ev):
+                        return  # the endpoint is failing: the rest waits for the next round
+        except Exception:
+            log.exception("webhook: lane of %s failed; it restarts with the next round", did)
         finally:
-            self._retrying -= 1
-        self._enqueue(job)
+            self._lanes.discard(did)
 
-    async def _post(self, client: httpx.AsyncClient, job: _Job) -> bool:
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(job.secret, job.body, int(self.clock())),
-                   "User-Agent": "atmosphere-relay-webhooks/1"}
-        try:
-            resp = await client.post(job.url, content=job.body, headers=headers)
-        except httpx.HTTPError as exc:
-            log.info("webhook %s to %s failed: %s", job.event_id, job.url, exc)
-            return False
-        if 200 <= resp.status_code < 300:
+    async def _deliver(self, client: httpx.AsyncClient, hook: Webhook, ev: OutboxEvent) -> bool:
+        if await self._post(client, hook, ev):
+            self.sent += 1
+            await self.store.call(lambda s: s.outbox_done(ev.id))
             return True
-        log.info("webhook %s to %s answered %d", job.event_id, job.url, resp.status_code)
+        self.failed += 1
+        if ev.attempts >= len(self.backoff):
+            self.dropped += 1
+            log.warning("webhook %s to %s dropped after %d attempts", ev.id, hook.url, ev.attempts + 1)
+            await self.store.call(lambda s: s.outbox_done(ev.id))
+        else:
+            later = self.clock() + self.backoff[ev.attempts]
+            await self.store.call(lambda s: s.outbox_retry(ev.id, ev.attempts + 1, later))
+        return False
+
+    async def _post(self, client: httpx.AsyncClient, hook: Webhook, ev: OutboxEvent) -> bool:
+        body = ev.body.encode()
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(hook.secret, body, int(self.clock())),
+                   "User-Agent": "atmosphere-relay-webhooks/1"}
+        with trio.move_on_after(self.timeout):  # overall, whatever the peer trickles
+            try:
+                resp = await client.post(hook.url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                log.info("webhook %s to %s failed: %s", ev.id, hook.url, exc)
+                return False
+            if 200 <= resp.status_code < 300:
+                return True
+            log.info("webhook %s to %s answered %d", ev.id, hook.url, resp.status_code)
+            return False
+        log.info("webhook %s to %s timed out after %.0f s", ev.id, hook.url, self.timeout)
         return False
 
 
-__all__ = ["EVENT_TYPES", "SIGNATURE_HEADER", "WebhookDispatcher", "new_secret", "sign", "to_webhook_events",
-           "verify_signature"]
+__all__ = ["EVENT_TYPES", "SIGNATURE_HEADER", "WebhookDispatcher", "event_id_for", "new_secret", "sign",
+           "to_webhook_events", "verify_signature"]

@@ -1,9 +1,13 @@
 """The in-memory index: live messages, their recipients' states, and compaction bookkeeping.
 
 Compaction rule: a segment may be deleted only when every message referenced by any record in
-it (stored there or transitioned there) is terminal. Deleting a segment that holds "rcpt X sent"
-while X's message is still live elsewhere would make recovery resend X. So each live message
-knows the segments that mention it, and each segment counts the live messages it mentions; a
+it (stored there or transitioned there) is terminal, AND every segment that stores one of those
+messages is gone. Deleting a segment that holds "rcpt X sent" while X's MESSAGE record survives
+elsewhere would make recovery resend X: while X is live (its record pins that segment), and also
+after X is terminal when an older segment holding X is still pinned by another message that stays
+deferred (issue 14). So each live message knows the segments that mention it, and each segment
+counts the live messages it mentions; when a message retires, its own segment is released at once
+but the segments holding its later records are released only when its own segment is dropped. A
 segment whose count drops to zero is garbage (unless it is the one being written).
 """
 
@@ -25,6 +29,8 @@ class Index:
         self._mentions: dict[int, list[int]] = {}  # queue id -> segments mentioning it
         self._refs: dict[int, int] = {}  # segment -> live messages it mentions
         self.freed: list[int] = []  # segments whose count reached zero, for the owner to reap
+        # segment -> segments holding records of retired messages stored in it: released when it is dropped
+        self._waiting: dict[int, list[int]] = {}
 
     def add_segment(self, seq: int) -> None:
         self._refs.setdefault(seq, 0)
@@ -32,8 +38,15 @@ class Index:
     def unreferenced(self) -> list[int]:
         return [seq for seq, n in self._refs.items() if n == 0]
 
+    def references(self, seq: int) -> int:
+        """Live messages segment ``seq`` mentions, plus retired ones whose own segment it must outlive."""
+        return self._refs.get(seq, 0)
+
     def drop_segment(self, seq: int) -> None:
+        """Forget a deleted segment; the segments that only had to outlive it may now go too."""
         del self._refs[seq]
+        for dep in self._waiting.pop(seq, ()):
+            self._release(dep)
 
     def add(self, queue_id: int, envelope: Envelope, seq: int, offset: int, length: int) -> None:
         """Index a durable MESSAGE record; ``offset``/``length`` locate its raw bytes in ``seq``."""
@@ -47,16 +60,19 @@ class Index:
         self._refs[seq] += 1
         self.live_rcpts += n
 
-    def apply(self, t: Transition, seq: int) -> None:
-        """Apply one durable transition recorded in segment ``seq`` (same rules live and replayed)."""
+    def apply(self, t: Transition, seq: int) -> bool:
+        """Apply one durable transition recorded in segment ``seq`` (same rules live and replayed).
+
+        Returns whether it changed anything (False: an orphan, or a recipient already terminal).
+        """
         msg = self.messages.get(t.queue_id)
         i = t.rcpt_id - t.queue_id
         if msg is None or not 0 <= i < len(msg.states):
             self.orphans += 1
-            return
+            return False
         old = msg.states[i]
         if old.terminal:
-            return  # terminal is final: see transition.TERMINAL
+            return False  # terminal is final: see transition.TERMINAL
         new = old.after(t)
         mentions = self._mentions[t.queue_id]
         if mentions[-1] != seq:  # records arrive in log order, so the newest mention is last
@@ -66,18 +82,25 @@ class Index:
         if new.state in TERMINAL:
             self.live_rcpts -= 1
             if all(s.terminal for s in states):
-                self._retire(t.queue_id)
-                return
+                self._retire(msg)
+                return True
         self.messages[t.queue_id] = QueuedMessage(
             msg.queue_id, msg.envelope, msg.segment, msg.offset, msg.length, states
         )
+        return True
 
-    def _retire(self, queue_id: int) -> None:
-        del self.messages[queue_id]
-        for seq in self._mentions.pop(queue_id):
-            self._refs[seq] -= 1
-            if self._refs[seq] == 0:
-                self.freed.append(seq)
+    def _retire(self, msg: QueuedMessage) -> None:
+        del self.messages[msg.queue_id]
+        home, *later = self._mentions.pop(msg.queue_id)
+        self._release(home)
+        if later:
+            # These hold the records that make msg terminal: they must outlive the record of msg itself.
+            self._waiting.setdefault(home, []).extend(later)
+
+    def _release(self, seq: int) -> None:
+        self._refs[seq] -= 1
+        if self._refs[seq] == 0:
+            self.freed.append(seq)
 
     def live(self) -> Iterator[QueuedMessage]:
         # A snapshot of the values, so callers may await between items while commits go on.

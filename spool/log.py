@@ -26,7 +26,7 @@ from pathlib import Path
 from spool import segment
 from spool.errors import SpoolFull, SpoolUnavailable, classify
 from spool.index import Index
-from spool.message import Accepted, Envelope, QueuedMessage
+from spool.message import Accepted, Added, Change, Changed, Envelope, Position, QueuedMessage
 from spool.record import HEADER_SIZE, MessageDraft, draft_message, encode_transition, seal_message
 from spool.recovery import RecoveryReport, Scan, scan
 from spool.transition import Transition
@@ -34,7 +34,12 @@ from spool.transition import Transition
 log = logging.getLogger("spool")
 
 DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_RESERVE_BYTES = 8 << 20
 LOCK_FILE = "LOCK"
+# Preallocated disk space given up when the disk is full, so the transitions that record finished
+# deliveries can still be written (otherwise a delivered message is delivered again: issue 14).
+RESERVE_FILE = "RESERVE"
+_RESERVE_RETRY = 1.0  # seconds between attempts to take the reserve back once it was spent
 
 
 @dataclass(slots=True)
@@ -80,7 +85,17 @@ class SpoolStats:
 
 
 class SpoolLog:
-    def __init__(self, directory: Path, *, segment_bytes: int, max_bytes: int | None, readonly: bool) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int,
+        max_bytes: int | None,
+        readonly: bool,
+        store_mark: Position | None = None,
+        mirrored: bool = False,
+        reserve_bytes: int = 0,
+    ) -> None:
         """Use ``SpoolLog.open`` or ``SpoolLog.open_readonly``."""
         if segment_bytes <= HEADER_SIZE:
             raise ValueError("segment_bytes is too small")
@@ -88,11 +103,21 @@ class SpoolLog:
         self.readonly = readonly
         self._segment_bytes = segment_bytes
         self._max_bytes = max_bytes
+        # How far a mirror (the status store) has durably caught up with the log; segments past it
+        # are never deleted, because they hold what the mirror has not seen yet. None: no mirror.
+        self.store_mark = store_mark
+        self._mirrored = mirrored
+        self.changes: list[Change] = []  # since the last take_changes(), in log order (when mirrored)
+        self.replay: list[Change] = []  # what recovery found past store_mark (when mirrored)
+        self._reserve_bytes = reserve_bytes
+        self._reserve_held = False
+        self._reserve_tried = -float("inf")
         self._index = Index()
         self._sizes: dict[int, int] = {}
         self._bytes = 0
         self._readers: dict[int, int] = {}
         self._lock_fd = -1
+        self._reserve_fd = -1
         self._cur_seq = 0
         self._cur_fd = -1
         self._rolled = False
@@ -107,10 +132,22 @@ class SpoolLog:
 
     @classmethod
     def open(
-        cls, directory: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES, max_bytes: int | None = None
+        cls,
+        directory: Path,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        max_bytes: int | None = None,
+        store_mark: Position | None = None,
+        mirrored: bool = False,
+        reserve_bytes: int = 0,
     ) -> SpoolLog:
-        """Lock the directory, recover (truncate, quarantine, compact) and get ready to append."""
-        self = cls(directory, segment_bytes=segment_bytes, max_bytes=max_bytes, readonly=False)
+        """Lock the directory, recover (truncate, quarantine, compact) and get ready to append.
+
+        ``mirrored``: collect every change (``take_changes``), and in ``replay`` what recovery found
+        past ``store_mark`` (everything when the mark is None or lies beyond the log).
+        """
+        self = cls(directory, segment_bytes=segment_bytes, max_bytes=max_bytes, readonly=False,
+                   store_mark=store_mark, mirrored=mirrored, reserve_bytes=reserve_bytes)
         try:
             self._open_writable()
         except OSError as exc:
@@ -133,15 +170,18 @@ class SpoolLog:
 
     def _open_writable(self) -> None:
         started = time.monotonic()
-        if not self.directory.exists():
-            self.directory.mkdir(parents=True)
-            segment.fsync_dir(self.directory.parent)
+        segment.make_dirs(self.directory)
         self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SpoolUnavailable(f"{self.directory} is in use by another process") from None
-        found = scan(self.directory, self._index, readonly=False)
+        replay_after: Position | None = None
+        if self._mirrored:
+            replay_after = self._mark_within_log()
+            self.store_mark = replay_after
+        found = scan(self.directory, self._index, readonly=False, replay_after=replay_after)
+        self.replay = found.replay
         self._adopt(found.sizes, found.next_id)
         if self._sizes:
             self._cur_seq = max(self._sizes)
@@ -154,8 +194,24 @@ class SpoolLog:
         self._rolled = True  # reap every segment replay left unreferenced
         victims = self.reap()
         self.unlink(victims)
+        self.keep_reserve()
         self.report = self._report(found, len(victims), started)
         log.info("spool recovered: %s", self.report)
+
+    def _mark_within_log(self) -> Position:
+        """The store's mark, or (0, 0) (replay everything) when it is unknown or past the log's end
+        (the spool was replaced or restored from an older copy: the store may have missed anything)."""
+        mark = self.store_mark
+        if mark is None:
+            return (0, 0)
+        seqs = segment.listing(self.directory)
+        if not seqs:
+            return (0, 0)
+        last = seqs[-1]
+        if mark > (last, os.stat(self.directory / segment.name(last)).st_size):
+            log.warning("spool: the store has seen up to %s, past the log's end; replaying all of it", mark)
+            return (0, 0)
+        return mark
 
     def _adopt(self, sizes: dict[int, int], next_id: int) -> None:
         self._sizes = dict(sizes)
@@ -181,11 +237,11 @@ class SpoolLog:
 
     def close(self) -> None:
         self._closed = True
-        for fd in [*self._readers.values(), self._cur_fd, self._lock_fd]:
+        for fd in [*self._readers.values(), self._cur_fd, self._lock_fd, self._reserve_fd]:
             if fd >= 0:
                 os.close(fd)
         self._readers.clear()
-        self._cur_fd = self._lock_fd = -1
+        self._cur_fd = self._lock_fd = self._reserve_fd = -1
 
     def __enter__(self) -> SpoolLog:
         return self
@@ -253,9 +309,29 @@ class SpoolLog:
         sealed = self.seal(drafts)
         written = self.write(sealed)
         results = self.apply(sealed, written)
-        self.unlink(self.reap())
+        self.housekeep()
         return results
 
+    def housekeep(self) -> None:
+        """Roll an idle active segment, delete what is no longer needed, take the reserve back."""
+        if self.idle_roll_due():
+            self.roll_idle()
+        self.unlink(self.reap())
+        self.keep_reserve()
+
+    def end(self) -> Position:
+        """The position just past the last record (where the next batch goes, barring a roll)."""
+        return (self._cur_seq, self._sizes.get(self._cur_seq, 0))
+
+    def take_changes(self) -> list[Change]:
+        changes, self.changes = self.changes, []
+        return changes
+
+    def caught_up(self, mark: Position) -> None:
+        """The mirror has durably seen everything up to ``mark``: older segments may now be reaped."""
+        if self.store_mark is None or mark > self.store_mark:
+            self.store_mark = mark
+            self._rolled = True  # reap() looks again
     # -- the steps -------------------------------------------------------------------------------
 
     def draft_message(self, envelope: Envelope, data: bytes) -> MessageDraft:
@@ -286,8 +362,78 @@ class SpoolLog:
     def has_room(self, nbytes: int) -> bool:
         """Whether ``max_bytes`` lets the spool grow by ``nbytes`` (checked for messages only:
         transitions are how messages become terminal and space is freed, so refusing them when
-        full would wedge the spool)."""
+        full would wedge the spool). While the disk reserve is spent, no message fits."""
+        if self.pressure:
+            return False
         return self._max_bytes is None or self._bytes + nbytes <= self._max_bytes
+
+    @property
+    def pressure(self) -> bool:
+        """The disk filled up and the reserve kept for transitions is (partly) spent: deliveries must
+        wait (their outcome might not be recordable) and messages are refused until it is back."""
+        return self._reserve_bytes > 0 and not self._reserve_held and not self.readonly
+
+    # -- the disk reserve ------------------------------------------------------------------------
+
+    def keep_reserve(self) -> None:
+        """(Re)allocate the reserve file if it is not held (blocking; at most once a second)."""
+        if self._reserve_bytes <= 0 or self._reserve_held or self.readonly or self._closed:
+            return
+        now = time.monotonic()
+        if now - self._reserve_tried < _RESERVE_RETRY:
+            return
+        self._reserve_tried = now
+        try:
+            if self._reserve_fd < 0:
+                path = self.directory / RESERVE_FILE
+                self._reserve_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                segment.fsync_dir(self.directory)
+            os.posix_fallocate(self._reserve_fd, 0, self._reserve_bytes)
+            os.fsync(self._reserve_fd)
+        except OSError as exc:
+            log.warning("spool: cannot reserve %d bytes for transitions: %s", self._reserve_bytes, exc)
+            self._drop_reserve()
+            return
+        if not self._reserve_held:
+            log.info("spool: %d bytes reserved for transitions", self._reserve_bytes)
+        self._reserve_held = True
+
+    def _drop_reserve(self) -> bool:
+        """Give the reserve's blocks back to the filesystem; True when there was one to give."""
+        held = self._reserve_held
+        self._reserve_held = False
+        if self._reserve_fd >= 0:
+            try:
+                os.ftruncate(self._reserve_fd, 0)
+                os.fsync(self._reserve_fd)
+            except OSError as exc:
+                log.error("spool: cannot release the reserve: %s", exc)
+        return held
+
+    # -- the idle active segment -----------------------------------------------------------------
+
+    def idle_roll_due(self) -> bool:
+        """Whether the active segment holds nothing live and is worth replacing so it can be deleted
+        (otherwise a big segment left with no live message is never compacted: it only rolls when a
+        write overflows it, which a full disk or ``max_bytes`` may prevent for good)."""
+        if self.readonly or self._cur_fd < 0:
+            return False
+        size = self._sizes.get(self._cur_seq, 0)
+        if size == 0 or self._index.references(self._cur_seq) or not self._covered(self._cur_seq):
+            return False
+        crowded = self._max_bytes is not None and self._bytes * 2 > self._max_bytes
+        return size >= self._segment_bytes // 8 or crowded or self.pressure
+
+    def roll_idle(self) -> None:
+        """Open a fresh active segment (blocking); the old one is reaped at once if nothing needs it."""
+        try:
+            self._roll(self.next_id)
+        except OSError as exc:
+            log.warning("spool: cannot roll the idle active segment: %s", exc)
+
+    def _covered(self, seq: int) -> bool:
+        mark = self.store_mark
+        return mark is None or mark >= (seq, self._sizes.get(seq, 0))
 
     def seal(self, drafts: list[Draft]) -> Sealed:
         """Allocate ids (in log order) and lay the batch out. Cheap: runs on the event loop."""
@@ -334,6 +480,11 @@ class SpoolLog:
                 done += _pwrite(fd, buf[done:], start + done)
         except OSError as exc:
             self._undo(fd, start, poison=False)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) and _transitions_only(s) and self._drop_reserve():
+                # The disk is full, but an outcome must be recorded (a delivered message whose "sent"
+                # cannot be written would go out again): spend the reserve on it, once.
+                log.error("spool: disk full; writing transitions into the reserve, deliveries pause")
+                return self.write(s)
             raise classify(exc, "writing the spool") from exc
         try:
             # One fdatasync per batch is the point of group commit; nothing in the batch is
@@ -375,14 +526,19 @@ class SpoolLog:
         index = self._index
         index.add_segment(w.segment)
         results: list[Accepted | None] = []
+        changes = self.changes if self._mirrored else None
         for d, first, rel in zip(s.drafts, s.first_ids, s.offsets, strict=True):
             if isinstance(d, MessageDraft):
                 data_at = w.offset + rel + HEADER_SIZE + len(d.prefix)
                 index.add(first, d.envelope, w.segment, data_at, len(d.data))
                 results.append(Accepted(first, tuple(range(first, first + d.nrcpts))))
+                if changes is not None:
+                    changes.append(Added(first, d.envelope))
             else:
                 for t in d.changes:
-                    index.apply(t, w.segment)
+                    msg = index.messages.get(t.queue_id)
+                    if index.apply(t, w.segment) and changes is not None and msg is not None:
+                        changes.append(Changed(t, msg.envelope))
                 results.append(None)
         self.commits += 1
         self.appends += len(s.drafts)
@@ -397,14 +553,21 @@ class SpoolLog:
             return []
         self._index.freed.clear()
         self._rolled = False
-        victims = sorted(seq for seq in self._index.unreferenced() if seq != self._cur_seq)
-        for seq in victims:
-            self._index.drop_segment(seq)
-            self._bytes -= self._sizes.pop(seq, 0)
-            fd = self._readers.pop(seq, None)
-            if fd is not None:
-                os.close(fd)
-        return victims
+        victims: list[int] = []
+        while True:  # dropping a segment can release the ones that only had to outlive it
+            batch = [seq for seq in self._index.unreferenced() if seq != self._cur_seq and self._covered(seq)]
+            if not batch:
+                break
+            for seq in batch:
+                self._index.drop_segment(seq)
+                self._bytes -= self._sizes.pop(seq, 0)
+                fd = self._readers.pop(seq, None)
+                if fd is not None:
+                    os.close(fd)
+            victims += batch
+        self._index.freed.clear()
+        # Oldest first: a segment is always older than the ones that had to outlive it.
+        return sorted(victims)
 
     def unlink(self, victims: list[int]) -> None:
         """Delete reaped segments, oldest first, each durably before the next (blocking).
@@ -432,6 +595,10 @@ def _pwrite(fd: int, data: memoryview, offset: int) -> int:
     if n <= 0:  # a regular file never does this, but a zero would loop forever
         raise OSError(errno.EIO, "pwrite wrote nothing")
     return n
+
+
+def _transitions_only(s: Sealed) -> bool:
+    return all(isinstance(d, TransitionDraft) for d in s.drafts)
 
 
 def _check_envelope(env: Envelope) -> None:

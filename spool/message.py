@@ -17,6 +17,31 @@ class Envelope:
     arrival: float  # unix time
 
 
+# Where a record ends in the log: (segment, offset just past the record). Compared as tuples, it
+# orders every record of the log; a mirror (the status store) remembers how far it has caught up.
+Position = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    """A MESSAGE record made durable, as a mirror of the spool sees it."""
+
+    queue_id: int
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """A transition that changed a recipient, with its message's envelope (the message may be gone)."""
+
+    transition: Transition
+    envelope: Envelope
+
+
+# What a mirror is told, in log order: a message was added, or a transition changed a recipient.
+Change = Added | Changed
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """An acknowledged (fdatasync'ed) message: its queue id and one id per recipient, in order."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from spool import segment
 from spool.index import Index
+from spool.message import Added, Change, Changed, Position
 from spool.record import HEADER_SIZE, MAGIC, MESSAGE, Undecodable, decode_message, decode_transition, valid_at
 
 log = logging.getLogger("spool.recovery")
@@ -73,10 +74,14 @@ class Scan:
     truncated_bytes: int = 0
     torn_tail: QuarantinedRange | None = None
     quarantined: list[QuarantinedRange] = field(default_factory=list)
+    # Changes recorded after ``replay_after``, in log order: what a mirror (the status store) may not
+    # have seen before the process stopped. Empty unless scan() was asked for them.
+    replay: list[Change] = field(default_factory=list)
+    replay_after: Position | None = None
 
 
-def scan(directory: Path, index: Index, *, readonly: bool) -> Scan:
-    result = Scan()
+def scan(directory: Path, index: Index, *, readonly: bool, replay_after: Position | None = None) -> Scan:
+    result = Scan(replay_after=replay_after)
     if not directory.is_dir():
         return result  # a read-only look at a spool that was never started
     seqs = segment.listing(directory)
@@ -142,13 +147,21 @@ def _scan_segment(directory: Path, seq: int, fd: int, index: Index, result: Scan
 
 def _apply(buf: memoryview, pos: int, n: int, seq: int, index: Index, result: Scan) -> None:
     start = pos + HEADER_SIZE
+    mark = result.replay_after
+    replay = mark is not None and (seq, start + n) > mark
     with buf[start : start + n] as payload:
         if buf[pos + 4] == MESSAGE:
             ref = decode_message(payload)
+            fresh = ref.first_id not in index.messages
             index.add(ref.first_id, ref.envelope, seq, start + ref.data_offset, ref.data_len)
             result.next_id = max(result.next_id, ref.first_id + len(ref.envelope.rcpts))
+            if replay and fresh:
+                result.replay.append(Added(ref.first_id, ref.envelope))
         else:
-            index.apply(decode_transition(payload), seq)
+            t = decode_transition(payload)
+            msg = index.messages.get(t.queue_id)
+            if index.apply(t, seq) and replay and msg is not None:
+                result.replay.append(Changed(t, msg.envelope))
 
 
 def _resync(src: mmap.mmap | bytes, buf: memoryview, pos: int) -> int:

@@ -46,3 +46,25 @@ def create(directory: Path, seq: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def make_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents, each made durable in its own parent.
+
+    ``mkdir(parents=True)`` alone leaves the new names in the page cache: a crash soon after the
+    first start could lose the state dir with the spool (and its acknowledged mail) inside it.
+    """
+    directory = Path(directory)
+    missing: list[Path] = []
+    probe = directory
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for path in reversed(missing):  # outermost first, so each parent is durable before its child
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass  # created meanwhile by someone else; still make its name durable
+        fsync_dir(path.parent)

@@ -31,11 +31,13 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request, websocket
 
+from relay.errors import InvalidRequest
 from relay.events import CommandResult, encode
 from relay.eventstream import CommandError, build_snapshot, command_from_json, execute, handle_frame
 from relay.services import Services
 from web.admin import require_admin
 from web.api import services
+from web.jsonbody import parse_json
 
 log = logging.getLogger("web.adminws")
 blueprint = Blueprint("adminws", __name__)
@@ -108,7 +110,10 @@ async def _commands(svc: Services, send: Any) -> None:
 @blueprint.post("/admin/api/command")
 async def command() -> Response:
     svc = require_admin()
-    body = await request.get_json(force=True, silent=True)
+    try:
+        body = parse_json(await request.get_data())
+    except InvalidRequest:
+        body = None  # command_from_json names what is wrong with it
     try:
         parsed = command_from_json(body)
     except CommandError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from typing import Any
 
@@ -12,13 +13,19 @@ from quart import Blueprint, Response, current_app, jsonify, request
 
 from relay.auth import Principal
 from relay.errors import AuthRequired, InvalidDid, InvalidRequest, PayloadTooLarge, RelayError
+from relay.health import refusals
 from relay.reputation import Grant, RateLimitExceeded, Reputation
 from relay.sender import check_sender
 from relay.services import Services
+from relay.store.base import StoreError
+from relay.store.mirror import IDEMPOTENCY_KEY, REJECTED, REQUEST_HASH, send_response
 from relay.submission import TRANSACTIONAL
+from spool import SpoolError
 from web.compose import compose
+from web.jsonbody import parse_json
 from web.validate import parse_send_request
 
+log = logging.getLogger("web.api")
 blueprint = Blueprint("api", __name__)
 IDEMPOTENCY_TTL = 24 * 3600
 _idem_locks: dict[tuple[str, str], trio.Lock] = {}
@@ -55,18 +62,14 @@ async def authenticate() -> Principal:
         raise AuthRequired("X-Atmos-DID header or ?did= parameter required")
     if not did.startswith("did:"):
         raise InvalidDid()
-    return await services().auth.authenticate(did, key.strip())
+    return await services().auth.authenticate(did, key.strip(), peer=request.remote_addr or "")
 
 
 async def read_json() -> Any:
     limit = services().cfg.limits.json_body
     if (request.content_length or 0) > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    raw = await request.get_data(cache=True)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    return parse_json(await request.get_data(cache=True))
 
 
 @blueprint.post("/v1/send")
@@ -84,7 +87,7 @@ async def send() -> Response:
 async def _send_keyed(svc: Services, principal: Principal) -> Response:
     key = request.headers.get("Idempotency-Key", "").strip()
     if not key:
-        return await _send(svc, principal)
+        return await _send_plain(svc, principal)
     if len(key) > 255:
         raise InvalidRequest("Idempotency-Key: at most 255 characters")
     # One request per key at a time: a concurrent duplicate waits and then replays.
@@ -98,9 +101,15 @@ async def _send_keyed(svc: Services, principal: Principal) -> Response:
 
 
 async def _send_idempotent(svc: Services, principal: Principal, key: str) -> Response:
+    """The key and the request hash travel in the spooled message's envelope, and the stored answer
+    is derived from it (relay.store.mirror): it exists exactly when the message does, also after a
+    crash, and no store failure after the accept can turn a sent message into a 500 (issue 14)."""
     body = await request.get_data(cache=True, as_text=False)
     digest = hashlib.sha256(body if isinstance(body, bytes) else body.encode()).hexdigest()
     prior = await svc.store.get_idempotent(principal.did, key)
+    if prior is None:
+        await svc.writer.flush()  # an accept a moment ago may still be on its way to the store
+        prior = await svc.store.get_idempotent(principal.did, key)
     if prior is not None and prior.created_at > time.time() - IDEMPOTENCY_TTL:
         if prior.request_hash != digest:
             resp = jsonify({"error": "Idempotency-Key was already used with a different request body",
@@ -110,14 +119,27 @@ async def _send_idempotent(svc: Services, principal: Principal, key: str) -> Res
         resp = Response(prior.response_json, status=prior.status_code, content_type="application/json")
         resp.headers["Idempotent-Replayed"] = "true"
         return resp
-    resp = await _send(svc, principal)
-    if resp.status_code == 200:  # errors are not remembered: fixing the input and retrying must work
-        await svc.store.put_idempotent(principal.did, key, digest, resp.status_code,
-                                       (await resp.get_data(as_text=True)), time.time())
+    resp, spooled = await _send(svc, principal, idempotency=(key, digest))
+    if resp.status_code == 200 and not spooled:
+        # Nothing was spooled (every recipient refused), so there is no envelope to carry the key:
+        # remember the answer here. Errors are not remembered: fixing the input and retrying must work.
+        try:
+            await svc.store.put_idempotent(principal.did, key, digest, resp.status_code,
+                                           (await resp.get_data(as_text=True)), time.time())
+        except StoreError:
+            log.exception("could not remember Idempotency-Key %r of %s (nothing was spooled)", key, principal.did)
     return resp
 
 
-async def _send(svc: Services, principal: Principal) -> Response:
+async def _send_plain(svc: Services, principal: Principal) -> Response:
+    resp, _ = await _send(svc, principal)
+    return resp
+
+
+async def _send(
+    svc: Services, principal: Principal, *, idempotency: tuple[str, str] | None = None
+) -> tuple[Response, bool]:
+    """The answer, and whether a message was spooled."""
     req = parse_send_request(await read_json(), max_recipients=svc.cfg.limits.recipients_per_message)
     sender_domain = check_sender(principal, req.sender, what="from")
     transactional = req.category in TRANSACTIONAL
@@ -130,7 +152,6 @@ async def _send(svc: Services, principal: Principal) -> Response:
             rejected.append({"recipient": rcpt, "reason": "suppressed recipient", "code": "SUPPRESSED"})
         else:
             accepted_rcpts.append(rcpt)
-    accepted: list[dict[str, Any]] = []
     rep = reputation(svc)
     headers: dict[str, str] = {}
     if accepted_rcpts:
@@ -139,6 +160,9 @@ async def _send(svc: Services, principal: Principal) -> Response:
             raise PayloadTooLarge("composed message larger than the message size limit")
         attrs = {"source": "http", "subject": req.subject, "category": req.category,
                  "transactional": "1" if transactional else ""}
+        if idempotency is not None:
+            attrs |= {IDEMPOTENCY_KEY: idempotency[0], REQUEST_HASH: idempotency[1],
+                      REJECTED: json.dumps(rejected, separators=(",", ":"))}
         # Warming and rate caps (DESIGN §6): checked and counted at once; given back if the accept fails.
         grant: Grant | None = None
         if rep is not None:
@@ -151,13 +175,16 @@ async def _send(svc: Services, principal: Principal) -> Response:
             if rep is not None and grant is not None:
                 rep.release(grant)
             raise
-        accepted = [{"recipient": r, "messageId": i} for r, i in zip(accepted_rcpts, result.ids, strict=True)]
-    elif rep is not None:
-        headers = await rep.limiter.headers(principal.did, sender_domain)
-    resp = jsonify({"accepted": accepted, "rejected": rejected})
+        resp = jsonify(send_response(accepted_rcpts, result.ids, rejected))
+        spooled = True
+    else:
+        if rep is not None:
+            headers = await rep.limiter.headers(principal.did, sender_domain)
+        resp = jsonify(send_response([], [], rejected))
+        spooled = False
     for name, value in headers.items():
         resp.headers[name] = value
-    return resp
+    return resp, spooled
 
 
 @blueprint.get("/v1/messages/<int:message_id>")
@@ -185,9 +212,21 @@ async def message_status(message_id: int) -> Response:
 
 @blueprint.get("/healthz")
 async def healthz() -> Response:
-    stats = services().spool.stats()
-    return jsonify({"status": "ok", "spool": {"liveMessages": stats.live_messages,
-                                              "liveRecipients": stats.live_recipients}})
+    """200 ``{"status": "ok"}`` while the relay takes mail; 503 ``{"status": "refusing", "reasons": [...]}``
+    while it refuses it (relay.health), so a load balancer or monitor learns the truth."""
+    svc = services()
+    reasons = await refusals(svc)
+    body: dict[str, Any] = {"status": "refusing" if reasons else "ok"}
+    if reasons:
+        body["reasons"] = reasons
+    try:
+        stats = svc.spool.stats()
+        body["spool"] = {"liveMessages": stats.live_messages, "liveRecipients": stats.live_recipients}
+    except SpoolError:
+        pass  # already a reason
+    resp = jsonify(body)
+    resp.status_code = 503 if reasons else 200
+    return resp
 
 
 __all__ = ["RelayError", "blueprint"]

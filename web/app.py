@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from relay.errors import PayloadTooLarge, RelayError
 from relay.services import Services
+from relay.slots import Slots
 from web import admin, adminws, api, auth, member, metrics, pages, unsubscribe, xrpc
 
 log = logging.getLogger("web")
@@ -25,6 +26,7 @@ def create_app(services: Services) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = services.cfg.limits.json_body
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["atmos"] = services
+    app.extensions["atmos.signins"] = Slots(services.cfg.identity.signins, services.cfg.identity.signins_per_ip)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(unsubscribe.blueprint)

@@ -7,6 +7,8 @@ relay's ``private_key_jwt`` client assertions. The sign-in routes themselves liv
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 from quart import Blueprint, Response, current_app, jsonify
 
@@ -27,7 +29,7 @@ async def oauth_client() -> OAuthClient:
         client = current_app.extensions.get("atmos.oauth")
         if client is None:
             identity = getattr(svc, "identity", None)
-            client = await trio.to_thread.run_sync(client_from_config, svc.cfg, identity)
+            client = await trio.to_thread.run_sync(partial(client_from_config, svc.cfg, identity, store=svc.store))
             current_app.extensions["atmos.oauth"] = client
     return client
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
+from contextlib import AbstractContextManager
 from typing import Any
 
 import trio
@@ -29,6 +30,7 @@ from relay.errors import RelayError
 from relay.identity import IdentityError
 from relay.oauth import OAuthError
 from relay.services import Services
+from relay.slots import Slots, SlotsFull
 from relay.store.base import MAX_DOMAINS_PER_DID, DomainLimitReached, DomainTaken, StoreError
 from relay.store.rows import MESSAGE_STATUSES, Domain
 from web import session as sessions
@@ -113,13 +115,31 @@ async def enroll() -> str | Response:
     return await _page("enroll.html", step="domain", domains=domains, max_domains=MAX_DOMAINS_PER_DID)
 
 
+def _signin_slot() -> AbstractContextManager[None]:
+    """One of the sign-in slots (relay.slots): every step fetches from servers the signer chose."""
+    slots: Slots = current_app.extensions["atmos.signins"]
+    return slots.hold(request.remote_addr or "")
+
+
+async def _busy(exc: SlotsFull, handle: str = "") -> Response:
+    message = ("Too many sign-ins from your address at once. Wait a moment and try again." if exc.per_key else
+               "The relay is handling many sign-ins right now. Try again in a minute.")
+    resp = Response(await _page("enroll.html", step="handle", error=message, handle=handle),
+                    status=429 if exc.per_key else 503, content_type="text/html")
+    resp.headers["Retry-After"] = "10" if exc.per_key else "60"
+    return resp
+
+
 @blueprint.post("/enroll")
 async def enroll_start() -> tuple[str, int] | Response:
     form = await _form()
     session = await sessions.ensure()
     handle = str(form.get("handle", "")).strip()
     try:
-        url, pending = await (await oauth_client()).start(handle)
+        with _signin_slot():
+            url, pending = await (await oauth_client()).start(handle)
+    except SlotsFull as exc:
+        return await _busy(exc, handle)
     except (IdentityError, OAuthError) as exc:
         return await _page("enroll.html", step="handle", error=str(exc), handle=handle), 400
     session.data["oauth_state"] = pending.state
@@ -135,7 +155,10 @@ async def oauth_callback() -> tuple[str, int] | Response:
         return await _page("enroll.html", step="handle",
                            error="This sign-in did not start in this browser, or it expired. Start again."), 400
     try:
-        tokens = await (await oauth_client()).callback(params)
+        with _signin_slot():
+            tokens = await (await oauth_client()).callback(params)
+    except SlotsFull as exc:
+        return await _busy(exc)
     except (IdentityError, OAuthError) as exc:
         return await _page("enroll.html", step="handle", error=f"Sign-in failed: {exc}"), 400
     svc = _svc()

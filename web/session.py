@@ -3,8 +3,11 @@ carries only a random token (the store keeps its SHA-256), HttpOnly + SameSite=L
 a dev relay is served over plain http). Every session has a CSRF token; every form posts it back.
 
 A browser gets an anonymous session when it first needs one (the handle form must carry a CSRF token
-and the OAuth ``state`` is bound to the browser that asked for it). Signing in replaces the session
-with a new token (no fixation); signing out deletes it.
+and the OAuth ``state`` is bound to the browser that asked for it). An anonymous session costs the
+store nothing until it holds something: its CSRF token is an HMAC of the cookie under the relay's
+secret (so a GET /enroll from anyone writes no row, issue 13), and the row is written when a sign-in
+starts (POST /enroll, which stores the OAuth state). Signing in replaces the session with a new
+token (no fixation); signing out deletes it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field, replace
@@ -23,6 +27,7 @@ from relay.services import Services
 from relay.store.rows import WebSession
 
 COOKIE = "atmos_session"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32); anything else is no session
 ANONYMOUS_TTL = 3600.0  # a sign-in must finish within an hour
 MEMBER_TTL = 7 * 86400.0  # then the member signs in again
 
@@ -62,11 +67,19 @@ def _hash(token: str) -> str:
 
 def _new(did: str | None = None, handle: str | None = None) -> Session:
     token = secrets.token_urlsafe(32)
+    return Session(row=_row(token, did, handle), token=token, send_cookie=True)
+
+
+def _row(token: str, did: str | None = None, handle: str | None = None) -> WebSession:
     now = time.time()
     ttl = MEMBER_TTL if did else ANONYMOUS_TTL
-    row = WebSession(id_hash=_hash(token), csrf=secrets.token_urlsafe(24), created_at=now, expires_at=now + ttl,
-                     did=did, handle=handle)
-    return Session(row=row, token=token, send_cookie=True)
+    csrf = secrets.token_urlsafe(24) if did else _anonymous_csrf(token)
+    return WebSession(id_hash=_hash(token), csrf=csrf, created_at=now, expires_at=now + ttl, did=did, handle=handle)
+
+
+def _anonymous_csrf(token: str) -> str:
+    """Bound to the cookie and the relay's secret: checkable with no stored row (double submit, keyed)."""
+    return hmac.new(_svc().cfg.secret_key, b"csrf:" + token.encode(), hashlib.sha256).hexdigest()
 
 
 async def current() -> Session | None:
@@ -76,7 +89,7 @@ async def current() -> Session | None:
         return found
     session = None
     token = request.cookies.get(COOKIE, "")
-    if token:
+    if _TOKEN.fullmatch(token):
         row = await _svc().store.get_web_session(_hash(token), time.time())
         if row is not None:
             try:
@@ -84,16 +97,17 @@ async def current() -> Session | None:
             except ValueError:
                 data = {}
             session = Session(row=row, token=token, data=data if isinstance(data, dict) else {})
+        else:  # an anonymous session not saved yet (or one that expired): anonymous, same cookie
+            session = Session(row=_row(token), token=token)
     g.web_session = session
     return session
 
 
 async def ensure() -> Session:
-    """The request's session, creating an anonymous one (saved at once) when there is none."""
+    """The request's session, creating an anonymous one when there is none (not saved: see above)."""
     session = await current()
     if session is None:
         session = _new()
-        await save(session)
         g.web_session = session
     return session
 

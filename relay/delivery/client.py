@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import trio
 
+from relay.delivery.congestion import HostHealth
 from relay.smtp.client import ClientTimeouts, PeerCheck, SmtpClient, SmtpError, SmtpTlsError, TlsPolicy, open_smtp
 from relay.smtp.reply import Reply
 
@@ -84,38 +85,54 @@ async def deliver(
     smtputf8: bool = False,
     peer_check: PeerCheck | None = None,
     auth: str = "",
+    hosts: HostHealth | None = None,
 ) -> DeliveryResult:
     """Offer the message to the host ``mx_name`` at ``addresses`` (in order); see the module docstring.
 
     Never raises for network or protocol trouble: that is in the result. ``ssl_context`` replaces the
     TLS policy's default context (tests pass their own CA). ``peer_check`` judges the server's
     certificate chain (DANE); ``auth`` names those terms so pooled connections are reused only under them.
+    ``hosts``: per-address connection limits and shortened timeouts for addresses that keep hanging
+    (``relay.delivery.congestion``).
     """
     if not addresses:
         return DeliveryResult(mx_name, connection_error=f"no address for host {mx_name}")
     timeouts = timeouts or ClientTimeouts()
     error: SmtpError | None = None
     for address in addresses:
-        key = PoolKey(address, port, tls_policy, auth)
-        client = await pool.acquire(key) if pool is not None else None
-        reused = client is not None
-        if client is None:
-            try:
-                client = await open_smtp(
-                    address,
-                    port,
-                    helo_name=helo_name,
-                    tls=tls_policy,
-                    timeouts=timeouts,
-                    tls_server_name=mx_name,
-                    ssl_context=ssl_context,
-                    peer_check=peer_check,
-                )
-            except SmtpError as exc:
-                log.info("delivery to %s: %s", mx_name, exc.text)
-                error = exc
-                continue
-        return await _transaction(client, key, mx_name, mail_from, rcpts, data, smtputf8, pool, reused)
+        slot = hosts.slot(address, port) if hosts is not None else None
+        if slot is not None:
+            await slot.acquire()
+        try:
+            key = PoolKey(address, port, tls_policy, auth)
+            client = await pool.acquire(key) if pool is not None else None
+            reused = client is not None
+            if client is None:
+                try:
+                    client = await open_smtp(
+                        address,
+                        port,
+                        helo_name=helo_name,
+                        tls=tls_policy,
+                        timeouts=hosts.timeouts(address, port, timeouts) if hosts is not None else timeouts,
+                        tls_server_name=mx_name,
+                        ssl_context=ssl_context,
+                        peer_check=peer_check,
+                    )
+                except SmtpError as exc:
+                    log.info("delivery to %s: %s", mx_name, exc.text)
+                    if hosts is not None:
+                        hosts.record(address, port, timed_out="timed out" in exc.text)
+                    error = exc
+                    continue
+            result = await _transaction(client, key, mx_name, mail_from, rcpts, data, smtputf8, pool, reused)
+            if hosts is not None:
+                hosts.record(address, port, timed_out="timed out" in (result.connection_error or ""))
+            return result
+        finally:
+            if slot is not None and hosts is not None:
+                slot.release()
+                hosts.release(address, port)
     assert error is not None
     return DeliveryResult(
         mx_name,

@@ -349,9 +349,6 @@ class Resolver:
     def from_config(cls, delivery: DeliveryConfig, *, lifetime: float = DEFAULT_LIFETIME) -> Resolver:
         return cls(delivery.nameservers, lifetime=lifetime)
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
     # ---- cache ----
 
     async def _cached(self, key: str, compute: Callable[[], Awaitable[_Result]]) -> _Result:

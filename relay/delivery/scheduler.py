@@ -7,13 +7,23 @@ destination domain: each domain has its own queue and at most
 worker delivers its domain's jobs one after another so the transport can reuse
 a connection (RSET between messages).
 
+Fairness when destinations hang (``relay.delivery.congestion``): a domain starts
+with ``initial_concurrency`` workers and gains one per answered attempt; a
+timeout halves its window, and while its last attempt timed out its workers also
+need one of ``slow_concurrency`` slots, so tarpits never hold more than that and
+the rest of ``max_concurrency`` stays with destinations that answer.
+
 One transaction per recipient: the envelope sender is a VERP address carrying
 that recipient's id, so a bounce names exactly whom it is about (DESIGN §5).
 
 Ordering of effects after an attempt: the spool transition is made durable
-first, then the store row is queued, then (for a bounce) the DSN is spooled. A
-crash between the remote's 250 and our transition redelivers the message on
-restart: delivery is at-least-once, never zero times.
+first (for a bounce, in the same batch as the DSN it reports, so a crash keeps
+both or neither); the store row follows from it (relay.store.mirror). A crash
+between the remote's 250 and our transition redelivers the message on restart:
+delivery is at-least-once, never zero times. While the process runs, an outcome
+that cannot be written (disk full) is retried, never turned into a second
+delivery, and while the spool lives off its disk reserve nothing new is
+dispatched (issue 14).
 """
 
 from __future__ import annotations
@@ -29,17 +39,23 @@ from typing import Protocol
 import trio
 
 from relay.delivery import verp
+from relay.delivery.congestion import next_window
 from relay.delivery.dsn import FailedRecipient, build_dsn
 from relay.delivery.retry import DEFAULT_POLICY, Decision, Outcome, OutcomeKind, RetryPolicy, decide
 from relay.eventbus import EventBus
 from relay.events import Delivery, Event, MessageAccepted, QueueChanged
 from relay.reputation import DeliveryEvents, classify_status
-from relay.store.rows import MessageStatus, NewAttempt, StatusUpdate
+from relay.store.mirror import STATUS_NOTE
+from relay.store.rows import NewAttempt
 from relay.store.writer import StatusWriter
-from spool import Envelope, QueuedMessage, Spool, SpoolError, State, Transition
+from spool import Accepted, Envelope, QueuedMessage, Spool, SpoolError, State, Transition
 
 log = logging.getLogger("relay.delivery")
 
+# Recording an outcome that failed (disk full, I/O error) is retried with this backoff (seconds);
+# the recipient stays in flight meanwhile, so it is never delivered a second time by this process.
+_RECORD_RETRY_MIN, _RECORD_RETRY_MAX = 0.5, 30.0
+_PRESSURE_POLL = 1.0  # seconds between looks at a spool that lives off its disk reserve
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +82,8 @@ class SchedulerConfig:
     reporting_mta: str
     max_concurrency: int = 50
     per_destination: int = 5
+    initial_concurrency: int = 5  # slow start (clamped to per_destination)
+    slow_concurrency: int = 20  # slots every timing-out destination shares
     policy: RetryPolicy = DEFAULT_POLICY
 
 
@@ -79,9 +97,16 @@ class Job:
 
 @dataclass
 class _Destination:
+    window: int  # workers allowed now (slow start, halved on a timeout)
     jobs: deque[Job] = field(default_factory=deque)
     workers: int = 0
     paused: bool = False
+    strikes: int = 0  # consecutive attempts that timed out
+
+
+#: Outcomes in which the remote host answered (the window grows); a timeout shrinks it; the rest
+#: (DNS, refused connections, TLS) say nothing about how many connections the host can take.
+_ANSWERED = frozenset({OutcomeKind.DELIVERED, OutcomeKind.TEMPORARY, OutcomeKind.PERMANENT})
 
 
 class Scheduler:
@@ -107,8 +132,10 @@ class Scheduler:
         self._heap: list[tuple[float, int]] = []
         self._in_flight: set[int] = set()  # rcpt ids
         self._queued: set[int] = set()  # rcpt ids waiting in a destination queue
-        self._dest: dict[str, _Destination] = defaultdict(_Destination)
+        initial = min(config.initial_concurrency, config.per_destination)
+        self._dest: dict[str, _Destination] = defaultdict(lambda: _Destination(window=initial))
         self._limit = trio.CapacityLimiter(config.max_concurrency)
+        self._slow = trio.CapacityLimiter(config.slow_concurrency)
         self._wakeup = trio.Event()
         self._stopping = False
         self._nursery: trio.Nursery | None = None
@@ -127,7 +154,9 @@ class Scheduler:
                 self._nursery = nursery
                 task_status.started()
                 while not self._stopping:
-                    timeout = self._dispatch_due()
+                    # Disk full and the spool on its reserve: an outcome might not be recordable, and a
+                    # delivery whose "sent" is lost goes out again, so start none until it is back.
+                    timeout = _PRESSURE_POLL if self._spool.pressure else self._dispatch_due()
                     with trio.move_on_after(timeout):
                         await self._wakeup.wait()
                     self._wakeup = trio.Event()
@@ -150,26 +179,26 @@ class Scheduler:
 
     # ---- operator actions (admin API / console) --------------------------------------------
     async def hold(self, queue_id: int) -> int:
-        n = await self._set_state(queue_id, State.HELD, "held", "held by operator",
+        n = await self._set_state(queue_id, State.HELD, "held by operator",
                                   lambda st: st.state in (State.ACCEPTED, State.DEFERRED, State.RELEASED))
         self._publish(QueueChanged(queue_id=queue_id, action="hold", changed=n))
         return n
 
     async def release(self, queue_id: int) -> int:
-        n = await self._set_state(queue_id, State.RELEASED, "accepted", "released by operator",
+        n = await self._set_state(queue_id, State.RELEASED, "released by operator",
                                   lambda st: st.state is State.HELD)
         self.notify(queue_id)
         self._publish(QueueChanged(queue_id=queue_id, action="release", changed=n))
         return n
 
     async def delete(self, queue_id: int) -> int:
-        n = await self._set_state(queue_id, State.DELETED, "bounced", "deleted by operator (no DSN sent)",
+        n = await self._set_state(queue_id, State.DELETED, "deleted by operator (no DSN sent)",
                                   lambda st: not st.terminal)
         self._publish(QueueChanged(queue_id=queue_id, action="delete", changed=n))
         return n
 
     async def retry_now(self, queue_id: int) -> int:
-        n = await self._set_state(queue_id, State.DEFERRED, "deferred", "retry requested by operator",
+        n = await self._set_state(queue_id, State.DEFERRED, "retry requested by operator",
                                   lambda st: st.state is State.DEFERRED, next_attempt_at=self._now())
         self.notify(queue_id)
         self._publish(QueueChanged(queue_id=queue_id, action="retry", changed=n))
@@ -195,7 +224,7 @@ class Scheduler:
         if self.bus is not None:
             self.bus.publish(event)
 
-    async def _set_state(self, queue_id: int, state: State, store_status: MessageStatus, note: str,
+    async def _set_state(self, queue_id: int, state: State, note: str,
                          which: Callable[..., bool], next_attempt_at: float | None = None) -> int:
         msg = self._spool.get(queue_id)
         if msg is None:
@@ -203,11 +232,7 @@ class Scheduler:
         changes = [Transition(queue_id, rid, state, attempts=st.attempts, next_attempt_at=next_attempt_at, info=note)
                    for rid, _, st in msg.recipients() if which(st) and rid not in self._in_flight]
         if changes:
-            await self._spool.transition(changes)
-            now = self._now()
-            self._writer.submit_nowait([StatusUpdate(id=c.rcpt_id, status=store_status, at=now,
-                                                     last_reply=note, next_attempt_at=next_attempt_at)
-                                        for c in changes])
+            await self._spool.transition(changes)  # the store row follows (relay.store.mirror)
         return len(changes)
 
     # ---- dispatch ------------------------------------------------------------------------
@@ -248,7 +273,7 @@ class Scheduler:
 
     def _start_workers(self, domain: str, dest: _Destination) -> None:
         assert self._nursery is not None
-        while dest.jobs and not dest.paused and dest.workers < self._cfg.per_destination and not self._stopping:
+        while dest.jobs and not dest.paused and dest.workers < dest.window and not self._stopping:
             dest.workers += 1
             self._nursery.start_soon(self._worker, domain, dest)
 
@@ -259,15 +284,22 @@ class Scheduler:
 
     async def _worker(self, domain: str, dest: _Destination) -> None:
         try:
-            while dest.jobs and not dest.paused and not self._stopping:
+            # More workers than the window (it shrank after a timeout): the extra ones stop here.
+            while dest.jobs and not dest.paused and not self._stopping and dest.workers <= dest.window:
                 job = dest.jobs.popleft()
                 self._queued.discard(job.rcpt_id)
                 self._in_flight.add(job.rcpt_id)
                 try:
-                    async with self._limit:
-                        await self._deliver(job)
-                except SpoolError as exc:  # cannot record the outcome: retry later from the spool's state
-                    log.error("spool error recording delivery of %s: %s", job.rcpt_id, exc)
+                    if dest.strikes:  # timing out: one of the few slow slots first, then a relay-wide one
+                        async with self._slow, self._limit:
+                            result = await self._deliver_when_relieved(job)
+                    else:
+                        async with self._limit:
+                            result = await self._deliver_when_relieved(job)
+                    if result is not None:
+                        self._feedback(domain, dest, result.outcome.kind)
+                except SpoolError as exc:  # could not read the message or record the outcome: retry later
+                    log.error("spool error delivering %s: %s", job.rcpt_id, exc)
                     self._push(self._now() + 60, job.queue_id)
                 finally:
                     self._in_flight.discard(job.rcpt_id)
@@ -276,14 +308,34 @@ class Scheduler:
         finally:
             dest.workers -= 1
 
+    def _feedback(self, domain: str, dest: _Destination, kind: OutcomeKind) -> None:
+        """Slow start and back-off of the destination's window (relay.delivery.congestion)."""
+        timed_out = kind is OutcomeKind.TIMEOUT
+        if not timed_out and kind not in _ANSWERED:
+            return
+        before = dest.window
+        dest.window = next_window(dest.window, timed_out=timed_out, per_destination=self._cfg.per_destination)
+        dest.strikes = dest.strikes + 1 if timed_out else 0
+        if timed_out and dest.window < before:
+            log.warning("destination %s timed out %d time(s) in a row: %d connection(s) now", domain, dest.strikes,
+                        dest.window)
+        self._start_workers(domain, dest)
+
     # ---- one attempt -----------------------------------------------------------------------
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver_when_relieved(self, job: Job) -> AttemptResult | None:
+        await self._spool.relieved()  # see run(): no delivery while on the disk reserve
+        if self._stopping:
+            return None  # stays spooled for the next start
+        return await self._deliver(job)
+
+    async def _deliver(self, job: Job) -> AttemptResult | None:
+        """One attempt; the result, or None when there was nothing to do."""
         msg = self._spool.get(job.queue_id)
         if msg is None:
-            return
+            return None
         st = msg.recipient(job.rcpt_id)
         if not _pending(st.state):
-            return
+            return None
         data = await trio.to_thread.run_sync(self._spool.read_data, job.queue_id)
         env = msg.envelope
         # Null reverse-path stays null (a DSN); a forwarded reply keeps its SRS sender (RFC-style
@@ -301,9 +353,12 @@ class Scheduler:
         now = self._now()
         attempts = st.attempts + 1
         decision = decide(result.outcome, attempts=attempts, now=now, arrival=env.arrival, policy=self._cfg.policy)
-        await self._spool.transition([Transition(job.queue_id, job.rcpt_id, State(decision.state), attempts=attempts,
-                                                 next_attempt_at=decision.next_attempt_at,
-                                                 reply=result.outcome.text)])
+        note = f"{STATUS_NOTE}{decision.status}" if decision.state in ("sent", "bounced") else ""
+        change = Transition(job.queue_id, job.rcpt_id, State(decision.state), attempts=attempts,
+                            next_attempt_at=decision.next_attempt_at, reply=result.outcome.text, info=note)
+        bounce = decision.state == "bounced" and bool(env.mail_from)
+        dsn = self._dsn(env, data, job, decision, result, now) if bounce else None
+        accepted = await self._record_outcome(change, dsn)
         self._record(job, decision, result, attempts, now)
         self._tell_reputation(env, job, decision, result)
         self._publish(Delivery(queue_id=job.queue_id, rcpt_id=job.rcpt_id, did=env.did, recipient=job.rcpt,
@@ -312,10 +367,13 @@ class Scheduler:
         if decision.state == "deferred" and decision.next_attempt_at is not None:
             self._push(decision.next_attempt_at, job.queue_id)
             self._wakeup.set()
-        elif decision.state == "bounced" and env.mail_from:
-            await self._bounce(env, data, job, decision, result, now)
+        for dsn_env, dsn_id, size in accepted:
+            self.notify(dsn_id.queue_id)
+            self._publish(MessageAccepted(queue_id=dsn_id.queue_id, rcpt_ids=tuple(dsn_id.rcpt_ids), did=env.did,
+                                          sender="", recipients=dsn_env.rcpts, size=size, source="dsn"))
         log.info("delivery %s to=%s via=%s tls=%s -> %s: %s", job.rcpt_id, job.rcpt, result.mx_host,
                  result.tls, decision.state, result.outcome.text)
+        return result
 
     def _record(self, job: Job, decision: Decision, result: AttemptResult, attempts: int, now: float) -> None:
         if decision.state == "sent":
@@ -324,13 +382,30 @@ class Scheduler:
             self.bounced += 1
         else:
             self.deferred += 1
-        self._writer.submit_nowait([
-            StatusUpdate(id=job.rcpt_id, status=decision.state, at=now,
-                         attempts=attempts, last_reply=result.outcome.text,
-                         next_attempt_at=decision.next_attempt_at),
+        # The status row itself follows from the spool transition (relay.store.mirror).
+        self._writer.submit_nowait(
             NewAttempt(message_id=job.rcpt_id, at=now, mx_host=result.mx_host, reply=result.outcome.text,
-                       tls=result.tls, outcome=decision.state),
-        ])
+                       tls=result.tls, outcome=decision.state))
+
+    async def _record_outcome(
+        self, change: Transition, dsn: tuple[Envelope, bytes] | None
+    ) -> list[tuple[Envelope, Accepted, int]]:
+        """Make the outcome durable (with its DSN, in one batch); retried until it is, never re-delivered.
+
+        Returns the DSN as accepted (envelope, ids, size), if there was one.
+        """
+        delay = _RECORD_RETRY_MIN
+        while True:
+            try:
+                accepted = await self._spool.commit([dsn] if dsn is not None else [], [change])
+            except SpoolError as exc:
+                log.error("cannot record the outcome of %s (%s); retrying in %.1f s", change.rcpt_id, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, _RECORD_RETRY_MAX)
+                continue
+            if dsn is None or not accepted:
+                return []
+            return [(dsn[0], accepted[0], len(dsn[1]))]
 
     def _tell_reputation(self, env: Envelope, job: Job, decision: Decision, result: AttemptResult) -> None:
         """Sends and bounces count toward the member's rates (DESIGN §6); the relay's own mail does not."""
@@ -344,8 +419,8 @@ class Scheduler:
             events.bounced(env.did, domain, job.rcpt_id, job.rcpt, classify_status(decision.status),
                            result.outcome.text)
 
-    async def _bounce(self, env: Envelope, data: bytes, job: Job, decision: Decision, result: AttemptResult,
-                      now: float) -> None:
+    def _dsn(self, env: Envelope, data: bytes, job: Job, decision: Decision, result: AttemptResult,
+             now: float) -> tuple[Envelope, bytes]:
         """RFC 3464 DSN to the original envelope sender, with a null reverse-path (never bounce a bounce)."""
         dsn = build_dsn(
             reporting_mta=self._cfg.reporting_mta,
@@ -361,10 +436,7 @@ class Scheduler:
         bounce_env = Envelope(mail_from="", rcpts=(env.mail_from,), did=env.did,
                               attrs={"dsn": "1", "source": "dsn", "subject": "Undelivered Mail Returned to Sender",
                                      "original_rcpt_id": str(job.rcpt_id)}, arrival=now)
-        accepted = await self._spool.accept(bounce_env, dsn)
-        self.notify(accepted.queue_id)
-        self._publish(MessageAccepted(queue_id=accepted.queue_id, rcpt_ids=tuple(accepted.rcpt_ids), did=env.did,
-                                      sender="", recipients=bounce_env.rcpts, size=len(dsn), source="dsn"))
+        return bounce_env, dsn
 
 
 def _pending(state: State) -> bool:

@@ -395,11 +395,15 @@ def tls_reporter(cfg: Config, counter: TlsRptCounter, store: ReportStore, accept
                               attrs={"source": "tlsrpt", "transactional": "1"})
 
     async def post(url: str, body: bytes) -> None:
-        # §5.4: POST the gzip report; any 2xx is success. No redirects, one overall deadline.
+        # §5.4: POST the gzip report; any 2xx is success. No redirects, one overall deadline, and the
+        # answer (a stranger's) read only up to a small cap.
+        from relay.fetch import METADATA_BYTES, fetch
+
         with trio.fail_after(post_timeout):
             async with httpx.AsyncClient(timeout=post_timeout, follow_redirects=False) as client:
-                response = await client.post(url, content=body, headers={
-                    "Content-Type": "application/tlsrpt+gzip", "User-Agent": "atmosphere-relay (TLS-RPT)"})
+                response = await fetch(client, "POST", url, max_bytes=METADATA_BYTES, what="TLS report endpoint",
+                                       content=body, headers={"Content-Type": "application/tlsrpt+gzip",
+                                                              "User-Agent": "atmosphere-relay (TLS-RPT)"})
         if not 200 <= response.status_code < 300:
             raise RuntimeError(f"HTTP {response.status_code}")
 

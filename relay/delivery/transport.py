@@ -13,6 +13,7 @@ import logging
 import ssl
 
 from relay.delivery.client import ConnectionPool, DeliveryResult, deliver
+from relay.delivery.congestion import HostHealth
 from relay.delivery.retry import Outcome, OutcomeKind
 from relay.delivery.routing import MxHost, Resolver, Route, RoutingError, route
 from relay.delivery.scheduler import AttemptResult
@@ -36,8 +37,10 @@ class SmtpTransport:
         allow_loopback_mx: bool = False,
         ssl_context: ssl.SSLContext | None = None,
         planner: TlsPlanner | None = None,
+        hosts: HostHealth | None = None,
     ) -> None:
         self._resolver = resolver
+        self.hosts = hosts or HostHealth()
         self._pool = pool
         self._helo = helo_name
         self._port = port
@@ -72,7 +75,7 @@ class SmtpTransport:
             result = await deliver(host.addresses, found.port, host.name, mail_from=mail_from, rcpts=[rcpt], data=data,
                                    helo_name=self._helo, tls_policy=plan.policy, timeouts=self._timeouts,
                                    pool=self._pool, ssl_context=plan.ssl_context or self._ssl_context,
-                                   smtputf8=smtputf8, peer_check=plan.peer_check, auth=plan.auth)
+                                   smtputf8=smtputf8, peer_check=plan.peer_check, auth=plan.auth, hosts=self.hosts)
             if result.started or result.tls_failure is not None:
                 self._planner.report(plan, address=result.address, tls=result.tls, failure=result.tls_failure,
                                      detail=result.connection_error or "")

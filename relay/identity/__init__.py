@@ -6,8 +6,9 @@
 * DID -> document: ``did:plc`` from the PLC directory (configurable URL), ``did:web`` from
   ``https://<host>/.well-known/did.json``.
 * A handle counts only when the DID document names it back (``alsoKnownAs: at://<handle>``).
-* Results are cached for ``identity.cache_ttl``; every request has a timeout; every failure is an
-  ``IdentityError`` whose message a member can act on.
+* Results are cached for ``identity.cache_ttl``; every request has a timeout and a byte cap
+  (``relay.fetch``), every lookup an overall deadline; every failure is an ``IdentityError`` whose
+  message a member can act on.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import trio
+
+from relay.fetch import DOCUMENT_BYTES, METADATA_BYTES, FetchError, fetch, get_json
 
 if TYPE_CHECKING:
     from relay.config import Config
@@ -123,9 +126,10 @@ def _did_from_text(text: str) -> str | None:
 class StandardHandleResolver:
     """DNS TXT first, then the https well-known (the atproto handle spec)."""
 
-    def __init__(self, txt: TxtLookup, http: HttpFactory) -> None:
+    def __init__(self, txt: TxtLookup, http: HttpFactory, *, max_bytes: int = METADATA_BYTES) -> None:
         self._txt = txt
         self._http = http
+        self._max_bytes = max_bytes
 
     async def resolve(self, handle: str) -> str | None:
         did = await self._dns(handle)
@@ -144,8 +148,9 @@ class StandardHandleResolver:
     async def _https(self, handle: str) -> str | None:
         try:
             async with self._http() as client:
-                resp = await client.get(f"https://{handle}/.well-known/atproto-did")
-        except httpx.HTTPError:
+                resp = await fetch(client, "GET", f"https://{handle}/.well-known/atproto-did",
+                                   max_bytes=self._max_bytes, what="handle well-known")
+        except FetchError:
             return None
         return _did_from_text(resp.text) if resp.status_code == 200 else None
 
@@ -153,24 +158,28 @@ class StandardHandleResolver:
 class WellKnownAtResolver:
     """Tests and development: ``GET <base>/.well-known/atproto-did`` with ``Host: <handle>``."""
 
-    def __init__(self, base_url: str, http: HttpFactory) -> None:
+    def __init__(self, base_url: str, http: HttpFactory, *, max_bytes: int = METADATA_BYTES) -> None:
         self._base = base_url.rstrip("/")
         self._http = http
+        self._max_bytes = max_bytes
 
     async def resolve(self, handle: str) -> str | None:
         try:
             async with self._http() as client:
-                resp = await client.get(f"{self._base}/.well-known/atproto-did", headers={"host": handle})
-        except httpx.HTTPError:
+                resp = await fetch(client, "GET", f"{self._base}/.well-known/atproto-did", headers={"host": handle},
+                                   max_bytes=self._max_bytes, what="handle well-known")
+        except FetchError:
             return None
         return _did_from_text(resp.text) if resp.status_code == 200 else None
 
 
 class DidResolver:
-    def __init__(self, plc_url: str, http: HttpFactory, *, allow_http_on_loopback: bool = False) -> None:
+    def __init__(self, plc_url: str, http: HttpFactory, *, allow_http_on_loopback: bool = False,
+                 max_bytes: int = DOCUMENT_BYTES) -> None:
         self._plc = plc_url.rstrip("/")
         self._http = http
         self._loopback = allow_http_on_loopback
+        self._max_bytes = max_bytes
 
     async def resolve(self, did: str) -> dict[str, Any]:
         if not is_did(did):
@@ -185,15 +194,13 @@ class DidResolver:
             url = f"{scheme}://{host}/.well-known/did.json"
         try:
             async with self._http() as client:
-                resp = await client.get(url)
-        except httpx.HTTPError as exc:
-            raise DidNotFound(f"{did}: could not fetch its DID document ({type(exc).__name__})") from None
-        if resp.status_code != 200:
-            raise DidNotFound(f"{did}: no DID document (HTTP {resp.status_code} from {url})")
-        try:
-            doc = resp.json()
-        except ValueError:
-            raise DidNotFound(f"{did}: the DID document is not JSON") from None
+                status, doc = await get_json(client, url, max_bytes=self._max_bytes, what="DID document")
+        except FetchError as exc:
+            raise DidNotFound(f"{did}: {exc}") from None
+        if status != 200:
+            raise DidNotFound(f"{did}: no DID document (HTTP {status} from {url})")
+        if doc is None:
+            raise DidNotFound(f"{did}: the DID document is not JSON")
         if not isinstance(doc, dict) or doc.get("id") != did:
             raise DidNotFound(f"{did}: the DID document names a different id")
         return doc
@@ -258,13 +265,14 @@ class IdentityResolver:
         http = _default_http(ident.timeout)
         handles: HandleResolver
         if ident.handle_resolution == "well-known-at":
-            handles = WellKnownAtResolver(ident.handle_resolver_url, http)
+            handles = WellKnownAtResolver(ident.handle_resolver_url, http, max_bytes=ident.metadata_bytes)
         else:
             if txt is None:
                 from relay.dns.checks import DnsLookup
                 txt = DnsLookup.from_config(cfg, lifetime=ident.timeout)
-            handles = StandardHandleResolver(txt, http)
-        dids = DidResolver(ident.plc_url, http, allow_http_on_loopback=ident.allow_http_on_loopback)
+            handles = StandardHandleResolver(txt, http, max_bytes=ident.metadata_bytes)
+        dids = DidResolver(ident.plc_url, http, allow_http_on_loopback=ident.allow_http_on_loopback,
+                           max_bytes=ident.document_bytes)
         return cls(handles, dids, ttl=ident.cache_ttl, timeout=ident.timeout,
                    allow_http_on_loopback=ident.allow_http_on_loopback)
 

@@ -2,20 +2,16 @@
 
 ``relay.inbound.handler.InboundHandler`` is the SessionHandler; ``relay.inbound.service.make_inbound_server``
 builds the SmtpServer around it. What the listener learns about members' mail goes out through an
-``InboundEvents`` (the reputation module implements it; ``LoggingEvents`` only logs).
+``InboundEvents`` (relay.reputation.Reputation implements it).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
 from relay.inbound.bounces import BounceClass
 
-__all__ = ["BounceClass", "InboundEvents", "LoggingEvents"]
-
-log = logging.getLogger("relay.inbound")
-
+__all__ = ["BounceClass", "InboundEvents"]
 
 class InboundEvents(Protocol):
     async def bounce(self, did: str, rcpt_id: int, recipient: str, klass: BounceClass, diagnostic: str) -> None:
@@ -35,13 +31,3 @@ class InboundEvents(Protocol):
         or "" when unknown.
         """
         ...
-
-
-class LoggingEvents:
-    """An InboundEvents that only logs (until the reputation module is wired in)."""
-
-    async def bounce(self, did: str, rcpt_id: int, recipient: str, klass: BounceClass, diagnostic: str) -> None:
-        log.info("bounce did=%s rcpt_id=%d to=<%s> class=%s: %s", did, rcpt_id, recipient, klass, diagnostic)
-
-    async def complaint(self, did: str, recipient: str, feedback_type: str, message_id: str) -> None:
-        log.info("complaint did=%s to=<%s> type=%s message-id=<%s>", did, recipient, feedback_type, message_id)

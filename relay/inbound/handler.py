@@ -25,35 +25,35 @@ answers 501).
 Everything the listener accepts for forwarding goes into the spool through the Acceptor (so the
 250 is only given once it is durable) with a trace header prepended; the scheduler delivers it.
 Per-source-address token buckets limit connections (``421 4.7.0`` at connect) and transactions
-beyond the first on a connection (``451 4.7.0`` at MAIL).
+beyond the first on a connection (``451 4.7.0`` at MAIL). A transaction to a VERP or FBL address
+has the smaller size limit ``inbound.report_size`` (552 5.3.4 past it), and bounces and complaints
+are parsed in worker threads with caps on bytes and parts (``relay.inbound.reports``).
 """
 
 from __future__ import annotations
 
 import email
 import email.policy
-import functools
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from email.utils import format_datetime
 from typing import Literal
 
-import trio
-
-from relay.acceptor import Acceptor
+from relay.acceptor import Acceptor, Submission
 from relay.address import is_domain, normalize_domain
 from relay.config import Config
 from relay.delivery import tlsrpt, verp
 from relay.events import TlsReportReceived
 from relay.inbound import InboundEvents, srs
-from relay.inbound.arf import ArfParseError, ArfReport, is_arf, parse_arf
-from relay.inbound.bounces import Bounce, analyze
-from relay.inbound.ratelimit import TokenBuckets
+from relay.inbound.arf import ArfParseError, ArfReport
+from relay.inbound.bounces import Bounce
+from relay.inbound.reports import ReportReader
+from relay.ratelimit import TokenBuckets
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
 from relay.store.aio import AsyncStore
@@ -101,6 +101,17 @@ class Route:
     original: str = ""  # srs: the original sender the SRS0 address stands for
 
 
+@dataclass
+class _Plan:
+    """What one inbound message leads to: its copies (accepted together) and what follows once they are."""
+
+    copies: list[tuple[Submission, str]] = field(default_factory=list)  # (copy, log line)
+    after: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def copy(self, sub: Submission, what: str) -> None:
+        self.copies.append((sub, what))
+
+
 class InboundHandler:
     def __init__(
         self,
@@ -130,9 +141,10 @@ class InboundHandler:
         self._secret = cfg.secret_key
         self._fbl = cfg.inbound.fbl_local_part.lower()
         self._tlsrpt = cfg.inbound.tlsrpt_local_part.lower()
-        self._report_threads = trio.CapacityLimiter(2)  # TLS reports decompressed and parsed at once
         self._operator_boxes = frozenset({"postmaster", "abuse", self._fbl, self._tlsrpt})
         self.buckets = TokenBuckets(cfg.inbound.per_ip_per_minute, cfg.inbound.per_ip_burst, clock=clock)
+        self.reports = ReportReader(threads=cfg.inbound.parse_threads, max_bytes=cfg.inbound.report_parse_bytes,
+                                    max_parts=cfg.inbound.report_parts)
         # Counters, for tests and the console.
         self.bounces = 0
         self.complaints = 0
@@ -173,6 +185,10 @@ class InboundHandler:
                      session.mail_from, route)
             return route
         self._routes(session)[address] = route
+        if route.kind == "bounce" or route.mailbox == "fbl":
+            # A bounce or a complaint needs its report and the returned headers, not 10 MiB.
+            limit = self.cfg.inbound.report_size
+            session.message_limit = min(limit, session.message_limit or limit)
         return Reply(250, "2.1.5", "recipient ok")
 
     async def on_message(self, session: Session, data: bytes) -> Reply:
@@ -184,20 +200,29 @@ class InboundHandler:
             log.warning("loop: refusing message from <%s> (%s) to %s", session.mail_from, session.peer[0],
                         ",".join(r.address for r in chosen))
             return LOOP
-        queued: list[str] = []
+        # Every copy this message makes is accepted in ONE spool batch, before the side effects that
+        # depend on it (a bounce's status and counters): a refusal leaves nothing behind for the
+        # sender's retry to duplicate (issue 14).
+        plan = _Plan()
         members = [r for r in chosen if r.kind == "member"]
         if members:
-            queued += await self._forward_replies(session, members, data)
+            self._forward_replies(session, members, data, plan)
         srs_routes = [r for r in chosen if r.kind == "srs"]
         if srs_routes:
-            queued += await self._return_bounces(session, srs_routes, data)
+            self._return_bounces(session, srs_routes, data, plan)
         operator = [r for r in chosen if r.kind == "operator"]
         if operator:
-            queued += await self._to_operator(session, operator, data)
+            await self._to_operator(session, operator, data, plan)
         for route in chosen:
             if route.kind == "bounce":
-                queued += await self._bounce(session, route, data)
-        note = f"queued as {','.join(queued)}" if queued else "accepted"
+                await self._bounce(session, route, data, plan)
+        accepted = await self.acceptor.accept_all([sub for sub, _ in plan.copies])
+        for (_, what), acc in zip(plan.copies, accepted, strict=True):
+            self.forwarded += 1
+            log.info("%s (queue %d)", what, acc.queue_id)
+        for effect in plan.after:
+            await effect()
+        note = f"queued as {','.join(str(a.queue_id) for a in accepted)}" if accepted else "accepted"
         return Reply(250, "2.0.0", note)
 
     # ---- RCPT decisions --------------------------------------------------------------------
@@ -250,58 +275,46 @@ class InboundHandler:
 
     # ---- after DATA -------------------------------------------------------------------------
 
-    async def _forward_replies(self, session: Session, routes: list[Route], data: bytes) -> list[str]:
+    def _forward_replies(self, session: Session, routes: list[Route], data: bytes, plan: _Plan) -> None:
         """Replies to member domains: one copy per (member, forward-to), SRS0 envelope sender."""
         groups: dict[tuple[str, str], list[Route]] = {}
         for route in routes:
             assert route.domain is not None and route.domain.forward_to
             groups.setdefault((route.domain.did, route.domain.forward_to), []).append(route)
         sender = self._srs_sender(session.mail_from or "")
-        queued = []
         for (did, forward_to), group in groups.items():
             rcpts = [r.address for r in group]
             attrs = self._attrs(data, forward="1", transactional="1", forward_for=",".join(rcpts)[:300],
                                 original_mail_from=(session.mail_from or "")[:320])
-            accepted = await self.acceptor.accept(did=did, mail_from=sender, rcpts=[forward_to],
-                                                  data=self._trace(session, rcpts) + data, attrs=attrs)
-            self.forwarded += 1
-            queued.append(str(accepted.queue_id))
-            log.info("forwarding reply from <%s> to %s for %s via <%s> as <%s> (queue %d)", session.mail_from,
-                     ",".join(rcpts), did, forward_to, sender, accepted.queue_id)
-        return queued
+            plan.copy(Submission(did, sender, (forward_to,), self._trace(session, rcpts) + data, attrs),
+                      f"forwarding reply from <{session.mail_from}> to {','.join(rcpts)} for {did} "
+                      f"via <{forward_to}> as <{sender}>")
 
-    async def _return_bounces(self, session: Session, routes: list[Route], data: bytes) -> list[str]:
+    def _return_bounces(self, session: Session, routes: list[Route], data: bytes, plan: _Plan) -> None:
         """Bounces to SRS0 addresses: sent on to the original senders, null reverse-path."""
-        originals = list(dict.fromkeys(r.original for r in routes))
+        originals = tuple(dict.fromkeys(r.original for r in routes))
         attrs = self._attrs(data, forward="1", dsn="1", srs="reverse")
-        accepted = await self.acceptor.accept(did=self.operator_did, mail_from="", rcpts=originals,
-                                              data=self._trace(session, [r.address for r in routes]) + data,
-                                              attrs=attrs)
-        self.forwarded += 1
-        log.info("returning bounce to %s (SRS) (queue %d)", ",".join(originals), accepted.queue_id)
-        return [str(accepted.queue_id)]
+        plan.copy(Submission(self.operator_did, "", originals,
+                             self._trace(session, [r.address for r in routes]) + data, attrs),
+                  f"returning bounce to {','.join(originals)} (SRS)")
 
-    async def _to_operator(self, session: Session, routes: list[Route], data: bytes) -> list[str]:
+    async def _to_operator(self, session: Session, routes: list[Route], data: bytes, plan: _Plan) -> None:
         boxes = {r.mailbox for r in routes}
         if "fbl" in boxes and await self._complaint(session, data) and boxes == {"fbl"}:
-            return []  # attributed and recorded; the operator sees it on the console, not in the inbox
+            return  # attributed and recorded; the operator sees it on the console, not in the inbox
         if "tlsrpt" in boxes and await self._tls_report(session, data) and boxes == {"tlsrpt"}:
-            return []  # recorded; the console lists TLS reports
+            return  # recorded; the console lists TLS reports
         inbox = self.cfg.inbound.operator_inbox
         rcpts = [r.address for r in routes]
         if not inbox:
             log.info("mail for %s from <%s> (%s, %d bytes): no operator inbox configured, logged only",
                      ",".join(rcpts), session.mail_from, session.peer[0], len(data))
-            return []
+            return
         attrs = self._attrs(data, forward="1", transactional="1", forward_for=",".join(rcpts)[:300],
                             original_mail_from=(session.mail_from or "")[:320])
         sender = self._srs_sender(session.mail_from or "")
-        accepted = await self.acceptor.accept(did=self.operator_did, mail_from=sender, rcpts=[inbox],
-                                              data=self._trace(session, rcpts) + data, attrs=attrs)
-        self.forwarded += 1
-        log.info("forwarding mail for %s from <%s> to the operator inbox (queue %d)", ",".join(rcpts),
-                 session.mail_from, accepted.queue_id)
-        return [str(accepted.queue_id)]
+        plan.copy(Submission(self.operator_did, sender, (inbox,), self._trace(session, rcpts) + data, attrs),
+                  f"forwarding mail for {','.join(rcpts)} from <{session.mail_from}> to the operator inbox")
 
     async def _tls_report(self, session: Session, data: bytes) -> bool:
         """Record a TLS report (RFC 8460 §5.3) about the operator domain; False when it is not one."""
@@ -309,8 +322,7 @@ class InboundHandler:
             return False
         try:
             # Decompressing and parsing a stranger's attachment: off the event loop, with byte caps.
-            report = await trio.to_thread.run_sync(functools.partial(tlsrpt.parse_inbound, data, now=self._now()),
-                                                   limiter=self._report_threads)
+            report = await self.reports.tls_report(data, now=self._now())
         except tlsrpt.ReportError as exc:
             log.info("TLS report from <%s> (%s) not readable: %s", session.mail_from, session.peer[0], exc)
             return False
@@ -326,13 +338,13 @@ class InboundHandler:
 
     async def _complaint(self, session: Session, data: bytes) -> bool:
         """Record an ARF complaint; False when it is not one or cannot be attributed (-> operator)."""
-        if not is_arf(data):
-            log.info("mail to the FBL address from <%s> is not an ARF report", session.mail_from)
-            return False
         try:
-            report = parse_arf(data)
+            report = await self.reports.arf(data)
         except ArfParseError as exc:
             log.warning("unreadable ARF report from <%s>: %s", session.mail_from, exc)
+            return False
+        if report is None:
+            log.info("mail to the FBL address from <%s> is not an ARF report", session.mail_from)
             return False
         did, row = await self._attribute(report)
         if did is None:
@@ -372,55 +384,62 @@ class InboundHandler:
             return did, None
         return None, None
 
-    async def _bounce(self, session: Session, route: Route, data: bytes) -> list[str]:
-        """A message to a verified VERP address: classify, update the row, tell events, tell the member."""
+    async def _bounce(self, session: Session, route: Route, data: bytes, plan: _Plan) -> None:
+        """A message to a verified VERP address: classify, update the row, tell events, tell the member
+        (the row update and the events run once the copy to the member is durable: ``plan.after``)."""
         row = await self.store.get_message(route.rcpt_id)
         if row is None:
             log.warning("bounce for recipient id %d, which the store does not know: ignored", route.rcpt_id)
-            return []
-        report = analyze(data, row.recipient, null_sender=not session.mail_from)
+            return
+        report = await self.reports.bounce(data, row.recipient, null_sender=not session.mail_from)
         # A reply we forwarded to a member's own mailbox bounced there: not the member's sending.
         forwarded = srs.is_srs(row.mail_from, domain=self.domain)
         if report is None or not report.failed:
             what = "not a bounce (auto-reply?)" if report is None else f"a DSN with action {report.action}"
             log.info("message to <%s> (rcpt id %d) from <%s> is %s: passed on to the member", route.address,
                      route.rcpt_id, session.mail_from, what)
-            return [] if forwarded else await self._to_member(session, route, row, data, report)
+            if not forwarded:
+                await self._to_member(session, route, row, data, report, plan)
+            return
         diagnostic = report.diagnostic or f"status {report.status}"
         if row.status == "bounced":
             log.info("bounce for rcpt id %d already recorded (%s): ignored", route.rcpt_id, diagnostic)
-            return []
-        queued = [] if forwarded else await self._to_member(session, route, row, data, report)
-        if row.status == "sent":
-            update = StatusUpdate(id=row.id, status="bounced", at=self._now(), next_attempt_at=None,
-                                  last_reply=f"late bounce ({report.klass}): {diagnostic}"[:1000])
-            await self.store.update_statuses([update])
-        else:
-            log.info("bounce for rcpt id %d while its status is %s: the spool decides", route.rcpt_id, row.status)
-        if forwarded:
-            log.info("forwarded reply %d to <%s> bounced (%s): %s", row.id, row.recipient, report.klass, diagnostic)
-            return queued
-        self.bounces += 1
-        log.info("bounce did=%s rcpt id=%d to=<%s> class=%s status=%s: %s", row.did, row.id, row.recipient,
-                 report.klass, report.status, diagnostic)
-        # Suppressing hard-bounced recipients (suspension.suppress_hard_bounces) is the events side's job.
-        await self.events.bounce(row.did, row.id, row.recipient, report.klass, diagnostic)
-        return queued
+            return
+        if not forwarded:
+            await self._to_member(session, route, row, data, report, plan)
+        klass = report.klass
+        status = report.status
+
+        async def record() -> None:
+            if row.status == "sent":
+                update = StatusUpdate(id=row.id, status="bounced", at=self._now(), next_attempt_at=None,
+                                      last_reply=f"late bounce ({klass}): {diagnostic}"[:1000])
+                await self.store.update_statuses([update])
+            else:
+                log.info("bounce for rcpt id %d while its status is %s: the spool decides", route.rcpt_id, row.status)
+            if forwarded:
+                log.info("forwarded reply %d to <%s> bounced (%s): %s", row.id, row.recipient, klass, diagnostic)
+                return
+            self.bounces += 1
+            log.info("bounce did=%s rcpt id=%d to=<%s> class=%s status=%s: %s", row.did, row.id, row.recipient,
+                     klass, status, diagnostic)
+            # Suppressing hard-bounced recipients (suspension.suppress_hard_bounces) is the events side's job.
+            await self.events.bounce(row.did, row.id, row.recipient, klass, diagnostic)
+
+        plan.after.append(record)
 
     async def _to_member(
-        self, session: Session, route: Route, row: MessageRow, data: bytes, report: Bounce | None
-    ) -> list[str]:
+        self, session: Session, route: Route, row: MessageRow, data: bytes, report: Bounce | None, plan: _Plan
+    ) -> None:
         """Pass a bounce (or an auto-reply) on to the member's forward-to mailbox, null reverse-path."""
         domain = await self.store.get_domain(row.from_domain) if row.from_domain else None
         if domain is None or domain.did != row.did or not domain.forward_to:
             log.info("no forward-to for %s (%s): bounce for rcpt id %d logged only", row.from_domain, row.did, row.id)
-            return []
+            return
         attrs = self._attrs(data, forward="1", dsn="1", original_rcpt_id=str(row.id),
                             bounce_class=report.klass if report is not None and report.failed else "")
-        accepted = await self.acceptor.accept(did=row.did, mail_from="", rcpts=[domain.forward_to],
-                                              data=self._trace(session, [route.address]) + data, attrs=attrs)
-        self.forwarded += 1
-        return [str(accepted.queue_id)]
+        plan.copy(Submission(row.did, "", (domain.forward_to,), self._trace(session, [route.address]) + data, attrs),
+                  f"passing a bounce for rcpt id {row.id} on to <{domain.forward_to}>")
 
     # ---- helpers ----------------------------------------------------------------------------
 

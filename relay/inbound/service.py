@@ -7,8 +7,9 @@
     await server.shutdown(cfg.smtp.shutdown_grace)
 
 No AUTH (not offered, AUTH answers 502), STARTTLS offered when ``ssl_context`` is given, message
-size limit ``inbound.message_size`` (SIZE advertised, 552 past it), timeouts and connection cap
-from ``[smtp]``. ``host``/``port`` override ``smtp.inbound_addr`` (tests bind port 0).
+size limit ``inbound.message_size`` (SIZE advertised, 552 past it), timeouts, budgets and connection
+caps from ``[smtp]`` (the gate is the first MAIL: ``pre_mail_timeout`` / ``pre_mail_time``).
+``host``/``port`` override ``smtp.inbound_addr`` (tests bind port 0).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import ssl
 from relay.config import Config
 from relay.smtp.handler import SessionHandler
 from relay.smtp.limits import Limits
-from relay.smtp.server import SmtpServer, SmtpServerConfig
+from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
 
 
 def inbound_server_config(
@@ -32,10 +33,15 @@ def inbound_server_config(
         auth_enabled=False,
         require_auth=False,
         require_tls_for_auth=False,
-        limits=Limits(max_message_size=cfg.inbound.message_size),
+        limits=Limits(max_message_size=cfg.inbound.message_size, max_errors=cfg.smtp.error_limit,
+                      max_junk_commands=cfg.smtp.junk_command_limit),
         command_timeout=cfg.smtp.command_timeout,
         data_block_timeout=cfg.smtp.data_timeout,
         max_connections=cfg.smtp.max_connections,
+        max_connections_per_ip=cfg.smtp.max_connections_per_ip,
+        gate_timeout=cfg.smtp.pre_mail_timeout,
+        gate_time=cfg.smtp.pre_mail_time,
+        session_time=cfg.smtp.session_time,
         shutdown_grace=cfg.smtp.shutdown_grace,
     )
 
@@ -47,5 +53,7 @@ def make_inbound_server(
     ssl_context: ssl.SSLContext | None = None,
     host: str | None = None,
     port: int | None = None,
+    buffers: BufferBudget | None = None,
 ) -> SmtpServer:
-    return SmtpServer(inbound_server_config(cfg, ssl_context=ssl_context, host=host, port=port), handler)
+    config = inbound_server_config(cfg, ssl_context=ssl_context, host=host, port=port)
+    return SmtpServer(config, handler, buffers=buffers)

@@ -32,6 +32,7 @@ from relay.config import Config
 from relay.dkimkeys import SecretBoxError
 from relay.dns.checks import DnsLookup, DnsLookupError, DomainReport, TxtLookup
 from relay.dns.verifier import DomainVerifier, UnknownDomain
+from relay.fetch import DOCUMENT_BYTES, FetchError, get_json
 from relay.labeler.conditions import (
     ATTESTATION_COLLECTION,
     any_verdict,
@@ -80,9 +81,12 @@ class Resolver(Protocol):
 class PdsAttestations:
     """Fetches ``email.atmos.attestation/<domain>`` from the member's PDS (found through its DID)."""
 
-    def __init__(self, resolver: Resolver, *, timeout: float = 10.0) -> None:
+    def __init__(self, resolver: Resolver, *, timeout: float = 10.0, max_bytes: int = DOCUMENT_BYTES,
+                 deadline: float = 30.0) -> None:
         self.resolver = resolver
         self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.deadline = deadline
 
     async def fetch(self, did: str, domain: str) -> AttestationFetch:
         from relay.identity import IdentityError
@@ -91,28 +95,29 @@ class PdsAttestations:
             ident = await self.resolver.resolve_did(did)
         except IdentityError as exc:
             return AttestationFetch("error", detail=str(exc))
-        return await get_record(ident.pds_url, did, domain, timeout=self.timeout)
+        return await get_record(ident.pds_url, did, domain, timeout=self.timeout, max_bytes=self.max_bytes,
+                                deadline=self.deadline)
 
 
-async def get_record(pds_url: str, did: str, domain: str, *, timeout: float = 10.0) -> AttestationFetch:  # noqa: ASYNC109
-    """``GET <pds>/xrpc/com.atproto.repo.getRecord`` (httpx on Trio, through anyio)."""
+async def get_record(pds_url: str, did: str, domain: str, *, timeout: float = 10.0,  # noqa: ASYNC109
+                     max_bytes: int = DOCUMENT_BYTES, deadline: float = 30.0) -> AttestationFetch:
+    """``GET <pds>/xrpc/com.atproto.repo.getRecord`` (httpx on Trio, through anyio), bounded (relay.fetch)."""
     url = pds_url.rstrip("/") + "/xrpc/com.atproto.repo.getRecord"
     params = {"repo": did, "collection": ATTESTATION_COLLECTION, "rkey": domain}
-    try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                     headers={"user-agent": "atmosphere-relay-labeler"}) as client:
-            resp = await client.get(url, params=params)
-    except httpx.HTTPError as exc:
-        return AttestationFetch("error", detail=f"PDS unreachable ({type(exc).__name__})")
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if resp.status_code == 200 and isinstance(body, dict):
-        return AttestationFetch("found", value=body.get("value"))
-    if resp.status_code in (400, 404) and isinstance(body, dict) and body.get("error") == "RecordNotFound":
-        return AttestationFetch("absent", detail="no attestation record")
-    return AttestationFetch("error", detail=f"PDS answered HTTP {resp.status_code}")
+    with trio.move_on_after(deadline):
+        try:
+            async with httpx.AsyncClient(timeout=timeout, follow_redirects=False,
+                                         headers={"user-agent": "atmosphere-relay-labeler"}) as client:
+                status, body = await get_json(client, url, params=params, max_bytes=max_bytes,
+                                              what="attestation record")
+        except FetchError as exc:
+            return AttestationFetch("error", detail=f"PDS: {exc}")
+        if status == 200 and isinstance(body, dict):
+            return AttestationFetch("found", value=body.get("value"))
+        if status in (400, 404) and isinstance(body, dict) and body.get("error") == "RecordNotFound":
+            return AttestationFetch("absent", detail="no attestation record")
+        return AttestationFetch("error", detail=f"PDS answered HTTP {status}")
+    return AttestationFetch("error", detail=f"PDS did not answer within {deadline:g} s")
 
 
 @dataclass(slots=True)
@@ -161,7 +166,9 @@ class Labeler:
             resolver = IdentityResolver.from_config(cfg, txt=self.lookup)
         self.resolver = resolver
         self.attestations: AttestationSource = (
-            attestations if attestations is not None else PdsAttestations(resolver, timeout=cfg.identity.timeout))
+            attestations if attestations is not None else PdsAttestations(
+                resolver, timeout=cfg.identity.timeout, max_bytes=cfg.identity.document_bytes,
+                deadline=cfg.identity.deadline))
         self.clock = clock
         self.results: dict[str, MemberCheck] = {}
         self._fresh: dict[str, DomainReport] = {}  # reports handed over by on_domain_change

@@ -7,13 +7,16 @@
 
 DPoP nonces (``use_dpop_nonce``) are remembered per origin and retried once with a fresh proof and a
 fresh client assertion (the assertion's ``jti`` must never repeat). Every URL the client talks to must be
-https, except http on loopback when ``allow_http_on_loopback`` is set (development and tests).
+https, except http on loopback when ``allow_http_on_loopback`` is set (development and tests). Every
+answer is read within ``max_bytes`` (``relay.fetch``) and each of ``start``/``callback``/``refresh`` has
+one overall ``deadline``: the servers involved are chosen by whoever signs in.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import time
 import urllib.parse
@@ -22,11 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import trio
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
+from relay.fetch import METADATA_BYTES, Fetched, FetchError, fetch, get_json
 from relay.identity import Identity, IdentityError, IdentityResolver, check_url
 from relay.oauth.keys import ClientKeys
+from relay.store.aio import AsyncStore
 
 SCOPE = "atproto"
 PENDING_TTL = 600.0  # seconds a sign-in may take between PAR and the callback
@@ -90,7 +96,8 @@ class OAuthClient:
         self, public_url: str, keys: ClientKeys, identity: IdentityResolver, *, scope: str = SCOPE,
         timeout: float = 10.0, allow_http_on_loopback: bool = False,
         http: Callable[[], httpx.AsyncClient] | None = None, clock: Callable[[], float] = time.time,
-        client_name: str = "Atmosphere Relay",
+        client_name: str = "Atmosphere Relay", max_bytes: int = METADATA_BYTES, deadline: float = 30.0,
+        store: AsyncStore | None = None,
     ) -> None:
         self.public_url = public_url.rstrip("/")
         self.keys = keys
@@ -98,10 +105,15 @@ class OAuthClient:
         self.scope = scope
         self.allow_http_on_loopback = allow_http_on_loopback
         self.client_name = client_name
+        self.max_bytes = max_bytes
+        self.deadline = deadline
         self._http = http or (lambda: httpx.AsyncClient(timeout=timeout, follow_redirects=False,
                                                         headers={"user-agent": "atmosphere-relay"}))
         self._clock = clock
-        self._pending: dict[str, PendingAuth] = {}
+        self._pending: dict[str, PendingAuth] = {}  # without a store (tests, tools)
+        # With a store, sign-ins in progress live there: a restart between the redirect to the
+        # authorization server and the callback no longer loses them (issue 14).
+        self._store = store
         self._nonces: dict[str, str] = {}
 
     # -- what the relay publishes ------------------------------------------------------------------
@@ -141,6 +153,12 @@ class OAuthClient:
 
     async def start(self, handle_or_did: str) -> tuple[str, PendingAuth]:
         """Resolve, discover, push the authorization request; returns (authorize URL, pending)."""
+        with trio.move_on_after(self.deadline):
+            return await self._start(handle_or_did)
+        raise OAuthError(f"sign-in did not finish within {self.deadline:g} s (the PDS or its "
+                         "authorization server is too slow)", "temporarily_unavailable")
+
+    async def _start(self, handle_or_did: str) -> tuple[str, PendingAuth]:
         ident = await self.identity.resolve(handle_or_did)
         issuer, meta = await self.discover(ident)
         verifier = b64url(secrets.token_bytes(32))
@@ -162,15 +180,20 @@ class OAuthClient:
         request_uri = body.get("request_uri")
         if not isinstance(request_uri, str):
             raise OAuthError("the authorization server returned no request_uri")
-        self._remember(pending)
+        await self._remember(pending)
         url = meta["authorization_endpoint"] + "?" + urllib.parse.urlencode(
             {"client_id": self.client_id, "request_uri": request_uri})
         return url, pending
 
     async def callback(self, params: Mapping[str, str]) -> TokenSet:
         """Check the redirect's state and iss, redeem the code, check sub. Every state works once."""
+        with trio.move_on_after(self.deadline):
+            return await self._callback(params)
+        raise OAuthError(f"sign-in did not finish within {self.deadline:g} s", "temporarily_unavailable")
+
+    async def _callback(self, params: Mapping[str, str]) -> TokenSet:
         state = params.get("state", "")
-        pending = self._pending.pop(state, None)
+        pending = await self._take(state)
         if pending is None or pending.created + PENDING_TTL < self._clock():
             raise OAuthStateError("this sign-in link is unknown, expired or was already used; start again",
                                   "invalid_state")
@@ -196,6 +219,11 @@ class OAuthClient:
         return tokens
 
     async def refresh(self, tokens: TokenSet) -> TokenSet:
+        with trio.move_on_after(self.deadline):
+            return await self._refresh(tokens)
+        raise OAuthError(f"token refresh did not finish within {self.deadline:g} s", "temporarily_unavailable")
+
+    async def _refresh(self, tokens: TokenSet) -> TokenSet:
         if not tokens.refresh_token:
             raise OAuthError("no refresh token", "invalid_grant")
         meta = await self._as_metadata(tokens.issuer)
@@ -206,7 +234,7 @@ class OAuthClient:
         fresh.handle = tokens.handle
         return fresh
 
-    async def resource_request(self, tokens: TokenSet, method: str, url: str, **kw: Any) -> httpx.Response:
+    async def resource_request(self, tokens: TokenSet, method: str, url: str, **kw: Any) -> Fetched:
         """A DPoP-bound call to the member's PDS (``Authorization: DPoP``, proof with ``ath``)."""
         ath = b64url(hashlib.sha256(tokens.access_token.encode()).digest())
         headers = dict(kw.pop("headers", {}) or {})
@@ -252,15 +280,14 @@ class OAuthClient:
         self._check(url, what)
         try:
             async with self._http() as client:
-                resp = await client.get(url, headers={"accept": "application/json"})
-        except httpx.HTTPError as exc:
-            raise OAuthError(f"could not fetch the {what} from {url} ({type(exc).__name__})") from None
-        if resp.status_code != 200:
-            raise OAuthError(f"{what}: HTTP {resp.status_code} from {url}")
-        try:
-            body = resp.json()
-        except ValueError:
-            raise OAuthError(f"{what} at {url} is not JSON") from None
+                status, body = await get_json(client, url, headers={"accept": "application/json"},
+                                              max_bytes=self.max_bytes, what=what)
+        except FetchError as exc:
+            raise OAuthError(str(exc)) from None
+        if status != 200:
+            raise OAuthError(f"{what}: HTTP {status} from {url}")
+        if body is None:
+            raise OAuthError(f"{what} at {url} is not JSON")
         if not isinstance(body, dict):
             raise OAuthError(f"{what} at {url} is not a JSON object")
         return body
@@ -307,15 +334,15 @@ class OAuthClient:
 
     async def _dpop_post(
         self, url: str, key: ECKey, form: Callable[[], dict[str, str]]
-    ) -> httpx.Response:
+    ) -> Fetched:
         return await self._dpop_request("POST", url, key, data_fn=form)
 
     async def _dpop_request(
         self, method: str, url: str, key: ECKey, *, headers: dict[str, str] | None = None, ath: str | None = None,
         data_fn: Callable[[], dict[str, str]] | None = None, **kw: Any,
-    ) -> httpx.Response:
+    ) -> Fetched:
         self._check(url, "endpoint")
-        resp: httpx.Response | None = None
+        resp: Fetched | None = None
         async with self._http() as client:
             for _ in range(2):
                 hdrs = dict(headers or {})
@@ -323,9 +350,10 @@ class OAuthClient:
                 if data_fn is not None:
                     kw["data"] = data_fn()
                 try:
-                    resp = await client.request(method, url, headers=hdrs, **kw)
-                except httpx.HTTPError as exc:
-                    raise OAuthError(f"could not reach {url} ({type(exc).__name__})") from None
+                    resp = await fetch(client, method, url, headers=hdrs, max_bytes=self.max_bytes,
+                                       what="answer", **kw)
+                except FetchError as exc:
+                    raise OAuthError(str(exc)) from None
                 if "dpop-nonce" in resp.headers:
                     self._nonces[_origin(url)] = resp.headers["dpop-nonce"]
                 if resp.status_code in (400, 401) and _wants_nonce(resp):
@@ -334,7 +362,7 @@ class OAuthClient:
         assert resp is not None
         return resp
 
-    def _json(self, resp: httpx.Response, what: str) -> dict[str, Any]:
+    def _json(self, resp: Fetched, what: str) -> dict[str, Any]:
         try:
             body = resp.json()
         except ValueError:
@@ -346,7 +374,17 @@ class OAuthClient:
             raise OAuthError(f"{what} refused: {error}: {body.get('error_description', '')}".rstrip(": "), error)
         return body
 
-    def _remember(self, pending: PendingAuth) -> None:
+    async def _take(self, state: str) -> PendingAuth | None:
+        if self._store is None:
+            return self._pending.pop(state, None)
+        found = await self._store.call(lambda s: s.take_oauth_pending(state))
+        return None if found is None else _pending_from_json(found[0])
+
+    async def _remember(self, pending: PendingAuth) -> None:
+        if self._store is not None:
+            blob = _pending_to_json(pending)
+            await self._store.call(lambda s: s.put_oauth_pending(pending.state, blob, pending.created))
+            return
         now = self._clock()
         if len(self._pending) >= MAX_PENDING:
             self._pending = {k: p for k, p in self._pending.items() if p.created + PENDING_TTL >= now}
@@ -355,7 +393,20 @@ class OAuthClient:
         self._pending[pending.state] = pending
 
 
-def _wants_nonce(resp: httpx.Response) -> bool:
+def _pending_to_json(p: PendingAuth) -> str:
+    return json.dumps({"state": p.state, "verifier": p.verifier, "issuer": p.issuer, "metadata": p.metadata,
+                       "dpop_key": dict(p.dpop_key.as_dict(private=True)), "expected_did": p.expected_did,
+                       "handle": p.handle, "created": p.created})
+
+
+def _pending_from_json(blob: str) -> PendingAuth:
+    d = json.loads(blob)
+    return PendingAuth(state=d["state"], verifier=d["verifier"], issuer=d["issuer"], metadata=d["metadata"],
+                       dpop_key=ECKey.import_key(d["dpop_key"]), expected_did=d["expected_did"],
+                       handle=d["handle"], created=float(d["created"]))
+
+
+def _wants_nonce(resp: Fetched) -> bool:
     if "use_dpop_nonce" in resp.headers.get("www-authenticate", ""):
         return True
     try:

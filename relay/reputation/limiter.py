@@ -146,9 +146,6 @@ class RateLimiter:
     def set_domain_start(self, domain: str, start: float) -> None:
         self._starts[domain] = (start, self._clock() + self._domain_ttl)
 
-    def forget_domain(self, domain: str) -> None:
-        self._starts.pop(domain, None)
-
     # -- the accept path ------------------------------------------------------------------------
 
     def windows_for(self, did: str, domain: str, start: float, now: float | None = None) -> list[Window]:

@@ -71,6 +71,7 @@ class Reputation:
         refresh_interval: float = 5.0,
         purge_interval: float = 3600.0,
         suppress_complainers: bool = True,
+        outcomes_in_store: bool = False,
     ) -> None:
         self._store = store
         self.suspension = suspension
@@ -80,6 +81,9 @@ class Reputation:
         self.refresh_interval = refresh_interval
         self.purge_interval = purge_interval
         self.suppress_complainers = suppress_complainers  # a complaint means "stop mailing me"
+        # True: the status mirror (relay.store.mirror) writes the delivery outcomes' counters in the same
+        # transaction as the status, so sent()/bounced() only keep the in-memory view (no timer, no loss).
+        self.outcomes_in_store = outcomes_in_store
         self._suspended: dict[str, str] = {}  # did -> reason
         self._lifted: dict[str, int] = {}  # did -> first hour bucket that counts again
         self._suspending: set[str] = set()
@@ -220,11 +224,12 @@ class Reputation:
     # -- outcomes: the DeliveryEvents protocol (synchronous, never blocks the scheduler) --------
 
     def sent(self, did: str, domain: str, rcpt_id: int) -> None:
-        self._count(did, domain, "sent", "", 1)
+        if not self.outcomes_in_store:
+            self._count(did, domain, "sent", "", 1)
 
     def bounced(self, did: str, domain: str, rcpt_id: int, recipient: str, klass: str, diagnostic: str) -> None:
         klass = normalize_class(klass)
-        if not self._count_bounce(did, domain, rcpt_id, klass):
+        if not self._count_bounce(did, domain, rcpt_id, klass, stored=self.outcomes_in_store):
             return
         try:
             self._follow_send.send_nowait(_FollowUp(did, recipient, klass, diagnostic))
@@ -290,14 +295,18 @@ class Reputation:
         if kind != "sent":
             self._note_recent(did, b, kind, n)
 
-    def _count_bounce(self, did: str, domain: str, rcpt_id: int | None, klass: str) -> bool:
+    def _count_bounce(self, did: str, domain: str, rcpt_id: int | None, klass: str, *, stored: bool = False) -> bool:
+        """``stored``: the store already has the counter (the status mirror wrote it); note it in memory only."""
         if rcpt_id is not None:
             if rcpt_id in self._seen:
                 return False
             self._seen[rcpt_id] = None
             if len(self._seen) > _SEEN_BOUNCES:
                 self._seen.popitem(last=False)
-        self._count(did, domain, "bounce", klass, 1)
+        if stored:
+            self._note_recent(did, hour_bucket(self._clock()), "bounce", 1)
+        else:
+            self._count(did, domain, "bounce", klass, 1)
         return True
 
     def _note_recent(self, did: str, bucket: int, kind: str, n: int) -> None:

@@ -17,6 +17,15 @@ commands and syntax errors come back as ``ProtocolError`` events carrying the
 reply to send (503 5.5.1 / 500 5.5.2 / 501 5.5.4). Replies 421 and 521, a
 non-220 greeting, 221 to QUIT and ``ProtocolError(close=True)`` end the session:
 ``state`` becomes ``State.CLOSED`` and the app closes the connection.
+
+Budgets (Postfix smtpd style, from ``Limits``): every error the core answers, a
+failed AUTH (535) and every MAIL/RCPT the app refuses (4xx/5xx) counts toward
+``max_errors``; past it the next event is ``421 4.7.0`` and the session ends
+(smtpd_hard_error_limit). NOOP, RSET, VRFY and HELP past ``max_junk_commands``
+each count as an error too (smtpd_junk_command_limit). A delivered message (2xx
+to the final dot) resets both counters. ``message_limit`` lowers the size limit
+for the current transaction (the app sets it, e.g. for report addresses), and
+``buffered`` says how many received bytes the session holds in memory.
 """
 
 from __future__ import annotations
@@ -107,6 +116,11 @@ TRANSITIONS: dict[tuple[State, Cmd], State] = {
 
 _VERBS = {cmd.value: cmd for cmd in Cmd}
 
+#: Commands that do nothing for the mail: counted against limits.max_junk_commands.
+JUNK_COMMANDS = frozenset({C.NOOP, C.RSET, C.VRFY, C.HELP})
+#: Commands whose refusal by the app (4xx/5xx) counts as an error (smtpd_hard_error_limit).
+_COUNTED_REFUSALS = frozenset({C.MAIL, C.RCPT})
+
 #: Commands whose success is one specific code; for the others any 2xx.
 SUCCESS_CODE = {C.STARTTLS: 220, C.DATA: 354, C.QUIT: 221}
 
@@ -154,6 +168,8 @@ class ServerConnection:
         self.ehlo_name: str | None = None
         self.recipients = 0  # accepted RCPTs in the current transaction
         self.errors = 0  # counted against limits.max_errors
+        self.junk = 0  # NOOP/RSET/VRFY/HELP, counted against limits.max_junk_commands
+        self.message_limit: int | None = None  # this transaction's size limit, if lower than the default
         self._smtputf8 = False  # the current transaction was opened with MAIL ... SMTPUTF8
         self._lines = LineBuffer()
         self._reader: DataReader | None = None
@@ -208,6 +224,12 @@ class ServerConnection:
         self.state = State.CLOSED
         return reply.to_bytes()
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes held in memory: unread input plus the message being read."""
+        reader = self._reader
+        return len(self._lines.data) + (reader.held if reader is not None else 0)
+
     def tls_started(self) -> None:
         """The TLS handshake after STARTTLS succeeded."""
         if self.state is not State.TLS:
@@ -252,6 +274,8 @@ class ServerConnection:
                 self.state = target
                 if effect is not None:
                     effect()
+            elif cmd in _COUNTED_REFUSALS and reply.code >= 400:
+                self.errors += 1  # e.g. 3,000 RCPTs to unknown users: closed after max_errors
 
         self._on_reply = on_reply
         return event
@@ -279,6 +303,7 @@ class ServerConnection:
 
     def _reset_transaction(self) -> None:
         self.recipients = 0
+        self.message_limit = None
         self._smtputf8 = False
 
     def _auth_offered(self) -> bool:
@@ -303,6 +328,12 @@ class ServerConnection:
         refusal = self._refuse(cmd)
         if refusal is not None:
             return refusal
+        if cmd in JUNK_COMMANDS:
+            self.junk += 1
+            if self.junk > self.limits.max_junk_commands:
+                self.errors += 1
+                if self.errors > self.limits.max_errors:
+                    return self._error(TOO_MANY_ERRORS, count=False, close=True)
         return self._command(cmd, arg)
 
     def _decode(self, line: bytes) -> str | ProtocolError:
@@ -423,7 +454,10 @@ class ServerConnection:
     # ---- DATA ------------------------------------------------------------------------
 
     def _start_data(self) -> None:
-        self._reader = DataReader(max_size=self.limits.max_message_size, max_line=self.limits.max_text_line)
+        size = self.limits.max_message_size
+        if self.message_limit is not None:
+            size = min(size, self.message_limit)
+        self._reader = DataReader(max_size=size, max_line=self.limits.max_text_line)
 
     def _next_data(self) -> Event | NeedData:
         reader = self._reader
@@ -439,8 +473,10 @@ class ServerConnection:
         self._on_reply = self._to_ready
         return event
 
-    def _to_ready(self, _: Reply) -> None:
+    def _to_ready(self, reply: Reply) -> None:
         self.state = S.READY
+        if 200 <= reply.code < 300:  # mail delivered: the client is doing real work (as Postfix resets)
+            self.errors = self.junk = 0
 
     # ---- AUTH (RFC 4954, PLAIN RFC 4616, LOGIN draft-murchison-sasl-login) -----------
 

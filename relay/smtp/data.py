@@ -29,13 +29,14 @@ LINE_TOO_LONG = Reply(500, "5.5.6", "message line too long (RFC 5321 limit is 10
 class DataReader:
     """Consumes message bytes from a buffer until ``CRLF.CRLF``."""
 
-    __slots__ = ("_crlf_start", "_max_line", "_max_size", "_parts", "_size", "bare", "long_line", "too_big")
+    __slots__ = ("_crlf_start", "_max_line", "_max_size", "_parts", "_size", "bare", "held", "long_line", "too_big")
 
     def __init__(self, *, max_size: int, max_line: int) -> None:
         self._max_size = max_size
         self._max_line = max_line
         self._parts: list[bytes] = []
         self._size = 0  # unstuffed octets seen so far (exact until too_big)
+        self.held = 0  # octets kept in memory (0 once the message is refused)
         # The next buffered byte starts a line that follows a CRLF; true at the start,
         # since the DATA command line ended in CRLF.
         self._crlf_start = True
@@ -89,6 +90,7 @@ class DataReader:
         if part.count(b"\n") != crlf or part.count(b"\r") != crlf:
             self.bare = True
             self._parts.clear()
+            self.held = 0
             return
         if self.too_big:
             return
@@ -110,6 +112,7 @@ class DataReader:
         if b"\r" in piece:  # no LF follows inside the buffer: this CR is bare
             self.bare = True
             self._parts.clear()
+            self.held = 0
         elif not self.bare and not self.too_big:
             self._add(piece[1:] if self._crlf_start and piece.startswith(b".") else piece)
         self._crlf_start = False
@@ -119,5 +122,7 @@ class DataReader:
         if self._size > self._max_size:
             self.too_big = True
             self._parts.clear()
+            self.held = 0
         elif body:
             self._parts.append(body)
+            self.held += len(body)

@@ -30,6 +30,7 @@ class Session:
     did: str | None = None  # set by on_auth on success
     mail_from: str | None = None  # "" for the null reverse-path <>
     rcpts: list[str] = field(default_factory=list)
+    message_limit: int | None = None  # on_rcpt may lower the size limit of this transaction (RFC 1870)
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -23,8 +23,12 @@ class Limits:
     max_message_size: int = 25 * MiB
     # §4.5.3.1.8: at least 100 recipients must be buffered; past the limit -> 452 4.5.3.
     max_recipients: int = 100
-    # Bad commands (syntax, sequence, unknown, failed AUTH) before 421 4.7.0 and close.
+    # Errors (bad syntax, sequence, unknown commands, failed AUTH, refused MAIL/RCPT) before
+    # 421 4.7.0 and close; reset by a delivered message (Postfix smtpd_hard_error_limit).
     max_errors: int = 20
+    # NOOP, RSET, VRFY and HELP allowed before each one also counts as an error; reset by a
+    # delivered message (Postfix smtpd_junk_command_limit).
+    max_junk_commands: int = 100
 
     def __post_init__(self) -> None:
         for name in ("max_command_line", "max_text_line", "max_auth_line"):
@@ -32,3 +36,5 @@ class Limits:
                 raise ValueError(f"{name} must be at least 3 (a line holds CRLF)")
         if self.max_message_size < 0 or self.max_recipients < 1 or self.max_errors < 1:
             raise ValueError("message size must be >= 0, recipients and errors >= 1")
+        if self.max_junk_commands < 0:
+            raise ValueError("max_junk_commands must be >= 0")

@@ -1,4 +1,4 @@
-"""Line framing shared by the server and (later) client roles. Pure: no I/O.
+"""Line framing shared by the server (core.py) and client (clientcore.py) roles. Pure: no I/O.
 
 ``LineBuffer`` holds received bytes and cuts them into LF-terminated lines with a
 length cap, scanning with ``bytes.find`` (no per-byte Python loop). Whether a line

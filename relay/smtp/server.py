@@ -11,6 +11,17 @@ Graceful shutdown, as the supervisor drives it::
     ...
     await server.shutdown(grace=10)   # returns once every session has ended
 
+Budgets (Postfix anvil/smtpd style, all in ``SmtpServerConfig``): at most
+``max_connections`` sessions per listener and ``max_connections_per_ip`` per client
+address (IPv4, or IPv6 /64; over either: ``421 4.7.0`` and close); before the
+session's gate (AUTH on submission, the first MAIL on inbound) the idle limit is
+``gate_timeout`` and the gate must be passed within ``gate_time`` (``421 4.7.0``);
+a session lasts at most ``session_time`` (``421 4.4.2`` before its next command; a
+message being received is finished first).
+Received bytes held in memory are charged to a ``BufferBudget`` shared by every
+listener: DATA is refused with ``451 4.3.1`` while it is spent, and a session that
+overdraws it in DATA gets ``421 4.3.1`` and is closed.
+
 ``shutdown`` closes the listeners at once; sessions waiting for a command outside
 a transaction get ``421 4.3.2`` and are closed; sessions in a transaction (or in a
 handler, e.g. spooling) may finish within ``grace``, and get ``421 4.3.2`` as
@@ -33,7 +44,8 @@ from typing import TypeVar
 import trio
 
 from relay.errors import RelayError
-from relay.smtp.core import ServerConnection, State
+from relay.ratelimit import source_key
+from relay.smtp.core import COMMAND_STATES, ServerConnection, State
 from relay.smtp.events import (
     NEED_DATA,
     AuthChallenge,
@@ -69,7 +81,12 @@ IDLE_STATES = (State.INIT, State.READY)
 SHUTTING_DOWN = Reply(421, "4.3.2", "service shutting down")
 TIMEOUT = Reply(421, "4.4.2", "timeout exceeded, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "too many connections, try again later")
+TOO_MANY_FROM_YOU = Reply(421, "4.7.0", "too many connections from your address, try again later")
+SESSION_TOO_LONG = Reply(421, "4.4.2", "session time limit reached, closing connection")
+NO_MEMORY = Reply(421, "4.3.1", "insufficient system resources, try again later")
+DATA_LATER = Reply(451, "4.3.1", "insufficient system resources, try again later")
 LOCAL_ERROR = Reply(451, "4.3.0", "local error, try again later")
+_COMMITTED_REPLY_WAIT = 10.0  # seconds a durable message's 250 may take to write, even on shutdown
 _TLS_FAILED = Reply(421, "4.7.0", "TLS handshake failed")  # never sent: the channel is unusable
 
 # Errors from accept() that mean "out of resources", not "listener broken" (as trio.serve_listeners).
@@ -90,7 +107,27 @@ class SmtpServerConfig:
     data_block_timeout: float = 180.0  # §4.5.3.2.5: each read during DATA
     data_termination_timeout: float = 600.0  # §4.5.3.2.6: bounds on_message
     max_connections: int = 1000
+    max_connections_per_ip: int = 50  # Postfix smtpd_client_connection_count_limit
+    gate_timeout: float = 60.0  # idle limit before AUTH (require_auth) or the first MAIL
+    gate_time: float = 120.0  # AUTH / first MAIL must come within this many seconds of connecting
+    session_time: float = 3600.0  # a whole session, however busy
     shutdown_grace: float = 10.0
+
+    def gate_reply(self) -> Reply:
+        what = "authentication" if self.require_auth else "a mail transaction"
+        return Reply(421, "4.7.0", f"{what} required within {self.gate_time:.0f} s, closing connection")
+
+
+class BufferBudget:
+    """Bytes of received mail held in memory, relay-wide (shared by the listeners)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def spent(self) -> bool:
+        return self.used >= self.limit
 
 
 class Drain:
@@ -126,12 +163,14 @@ async def handle_connection(
     handler: SessionHandler,
     *,
     drain: Drain | None = None,
+    buffers: BufferBudget | None = None,
 ) -> None:
     """Run one SMTP session on ``stream`` until it ends; closes the stream.
 
     Never raises for peer or handler misbehaviour; only ``trio.Cancelled``.
     """
-    await _Connection(stream, peer, config, handler, drain or Drain()).run()
+    budget = buffers or BufferBudget(1 << 62)
+    await _Connection(stream, peer, config, handler, drain or Drain(), budget).run()
 
 
 class _Connection:
@@ -142,6 +181,7 @@ class _Connection:
         config: SmtpServerConfig,
         handler: SessionHandler,
         drain: Drain,
+        buffers: BufferBudget,
     ) -> None:
         self.stream = stream
         self.config = config
@@ -157,6 +197,12 @@ class _Connection:
             require_auth=config.require_auth,
         )
         self._out = bytearray()  # replies not yet written (RFC 2920 §3.1 batching)
+        self._buffers = buffers
+        self._charged = 0  # what this session holds of the buffer budget
+        start = trio.current_time()
+        self._gate_deadline: float | None = start + config.gate_time
+        self._end = start + config.session_time
+        self._mailed = False  # a MAIL was accepted in this session (the gate when AUTH is not required)
 
     async def run(self) -> None:
         log.debug("connect from %s", self.session.peer)
@@ -173,6 +219,8 @@ class _Connection:
         except trio.TooSlowError:
             log.info("write to %s timed out", self.session.peer)
         finally:
+            self._buffers.used -= self._charged
+            self._charged = 0
             await trio.aclose_forcefully(self.stream)
             log.debug("disconnect from %s", self.session.peer)
 
@@ -186,9 +234,12 @@ class _Connection:
         self._out += self.conn.send(greeting or Reply(220, None, f"{self.config.hostname} ESMTP ready"))
 
     async def _step(self) -> None:
-        if self.drain.started and self.conn.state in IDLE_STATES:
-            self._out += self.conn.close(SHUTTING_DOWN)
-            return
+        state = self.conn.state
+        if state in COMMAND_STATES:
+            limit = SHUTTING_DOWN if self.drain.started and state in IDLE_STATES else self._over_time()
+            if limit is not None:
+                self._out += self.conn.close(limit)
+                return
         event = self.conn.next_event()
         if event is NEED_DATA:
             await self._flush_and_receive()
@@ -198,8 +249,36 @@ class _Connection:
         reply = await self._answer(event)
         self._out += self.conn.send(reply)
         self._record(event, reply)
+        if isinstance(event, MessageComplete) and reply.code < 300:
+            await self._flush_committed()
+        self._charge()
         if self.conn.state is State.TLS:
             await self._start_tls()
+
+    def _gate_passed(self) -> bool:
+        """Submission: AUTH succeeded; otherwise: a MAIL was accepted. Once passed, for good."""
+        if self._gate_deadline is not None and (self.conn.authenticated if self.config.require_auth
+                                                else self._mailed):
+            self._gate_deadline = None
+        return self._gate_deadline is None
+
+    def _over_time(self) -> Reply | None:
+        """The closing reply when the session or its gate ran out of time (checked between commands)."""
+        now = trio.current_time()
+        if not self._gate_passed() and self._gate_deadline is not None and now >= self._gate_deadline:
+            log.info("closing %s: gate time over (%.0f s)", self.session.peer, self.config.gate_time)
+            return self.config.gate_reply()
+        if now >= self._end:
+            log.info("closing %s: session time over (%.0f s)", self.session.peer, self.config.session_time)
+            return SESSION_TOO_LONG
+        return None
+
+    def _charge(self) -> bool:
+        """Bring this session's share of the buffer budget up to date; False: overdrawn in DATA."""
+        held = self.conn.buffered
+        self._buffers.used += held - self._charged
+        self._charged = held
+        return not (self.conn.state is State.DATA and held and self._buffers.used > self._buffers.limit)
 
     async def _flush_and_receive(self) -> None:
         """Write the batched replies (RFC 2920 §3.1), then wait for more input.
@@ -208,10 +287,20 @@ class _Connection:
         RFC 5321 §4.5.3.2 timeout, and while idle it is also the shutdown signal.
         """
         state = self.conn.state
-        timeout = self.config.data_block_timeout if state is State.DATA else self.config.command_timeout
         idle = state in IDLE_STATES
+        now = trio.current_time()
+        if state is State.DATA:
+            deadline, expired = now + self.config.data_block_timeout, TIMEOUT
+        elif self._gate_passed():
+            deadline, expired = now + self.config.command_timeout, TIMEOUT
+        else:
+            deadline, expired = now + min(self.config.command_timeout, self.config.gate_timeout), TIMEOUT
+            if self._gate_deadline is not None and self._gate_deadline < deadline:
+                deadline, expired = self._gate_deadline, self.config.gate_reply()
+        if state is not State.DATA and self._end < deadline:
+            deadline, expired = self._end, SESSION_TOO_LONG
         data = None
-        scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+        scope = trio.CancelScope(deadline=deadline)
         try:
             with scope:
                 if self._out:
@@ -226,8 +315,14 @@ class _Connection:
                 self.drain.discard(scope)
         if data is not None:
             self.conn.receive_data(data)
+            if not self._charge():
+                log.warning("closing %s: DATA buffers full (%d bytes held relay-wide)", self.session.peer,
+                            self._buffers.used)
+                self._out += self.conn.close(NO_MEMORY)
+                self._buffers.used -= self._charged  # given back now, not after the 421 is written
+                self._charged = 0
         else:
-            self._out += self.conn.close(SHUTTING_DOWN if idle and self.drain.started else TIMEOUT)
+            self._out += self.conn.close(SHUTTING_DOWN if idle and self.drain.started else expired)
 
     async def _flush(self) -> None:
         if self._out:
@@ -235,6 +330,16 @@ class _Connection:
             self._out.clear()
             with trio.fail_after(self.config.command_timeout):
                 await self.stream.send_all(data)
+
+    async def _flush_committed(self) -> None:
+        """The message is durable: its 250 goes out now, even if this session is being cancelled
+        (a client that never sees it retries and the message is delivered twice). Shielded, bounded.
+        The end of DATA is a synchronisation point anyway (RFC 2920 §3.1): the client waits for it."""
+        with trio.CancelScope(shield=True), trio.move_on_after(_COMMITTED_REPLY_WAIT):
+            try:
+                await self._flush()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                pass  # the peer is gone; the message stays accepted
 
     async def _last_words(self) -> None:
         """Cancelled (shutdown grace over): try to say 421 before closing."""
@@ -282,6 +387,9 @@ class _Connection:
             case RcptTo(address, params):
                 return await self._hook("on_rcpt", lambda: handler.on_rcpt(session, address, params), timeout)
             case Data():
+                if self._buffers.spent:  # every byte of DATA is held in memory until the final dot
+                    log.warning("DATA from %s refused: buffers full (%d bytes)", session.peer, self._buffers.used)
+                    return DATA_LATER
                 return Reply(354, None, "end data with <CR><LF>.<CR><LF>")
             case MessageComplete(data):
                 deadline = self.config.data_termination_timeout
@@ -326,18 +434,24 @@ class _Connection:
                 session.ehlo = event.name
             elif isinstance(event, MailFrom):
                 session.mail_from, session.rcpts = event.address, []
+                self._mailed = True
             elif isinstance(event, RcptTo):
                 session.rcpts.append(event.address)
+                self.conn.message_limit = session.message_limit  # a handler may lower it per recipient
         if self.conn.state in IDLE_STATES and (session.mail_from is not None or session.rcpts):
             session.mail_from, session.rcpts = None, []  # the transaction is over
+            session.message_limit = None
 
 
 class SmtpServer:
     """Listeners plus sessions, with graceful shutdown (see the module docstring)."""
 
-    def __init__(self, config: SmtpServerConfig, handler: SessionHandler) -> None:
+    def __init__(self, config: SmtpServerConfig, handler: SessionHandler, *,
+                 buffers: BufferBudget | None = None) -> None:
         self.config = config
         self.handler = handler
+        self.buffers = buffers or BufferBudget(1 << 62)
+        self._per_ip: dict[str, int] = {}  # open sessions per source_key (anvil)
         self._drain = Drain()
         self._accept_scope = trio.CancelScope()
         self._sessions_scope: trio.CancelScope | None = None
@@ -399,27 +513,37 @@ class SmtpServer:
                 log.warning("accept: %s; pausing 100 ms", exc)
                 await trio.sleep(0.1)
                 continue
+            peer = _peer(stream)
+            key = source_key(peer[0])
             if self._active >= self.config.max_connections:
-                sessions.start_soon(self._refuse, stream)
+                log.warning("refusing %s: %d sessions open", peer, self._active)
+                sessions.start_soon(self._refuse, stream, TOO_MANY_CONNECTIONS)
+            elif self._per_ip.get(key, 0) >= self.config.max_connections_per_ip:
+                log.warning("refusing %s: %d sessions open from %s", peer, self._per_ip[key], key)
+                sessions.start_soon(self._refuse, stream, TOO_MANY_FROM_YOU)
             else:
                 self._active += 1
-                sessions.start_soon(self._session, stream)
+                self._per_ip[key] = self._per_ip.get(key, 0) + 1
+                sessions.start_soon(self._session, stream, peer, key)
 
-    async def _session(self, stream: trio.abc.Stream) -> None:
+    async def _session(self, stream: trio.abc.Stream, peer: Address, key: str) -> None:
         try:
-            await handle_connection(stream, _peer(stream), self.config, self.handler, drain=self._drain)
+            await handle_connection(stream, peer, self.config, self.handler, drain=self._drain,
+                                    buffers=self.buffers)
         except Exception:  # a bug in this layer must not take the listener down
-            log.exception("session with %s crashed", _peer(stream))
+            log.exception("session with %s crashed", peer)
         finally:
             self._active -= 1
+            left = self._per_ip.pop(key) - 1
+            if left:
+                self._per_ip[key] = left
             if self._active == 0 and self._drain.started:
                 self._drained.set()
 
-    async def _refuse(self, stream: trio.abc.Stream) -> None:
-        log.warning("refusing %s: %d sessions open", _peer(stream), self._active)
+    async def _refuse(self, stream: trio.abc.Stream, reply: Reply) -> None:
         with trio.move_on_after(5):
             try:
-                await stream.send_all(TOO_MANY_CONNECTIONS.to_bytes())
+                await stream.send_all(reply.to_bytes())
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         await trio.aclose_forcefully(stream)

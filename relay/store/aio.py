@@ -180,6 +180,9 @@ class AsyncStore:
     async def list_webhooks(self) -> list[Webhook]:
         return await self._run(self._store.list_webhooks)
 
+    async def spool_mark(self) -> tuple[int, int] | None:
+        return await self._run(self._store.spool_mark)
+
     # idempotency
     async def get_idempotent(self, did: str, key: str) -> IdempotentResponse | None:
         return await self._run(functools.partial(self._store.get_idempotent, did, key))

@@ -174,6 +174,34 @@ CREATE TABLE webhooks (
 ) WITHOUT ROWID;
 """
 
+# Issue 14 (durability): how far the store has caught up with the spool (one row), the webhook
+# outbox (an event survives restarts until its endpoint took it; ``id`` is the stable event id) and
+# the OAuth sign-ins in progress (a restart mid sign-in no longer loses it).
+_V7 = """
+CREATE TABLE spool_mark (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    segment    INTEGER NOT NULL,
+    "offset"   INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+
+CREATE TABLE webhook_outbox (
+    id              TEXT PRIMARY KEY,
+    did             TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    created_at      REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX webhook_outbox_due ON webhook_outbox(did, next_attempt_at);
+
+CREATE TABLE oauth_pending (
+    state      TEXT PRIMARY KEY,
+    data       TEXT NOT NULL,
+    created_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
 # relay.delivery.tlsrpt (RFC 8460): sessions per policy and outcome per UTC day, which daily reports went
 # out, and reports received about the operator domain; MTA-STS policies; relay.labeler.firehose: cursors.
 _V10 = """
@@ -237,6 +265,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (3, _V3),
     (4, _V4),
     (5, _V5),
+    (7, _V7),
     (10, _V10),
 ]
 

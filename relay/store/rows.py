@@ -194,7 +194,35 @@ class WebSession:
     handle: str | None = None
     data: str = "{}"  # JSON: the pending sign-in's state, the domain being enrolled
 
-WriteOp: TypeAlias = MessageRow | StatusUpdate | NewAttempt
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """A webhook event waiting in the store until the member's endpoint takes it (relay.webhooks).
+
+    ``id`` is the event's stable id (also in ``body``): the same fact always gets the same id, so a
+    receiver can de-duplicate, and adding it twice keeps one row.
+    """
+
+    id: str
+    did: str
+    body: str
+    next_attempt_at: float
+    created_at: float
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolMark:
+    """How far the store has caught up with the spool log (relay.store.mirror): (segment, offset)."""
+
+    segment: int
+    offset: int
+    at: float
+
+
+# IdempotentResponse as a write: inserted if absent (the first response for a key wins).
+# ReputationCount / MemberTotal as writes are increments (relay.store.mirror: a delivery outcome).
+WriteOp: TypeAlias = (MessageRow | StatusUpdate | NewAttempt | IdempotentResponse | ReputationCount | MemberTotal
+                      | SpoolMark)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,8 +53,10 @@ from relay.store.rows import (
     MessageRow,
     MessageStatus,
     NewAttempt,
+    OutboxEvent,
     ReputationCount,
     SendCount,
+    SpoolMark,
     StatusUpdate,
     StsPolicyRow,
     Suppression,
@@ -63,6 +65,7 @@ from relay.store.rows import (
     WebSession,
     WriteOp,
 )
+from relay.text import display_text
 
 Clock = Callable[[], float]
 
@@ -321,6 +324,25 @@ class SqliteStore:
             _insert_messages(c, [op for op in ops if isinstance(op, MessageRow)])
             _update_statuses(c, [op for op in ops if isinstance(op, StatusUpdate)])
             _add_attempts(c, [op for op in ops if isinstance(op, NewAttempt)])
+            _put_idempotents(c, [op for op in ops if isinstance(op, IdempotentResponse)])
+            counts = [op for op in ops if isinstance(op, ReputationCount)]
+            if counts:
+                c.executemany(_ADD_EVENT, [(r.did, r.domain, r.bucket_start, r.kind, r.klass, r.count) for r in counts])
+            totals = [op for op in ops if isinstance(op, MemberTotal)]
+            if totals:
+                c.executemany(_ADD_TOTAL, [(r.did, r.kind, r.count) for r in totals])
+            marks = [op for op in ops if isinstance(op, SpoolMark)]
+            if marks:  # in the same transaction as the rows it vouches for
+                m = marks[-1]
+                c.execute('INSERT INTO spool_mark (id, segment, "offset", updated_at) VALUES (1, ?, ?, ?)'
+                          ' ON CONFLICT (id) DO UPDATE SET segment = excluded.segment,'
+                          ' "offset" = excluded."offset", updated_at = excluded.updated_at',
+                          (m.segment, m.offset, m.at))
+
+    def spool_mark(self) -> tuple[int, int] | None:
+        """How far this store has caught up with the spool log; None before the first mark."""
+        row = self._one('SELECT segment, "offset" FROM spool_mark WHERE id = 1', ())
+        return (int(row["segment"]), int(row["offset"])) if row else None
 
     def get_message(self, message_id: int) -> MessageRow | None:
         row = self._one("SELECT * FROM messages WHERE id = ?", (message_id,))
@@ -414,6 +436,61 @@ class SqliteStore:
 
     def list_webhooks(self) -> list[Webhook]:
         return [_webhook(r) for r in self._all("SELECT * FROM webhooks ORDER BY did")]
+
+    # -- webhook outbox -------------------------------------------------------------------------
+
+    def outbox_add(self, events: Sequence[OutboxEvent]) -> int:
+        """Queue events (an id already queued is kept as it is); returns how many were new."""
+        with self._tx() as c:
+            return c.executemany(
+                "INSERT INTO webhook_outbox (id, did, body, attempts, next_attempt_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                [(e.id, e.did, e.body, e.attempts, e.next_attempt_at, e.created_at) for e in events]).rowcount
+
+    def outbox_members_due(self, now: float, limit: int = 1000) -> list[str]:
+        rows = self._all("SELECT did FROM webhook_outbox WHERE next_attempt_at <= ? GROUP BY did"
+                         " ORDER BY MIN(next_attempt_at) LIMIT ?", (now, limit))
+        return [r["did"] for r in rows]
+
+    def outbox_due(self, did: str, now: float, limit: int = 20) -> list[OutboxEvent]:
+        rows = self._all("SELECT * FROM webhook_outbox WHERE did = ? AND next_attempt_at <= ?"
+                         " ORDER BY next_attempt_at, created_at LIMIT ?", (did, now, limit))
+        return [OutboxEvent(**dict(r)) for r in rows]
+
+    def outbox_next_due(self) -> float | None:
+        row = self._one("SELECT MIN(next_attempt_at) AS t FROM webhook_outbox")
+        return None if row is None or row["t"] is None else float(row["t"])
+
+    def outbox_done(self, event_id: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM webhook_outbox WHERE id = ?", (event_id,))
+
+    def outbox_retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE webhook_outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?",
+                      (attempts, next_attempt_at, event_id))
+
+    def outbox_drop_member(self, did: str) -> int:
+        with self._tx() as c:
+            return c.execute("DELETE FROM webhook_outbox WHERE did = ?", (did,)).rowcount
+
+    # -- pending OAuth sign-ins -----------------------------------------------------------------
+
+    def put_oauth_pending(self, state: str, data: str, created_at: float) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO oauth_pending (state, data, created_at) VALUES (?, ?, ?)"
+                      " ON CONFLICT (state) DO UPDATE SET data = excluded.data", (state, data, created_at))
+
+    def take_oauth_pending(self, state: str) -> tuple[str, float] | None:
+        """The pending sign-in for ``state``, removed in the same step: each state works once."""
+        with self._tx() as c:
+            row = c.execute("DELETE FROM oauth_pending WHERE state = ? RETURNING data, created_at",
+                            (state,)).fetchone()
+            return None if row is None else (str(row[0]), float(row[1]))
+
+    def purge_oauth_pending(self, older_than: float) -> int:
+        with self._tx() as c:
+            return c.execute("DELETE FROM oauth_pending WHERE created_at < ?", (older_than,)).rowcount
 
     # -- idempotency --------------------------------------------------------------------------
 
@@ -682,6 +759,8 @@ def _errors() -> Iterator[None]:
         yield
     except (sqlite3.IntegrityError, sqlite3.DataError) as exc:
         raise InvalidRow(str(exc)) from exc
+    except UnicodeEncodeError as exc:  # a str the driver cannot encode (a lone surrogate): that row is bad
+        raise InvalidRow(f"text not encodable as UTF-8: {exc}") from exc
     except sqlite3.ProgrammingError:
         raise  # a bug in this module (closed connection, bad SQL), not an outage
     except sqlite3.DatabaseError as exc:  # OperationalError: locked, disk full, I/O error
@@ -696,17 +775,29 @@ def _updated(c: sqlite3.Connection, cur: sqlite3.Cursor, domain: str) -> sqlite3
 
 
 def _insert_messages(c: sqlite3.Connection, rows: Sequence[MessageRow]) -> int:
+    # Subjects and addresses come from what clients sent: undecodable 8-bit bytes reach here as lone
+    # surrogates (surrogateescape), which no UTF-8 column can hold. The message itself stays byte-exact
+    # in the spool; the row is for display, so those bytes are stored as U+FFFD.
     params = [
-        (r.id, r.queue_id, r.did, r.from_domain, r.mail_from, r.recipient, r.subject, r.category, r.source,
-         r.status, r.attempts, r.last_reply, r.next_attempt_at, r.created_at, r.updated_at)
+        (r.id, r.queue_id, r.did, r.from_domain, display_text(r.mail_from), display_text(r.recipient),
+         display_text(r.subject), r.category, r.source, r.status, r.attempts, display_text(r.last_reply),
+         r.next_attempt_at, r.created_at, r.updated_at)
         for r in rows
     ]  # fmt: skip
     return c.executemany(_INSERT_MESSAGE, params).rowcount if params else 0
 
 
 def _update_statuses(c: sqlite3.Connection, updates: Sequence[StatusUpdate]) -> int:
-    params = [(u.status, u.at, u.attempts, u.last_reply, u.next_attempt_at, u.id) for u in updates]
+    params = [(u.status, u.at, u.attempts, display_text(u.last_reply), u.next_attempt_at, u.id) for u in updates]
     return c.executemany(_UPDATE_STATUS, params).rowcount if params else 0
+
+
+def _put_idempotents(c: sqlite3.Connection, rows: Sequence[IdempotentResponse]) -> None:
+    params = [(r.did, r.key, r.request_hash, r.status_code, r.response_json, r.created_at) for r in rows]
+    if params:
+        c.executemany(
+            "INSERT INTO idempotency (did, key, request_hash, status_code, response_json, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (did, key) DO NOTHING", params)
 
 
 def _add_attempts(c: sqlite3.Connection, rows: Sequence[NewAttempt]) -> None:

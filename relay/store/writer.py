@@ -7,10 +7,11 @@ synchronous ``submit_nowait``; one task drains the channel and applies up to
 the first op for more to arrive.
 
 Why nothing is lost:
-- The spool, not the store, is the source of truth. An op still queued when
-  the process dies is re-derived from the spool at recovery (recipient rows are
-  re-inserted with ``ON CONFLICT DO NOTHING``, statuses re-applied from the
-  spool's state records), so the store converges.
+- The spool, not the store, is the source of truth. Message rows and statuses
+  are derived from it (relay.store.mirror): an op still queued when the process
+  dies is replayed from the spool at the next start (rows re-inserted with
+  ``ON CONFLICT DO NOTHING``, statuses re-applied from the spool's transition
+  records past the store's mark), so the store converges.
 - While the process runs, ops are never dropped: a batch is retried until the
   store is back, and ``submit_nowait`` never refuses an op. It is called right
   after the spool's fsync, when the client is owed its 250: failing there would
@@ -56,7 +57,7 @@ class WriterStats:
     batches: int = 0  # committed transactions
     ops: int = 0  # ops committed
     retries: int = 0  # transactions retried because the store was unavailable
-    dropped: int = 0  # ops refused by the store as invalid (a bug; logged)
+    quarantined: int = 0  # ops the store could not take, skipped and logged (each one a bug; the spool has it)
     peak_backlog: int = 0  # most ops ever waiting
 
 
@@ -80,6 +81,7 @@ class StatusWriter:
         self._backlog = 0
         self._last_warning = -math.inf
         self.stats = WriterStats()
+        self.store_error: str | None = None  # while a batch is being retried: why the store refused it
 
     @property
     def backlog(self) -> int:
@@ -166,19 +168,32 @@ class StatusWriter:
             self._backlog -= len(item)
 
     async def _commit(self, ops: Sequence[WriteOp]) -> None:
+        """Commit ops; one that cannot be written is quarantined: skipped, logged, counted.
+
+        Never raises (but Cancelled): an exception here would end the writer's task and with it the
+        relay's root nursery, and every restart would fail the same way on the same spooled message.
+        The row is derived data (the spool holds the message, and delivery goes on), so skipping it
+        loses a line of status history at worst.
+        """
         if not ops:
             return
         try:
             await self._apply(ops)
-        except InvalidRow:
+        except Exception as exc:
             # One bad op must not sink its neighbours: retry them one per transaction.
-            log.warning("store refused a batch of %d ops; applying them one by one", len(ops))
+            log.warning("store refused a batch of %d ops (%s); applying them one by one", len(ops), exc)
             for op in ops:
                 try:
                     await self._apply([op])
-                except InvalidRow:
-                    self.stats.dropped += 1
-                    log.exception("dropping write op the store refused: %r", op)
+                except InvalidRow as bad:
+                    self._quarantine(op, bad, traceback=False)
+                except Exception as bug:
+                    self._quarantine(op, bug, traceback=True)
+
+    def _quarantine(self, op: WriteOp, exc: Exception, *, traceback: bool) -> None:
+        self.stats.quarantined += 1
+        log.error("status writer: quarantined a write op the store cannot take (%s: %s): %a",
+                  type(exc).__name__, exc, op, exc_info=exc if traceback else None)
 
     async def _apply(self, ops: Sequence[WriteOp]) -> None:
         """One transaction, retried with backoff while the store is unavailable."""
@@ -187,11 +202,13 @@ class StatusWriter:
             try:
                 await self._store.apply_batch(ops)
             except StoreUnavailable as exc:
+                self.store_error = str(exc)
                 self.stats.retries += 1
                 log.warning("store unavailable, retrying %d ops in %.1fs: %s", len(ops), delay, exc)
                 await trio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
+            self.store_error = None
             self.stats.batches += 1
             self.stats.ops += len(ops)
             return

@@ -60,6 +60,17 @@ state_dir = "{self.base / "state"}"
 [smtp]
 submission_addr = "127.0.0.1:0"
 inbound_addr = "127.0.0.1:0"
+# Every bench client is 127.0.0.1: the per-address budgets are lifted so the bench measures capacity.
+max_connections_per_ip = {BIG}
+pre_auth_timeout = 300.0
+pre_auth_time = 3600.0
+pre_mail_timeout = 300.0
+pre_mail_time = 3600.0
+
+[auth]
+per_ip_burst = {BIG}
+per_ip_per_minute = {BIG}
+per_ip_concurrency = {BIG}
 
 [http]
 addr = "127.0.0.1:0"

@@ -25,7 +25,6 @@ from relay.delivery.routing import (
     parse_relayhost,
     route,
 )
-from tests.peers import knot as knot_peer
 from tests.peers.knot import KnotServer, knot_fixture  # noqa: F401
 
 StartKnot = Callable[..., KnotServer]
@@ -407,16 +406,3 @@ async def test_a_fresh_resolver_sees_changes_at_once(knot: StartKnot) -> None:
     dns.update("example.test", ["@ MX 0 ."])
     with pytest.raises(NullMX):
         await route("example.test", resolver=resolver_for(dns))
-
-
-# ---- the Knot fixture itself --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
-def test_missing_knot_fails_in_ci_and_skips_locally(
-    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
-) -> None:
-    monkeypatch.setattr(knot_peer, "_program", lambda name: None)
-    monkeypatch.setenv("CI", ci)
-    with pytest.raises(outcome, match="run scripts/install-test-peers"):
-        knot_peer.require_knot()

@@ -17,6 +17,7 @@ from relay.delivery.retry import Outcome, OutcomeKind
 from relay.delivery.scheduler import AttemptResult, Scheduler, SchedulerConfig
 from relay.store import open_store
 from relay.store.aio import AsyncStore
+from relay.store.mirror import StatusMirror
 from relay.store.rows import MessageRow
 from relay.store.writer import StatusWriter
 from spool import Envelope, Spool, State
@@ -99,11 +100,11 @@ def clock(mock_clock: trio.testing.MockClock) -> trio.testing.MockClock:
 async def rig_factory(tmp_path: Path) -> AsyncIterator[object]:
     async with trio.open_nursery() as nursery:
         async def make(script: dict[str, list[Outcome]]) -> Rig:
-            spool = Spool(tmp_path / "spool")
-            await nursery.start(spool.run)
             store = AsyncStore(open_store("sqlite:///:memory:"))
             writer = StatusWriter(store)
             await nursery.start(writer.run)
+            spool = Spool(tmp_path / "spool", mirror=StatusMirror(writer))
+            await nursery.start(spool.run)
             mx = ScriptedMX(script)
             cfg = SchedulerConfig(operator_domain="relay.test", secret=SECRET, reporting_mta="relay.test")
             scheduler = Scheduler(spool, writer, mx, cfg, clock=trio.current_time)
@@ -207,10 +208,10 @@ async def test_restart_resumes_with_retry_times(tmp_path: Path, clock: trio.test
     cfg = SchedulerConfig(operator_domain="relay.test", secret=SECRET, reporting_mta="relay.test")
     mx = ScriptedMX({"slow@example.org": [temp(), ok()]})
     async with trio.open_nursery() as nursery:
-        spool = Spool(tmp_path / "spool")
-        await nursery.start(spool.run)
         writer = StatusWriter(store)
         await nursery.start(writer.run)
+        spool = Spool(tmp_path / "spool", mirror=StatusMirror(writer))
+        await nursery.start(spool.run)
         scheduler = Scheduler(spool, writer, mx, cfg, clock=trio.current_time)
         await nursery.start(scheduler.run)
         env = Envelope("a@mail.example.com", ("slow@example.org",), "did:plc:abcdefghijklmnopqrstuvwx", {},

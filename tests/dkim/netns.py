@@ -24,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -33,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from tests.peers.require import missing, require
 
 ROOT = Path(__file__).resolve().parents[2]
 _JOB_TIMEOUT = 15
@@ -53,30 +52,12 @@ class Result:
     stderr: str
 
 
-def _fail_or_skip(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-def program(name: str) -> str:
-    """Absolute path of a program (also looked for in /usr/sbin, often off a PATH); skips (fails
-    under CI=true) when it is missing."""
-    path = shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/local/sbin") / name) if os.access(p, os.X_OK)), None
-    )
-    if path is None:
-        _fail_or_skip(f"{name} is not installed: run scripts/install-test-peers")
-    assert path is not None
-    return path
-
-
 def require_netns() -> str:
     """The unshare program, once a private net+mount namespace is known to work here."""
-    unshare = program("unshare")
+    unshare = require("unshare", package="util-linux")
     probe = subprocess.run([unshare, "--net", "--mount", "--", "true"], capture_output=True, timeout=10, check=False)
     if probe.returncode != 0:
-        _fail_or_skip(f"cannot make a private network namespace (needs root): {probe.stderr.decode(errors='replace')}")
+        missing(f"cannot make a private network namespace (needs root): {probe.stderr.decode(errors='replace')}")
     return unshare
 
 
@@ -123,7 +104,7 @@ def _inside(spec_path: Path) -> None:
     _loopback_up()
     resolv = base / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.1\noptions timeout:2 attempts:2\n")
-    subprocess.run([program("mount"), "--bind", str(resolv), "/etc/resolv.conf"], check=True)
+    subprocess.run([require("mount"), "--bind", str(resolv), "/etc/resolv.conf"], check=True)
     knot_module._free_port = lambda: 53  # port 53 of this namespace's own loopback: free, ours alone
     results: dict[str, dict[str, object]] = {}
     with knot_module.KnotServer(base / "knot", spec["zones"]):

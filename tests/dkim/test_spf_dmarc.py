@@ -20,7 +20,6 @@ also judged alone.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ from relay.dns.records import records_for, zone_line
 from relay.outbound import rewrite
 from tests.dkim.helpers import only_signature, signature_fields
 from tests.peers.knot import KnotServer
+from tests.peers.require import require_module
 
 MEMBER = "mail.example.com"
 OPERATOR = "relay.example"
@@ -161,13 +161,7 @@ def authenticate(msg: bytes, dnsfunc: Callable[..., Any], *, ip: str = CLIENT_IP
 
 
 def _require_nacl() -> None:
-    try:
-        import nacl.signing  # noqa: F401
-    except ImportError:
-        reason = "PyNaCl is not installed: dkimpy needs it to verify ed25519-sha256 (pip install pynacl)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    require_module("nacl.signing", "dkimpy needs PyNaCl to verify ed25519-sha256")
 
 
 def test_relay_message_passes_spf_dkim_and_dmarc(

@@ -8,7 +8,6 @@ dkimpy's ``dkim.verify`` checks the first signature alone, so every index is che
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import dkim
@@ -20,16 +19,11 @@ from relay.delivery.routing import parse_nameserver
 from relay.dkim import sign
 from tests.dkim.helpers import MEMBER, OPERATOR, OPERATOR_SELECTOR, Identities, message, signature_fields
 from tests.peers.knot import KnotServer
+from tests.peers.require import require_module
 
 
 def _require_nacl() -> None:
-    try:
-        import nacl.signing  # noqa: F401
-    except ImportError:
-        reason = "PyNaCl is not installed: dkimpy needs it to verify ed25519-sha256 (pip install pynacl)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    require_module("nacl.signing", "dkimpy needs PyNaCl to verify ed25519-sha256")
 
 
 @pytest.fixture(scope="module")

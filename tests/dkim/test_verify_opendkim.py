@@ -24,8 +24,9 @@ import pytest
 
 from relay.dkim import SigningKey, sign
 from tests.dkim.helpers import MEMBER, Identities, message, only_signature
-from tests.dkim.netns import Job, Result, program, require_netns, run_in_netns
+from tests.dkim.netns import Job, Result, require_netns, run_in_netns
 from tests.peers.knot import require_knot
+from tests.peers.require import require
 
 ALGORITHMS = ["member rsa-sha256", "member ed25519-sha256", "operator rsa-sha256"]
 
@@ -41,7 +42,7 @@ TAMPER: dict[str, Callable[[bytes], bytes]] = {
 def results(identities: Identities, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
     require_knot()
     require_netns()
-    testmsg = program("opendkim-testmsg")
+    testmsg = require("opendkim-testmsg", package="opendkim-tools")
     dkimverify = [str(Path(sys.executable).with_name("dkimverify"))]  # installed by dkimpy beside python
     signed = sign(message(), identities.keys)
     jobs: dict[str, Job] = {}

@@ -31,7 +31,8 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles, request: Any) -> Iterator[RelayProcess]:
     extra = getattr(request.module, "EXTRA_TOML", "")
-    proc = RelayProcess(base=tmp_path_factory.mktemp("relay"), tls=tls_files, extra_toml=extra)
+    smtp = getattr(request.module, "SMTP_TOML", "")
+    proc = RelayProcess(base=tmp_path_factory.mktemp("relay"), tls=tls_files, extra_toml=extra, smtp_toml=smtp)
     proc.write_config()
     info = proc.enroll(DID, DOMAIN, HANDLE)
     proc.member = Member(DID, DOMAIN, HANDLE, info["api_key"])  # type: ignore[attr-defined]

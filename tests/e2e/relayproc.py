@@ -43,6 +43,9 @@ class RelayProcess:
     base: Path
     tls: TLSFiles
     extra_toml: str = ""
+    shutdown_grace: float = 3.0
+    dev: bool = False  # `atmos serve --dev --config F`: generated secrets and TLS in state_dir
+    smtp_toml: str = ""  # more [smtp] keys (the table itself is written here)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     submission: tuple[str, int] = ("", 0)
@@ -62,9 +65,10 @@ class RelayProcess:
     def write_config(self) -> None:
         self.config_path.write_text(
             f'operator_domain = "relay.test"\nstate_dir = "{self.state_dir}"\n'
-            '[smtp]\nsubmission_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\nshutdown_grace = 3.0\n'
-            '[http]\naddr = "127.0.0.1:0"\n'
-            f'[tls]\ncert_file = "{self.tls.cert}"\nkey_file = "{self.tls.key}"\n' + self.limits_toml()
+            '[smtp]\nsubmission_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\n'
+            f'shutdown_grace = {self.shutdown_grace}\n' + self.smtp_toml + '[http]\naddr = "127.0.0.1:0"\n'
+            + ("" if self.dev else f'[tls]\ncert_file = "{self.tls.cert}"\nkey_file = "{self.tls.key}"\n')
+            + self.limits_toml()
             # Never route test mail through the machine's resolver: unless the test brings its own
             # [delivery], mail goes to a closed loopback port and stays deferred in the spool.
             + ("" if "[delivery]" in self.extra_toml else '[delivery]\nrelayhost = "[127.0.0.1]:1"\n')
@@ -86,9 +90,10 @@ class RelayProcess:
         return head + "[limits]\n" + missing + rest
 
     def full_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({"ATMOS_ADMIN_TOKEN": "admin-token-" + "x" * 20, "ATMOS_SECRET_KEY": "secret-key-" + "y" * 24,
-                    "PYTHONPATH": str(ROOT), "ATMOS_LOG_LEVEL": "WARNING"})
+        env = {k: v for k, v in os.environ.items() if k not in ("ATMOS_ADMIN_TOKEN", "ATMOS_SECRET_KEY")}
+        if not self.dev:  # a dev relay generates its own into state_dir/secrets
+            env.update({"ATMOS_ADMIN_TOKEN": "admin-token-" + "x" * 20, "ATMOS_SECRET_KEY": "secret-key-" + "y" * 24})
+        env.update({"PYTHONPATH": str(ROOT), "ATMOS_LOG_LEVEL": "WARNING"})
         env.update(self.env)
         return env
 
@@ -97,7 +102,7 @@ class RelayProcess:
             self.write_config()
         self.output = []
         self.proc = subprocess.Popen(
-            [*ATMOS, "serve", "--config", str(self.config_path)], cwd=self.base, env=self.full_env(),
+            [*ATMOS, "serve", *(["--dev"] if self.dev else []), "--config", str(self.config_path)], cwd=self.base, env=self.full_env(),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + timeout

@@ -151,7 +151,7 @@ def test_kill9_never_loses_an_acknowledged_message(tmp_path: Path, tls_files: TL
 
 def test_full_spool_is_452_and_loses_nothing(tmp_path: Path, tls_files: TLSFiles,
                                             client_ctx: ssl.SSLContext) -> None:
-    relay = RelayProcess(base=tmp_path, tls=tls_files, extra_toml="[spool]\nmax_bytes = 40000\n")
+    relay = RelayProcess(base=tmp_path, tls=tls_files, extra_toml="[spool]\nmax_bytes = 140000\nsegment_bytes = 65536\n")
     key = relay.enroll(DID, DOMAIN)["api_key"]
     relay.start()
     s = smtplib.SMTP(*relay.submission, timeout=10)
@@ -159,7 +159,7 @@ def test_full_spool_is_452_and_loses_nothing(tmp_path: Path, tls_files: TLSFiles
     s.login(DID, key)
     acked: dict[str, bytes] = {}
     refused = None
-    for i in range(60):
+    for i in range(200):
         mid = f"<full-{i}@test>"
         data = message(f"a@{DOMAIN}", "x@example.org", subject="d", body=("q" * 76 + "\r\n") * 26)
         data = data.replace(b"<d@test>", mid.encode())
@@ -199,3 +199,32 @@ def test_sigterm_closes_listeners_idle_sessions_get_421(tmp_path: Path, tls_file
     assert rest.startswith(b"421"), rest
     with pytest.raises(OSError):
         socket.create_connection(relay.submission, timeout=2)
+
+
+def test_idempotency_key_replays_after_kill9(tmp_path: Path, tls_files: TLSFiles) -> None:
+    """Issue 14: the key was recorded after the accept, so a crash (or a slow store) between the two
+    made the client's retry send the message twice. Now the key travels in the spooled envelope."""
+    relay = RelayProcess(base=tmp_path, tls=tls_files)
+    key = relay.enroll(DID, DOMAIN)["api_key"]
+    relay.start()
+    headers = {"Authorization": f"Bearer {key}", "X-Atmos-DID": DID}
+    body = {"from": f"a@{DOMAIN}", "to": ["y@example.org", "z@example.org"], "subject": "once", "text": "t"}
+    firsts = []
+    for n in range(3):
+        r = httpx.post(f"{relay.http}/v1/send", headers={**headers, "Idempotency-Key": f"k-{n}"}, json=body,
+                       timeout=10)
+        assert r.status_code == 200, r.text
+        firsts.append(r.json())
+    relay.kill()  # at once: the status writer may not have written anything yet
+    relay.start()
+    for n in range(3):
+        again = httpx.post(f"{relay.http}/v1/send", headers={**headers, "Idempotency-Key": f"k-{n}"}, json=body,
+                           timeout=10)
+        assert again.status_code == 200 and again.headers.get("Idempotent-Replayed") == "true", again.text
+        assert again.json() == firsts[n]
+        for acc in firsts[n]["accepted"]:  # and the status rows exist, as the spool says
+            st = httpx.get(f"{relay.http}/v1/messages/{acc['messageId']}", headers=headers, timeout=10)
+            assert st.status_code == 200 and st.json()["status"] in ("accepted", "deferred"), st.text
+    log = SpoolLog.open_readonly(relay.state_dir / "spool")
+    assert len(list(log.live())) == 3  # one message per key, never a second copy
+    relay.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import shutil
 import smtplib
 import socket
 import ssl
@@ -15,6 +14,7 @@ import pytest
 from relay.store import open_store
 from tests.e2e.conftest import Member, message
 from tests.e2e.relayproc import RelayProcess
+from tests.peers.require import require
 
 EXTRA_TOML = "[limits]\nmessage_size = 65536\nrecipients_per_message = 5\n"
 
@@ -210,10 +210,10 @@ def test_suspended_member_gets_521(relay: RelayProcess, client_ctx: ssl.SSLConte
     s.close()
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks missing: run scripts/install-test-peers")
 def test_swaks_client(relay: RelayProcess, member: Member) -> None:
+    swaks = require("swaks")
     res = subprocess.run(
-        ["swaks", "--server", relay.submission[0], "--port", str(relay.submission[1]), "--tls",
+        [swaks, "--server", relay.submission[0], "--port", str(relay.submission[1]), "--tls",
          "--auth", "PLAIN", "--auth-user", member.did, "--auth-password", member.key,
          "--from", f"swaks@{member.domain}", "--to", "someone@example.org",
          "--h-From", f"<swaks@{member.domain}>", "--h-Subject", "from swaks"],

@@ -51,6 +51,7 @@ from relay.metrics import RelayMetrics, render
 from relay.reputation import Reputation
 from relay.services import Services
 from relay.store.aio import AsyncStore
+from relay.store.mirror import StatusMirror
 from relay.store.sqlite import SqliteStore
 from relay.store.writer import StatusWriter
 from spool import Spool, State
@@ -93,10 +94,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     store = AsyncStore(sync_store)
     bus, metrics = EventBus(buffer=50), RelayMetrics()
     async with trio.open_nursery() as nursery:
-        spool = Spool(tmp_path / "spool")
-        await nursery.start(spool.run)
         writer = StatusWriter(store)
         await nursery.start(writer.run)
+        spool = Spool(tmp_path / "spool", mirror=StatusMirror(writer))
+        await nursery.start(spool.run)
         scheduler = Scheduler(spool, writer, Deferring(), SchedulerConfig(
             operator_domain="relay.test", secret=b"s" * 32, reporting_mta="relay.test"), bus=bus)
         await nursery.start(scheduler.run)

@@ -22,6 +22,7 @@ from relay.inbound.service import make_inbound_server
 from relay.smtp.server import SmtpServer
 from relay.store import open_store
 from relay.store.aio import AsyncStore
+from relay.store.mirror import StatusMirror
 from relay.store.rows import MessageRow
 from relay.store.writer import StatusWriter
 from spool import QueuedMessage, Spool
@@ -148,12 +149,12 @@ async def rig_factory(tmp_path: Path) -> AsyncIterator[RigFactory]:
             nonlocal count
             count += 1
             cfg = make_config(**inbound)
-            spool = Spool(tmp_path / f"spool{count}")
-            await nursery.start(spool.run)
             store = AsyncStore(open_store("sqlite:///:memory:"))
             await enroll(store)
             writer = StatusWriter(store)
             await nursery.start(writer.run)
+            spool = Spool(tmp_path / f"spool{count}", mirror=StatusMirror(writer))
+            await nursery.start(spool.run)
             acceptor = Acceptor(spool, writer)
             events = RecordingEvents()
             handler = InboundHandler(cfg, store, acceptor, events)

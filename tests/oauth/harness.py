@@ -15,6 +15,7 @@ from quart_trio import QuartTrio
 
 from relay.config import Config, IdentityConfig
 from relay.oauth import OAuthClient, client_from_config
+from relay.store.aio import AsyncStore
 from tests.localpds.fixture import PROBE_HOST, LocalPds, ProbeTls, free_port
 from web import auth
 
@@ -26,10 +27,12 @@ def relay_config(state_dir: Path, pds: LocalPds, public_url: str) -> Config:
 
 
 @asynccontextmanager
-async def served_client(state_dir: Path, pds: LocalPds, tls: ProbeTls) -> AsyncIterator[OAuthClient]:
+async def served_client(
+    state_dir: Path, pds: LocalPds, tls: ProbeTls, store: AsyncStore | None = None
+) -> AsyncIterator[OAuthClient]:
     port = free_port()
     cfg = relay_config(state_dir, pds, f"https://{PROBE_HOST}:{port}")
-    client = client_from_config(cfg)
+    client = client_from_config(cfg, store=store)
     app = QuartTrio("web")
     app.extensions["atmos"] = SimpleNamespace(cfg=cfg, oauth=client)
     app.register_blueprint(auth.blueprint)

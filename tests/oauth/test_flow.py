@@ -9,10 +9,12 @@ import httpx
 import pytest
 from joserfc.jwk import ECKey
 
-from relay.oauth import ClientKeys, OAuthClient, OAuthError, OAuthStateError
+from relay.oauth import ClientKeys, OAuthClient, OAuthError, OAuthStateError, client_from_config
+from relay.store import open_store
+from relay.store.aio import AsyncStore
 from tests.localpds.fixture import LocalPds, ProbeTls
 from tests.localpds.signin import SignInRefused, sign_in
-from tests.oauth.harness import served_client
+from tests.oauth.harness import relay_config, served_client
 
 
 @pytest.mark.trio
@@ -116,3 +118,19 @@ async def test_replayed_code(tmp_path: Path, local_pds: LocalPds, probe_tls: Pro
         with pytest.raises(OAuthError) as info:
             await client.callback(params)
         assert info.value.error == "invalid_grant"
+
+
+@pytest.mark.trio
+async def test_a_sign_in_in_progress_survives_a_restart(tmp_path: Path, local_pds: LocalPds,
+                                                        probe_tls: ProbeTls) -> None:
+    """Issue 14: pending sign-ins lived only in memory; a restart between redirect and callback lost them."""
+    store = AsyncStore(open_store(f"sqlite:///{tmp_path / 'relay.db'}"))
+    async with served_client(tmp_path, local_pds, probe_tls, store=store) as client:
+        url, _ = await client.start(local_pds.handle)
+        params = await sign_in(url, local_pds.handle, local_pds.password)
+        # The relay restarts: a new client, same state dir (keys) and store.
+        again = client_from_config(relay_config(tmp_path, local_pds, client.public_url), store=store)
+        tokens = await again.callback(params)
+        assert tokens.sub == local_pds.did
+        with pytest.raises(OAuthStateError):  # still good for one use only
+            await again.callback(params)

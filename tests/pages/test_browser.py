@@ -12,23 +12,15 @@ import pytest
 
 from tests.localpds.fixture import PROBE_HOST, LocalPds
 from tests.pages.conftest import PublicRelay
+from tests.peers.require import INSTALL_HINT, missing, require_module
 
 CHROMIUM = "/usr/bin/chromium"
 
 
 def _require_browser() -> None:
-    missing = []
     if not Path(CHROMIUM).exists():
-        missing.append(f"{CHROMIUM} (apt-get install chromium)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing.append("playwright (pip install playwright)")
-    if missing:
-        message = "browser test needs " + ", ".join(missing)
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"the browser test needs {CHROMIUM}: {INSTALL_HINT} (Debian package chromium)")
+    require_module("playwright.sync_api", "it drives Debian's chromium")
 
 
 @pytest.fixture

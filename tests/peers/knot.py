@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -46,7 +45,8 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-INSTALL_HINT = "run scripts/install-test-peers"
+from tests.peers.require import require
+
 _DEFAULT_TTL = 300
 _READY_TIMEOUT = 5.0
 _STATS_LINE = re.compile(r"\]\s+mod-stats\.query-type\[(?P<type>[^\]]+)\]\s*=\s*(?P<count>\d+)")
@@ -54,22 +54,9 @@ _STATS_LINE = re.compile(r"\]\s+mod-stats\.query-type\[(?P<type>[^\]]+)\]\s*=\s*
 Zones = Mapping[str, Sequence[str]]
 
 
-def _program(name: str) -> str | None:
-    # Debian installs knotd/knotc in /usr/sbin, which a non-root PATH may lack.
-    return shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/local/sbin") / name) if os.access(p, os.X_OK)), None
-    )
-
-
 def require_knot() -> tuple[str, str]:
-    """(knotd, knotc) paths; fails under CI (CI=true) and skips locally when Knot is not installed."""
-    knotd, knotc = _program("knotd"), _program("knotc")
-    if knotd is None or knotc is None:
-        reason = f"Knot DNS (knotd/knotc) is not installed: {INSTALL_HINT}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return knotd, knotc
+    """(knotd, knotc) paths; the test stops when Knot is not installed (tests/peers/require.py)."""
+    return require("knotd", package="knot"), require("knotc", package="knot")
 
 
 def _free_port() -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,24 +34,16 @@ from types import TracebackType
 
 import pytest
 
-INSTALL_HINT = "run scripts/install-test-peers"
+from tests.peers.require import require
+
 _READY_TIMEOUT = 5.0
 _COUNTERS = re.compile(r"sess=(\d+) quit=(\d+) mesg=(\d+)")
 _HEADER = re.compile(rb"(X-[A-Za-z-]+): (.*)")
 
 
 def require_smtp_sink() -> str:
-    """The path of smtp-sink; fails under CI (CI=true) and skips locally when it is not installed."""
-    path = shutil.which("smtp-sink") or next(
-        (str(p) for p in (Path("/usr/sbin/smtp-sink"), Path("/usr/local/sbin/smtp-sink")) if os.access(p, os.X_OK)),
-        None,
-    )
-    if path is None:
-        reason = f"Postfix smtp-sink is not installed: {INSTALL_HINT}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return path
+    """The path of Postfix's smtp-sink; the test stops when it is not installed (tests/peers/require.py)."""
+    return require("smtp-sink", package="postfix")
 
 
 def _free_port() -> int:

@@ -66,6 +66,10 @@ def test_production_needs_secrets_and_tls(tmp_path: Path) -> None:
         ("secret_key = 'abc'\n", "secret_key"),
         ("smtp = 3\n", "smtp"),
         ("this is not toml\n", "invalid TOML"),
+        # Issue 14: a cap below two segments wedged the spool for good; the error names both keys.
+        ("[spool]\nmax_bytes = 1000000\n", r"spool.max_bytes \(1000000\) must be 0 or at least twice spool.segment_bytes"),
+        ("[spool]\nsegment_bytes = 100\n", "spool.segment_bytes"),
+        ("[spool]\nreserve_bytes = -1\n", "spool.reserve_bytes"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -20,6 +20,7 @@ from relay.reputation import Reputation
 from relay.reputation.policy import DAY
 from relay.services import Services
 from relay.store.aio import AsyncStore
+from relay.store.mirror import StatusMirror
 from relay.store.sqlite import SqliteStore
 from relay.store.writer import StatusWriter
 from spool import Spool
@@ -60,10 +61,10 @@ def sync_store(tmp_path: Path) -> Iterator[SqliteStore]:
 async def env(sync_store: SqliteStore, tmp_path: Path) -> AsyncIterator[Env]:
     store = AsyncStore(sync_store)
     async with trio.open_nursery() as nursery:
-        spool = Spool(tmp_path / "spool")
-        await nursery.start(spool.run)
         writer = StatusWriter(store)
         await nursery.start(writer.run)
+        spool = Spool(tmp_path / "spool", mirror=StatusMirror(writer))
+        await nursery.start(spool.run)
         limits = LimitsConfig(warming_tiers=((0, 3, 5),))
         cfg = Config(limits=limits)
         rep = Reputation(store, limits, cfg.suspension)

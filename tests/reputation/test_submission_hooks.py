@@ -16,6 +16,7 @@ from relay.errors import InsufficientStorage, MemberSuspended, RateLimited
 from relay.reputation import Reputation
 from relay.smtp.handler import Session
 from relay.store.aio import AsyncStore
+from relay.store.mirror import StatusMirror
 from relay.store.writer import StatusWriter
 from relay.submission import SubmissionHandler
 from spool import Spool
@@ -55,10 +56,10 @@ async def test_rcpt_over_the_warming_cap_is_451_and_mail_from_of_a_suspended_mem
     rep = Reputation(store, LimitsConfig(warming_tiers=((0, 3, 5),)), SuspensionConfig(), clock=trio_clock(T0 + 60))
     await rep.load()
     async with trio.open_nursery() as nursery:
-        spool = Spool(tmp_path / "spool")
-        await nursery.start(spool.run)
         writer = StatusWriter(store)
         await nursery.start(writer.run)
+        spool = Spool(tmp_path / "spool", mirror=StatusMirror(writer))
+        await nursery.start(spool.run)
         handler = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer),
                                     reputation=rep)
         s = session()

@@ -24,7 +24,7 @@ from relay.smtp.events import (
 )
 from relay.smtp.limits import Limits
 from relay.smtp.reply import Reply
-from tests.smtp.harness import b64, events, exchange, in_transaction, new_conn, plain, ready, replies
+from tests.smtp.harness import accept_all, b64, events, exchange, in_transaction, new_conn, plain, ready, replies
 
 
 def error_of(conn: ServerConnection, line: bytes) -> tuple[int, str | None]:
@@ -116,11 +116,11 @@ def test_recipient_limit_452() -> None:
     assert conn.recipients == 2 and conn.errors == 0
 
 
-def test_refused_recipients_do_not_count() -> None:
+def test_refused_recipients_do_not_count_toward_the_recipient_limit() -> None:
     conn = ready(limits=Limits(max_recipients=1))
     events(conn, b"MAIL FROM:<a@example.com>\r\n")
     events(conn, b"RCPT TO:<1@x.example>\r\n", app=lambda c, e: Reply(550, "5.7.1", "suppressed"))
-    assert conn.recipients == 0 and conn.state is State.MAIL
+    assert conn.recipients == 0 and conn.state is State.MAIL and conn.errors == 1
     assert events(conn, b"RCPT TO:<2@x.example>\r\n") == [RcptTo("2@x.example", {})]
     got = events(conn, b"DATA\r\n")
     assert got == [Data()]
@@ -388,3 +388,68 @@ def test_failed_auth_may_be_retried() -> None:
 
 def test_credentials_repr_hides_password() -> None:
     assert "secret" not in repr(Credentials("PLAIN", "u", "secret"))
+
+
+# ---- budgets (Postfix smtpd_hard_error_limit / smtpd_junk_command_limit) -----------------
+
+
+def refuse_rcpt(conn: ServerConnection, event: object) -> Reply:
+    return Reply(550, "5.1.1", "no such user") if isinstance(event, RcptTo) else accept_all(conn, event)  # type: ignore[arg-type]
+
+
+def test_refused_rcpts_hit_the_error_limit_then_421() -> None:
+    conn = ready(limits=Limits(max_errors=3))
+    events(conn, b"MAIL FROM:<a@example.com>\r\n")
+    got = replies(conn, b"RCPT TO:<u@x.example>\r\n" * 6, app=refuse_rcpt)
+    assert [r[:3] for r in got][:5] == [b"550", b"550", b"550", b"550", b"421"]
+    assert got[4].startswith(b"421 4.7.0") and conn.state is State.CLOSED
+
+
+def test_refused_mail_counts_but_452_from_the_core_does_not() -> None:
+    conn = ready(limits=Limits(max_errors=5, max_recipients=1))
+    events(conn, b"MAIL FROM:<a@example.com>\r\n", app=lambda c, e: Reply(451, "4.7.1", "rate limited"))
+    assert conn.errors == 1 and conn.state is State.READY
+    events(conn, b"MAIL FROM:<a@example.com>\r\nRCPT TO:<1@x.example>\r\nRCPT TO:<2@x.example>\r\n")
+    assert conn.errors == 1 and conn.recipients == 1
+
+
+@pytest.mark.parametrize("verb", [b"NOOP", b"RSET", b"VRFY x", b"HELP"])
+def test_junk_commands_past_the_budget_count_as_errors(verb: bytes) -> None:
+    conn = ready(limits=Limits(max_junk_commands=5, max_errors=2))
+    got = replies(conn, (verb + b"\r\n") * 10)
+    codes = [r[:3] for r in got]
+    assert b"421" not in codes[:7]  # 5 free, then two errors within max_errors
+    assert codes[7] == b"421" and got[7].startswith(b"421 4.7.0") and conn.state is State.CLOSED
+
+
+def test_a_delivered_message_resets_errors_and_junk() -> None:
+    conn = ready(limits=Limits(max_junk_commands=2, max_errors=3))
+    replies(conn, b"NOOP\r\n" * 4 + b"BAD\r\n")
+    assert (conn.junk, conn.errors) == (4, 3)
+    replies(conn, b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.example>\r\nDATA\r\nhi\r\n.\r\n")
+    assert (conn.junk, conn.errors) == (0, 0) and conn.state is State.READY
+
+
+def test_message_limit_applies_to_one_transaction() -> None:
+    conn = ready(limits=Limits(max_message_size=1000))
+    events(conn, b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.example>\r\n")
+    conn.message_limit = 10
+    got = replies(conn, b"DATA\r\n" + b"x" * 50 + b"\r\n.\r\n")
+    assert got[-1].startswith(b"552 5.3.4") and conn.message_limit is None
+    got = replies(conn, b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.example>\r\nDATA\r\n"
+                  + b"x" * 50 + b"\r\n.\r\n")
+    assert got[-1].startswith(b"250")
+
+
+def test_buffered_counts_what_the_session_holds() -> None:
+    conn = ready()
+    events(conn, b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.example>\r\nDATA\r\n")
+    assert conn.buffered == 0
+    conn.receive_data(b"y" * 500 + b"\r\n" + b"partial")
+    assert conn.next_event() is NEED_DATA
+    assert conn.buffered == 502 + len(b"partial")
+    conn.receive_data(b"\r\n.\r\n")
+    event = conn.next_event()
+    assert isinstance(event, MessageComplete)
+    conn.send(Reply(250, "2.0.0", "ok"))
+    assert conn.buffered == 0

@@ -115,6 +115,33 @@ def test_refusal_keeps_state(command: str, state: str, expected: str) -> None:
     assert conn.state is State(state)
 
 
+# Budgets, written out independently of relay.smtp.core: what an app refusal (554) costs against
+# max_errors (smtpd_hard_error_limit counts refused MAIL/RCPT), and which commands are junk
+# (smtpd_junk_command_limit: NOOP, RSET, VRFY; HELP too here).
+REFUSAL_COSTS_AN_ERROR = {"MAIL", "RCPT"}
+JUNK = {"RSET", "NOOP", "VRFY", "HELP"}
+
+
+@pytest.mark.parametrize(("command", "state", "expected"), ALLOWED)
+def test_refusal_error_cost(command: str, state: str, expected: str) -> None:
+    conn = conn_in(state)
+    conn.receive_data(COMMANDS[command][0] + b"\r\n")
+    conn.next_event()
+    conn.send(Reply(554, "5.7.1", "no"))
+    assert conn.errors == (1 if command in REFUSAL_COSTS_AN_ERROR else 0)
+
+
+@pytest.mark.parametrize(("command", "state", "expected"), CASES)
+def test_junk_count(command: str, state: str, expected: str) -> None:
+    conn = conn_in(state)
+    before = conn.junk
+    conn.receive_data(COMMANDS[command][0] + b"\r\n")
+    event = conn.next_event()
+    conn.send(event.reply if isinstance(event, ProtocolError) else accept_all(conn, event))
+    counted = command in JUNK and expected != "503"
+    assert conn.junk - before == (1 if counted else 0)
+
+
 def test_lines_in_data_state_are_message_content() -> None:
     conn = in_data()
     conn.receive_data(b"MAIL FROM:<x@y.z>\r\nQUIT\r\n.\r\n")

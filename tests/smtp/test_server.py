@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
-import shutil
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -17,7 +15,8 @@ import trio
 
 from relay.smtp.limits import Limits
 from relay.smtp.reply import Reply
-from relay.smtp.server import SmtpServerConfig
+from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
+from tests.peers.require import require
 from tests.smtp.server_support import PASSWORD, USER, RawClient, RecordingHandler, start
 
 T = TypeVar("T")
@@ -312,11 +311,7 @@ async def test_idle_session_gets_421_on_shutdown(handler: RecordingHandler) -> N
 @pytest.mark.peer
 @pytest.mark.trio
 async def test_swaks_starttls_auth_plain(tls: Contexts, handler: RecordingHandler) -> None:
-    swaks = shutil.which("swaks")
-    if swaks is None:  # a real peer: missing in CI is a failure, locally a skip
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("swaks not installed: run scripts/install-test-peers")
-        pytest.skip("swaks not installed: run scripts/install-test-peers")
+    swaks = require("swaks")
     async with trio.open_nursery() as nursery:
         server, (host, port) = await start(nursery, submission(tls), handler)
         argv = [
@@ -332,3 +327,63 @@ async def test_swaks_starttls_auth_plain(tls: Contexts, handler: RecordingHandle
     (stored,) = handler.messages
     assert stored.did == USER and stored.rcpts == ["b@example.org"]
     assert b"Subject: via swaks" in stored.data and b"\r\n.dot line\r\n" in stored.data
+
+
+# ---- budgets: connections per client address, relay-wide DATA buffers ------------------------
+
+
+@pytest.mark.trio
+async def test_connections_per_ip(handler: RecordingHandler) -> None:
+    async with trio.open_nursery() as nursery:
+        server, address = await start(nursery, plain_config(max_connections_per_ip=2), handler)
+        first, second = await greeted(address), await greeted(address)
+        third = await RawClient.connect(address)
+        reply = await third.reply()
+        assert (reply.code, reply.enhanced) == (421, "4.7.0") and "from your address" in reply.text
+        assert await third.at_eof()
+        await third.aclose()
+        assert (await second.command(b"NOOP")).code == 250  # the others are still served
+        assert (await first.command(b"QUIT")).code == 221
+        await first.aclose()
+        with trio.fail_after(5):
+            while server.active_sessions > 1:  # noqa: ASYNC110 (a test polling a counter)
+                await trio.sleep(0.01)
+        fourth = await greeted(address)  # a slot came free
+        for client in (second, fourth):
+            await client.aclose()
+        await server.shutdown(grace=1)
+
+
+@pytest.mark.trio
+async def test_data_buffers_are_capped_relay_wide(handler: RecordingHandler) -> None:
+    budget = BufferBudget(100_000)
+    async with trio.open_nursery() as nursery:
+        server = SmtpServer(plain_config(), handler, buffers=budget)
+        address = (await nursery.start(server.serve))[0]
+        first, second = await greeted(address), await greeted(address)
+        for client in (first, second):
+            assert (await client.command(b"MAIL FROM:<a@example.com>")).code == 250
+            assert (await client.command(b"RCPT TO:<b@example.org>")).code == 250
+            assert (await client.command(b"DATA")).code == 354
+        line = b"x" * 998 + b"\r\n"
+        await first.send(line * 120)  # 120 kB held: over the budget, in DATA
+        reply = await first.reply()
+        assert (reply.code, reply.enhanced) == (421, "4.3.1")
+        assert await first.at_eof()
+        with trio.fail_after(5):
+            while budget.used:  # noqa: ASYNC110 (the closed session gives its share back)
+                await trio.sleep(0.01)
+        await second.send(line * 50 + b".\r\n")  # within the budget: delivered
+        assert (await second.reply()).code == 250
+        assert budget.used == 0 and len(handler.messages) == 1
+        third = await greeted(address)
+        budget.used = budget.limit  # spent (by other sessions): DATA itself is refused
+        assert (await third.command(b"MAIL FROM:<a@example.com>")).code == 250
+        assert (await third.command(b"RCPT TO:<b@example.org>")).code == 250
+        reply = await third.command(b"DATA")
+        assert (reply.code, reply.enhanced) == (451, "4.3.1")
+        budget.used = 0
+        assert (await third.command(b"QUIT")).code == 221
+        for client in (first, second, third):
+            await client.aclose()
+        await server.shutdown(grace=1)

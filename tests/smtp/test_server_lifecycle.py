@@ -37,7 +37,7 @@ def direct(handler: RecordingHandler, nursery: trio.Nursery, config: SmtpServerC
 async def test_command_timeout_421(autojump_clock: trio.abc.Clock, handler: RecordingHandler) -> None:
     async with trio.open_nursery() as nursery:
         client = direct(handler, nursery)
-        await greet(client)
+        await open_transaction(client)  # past the gate: the RFC timeout, not gate_timeout
         start = trio.current_time()
         reply = await client.reply()
         assert (reply.code, reply.enhanced) == (421, "4.4.2")
@@ -137,3 +137,92 @@ async def test_serve_smtp_with_shutdown_event(handler: RecordingHandler) -> None
         assert (await client.reply()).code == 421
         await client.aclose()
     # leaving the nursery proves serve_smtp returned
+
+
+# ---- budgets: gate (pre-AUTH / pre-MAIL) idle and time limits, session time ----------------
+
+
+@pytest.mark.trio
+async def test_idle_before_the_first_mail_is_gate_timeout(autojump_clock: trio.abc.Clock,
+                                                          handler: RecordingHandler) -> None:
+    async with trio.open_nursery() as nursery:
+        client = direct(handler, nursery)
+        await greet(client)
+        start = trio.current_time()
+        reply = await client.reply()
+        assert (reply.code, reply.enhanced) == (421, "4.4.2")
+        assert trio.current_time() - start == pytest.approx(CONFIG.gate_timeout, abs=1)
+        assert await client.at_eof()
+
+
+@pytest.mark.trio
+async def test_noop_loop_before_auth_ends_at_gate_time(autojump_clock: trio.abc.Clock,
+                                                       handler: RecordingHandler) -> None:
+    config = SmtpServerConfig(hostname="relay.test", require_tls_for_auth=False, require_auth=True)
+    async with trio.open_nursery() as nursery:
+        client = direct(handler, nursery, config)
+        await greet(client)
+        start = trio.current_time()
+        while True:  # a NOOP every 30 s never hits the idle limit; the gate time still ends it
+            await trio.sleep(30)
+            reply = await client.command(b"NOOP")
+            if reply.code != 250:
+                break
+        assert (reply.code, reply.enhanced) == (421, "4.7.0") and "authentication required" in reply.text
+        assert trio.current_time() - start == pytest.approx(config.gate_time, abs=31)
+        assert await client.at_eof()
+
+
+@pytest.mark.trio
+async def test_authenticated_session_has_the_rfc_timeout(autojump_clock: trio.abc.Clock,
+                                                         handler: RecordingHandler) -> None:
+    config = SmtpServerConfig(hostname="relay.test", require_tls_for_auth=False, require_auth=True)
+    async with trio.open_nursery() as nursery:
+        client = direct(handler, nursery, config)
+        await greet(client)
+        assert (await client.command(b"AUTH PLAIN " + plain_b64())).code == 235
+        start = trio.current_time()
+        assert (await client.reply()).code == 421
+        assert trio.current_time() - start == pytest.approx(config.command_timeout, abs=1)
+
+
+@pytest.mark.trio
+async def test_session_time_limit(autojump_clock: trio.abc.Clock, handler: RecordingHandler) -> None:
+    config = SmtpServerConfig(hostname="relay.test", require_tls_for_auth=False, session_time=1000)
+    async with trio.open_nursery() as nursery:
+        client = direct(handler, nursery, config)
+        await open_transaction(client)
+        assert (await client.command(b"RSET")).code == 250
+        start = trio.current_time()
+        while True:
+            await trio.sleep(100)
+            reply = await client.command(b"MAIL FROM:<a@example.com>")
+            if reply.code != 250:
+                break
+            assert (await client.command(b"RSET")).code == 250
+        assert (reply.code, reply.enhanced) == (421, "4.4.2") and "session time" in reply.text
+        assert trio.current_time() - start == pytest.approx(1000, abs=101)
+
+
+def plain_b64() -> bytes:
+    import base64
+
+    from tests.smtp.server_support import PASSWORD, USER
+    return base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
+
+
+@pytest.mark.trio
+async def test_session_time_limit_inside_a_transaction(autojump_clock: trio.abc.Clock,
+                                                       handler: RecordingHandler) -> None:
+    config = SmtpServerConfig(hostname="relay.test", require_tls_for_auth=False, session_time=1000)
+    async with trio.open_nursery() as nursery:
+        client = direct(handler, nursery, config)
+        await open_transaction(client)
+        start = trio.current_time()
+        while True:  # RCPTs forever in one open transaction (452 past the limit is not an error)
+            await trio.sleep(100)
+            reply = await client.command(b"RCPT TO:<b@example.org>")
+            if reply.code == 421:
+                break
+        assert reply.enhanced == "4.4.2" and trio.current_time() - start == pytest.approx(1000, abs=101)
+        assert await client.at_eof()

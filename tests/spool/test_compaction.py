@@ -80,3 +80,35 @@ def test_compaction_at_startup_and_the_current_segment_is_never_deleted(tmp_path
         assert log.report.compacted_segments == 0
         log.append(envelope(1), BIG)  # rolls; the old all-terminal segment can go now
         assert len(segments(tmp_path)) == 1
+
+
+def test_a_terminal_record_outlives_the_message_it_refers_to(tmp_path: Path) -> None:
+    """Issue 14: A holds M0 (stays deferred) and M1; M1's "sent" lands in B after A rolled; once B's other
+    messages are terminal B may not be deleted while A (which still stores M1) exists, across restarts."""
+    small, seg, fill = b"s" * 200, 4096, b"f" * 3700  # two fills never share a segment; small records do
+    with SpoolLog.open(tmp_path, segment_bytes=seg) as log:
+        m0 = log.append(envelope(1), small)  # segment A
+        m1 = log.append(envelope(1), small)  # segment A too: both fit
+        log.transition([Transition(m0.queue_id, m0.queue_id, State.DEFERRED, attempts=1, next_attempt_at=9.0)])
+        other = log.append(envelope(1), fill)  # segment B: A rolled
+        a, b = segments(tmp_path)
+        log.transition([Transition(m1.queue_id, m1.queue_id, State.SENT)])  # in B
+        log.transition([Transition(other.queue_id, other.queue_id, State.SENT)])  # in B: B mentions nothing live
+        last = log.append(envelope(1), fill)  # segment C: B is no longer current
+        assert len(segments(tmp_path)) == 3
+        assert a.exists()
+        assert b.exists(), "B holds M1's 'sent' while A still holds M1 itself"
+    for _ in range(2):  # and across restarts (recovery reaps with the same rule)
+        with SpoolLog.open(tmp_path, segment_bytes=seg) as log:
+            assert log.get(m1.queue_id) is None, "M1 was delivered; it must never be live again"
+            assert log.get(other.queue_id) is None
+            held = log.get(m0.queue_id)
+            assert held is not None and held.rcpt_state(m0.queue_id) == State.DEFERRED
+            assert a.exists() and b.exists()
+    with SpoolLog.open(tmp_path, segment_bytes=seg) as log:
+        log.transition([Transition(m0.queue_id, m0.queue_id, State.SENT)])
+        # M0 terminal: A goes, and with it B (its only reason to stay was M1 in A), oldest first.
+        assert not a.exists()
+        assert not b.exists()
+    with SpoolLog.open(tmp_path, segment_bytes=seg) as log:
+        assert [m.queue_id for m in log.live()] == [last.queue_id]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 import trio
 
 from spool import Accepted, Spool, SpoolFull, SpoolLog, SpoolUnavailable, State, Transition
-from tests.spool.helpers import envelope, segments, size
+from tests.spool.helpers import envelope, fill_disk, mounted_tmpfs, segments, size
 
 
 def _check_valid(directory: Path, expected: dict[int, bytes]) -> None:
@@ -151,23 +150,8 @@ async def test_async_max_bytes(tmp_path: Path) -> None:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB filesystem (tmpfs), so ENOSPC comes from the kernel, not from a monkeypatch."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        msg = proc.stderr.strip()
-        if "permission denied" in msg.lower() or "operation not permitted" in msg.lower():
-            pytest.skip(f"mounting a tmpfs needs privileges (EPERM): {msg}")
-        pytest.fail(f"mount failed: {msg}")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_real_disk_full(small_fs: Path) -> None:
@@ -186,3 +170,50 @@ def test_real_disk_full(small_fs: Path) -> None:
         data = b"after the disk had room again"
         kept[log.append(envelope(1), data).queue_id] = data
     _check_valid(directory, kept)
+
+
+def test_disk_full_outcomes_are_written_into_the_reserve(small_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14: on ENOSPC the "sent" after a delivery could not be written, so it was delivered again.
+    The reserve is given up for transitions; until it is back, messages are refused (pressure)."""
+    monkeypatch.setattr("spool.log._RESERVE_RETRY", 0.0)
+    directory = small_fs / "spool"
+    with SpoolLog.open(directory, segment_bytes=128 << 10, reserve_bytes=128 << 10) as log:
+        assert not log.pressure
+        assert (directory / "RESERVE").stat().st_blocks * 512 >= 128 << 10
+        queued = [log.append(envelope(1), b"m%d" % i * 100) for i in range(30)]
+        fill_disk(small_fs / "filler")
+        with pytest.raises(SpoolFull):
+            log.append(envelope(1), b"x" * 20_000)
+        # Every outcome is still recorded (the replies make the batch far bigger than any free page).
+        log.transition([Transition(a.queue_id, a.queue_id, State.DEFERRED, attempts=1, next_attempt_at=1.0,
+                                   reply="451 later " * 180) for a in queued])
+        assert all(m.rcpt_state(m.queue_id) is State.DEFERRED for m in log.live())
+        assert log.pressure  # the reserve is spent (nothing was freed: the messages are still live)
+        with pytest.raises(SpoolFull):
+            log.append(envelope(1), b"tiny")  # messages may not eat what the outcomes need
+        (small_fs / "filler").unlink()
+        log.housekeep()
+        assert not log.pressure
+        log.transition([Transition(a.queue_id, a.queue_id, State.SENT) for a in queued])
+        later = log.append(envelope(1), b"room again")
+    with SpoolLog.open(directory, segment_bytes=128 << 10, reserve_bytes=128 << 10) as log:
+        assert [m.queue_id for m in log.live()] == [later.queue_id]  # nothing delivered comes back
+
+
+def test_an_idle_active_segment_is_rolled_and_compacted(tmp_path: Path) -> None:
+    """Issue 14: max_bytes filled by one active segment whose messages all went out stayed full for
+    good (the active segment was never reaped and only rolled on overflow, which the cap prevented)."""
+    seg = 64 << 10  # max_bytes below segment_bytes (the config refuses it; the spool copes anyway)
+    with SpoolLog.open(tmp_path, segment_bytes=seg, max_bytes=seg // 2) as log:
+        ids = []
+        with pytest.raises(SpoolFull):
+            for _ in range(1000):
+                ids.append(log.append(envelope(1), b"q" * 3000).queue_id)
+        log.transition([Transition(q, q, State.SENT) for q in ids])
+        assert log.stats().live_messages == 0
+        assert log.stats().segments == 1
+        assert log.stats().bytes < 1000  # the active segment was replaced and deleted
+        log.append(envelope(1), b"q" * 3000)
+    with SpoolLog.open(tmp_path, segment_bytes=seg, max_bytes=seg // 2) as log:
+        assert log.stats().live_messages == 1
+        log.append(envelope(1), b"q" * 3000)

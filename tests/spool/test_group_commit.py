@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from spool import Accepted, RecoveryReport, Spool, SpoolUnavailable, State, Transition
 from tests.spool.helpers import envelope
@@ -99,7 +100,8 @@ async def test_no_reply_before_fdatasync(tmp_path: Path, monkeypatch: pytest.Mon
         nursery.start_soon(accept)
         try:
             assert await trio.to_thread.run_sync(entered.wait, 5)
-            await trio.sleep(0.05)  # plenty of time for a premature reply to show up
+            # Every task is parked (the flush is held in its thread): a premature reply would be here by now.
+            await trio.testing.wait_all_tasks_blocked()
             assert done == []
             assert spool.stats().live_messages == 0  # not even visible before it is durable
         finally:
@@ -140,7 +142,7 @@ async def test_appends_queue_behind_an_fdatasync_in_flight(tmp_path: Path, monke
             assert await trio.to_thread.run_sync(entered.wait, 5)
             for i in range(1, 51):  # these arrive while the first flush is in flight
                 nursery.start_soon(accept, i)
-            await trio.sleep(0.05)
+            await trio.testing.wait_all_tasks_blocked()  # all 50 are queued behind the held flush
         finally:
             release.set()
         with trio.fail_after(5):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import spool.segment as segment_mod
 from spool import SpoolLog, State, Transition
 from tests.spool.helpers import copy_spool, envelope, segments, size
 
@@ -158,3 +160,19 @@ def test_damage_at_the_end_of_an_older_segment_is_quarantined_not_truncated(tmp_
         # in quarantine/.
         assert not older.exists()
         assert newer.exists()
+
+
+def test_first_start_makes_the_directory_chain_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14: mkdir(parents=True) alone leaves the new names in the page cache; each created
+    directory is fsynced into its parent, outermost first."""
+    synced: list[Path] = []
+    real = segment_mod.fsync_dir
+    monkeypatch.setattr(segment_mod, "fsync_dir", lambda d: (synced.append(Path(d)), real(d))[1])
+    state = tmp_path / "var" / "lib" / "atmos"
+    with SpoolLog.open(state / "spool"):
+        pass
+    created = [tmp_path / "var", tmp_path / "var" / "lib", state, state / "spool"]
+    assert all(p.is_dir() for p in created)
+    order = [synced.index(p.parent) for p in created]  # each new name made durable in its parent...
+    assert order == sorted(order)  # ...outermost first
+    assert (state / "spool").stat().st_mode & 0o777 == 0o700

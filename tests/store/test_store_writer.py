@@ -164,6 +164,51 @@ async def test_an_invalid_op_does_not_sink_its_batch(caplog: pytest.LogCaptureFi
             writer.submit_nowait([new_message(1), new_message(2, status="lost"), new_message(3)])
             await writer.flush()
             nursery.cancel_scope.cancel()
-    assert writer.stats.dropped == 1
+    assert writer.stats.quarantined == 1
     assert [m.id for m in await store.list_messages()] == [3, 1]
-    assert "dropping write op" in caplog.text
+    assert "quarantined a write op" in caplog.text
+
+
+class BuggyStore(CountingStore):
+    """A store whose write raises something that is not a StoreError (a bug) for one message id."""
+
+    async def apply_batch(self, ops: Sequence[WriteOp]) -> None:
+        if any(getattr(op, "id", None) == 2 for op in ops):
+            raise TypeError("a bug in the store")
+        await super().apply_batch(ops)
+
+
+@pytest.mark.trio
+async def test_an_op_the_store_cannot_take_is_quarantined_and_the_writer_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = BuggyStore()
+    writer = StatusWriter(store, max_delay=60)
+    with caplog.at_level(logging.ERROR, logger="relay.store.writer"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.submit_nowait([new_message(1), new_message(2), new_message(3)])
+            await writer.flush()
+            writer.submit_nowait(new_message(4))  # the writer is still running
+            await writer.flush()
+            nursery.cancel_scope.cancel()
+    assert writer.stats.quarantined == 1
+    assert [m.id for m in await store.list_messages()] == [4, 3, 1]
+    assert "TypeError: a bug in the store" in caplog.text
+
+
+@pytest.mark.trio
+async def test_8bit_subject_is_stored_for_display() -> None:
+    """A Latin-1 ``Subject: café`` reaches the store as a lone surrogate (surrogateescape): the row
+    holds U+FFFD instead, and the writer does not stop (issue 13: it ended the root nursery)."""
+    store = CountingStore()
+    writer = StatusWriter(store, max_delay=60)
+    subject = b"caf\xe9 \xc3\xa9t\xc3\xa9".decode("utf-8", "surrogateescape")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        writer.submit_nowait([new_message(1, subject=subject), new_message(2, subject="json \ud800")])
+        await writer.flush()
+        nursery.cancel_scope.cancel()
+    assert writer.stats.quarantined == 0
+    rows = {m.id: m for m in await store.list_messages()}
+    assert rows[1].subject == "caf\ufffd été" and rows[2].subject == "json \ufffd"

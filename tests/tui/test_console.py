@@ -5,8 +5,6 @@ pytest runs Trio tests through pytest-trio, so no asyncio plugin is needed here)
 
 from __future__ import annotations
 
-import asyncio
-
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
@@ -189,18 +187,28 @@ def test_command_palette_switches_screens() -> None:
     run(scenario())
 
 
+class CountingBackoff(Backoff):
+    delays = 0
+
+    def next(self) -> float:
+        self.delays += 1
+        return super().next()
+
+
 def test_disconnect_shows_state_and_restart_reconnects() -> None:
     async def scenario() -> None:
         relay = await FakeRelay(SNAPSHOT, ts=NOW).start()
         port = relay.port
-        app = make_app(relay, backoff=Backoff(0.2, 0.5))
+        backoff = CountingBackoff(0.2, 0.5)
+        app = make_app(relay, backoff=backoff)
         async with app.run_test(size=SIZE, notifications=True) as pilot:
             await wait_for(pilot, lambda: app.state.has_snapshot, what="the snapshot")
             await relay.stop()
             await shows(pilot, "disconnected — retrying in")
             await wait_for(pilot, lambda: app.screen.query_one(ConnectionBar).has_class("-disconnected"),
                            what="the red bar")
-            await asyncio.sleep(0.6)  # a refused attempt or two
+            # the first retry delay followed the drop; a second one follows a refused reconnect attempt
+            await wait_for(pilot, lambda: backoff.delays >= 2, what="a refused reconnect attempt")
             second = Snapshot(queue=(item(500, 5000, "new@example.com"),), queue_by_state={"accepted": 1})
             relay2 = await FakeRelay(second, port=port, ts=NOW).start()
             try:

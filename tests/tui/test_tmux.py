@@ -1,8 +1,7 @@
 """As a person would: ``python -m relay console`` in a real terminal (tmux, 80x24) against a fake
 /admin/ws peer; keys go in with ``send-keys``, the screen comes back with ``capture-pane``.
 
-tmux is a Debian package (scripts/install-test-peers installs it): skipped where it is missing,
-except under CI=true where that is a failure."""
+tmux is a Debian package (scripts/install-test-peers installs it): tests/peers/require.py."""
 
 from __future__ import annotations
 
@@ -19,8 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
+from tests.peers.require import require
 from tests.tui.fixtures import SNAPSHOT
 from tests.tui.helpers import FakeRelay
 
@@ -68,10 +66,7 @@ class Tmux:
 
 
 def test_console_in_tmux() -> None:
-    if TMUX is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("tmux is not installed (scripts/install-test-peers installs it)")
-        pytest.skip("tmux is not installed")
+    require("tmux")
     now = time.time()
     snapshot = dataclasses.replace(SNAPSHOT, oldest_deferred=now - 7200)
     tmux = Tmux(f"atmos-console-test-{os.getpid()}")

@@ -113,6 +113,16 @@ def send(relay: RelayProcess, to: str) -> int:
     return message_id
 
 
+def wait_status(relay: RelayProcess, message_id: int, status: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = httpx.get(f"{relay.http}/v1/messages/{message_id}", headers=auth(relay), timeout=10).json()
+        if got.get("status") == status:
+            return
+        assert time.monotonic() < deadline, f"message {message_id} never became {status}: {got}"
+        time.sleep(0.05)
+
+
 def signed(rec: Received, secret: str) -> bool:
     return verify_signature(secret, rec.headers[SIGNATURE_HEADER], rec.body)
 
@@ -148,8 +158,7 @@ def test_events_arrive_signed_and_failures_are_retried(relay: RelayProcess, rece
     receiver.fail = 1  # the very first POST gets a 500: it must be retried
     r = register(relay, {"url": receiver.url})
     assert r.status_code == 200, r.text
-    secret = r.json()["secret"]
-    time.sleep(0.1)
+    secret = r.json()["secret"]  # the PUT made the dispatcher forget its cached endpoint: no wait
     message_id = send(relay, "someone@example.org")
 
     def kinds(got: list[Received]) -> set[str]:
@@ -176,10 +185,13 @@ def test_events_arrive_signed_and_failures_are_retried(relay: RelayProcess, rece
 def test_unsubscribe_and_event_filter(relay: RelayProcess, receiver: Receiver) -> None:
     r = register(relay, {"url": receiver.url, "events": ["unsubscribed"]})
     secret = r.json()["secret"]
-    send(relay, "quiet@example.org")  # accepted/deferred: not subscribed, so not sent
+    quiet = send(relay, "quiet@example.org")  # accepted/deferred: not subscribed, so not sent
+    # Once the message is deferred, its accepted and deferred events are on the bus ahead of the
+    # unsubscribe below; the dispatcher takes events in order, so when "unsubscribed" arrives, those two
+    # have already been passed over (or sent, which would fail the assertion): no sleep needed.
+    wait_status(relay, quiet, "deferred")
     url = f"{relay.http}/u/{make_token(SECRET_KEY, DID, 'Reader@Example.org')}"
     assert httpx.post(url, content=b"List-Unsubscribe=One-Click").status_code == 200
     got = receiver.wait_for(lambda g: any(x.event["type"] == "unsubscribed" for x in g))
-    time.sleep(0.5)
     assert [g.event["type"] for g in receiver.received] == ["unsubscribed"]
     assert got[0].event["data"]["recipient"] == "reader@example.org" and signed(got[0], secret)

@@ -1,7 +1,8 @@
-"""Per-source-address token buckets for the inbound listener (DESIGN §6).
+"""Per-source token buckets: inbound connections (DESIGN §6) and authentication attempts.
 
 Each source gets a bucket of ``burst`` tokens refilled at ``per_minute`` tokens a minute; a new
-connection (and each further transaction on it) takes one token. IPv6 sources are keyed by
+inbound connection (and each further transaction on it) takes one token, and so does each
+authentication attempt that would run bcrypt (``relay.auth``). IPv6 sources are keyed by
 their /64, the unit one host usually controls, so a single machine cannot dodge the limit by
 walking through its own prefix; IPv4-mapped IPv6 addresses count as the IPv4 address.
 
@@ -71,6 +72,12 @@ class TokenBuckets:
             return False
         bucket.tokens -= 1.0
         return True
+
+    def refund(self, host: str) -> None:
+        """Give back a token taken by ``take`` (e.g. the attempt turned out to be legitimate)."""
+        bucket = self._buckets.get(source_key(host))
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + 1.0)
 
     def retry_after(self, host: str) -> float:
         """Seconds until ``host`` has a token again (0 if it has one now)."""

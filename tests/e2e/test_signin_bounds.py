@@ -1,0 +1,156 @@
+"""Issue 13: sign-in makes the relay fetch from servers the signer chooses; each fetch is bounded.
+
+A hostile "PDS" on loopback (a thread here) serves a DID whose PDS streams its OAuth metadata
+forever, or drips it a byte at a time. The real relay process refuses the sign-in with a page that
+says why, its memory stays flat, and concurrent sign-ins from one address are capped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import json
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.relayproc import RelayProcess, TLSFiles
+
+EVIL_DID = "did:plc:evilaaaaaaaaaaaaaaaaaaaa"
+
+
+class Evil(http.server.BaseHTTPRequestHandler):
+    mode = "forever"  # forever | drip | huge-length | gzip-bomb
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        port = self.server.server_address[1]
+        if self.path == "/.well-known/atproto-did":
+            self._send(EVIL_DID.encode(), "text/plain")
+        elif self.path == f"/{EVIL_DID}":
+            handle = self.headers.get("x-handle", "") or "forever.test"
+            doc = {"id": EVIL_DID, "alsoKnownAs": [f"at://{h}" for h in ("forever.test", "drip.test", "huge-length.test", "gzip-bomb.test")]
+                   + [f"at://{handle}"],
+                   "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer",
+                                "serviceEndpoint": f"http://127.0.0.1:{port}"}]}
+            self._send(json.dumps(doc).encode(), "application/json")
+        elif self.path == "/.well-known/oauth-protected-resource":
+            self._hostile()
+        else:
+            self.send_error(404)
+
+    def _send(self, body: bytes, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _hostile(self) -> None:
+        mode = Evil.mode
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if mode == "gzip-bomb":  # 10 KiB on the wire, 10 MiB decoded
+            bomb = gzip.compress(b'{"authorization_servers": ["' + b"a" * (10 << 20) + b'"]}')
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+            return
+        if mode == "huge-length":
+            self.send_header("Content-Length", str(10 << 30))
+            self.end_headers()
+            self.wfile.write(b'{"authorization_servers": ["')
+            return
+        self.end_headers()  # no length: the body ends when the connection does (never)
+        self.wfile.write(b'{"authorization_servers": ["http://127.0.0.1/')
+        try:
+            while True:
+                if mode == "drip":
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+                else:
+                    self.wfile.write(b"a" * 65536)
+        except OSError:
+            return  # the relay hung up: that is the point
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+@pytest.fixture(scope="module")
+def evil() -> Iterator[str]:
+    server = Server(("127.0.0.1", 0), Evil)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles, evil: str) -> Iterator[RelayProcess]:
+    proc = RelayProcess(base=tmp_path_factory.mktemp("signin"), tls=tls_files, extra_toml=(
+        f'[identity]\nplc_url = "{evil}"\nhandle_resolution = "well-known-at"\nhandle_resolver_url = "{evil}"\n'
+        'allow_http_on_loopback = true\ndeadline = 3.0\nsignins_per_ip = 1\n'))
+    proc.start()
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        proc.stop()
+
+
+def rss_kib(relay: RelayProcess) -> int:
+    assert relay.proc is not None
+    for line in Path(f"/proc/{relay.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def sign_in(relay: RelayProcess, handle: str) -> httpx.Response:
+    page = httpx.get(f"{relay.http}/enroll", timeout=10)
+    cookie = {"Cookie": page.headers["set-cookie"].split(";")[0]}
+    csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+    return httpx.post(f"{relay.http}/enroll", data={"csrf": csrf, "handle": handle}, headers=cookie, timeout=30)
+
+
+def alive(relay: RelayProcess) -> None:
+    assert relay.proc is not None and relay.proc.poll() is None
+    assert httpx.get(f"{relay.http}/healthz", timeout=5).status_code == 200
+    assert not [line for line in relay.output if "Traceback" in line], "".join(relay.output[-60:])
+
+
+@pytest.mark.parametrize(("mode", "says"), [("forever", "larger than"), ("huge-length", "more than"),
+                                            ("gzip-bomb", "larger than"),
+                                            ("drip", "did not finish within 3 s")])
+def test_hostile_pds_metadata_is_cut_off(relay: RelayProcess, mode: str, says: str) -> None:
+    Evil.mode = mode
+    before = rss_kib(relay)
+    r = sign_in(relay, f"{mode}.test")
+    assert r.status_code == 400 and says in r.text, r.text[-2000:]
+    assert rss_kib(relay) - before < 64 * 1024  # not the 1.2 GiB of issue 13: a cap of 64 KiB was read
+    alive(relay)
+
+
+def test_concurrent_sign_ins_from_one_address_are_capped(relay: RelayProcess) -> None:
+    Evil.mode = "drip"
+    first: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: first.append(sign_in(relay, "drip.test")))
+    thread.start()
+    time.sleep(0.5)  # let the first one take its slot (signins_per_ip = 1); it holds it for the 3 s deadline
+    second = sign_in(relay, "drip.test")
+    thread.join(timeout=30)
+    assert second.status_code == 429 and second.headers["retry-after"], second.text[-1000:]
+    assert "Too many sign-ins from your address" in second.text
+    assert first and first[0].status_code == 400
+    alive(relay)
