@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.dkim.netns import Job, program, run_in_netns
+from tests.dkim.netns import Job, run_in_netns
+from tests.peers.require import require
 
 _PORT = 11333  # inside the private namespace: nobody else is there
 _READY_TIMEOUT = 60.0
@@ -45,7 +46,7 @@ class Scan:
 
 def scan(base: Path, zones: Mapping[str, Sequence[str]], scans: Sequence[Scan]) -> list[dict[str, Any]]:
     """Start Knot (``zones``) and Rspamd in a private namespace, scan each message, return each answer."""
-    rspamd = program("rspamd")
+    rspamd = require("rspamd")
     base.mkdir(parents=True, exist_ok=True)
     spec = base / "rspamd-spec.json"
     items = []

@@ -19,7 +19,6 @@ Skips (or fails under CI=true) when Unbound is missing: run scripts/install-test
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -33,21 +32,14 @@ import dns.query
 import pytest
 
 from tests.peers.knot import KnotServer, _free_port
+from tests.peers.require import require
 
-INSTALL_HINT = "run scripts/install-test-peers"
 _READY_TIMEOUT = 10.0
 
 
 def require_unbound() -> str:
-    path = shutil.which("unbound") or next(
-        (str(p) for p in (Path("/usr/sbin/unbound"), Path("/usr/local/sbin/unbound")) if os.access(p, os.X_OK)), None
-    )
-    if path is None:
-        reason = f"Unbound is not installed: {INSTALL_HINT}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return path
+    """The unbound program; the test stops when it is not installed (tests/peers/require.py)."""
+    return require("unbound")
 
 
 class UnboundServer:
