@@ -195,3 +195,13 @@ async def test_daily_reports_go_to_each_rua_once(knot, collector, tmp_path: Path
         assert len(received) == 1 and len(mails) == 1
     finally:
         await store.aclose()
+
+
+@pytest.mark.trio
+async def test_https_rua_to_the_relays_own_network_is_refused() -> None:
+    from relay.delivery.tlsrpt import _public_https
+
+    for url in ("https://127.0.0.1/tlsrpt", "https://10.1.2.3/r", "https://[::1]/r", "https://169.254.169.254/r"):
+        with pytest.raises(ValueError, match="not a public address"):
+            await _public_https(url)
+    await _public_https("https://127.0.0.1/tlsrpt", allow_loopback=True)  # tests' loopback peers only
