@@ -116,7 +116,8 @@ async def run_relay(
                                                              recorder=tls_counter)
             scheduler.delivery_events = reputation
             acceptor.on_accept = scheduler.notify
-            if cfg.delivery.tls_reports:
+            if cfg.delivery.tls_reports and (not cfg.dev or cfg.dns.nameservers or cfg.delivery.nameservers):
+                # Dev without test nameservers sends no DNS queries out, so no TLS reports either.
                 await root.start(tls_reporter(cfg, tls_counter, store, acceptor).run)
             services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
                                 auth=Authenticator(store, keys, cfg.auth), acceptor=acceptor, scheduler=scheduler,

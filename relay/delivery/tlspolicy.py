@@ -20,6 +20,7 @@ Every outcome is handed to a ``Recorder`` (TLS-RPT, RFC 8460) under the policy t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import ssl
@@ -99,6 +100,7 @@ class HostPlan:
     skip: str | None = None  # the host must not be used now, and why
     skip_failure: str = ""  # its RFC 8460 result type
     temporary_dns: bool = False  # skipped because a DNSSEC lookup failed (not a policy verdict)
+    counted: bool = True  # False through a relayhost: the destination's own MX was never talked to
 
 
 class TlsPlanner:
@@ -140,7 +142,8 @@ class TlsPlanner:
                     dane = DaneHost("failed", detail=f"MX lookup of {domain}: {mx_secure}")
                 else:
                     dane = await self.dane.host(host.name, mx_secure=mx_secure)
-            plans.append(self._host(domain, host, dane, sts_policy))
+            plan = self._host(domain, host, dane, sts_policy)
+            plans.append(plan if not found.relayhost else dataclasses.replace(plan, counted=False))
         return plans
 
     def _host(self, domain: str, host: MxHost, dane: DaneHost | None, sts: StsPolicy | None) -> HostPlan:
@@ -174,7 +177,7 @@ class TlsPlanner:
 
     def report(self, plan: HostPlan, *, address: str | None, tls: bool, failure: str | None, detail: str) -> None:
         """Count one session for TLS-RPT (only for destinations with a policy, and real TLS outcomes)."""
-        if self.recorder is None:
+        if self.recorder is None or not plan.counted:
             return
         if failure is None and not tls:
             return  # clear text under "may": nothing to report for or against a policy

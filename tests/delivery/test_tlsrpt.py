@@ -205,3 +205,20 @@ async def test_https_rua_to_the_relays_own_network_is_refused() -> None:
         with pytest.raises(ValueError, match="not a public address"):
             await _public_https(url)
     await _public_https("https://127.0.0.1/tlsrpt", allow_loopback=True)  # tests' loopback peers only
+
+
+def test_sessions_through_a_relayhost_are_not_counted() -> None:
+    import trio
+
+    from relay.delivery.routing import MxHost, Route
+    from relay.delivery.tlspolicy import TlsPlanner
+    from relay.smtp.client import TlsPolicy
+
+    counter = TlsRptCounter(clock=lambda: NOON)
+    planner = TlsPlanner(TlsPolicy.OPPORTUNISTIC, recorder=counter)
+    direct = trio.run(planner.plan, Route("x.test", [MxHost("mx.x.test", 10, ["192.0.2.1"])], 25))
+    smarthost = trio.run(planner.plan, Route("x.test", [MxHost("smart.test", 0, ["192.0.2.2"])], 25,
+                                             relayhost="[smart.test]"))
+    planner.report(direct[0], address="192.0.2.1", tls=True, failure=None, detail="")
+    planner.report(smarthost[0], address="192.0.2.2", tls=True, failure=None, detail="")
+    assert [r.mx_host for r in counter.drain()] == ["mx.x.test"]
