@@ -197,7 +197,7 @@ async def fetch_policy(
 async def _get(address: str, port: int, host: str, context: ssl.SSLContext, max_bytes: int) -> bytes:
     stream = await trio.open_tcp_stream(address, port)
     tls = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
-    async with tls:
+    try:
         await tls.do_handshake()
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER)
         request = h11.Request(method="GET", target=WELL_KNOWN, headers=[
@@ -230,6 +230,9 @@ async def _get(address: str, port: int, host: str, context: ssl.SSLContext, max_
                     raise StsError("sts-policy-invalid", f"the policy at {host} is over {max_bytes} bytes")
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 return bytes(body)
+    finally:
+        # No graceful TLS close: a server that never answers close_notify must not cost the deadline.
+        await trio.aclose_forcefully(tls)
 
 
 # ---- the cache ------------------------------------------------------------------------------------
