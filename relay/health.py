@@ -39,6 +39,8 @@ async def refusals(services: Services) -> list[str]:
         limit = services.cfg.spool.max_bytes
         if limit and stats.bytes >= limit:
             reasons.append(f"spool full: {stats.bytes} of {limit} bytes (spool.max_bytes)")
+        if services.spool.pressure:  # issue 14: outcomes live off the reserve, deliveries wait
+            reasons.append("disk full: the spool is writing into its reserve; deliveries paused, new mail refused")
     refused = services.acceptor.last_refusal
     if refused is not None and time.monotonic() - refused[1] < RECENT and refused[0] not in reasons:
         reasons.append(f"{refused[0]} ({time.monotonic() - refused[1]:.0f} s ago)")

@@ -99,9 +99,10 @@ async def run_relay(
             await root.start(writer.run)
             # The store mirrors the spool (relay.store.mirror): recovery replays to it whatever it had
             # not durably seen, and compaction never deletes what it has not seen yet.
+            mark = await store.spool_mark()
             spool = Spool(cfg.state_path / "spool", segment_bytes=cfg.spool.segment_bytes,
                           max_bytes=cfg.spool.max_bytes or None, reserve_bytes=cfg.spool.reserve_bytes,
-                          mirror=StatusMirror(writer, count_outcomes=True), store_mark=await store.spool_mark())
+                          mirror=StatusMirror(writer, count_outcomes=True, store_mark=mark), store_mark=mark)
             await root.start(spool.run)  # recovery first; the spool logs its own report
             keys = ApiKeyCache(bcrypt_threads=cfg.auth.bcrypt_threads, bcrypt_queue=cfg.auth.bcrypt_queue)
             # Rate counters and suspensions, loaded first; delivery outcomes are counted by the mirror.

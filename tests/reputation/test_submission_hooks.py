@@ -87,3 +87,44 @@ async def test_rcpt_over_the_warming_cap_is_451_and_mail_from_of_a_suspended_mem
         assert suspended.value.smtp_reply.code == 521
         assert "member suspended: automatic: test" in suspended.value.smtp_reply.text
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_session_cancelled_after_the_commit_gets_its_250_and_keeps_its_grant(
+    store: AsyncStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: a session cancelled (timeout, shutdown) while its message was being committed got 451
+    (or nothing) for a message that will be delivered, and its rate grant was refunded."""
+    import os
+    import time
+
+    rep = Reputation(store, LimitsConfig(warming_tiers=((0, 3, 5),)), SuspensionConfig(), clock=trio_clock(T0 + 60))
+    await rep.load()
+    real = os.fdatasync
+
+    def slow(fd: int) -> None:  # the disk takes its time; the session's deadline comes first
+        time.sleep(0.3)
+        real(fd)
+
+    async with trio.open_nursery() as nursery:
+        writer = StatusWriter(store)
+        await nursery.start(writer.run)
+        spool = Spool(tmp_path / "spool", mirror=StatusMirror(writer))
+        await nursery.start(spool.run)
+        handler = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer),
+                                    reputation=rep)
+        s = session()
+        assert (await handler.on_mail(s, f"a@{DOMAIN}", {})).code == 250
+        s.mail_from = f"a@{DOMAIN}"
+        await rcpts(handler, s, 3)
+        monkeypatch.setattr(os, "fdatasync", slow)
+        reply = None
+        with trio.move_on_after(0.05):
+            reply = await handler.on_message(s, MESSAGE)
+        monkeypatch.undo()
+        assert reply is not None and reply.code == 250  # committed: the session learns it
+        assert spool.stats().live_messages == 1
+        s.rcpts.clear()
+        with pytest.raises(RateLimited):  # the 3 recipients were counted, not refunded
+            await handler.on_rcpt(s, "again@dest.example", {})
+        nursery.cancel_scope.cancel()
