@@ -81,6 +81,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     reports.add_argument("--limit", type=int, default=50)
     reports.add_argument("--json", action="store_true")
 
+    doctor = parser(asub, "doctor", help="check the operator's own DNS, TLS-RPT/MTA-STS and certificate")
+    doctor.add_argument("--json", action="store_true")
+
     queue = parser(asub, "queue", help="the spool")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     qlist = parser(qsub, "list")
@@ -93,6 +96,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    if args.admin_command == "doctor":
+        report = doctor_cmd(cfg)
+        print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+        return 0 if report.ok else 1
     handlers = {"enroll": enroll, "members": members, "queue": queue, "dkim": dkim, "domain": domain_cmd,
                 "reports": reports_cmd}
     result = handlers[args.admin_command](cfg, args)
@@ -210,6 +217,16 @@ def reports_cmd(cfg: Config, args: argparse.Namespace) -> Any:
         return [dataclasses.asdict(r) for r in store.list_unattributed(args.limit)]
     finally:
         store.close()
+
+
+def doctor_cmd(cfg: Config) -> Any:
+    """The operator's set-up (relay/doctor.py); exit status 1 when something must be fixed."""
+    import trio
+
+    from relay.dns.checks import DnsLookup
+    from relay.doctor import diagnose
+
+    return trio.run(functools.partial(diagnose, cfg, lookup=DnsLookup.from_config(cfg)))
 
 
 def dkim(cfg: Config, args: argparse.Namespace) -> Any:

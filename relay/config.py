@@ -89,7 +89,16 @@ class DeliveryConfig:
     port: int = 25
     relayhost: str = ""  # optional smarthost: "[host]:port" (no MX lookup) or "host:port"
     nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system resolver
-    tls: str = "may"  # may (opportunistic) | verify | none  (Postfix smtp_tls_security_level)
+    # may (opportunistic) | verify | none | dane (Postfix smtp_tls_security_level); empty: dane when
+    # dnssec is on, else may. MTA-STS applies on top of may/dane (relay/delivery/tlspolicy.py).
+    tls: str = ""
+    dnssec: bool = False  # nameservers are a local DNSSEC validator: trust its AD bit (smtp_dns_support_level)
+    tls_ca_file: str = ""  # trust store for verified TLS (MX hosts, MTA-STS policy hosts); empty: the system's
+    mta_sts: bool = True  # honour recipient domains' MTA-STS policies (RFC 8461)
+    mta_sts_timeout: float = 15.0  # one policy fetch, all of it (DNS, connect, TLS, HTTP)
+    mta_sts_max_bytes: int = 65536  # a policy larger than this is invalid
+    mta_sts_cache_entries: int = 10000  # policies kept in memory (least recently used dropped)
+    tls_reports: bool = True  # send daily TLS reports (RFC 8460) to destinations that publish _smtp._tls
     max_concurrency: int = 100  # deliveries in flight relay-wide
     per_destination: int = 20  # connections per destination domain (Postfix default_destination_concurrency_limit)
     initial_concurrency: int = 5  # a destination starts here, +1 per answered attempt (initial_destination_concurrency)
@@ -99,6 +108,12 @@ class DeliveryConfig:
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
     capture: bool = True  # dev only, without relayhost: deliver to the built-in capture sink
     shutdown_grace: float = 10.0  # in-flight deliveries get this long at SIGTERM
+
+
+    @property
+    def tls_level(self) -> str:
+        """``tls`` with the default filled in: dane when a validator is configured, else may."""
+        return self.tls or ("dane" if self.dnssec else "may")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +159,7 @@ class InboundConfig:
 
     operator_inbox: str = ""  # where postmaster@/abuse@/fbl@ of the operator domain go; empty: logged only
     fbl_local_part: str = "fbl"
+    tlsrpt_local_part: str = "tls-reports"  # TLS reports (RFC 8460) about the operator domain; shown on the console
     per_ip_per_minute: int = 30
     per_ip_burst: int = 10
     message_size: int = 10 * MiB
@@ -223,6 +239,10 @@ class LabelerConfig:
     did: str = ""  # the labeler's DID; default did:web:<host of public_url>
     recheck_interval: float = 86400.0  # labels of every member re-checked daily
     pending: float = 300.0  # members whose check could not conclude (DNS/PDS error) retried this often
+    # A subscribeRepos (wss://host/xrpc/com.atproto.sync.subscribeRepos) or Jetstream (wss://host/subscribe)
+    # stream: attestation changes of members are acted on within seconds. Empty: the periodic check only.
+    firehose_url: str = ""
+    firehose_max_frame: int = 2 * MiB  # a bigger frame ends the connection (the stream is a stranger's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,8 +371,23 @@ def _validate(cfg: Config) -> None:
                        ("limits.recipients_per_message", cfg.limits.recipients_per_message)):
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
-    if cfg.delivery.tls not in ("may", "verify", "none"):
-        raise ConfigError(f"delivery.tls: expected may, verify or none, got {cfg.delivery.tls!r}")
+    if cfg.delivery.tls not in ("", "may", "verify", "none", "dane"):
+        raise ConfigError(f"delivery.tls: expected may, verify, none or dane, got {cfg.delivery.tls!r}")
+    if cfg.delivery.tls == "dane" and not cfg.delivery.dnssec:
+        raise ConfigError("delivery.tls: dane needs delivery.dnssec = true (a local validating resolver)")
+    if cfg.delivery.dnssec:
+        from relay.delivery.dane import dnssec_nameservers_problem
+
+        problem = dnssec_nameservers_problem(cfg.delivery.nameservers)
+        if problem is not None:
+            raise ConfigError(f"delivery.dnssec: {problem}")
+    sts_limits: tuple[tuple[str, float], ...] = (
+        ("delivery.mta_sts_timeout", cfg.delivery.mta_sts_timeout),
+        ("delivery.mta_sts_max_bytes", cfg.delivery.mta_sts_max_bytes),
+        ("delivery.mta_sts_cache_entries", cfg.delivery.mta_sts_cache_entries))
+    for sts_key, limit in sts_limits:
+        if limit <= 0:
+            raise ConfigError(f"{sts_key}: must be positive, got {limit}")
     if not cfg.delivery.retry_schedule or any(d <= 0 for d in cfg.delivery.retry_schedule):
         raise ConfigError("delivery.retry_schedule: a non-empty list of positive seconds")
     positive: list[tuple[str, float]] = [

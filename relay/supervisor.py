@@ -48,6 +48,8 @@ from relay.delivery.retry import RetryPolicy
 from relay.delivery.routing import Resolver
 from relay.delivery.scheduler import Scheduler, SchedulerConfig
 from relay.delivery.sink import CaptureSink
+from relay.delivery.tlspolicy import tls_planner
+from relay.delivery.tlsrpt import TlsRptCounter, tls_reporter
 from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
 from relay.dns.verifier import DomainVerifier
@@ -57,6 +59,7 @@ from relay.eventstream import reputation_hooks, run_publisher
 from relay.inbound.handler import InboundHandler
 from relay.inbound.service import make_inbound_server
 from relay.labeler import Labeler, LabelerKey
+from relay.labeler.firehose import Firehose
 from relay.labeler.service import key_path as labeler_key_path
 from relay.metrics import RelayMetrics
 from relay.oauth import client_from_config
@@ -64,7 +67,6 @@ from relay.oauth.client import PENDING_TTL
 from relay.operatorkey import OperatorKeys
 from relay.reputation import Reputation
 from relay.services import Bound, Services
-from relay.smtp.client import TlsPolicy
 from relay.smtp.limits import Limits
 from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
 from relay.store import open_store
@@ -179,9 +181,14 @@ async def run_relay(
             sink = CaptureSink(cfg.state_path / "captured", hostname="capture.localhost", ssl_context=tls)
             relayhost = "[{}]:{}".format(*bound.capture[0])
         pool = ConnectionPool()
+        resolver = Resolver.from_config(cfg.delivery)
+        tls_counter = TlsRptCounter()  # TLS-RPT (RFC 8460): sessions under DANE/MTA-STS, per day
+        planner = tls_planner(cfg, resolver, recorder=tls_counter, store=store)
+        tls_reports = cfg.delivery.tls_reports and (not cfg.dev or bool(cfg.dns.nameservers)
+                                                    or bool(cfg.delivery.nameservers))
         transport = SmtpTransport(
-            Resolver.from_config(cfg.delivery), pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
-            relayhost=relayhost, tls_policy=TlsPolicy(cfg.delivery.tls),
+            resolver, pool, helo_name=cfg.banner_host, port=cfg.delivery.port,
+            relayhost=relayhost, tls_policy=planner.default, planner=planner,
             egress=Egress.from_config(cfg),
             hosts=HostHealth(per_host=cfg.delivery.per_host, min_timeout=cfg.delivery.min_timeout),
         )
@@ -220,8 +227,13 @@ async def run_relay(
             if sink is not None:
                 await root.start(partial(sink.serve, listeners.capture))
             await root.start(pool.run)
+            if planner.sts is not None:
+                await root.start(planner.sts.run)  # MTA-STS policies refreshed in the background
             await root.start(scheduler.run)
             await root.start(webhooks.run)  # member webhooks, off the event bus
+            if tls_reports:
+                # Dev without test nameservers sends no DNS queries out, so no TLS reports either.
+                await root.start(tls_reporter(cfg, tls_counter, store, acceptor).run)
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
             await root.start(smtp.serve_listeners, listeners.submission)
             await root.start(inbound.serve_listeners, listeners.inbound)
@@ -233,6 +245,10 @@ async def run_relay(
             if verifier is not None:
                 await root.start(verifier.run)
                 await root.start(labeler.run)
+                if cfg.labeler.firehose_url:
+                    firehose = Firehose(cfg.labeler.firehose_url, store, labeler.request_check,
+                                        max_frame=cfg.labeler.firehose_max_frame)
+                    await root.start(firehose.run)
             task_status.started(bound)
             _announce(cfg, bound, demo)
             await shutdown.wait()

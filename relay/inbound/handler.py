@@ -4,10 +4,11 @@ A recipient is accepted only when it is one of these, decided on the parsed addr
 
 1. ``bounces+<id>-<tag>@<operator domain>`` whose HMAC tag verifies (``relay.delivery.verp``):
    a DSN (or a non-standard bounce, or an auto-reply) about recipient ``<id>``.
-2. ``postmaster@``, ``abuse@``, ``<fbl_local_part>@`` the operator domain, the bare ``<postmaster>``
-   (RFC 5321 §4.1.1.3) and ``postmaster@`` every verified member domain (RFC 5321 §4.5.1):
+2. ``postmaster@``, ``abuse@``, ``<fbl_local_part>@``, ``<tlsrpt_local_part>@`` the operator domain, the
+   bare ``<postmaster>`` (RFC 5321 §4.1.1.3) and ``postmaster@`` every verified member domain (RFC 5321 §4.5.1):
    forwarded to ``inbound.operator_inbox`` (logged only when that is empty). Mail to the FBL
-   address is read as an ARF complaint (RFC 5965) first.
+   address is read as an ARF complaint (RFC 5965) first, mail to ``<tlsrpt_local_part>@`` as a TLS
+   report (RFC 8460 §5.3), recorded for the console (relay.delivery.tlsrpt).
 3. ``SRS0=...@<operator domain>`` that verifies and is at most 21 days old (``relay.inbound.srs``),
    with the null reverse-path only, at most ``inbound.srs_daily`` a day per address, and only a
    delivery report (``multipart/report; report-type=delivery-status``, RFC 3464): a bounce of mail
@@ -63,8 +64,9 @@ from typing import Literal
 from relay.acceptor import Acceptor, Submission
 from relay.address import is_domain, normalize_domain
 from relay.config import Config
-from relay.delivery import verp
+from relay.delivery import tlsrpt, verp
 from relay.dkim.verify import DkimVerifier, authentication_results, passes_for
+from relay.events import TlsReportReceived
 from relay.inbound import InboundEvents, srs
 from relay.inbound.arf import ArfParseError, ArfReport
 from relay.inbound.bounces import Bounce
@@ -160,7 +162,8 @@ class InboundHandler:
         self._now = wall_clock
         self._secret = cfg.secret_key
         self._fbl = cfg.inbound.fbl_local_part.lower()
-        self._operator_boxes = frozenset({"postmaster", "abuse", self._fbl})
+        self._tlsrpt = cfg.inbound.tlsrpt_local_part.lower()
+        self._operator_boxes = frozenset({"postmaster", "abuse", self._fbl, self._tlsrpt})
         self.buckets = TokenBuckets(cfg.inbound.per_ip_per_minute, cfg.inbound.per_ip_burst, clock=clock)
         self.reports = ReportReader(threads=cfg.inbound.parse_threads, max_bytes=cfg.inbound.report_parse_bytes,
                                     max_parts=cfg.inbound.report_parts)
@@ -330,7 +333,8 @@ class InboundHandler:
                 return ONLY_BOUNCES
             return Route("srs", address, original=original)
         if lower in self._operator_boxes:
-            return Route("operator", address, mailbox="fbl" if lower == self._fbl else lower)
+            mailbox = "fbl" if lower == self._fbl else "tlsrpt" if lower == self._tlsrpt else lower
+            return Route("operator", address, mailbox=mailbox)
         return NOT_AVAILABLE
 
     # ---- after DATA -------------------------------------------------------------------------
@@ -366,6 +370,8 @@ class InboundHandler:
         boxes = {r.mailbox for r in routes}
         if "fbl" in boxes and await self._complaint(session, data) and boxes == {"fbl"}:
             return  # attributed and recorded; the operator sees it on the console, not in the inbox
+        if "tlsrpt" in boxes and await self._tls_report(session, data) and boxes == {"tlsrpt"}:
+            return  # recorded; the console lists TLS reports
         inbox = self.cfg.inbound.operator_inbox
         rcpts = [r.address for r in routes]
         if not inbox:
@@ -377,6 +383,26 @@ class InboundHandler:
         sender = self._srs_sender(session.mail_from or "")
         plan.copy(Submission(self.operator_did, sender, (inbox,), self._trace(session, rcpts) + data, attrs),
                   f"forwarding mail for {','.join(rcpts)} from <{session.mail_from}> to the operator inbox")
+
+    async def _tls_report(self, session: Session, data: bytes) -> bool:
+        """Record a TLS report (RFC 8460 §5.3) about the operator domain; False when it is not one."""
+        if not tlsrpt.is_report(data):
+            return False
+        try:
+            # Decompressing and parsing a stranger's attachment: off the event loop, with byte caps.
+            report = await self.reports.tls_report(data, now=self._now())
+        except tlsrpt.ReportError as exc:
+            log.info("TLS report from <%s> (%s) not readable: %s", session.mail_from, session.peer[0], exc)
+            return False
+        fresh = await self.store.add_tlsrpt_inbound(report)
+        if fresh and self.acceptor.bus is not None:
+            self.acceptor.bus.publish(TlsReportReceived(
+                organization=report.organization, report_id=report.report_id, policy_domain=report.policy_domain,
+                successes=report.successes, failures=report.failures, failure_types=report.failure_types))
+        log.info("TLS report %s from %s for %s: %d ok, %d failed%s%s", report.report_id, report.organization,
+                 report.policy_domain, report.successes, report.failures,
+                 f" ({report.failure_types})" if report.failure_types else "", "" if fresh else " (duplicate)")
+        return True
 
     async def _complaint(self, session: Session, data: bytes) -> bool:
         """Record an ARF complaint; False when it is not one or cannot be attributed (-> operator)."""

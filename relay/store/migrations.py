@@ -247,6 +247,63 @@ CREATE TABLE domain_claims (
     verify_token    TEXT NOT NULL,
     created_at      REAL NOT NULL,
     PRIMARY KEY (domain, did)
+);
+"""
+
+# relay.delivery.tlsrpt (RFC 8460): sessions per policy and outcome per UTC day, which daily reports went
+# out, and reports received about the operator domain; MTA-STS policies; relay.labeler.firehose: cursors.
+_V10 = """
+CREATE TABLE tlsrpt_counts (
+    day            TEXT NOT NULL,
+    policy_domain  TEXT NOT NULL,
+    policy_type    TEXT NOT NULL,
+    policy_strings TEXT NOT NULL,
+    mx_patterns    TEXT NOT NULL,
+    mx_host        TEXT NOT NULL,
+    result_type    TEXT NOT NULL,
+    receiving_ip   TEXT NOT NULL,
+    sessions       INTEGER NOT NULL,
+    detail         TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (day, policy_domain, policy_type, policy_strings, mx_patterns, mx_host, result_type, receiving_ip)
+) WITHOUT ROWID;
+
+CREATE TABLE tlsrpt_sent (
+    day           TEXT NOT NULL,
+    policy_domain TEXT NOT NULL,
+    sent_at       REAL NOT NULL,
+    PRIMARY KEY (day, policy_domain)
+) WITHOUT ROWID;
+
+CREATE TABLE tlsrpt_inbound (
+    id            INTEGER PRIMARY KEY,
+    organization  TEXT NOT NULL,
+    report_id     TEXT NOT NULL,
+    policy_domain TEXT NOT NULL,
+    start_time    TEXT NOT NULL,
+    end_time      TEXT NOT NULL,
+    successes     INTEGER NOT NULL,
+    failures      INTEGER NOT NULL,
+    failure_types TEXT NOT NULL,
+    report        TEXT NOT NULL,
+    received_at   REAL NOT NULL,
+    UNIQUE (organization, report_id)
+);
+
+-- relay.delivery.mtasts: policies survive a restart (RFC 8461 §5.1: a cached policy is what defeats an
+-- attacker who strips the TXT record or blocks the HTTPS fetch).
+CREATE TABLE mta_sts_policies (
+    domain     TEXT PRIMARY KEY,
+    sts_id     TEXT NOT NULL,
+    policy     TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- relay.labeler.firehose: the last sequence number (or Jetstream time_us) handled, per stream URL.
+CREATE TABLE firehose_cursor (
+    url        TEXT PRIMARY KEY,
+    cursor     INTEGER NOT NULL,
+    updated_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -258,6 +315,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (5, _V5),
     (7, _V7),
     (8, _V8),
+    (10, _V10),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -46,6 +46,7 @@ from relay.store.rows import (
     Domain,
     DomainState,
     IdempotentResponse,
+    InboundTlsReport,
     LabelRow,
     Member,
     MemberStatus,
@@ -58,7 +59,9 @@ from relay.store.rows import (
     SendCount,
     SpoolMark,
     StatusUpdate,
+    StsPolicyRow,
     Suppression,
+    TlsRptCount,
     UnattributedReport,
     Webhook,
     WebSession,
@@ -764,6 +767,83 @@ class SqliteStore:
             return int(c.execute("DELETE FROM web_sessions WHERE expires_at <= ?", (now,)).rowcount)
 
     # -- labels (relay.labeler) ----------------------------------------------------------------
+
+    # -- TLS reports ----------------------------------------------------------------------------
+
+    def add_tlsrpt_counts(self, rows: Sequence[TlsRptCount]) -> None:
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO tlsrpt_counts (day, policy_domain, policy_type, policy_strings, mx_patterns, mx_host,"
+                " result_type, receiving_ip, sessions, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (day, policy_domain, policy_type, policy_strings, mx_patterns, mx_host, result_type,"
+                " receiving_ip) DO UPDATE SET sessions = sessions + excluded.sessions,"
+                " detail = CASE WHEN excluded.detail != '' THEN excluded.detail ELSE detail END",
+                [(r.day, r.policy_domain, r.policy_type, "\n".join(r.policy_strings), "\n".join(r.mx_patterns),
+                  r.mx_host, r.result_type, r.receiving_ip, r.sessions, r.detail) for r in rows],
+            )
+
+    def tlsrpt_counts(self, day: str) -> list[TlsRptCount]:
+        rows = self._all("SELECT * FROM tlsrpt_counts WHERE day = ? ORDER BY policy_domain", (day,))
+        return [TlsRptCount(day=r["day"], policy_domain=r["policy_domain"], policy_type=r["policy_type"],
+                            policy_strings=tuple(filter(None, r["policy_strings"].split("\n"))),
+                            mx_patterns=tuple(filter(None, r["mx_patterns"].split("\n"))), mx_host=r["mx_host"],
+                            result_type=r["result_type"], receiving_ip=r["receiving_ip"], sessions=r["sessions"],
+                            detail=r["detail"]) for r in rows]
+
+    def claim_tlsrpt_report(self, day: str, policy_domain: str, now: float) -> bool:
+        """True once per (day, domain): the caller sends that report (at most once, even after a crash)."""
+        with self._tx() as c:
+            cur = c.execute("INSERT OR IGNORE INTO tlsrpt_sent (day, policy_domain, sent_at) VALUES (?, ?, ?)",
+                            (day, policy_domain, now))
+            return cur.rowcount == 1
+
+    def add_tlsrpt_inbound(self, report: InboundTlsReport) -> bool:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO tlsrpt_inbound (organization, report_id, policy_domain, start_time, end_time,"
+                " successes, failures, failure_types, report, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (report.organization, report.report_id, report.policy_domain, report.start, report.end,
+                 report.successes, report.failures, report.failure_types, report.report, report.received_at),
+            )
+            return cur.rowcount == 1
+
+    def list_tlsrpt_inbound(self, limit: int) -> list[InboundTlsReport]:
+        rows = self._all("SELECT * FROM tlsrpt_inbound ORDER BY received_at DESC, id DESC LIMIT ?", (limit,))
+        return [InboundTlsReport(organization=r["organization"], report_id=r["report_id"],
+                                 policy_domain=r["policy_domain"], start=r["start_time"], end=r["end_time"],
+                                 successes=r["successes"], failures=r["failures"], received_at=r["received_at"],
+                                 failure_types=r["failure_types"], report=r["report"], id=r["id"]) for r in rows]
+
+    def purge_tlsrpt(self, before_day: str) -> int:
+        with self._tx() as c:
+            n = c.execute("DELETE FROM tlsrpt_counts WHERE day < ?", (before_day,)).rowcount
+            n += c.execute("DELETE FROM tlsrpt_sent WHERE day < ?", (before_day,)).rowcount
+            return int(n)
+
+    def put_sts_policy(self, row: StsPolicyRow) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO mta_sts_policies (domain, sts_id, policy, fetched_at, expires_at)"
+                      " VALUES (?, ?, ?, ?, ?) ON CONFLICT (domain) DO UPDATE SET sts_id = excluded.sts_id,"
+                      " policy = excluded.policy, fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
+                      (row.domain, row.sts_id, row.policy, row.fetched_at, row.expires_at))
+
+    def sts_policies(self, now: float, limit: int) -> list[StsPolicyRow]:
+        rows = self._all("SELECT * FROM mta_sts_policies WHERE expires_at > ? ORDER BY fetched_at DESC LIMIT ?",
+                         (now, limit))
+        return [StsPolicyRow(r["domain"], r["sts_id"], r["policy"], r["fetched_at"], r["expires_at"]) for r in rows]
+
+    def purge_sts_policies(self, now: float) -> int:
+        with self._tx() as c:
+            return int(c.execute("DELETE FROM mta_sts_policies WHERE expires_at <= ?", (now,)).rowcount)
+
+    def get_firehose_cursor(self, url: str) -> int | None:
+        row = self._one("SELECT cursor FROM firehose_cursor WHERE url = ?", (url,))
+        return int(row["cursor"]) if row is not None else None
+
+    def set_firehose_cursor(self, url: str, cursor: int, now: float) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO firehose_cursor (url, cursor, updated_at) VALUES (?, ?, ?) ON CONFLICT (url)"
+                      " DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at", (url, cursor, now))
 
     def add_labels(self, labels: Sequence[LabelRow]) -> list[LabelRow]:
         out = []
