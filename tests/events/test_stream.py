@@ -272,7 +272,6 @@ async def test_unknown_queue_id_and_no_scheduler(rig: Rig) -> None:
     assert not result.ok and "not running" in result.message
 
 
-@pytest.mark.trio
 async def test_warming_and_hooks_from_the_reputation_service(rig: Rig) -> None:
     for domain, state in (("mail.stream.example", "verified"), ("pending.stream.example", "pending")):
         rig.sync_store.add_domain(DID, domain, selector="atmosabc", rsa_private=b"r", ed25519_private=b"e",
