@@ -359,8 +359,10 @@ class Scheduler:
                             next_attempt_at=decision.next_attempt_at, reply=result.outcome.text, info=note)
         bounce = decision.state == "bounced" and bool(env.mail_from)
         dsn = self._dsn(env, data, job, decision, result, now) if bounce else None
-        accepted = await self._record_outcome(change, dsn)
+        # The attempt row goes to the status writer before the outcome commits: the mirror queues
+        # the status row behind it on the same writer, so no reader sees "sent" without its attempt.
         self._record(job, decision, result, attempts, now)
+        accepted = await self._record_outcome(change, dsn)
         self._tell_reputation(env, job, decision, result)
         self._publish(Delivery(queue_id=job.queue_id, rcpt_id=job.rcpt_id, did=env.did, recipient=job.rcpt,
                                domain=job.domain, state=decision.state, attempts=attempts, mx_host=result.mx_host,
