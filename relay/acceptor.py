@@ -45,12 +45,13 @@ class Submission:
 
 class Acceptor:
     def __init__(
-        self, spool: Spool, writer: StatusWriter, *, bus: EventBus | None = None, metrics: RelayMetrics | None = None
+        self, spool: Spool, writer: StatusWriter, *, bus: EventBus | None = None, metrics: RelayMetrics | None = None,
+        on_accept: Callable[[int], None] | None = None,
     ) -> None:
         self._spool = spool
         self._writer = writer
         self.accepted_messages = 0
-        self.on_accept: Callable[[int], None] | None = None  # the scheduler's notify
+        self.on_accept = on_accept  # the scheduler's notify
         self.bus = bus  # operator event stream: MessageAccepted after each accept
         self.metrics = metrics  # /metrics: accepted by source, accept latency
         self.last_refusal: tuple[str, float] | None = None  # (why, monotonic time) until the next accept; /healthz

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -71,6 +72,17 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     dcheck.add_argument("domain")
     dcheck.add_argument("--dry-run", action="store_true", help="report only; do not change the domain's state")
     dcheck.add_argument("--json", action="store_true")
+    drelease = dosub.add_parser("release", help="drop a domain and every pending claim on it, so its real "
+                                "owner can enroll it")
+    drelease.add_argument("domain")
+    drelease.add_argument("--json", action="store_true")
+
+    reports = asub.add_parser("reports", help="complaints and bounces no member could be held to (newest first)")
+    reports.add_argument("--limit", type=int, default=50)
+    reports.add_argument("--json", action="store_true")
+
+    doctor = parser(asub, "doctor", help="check the operator's own DNS, TLS-RPT/MTA-STS and certificate")
+    doctor.add_argument("--json", action="store_true")
 
     queue = parser(asub, "queue", help="the spool")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
@@ -84,7 +96,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    handlers = {"enroll": enroll, "members": members, "queue": queue, "dkim": dkim, "domain": domain_cmd}
+    if args.admin_command == "doctor":
+        report = doctor_cmd(cfg)
+        print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+        return 0 if report.ok else 1
+    handlers = {"enroll": enroll, "members": members, "queue": queue, "dkim": dkim, "domain": domain_cmd,
+                "reports": reports_cmd}
     result = handlers[args.admin_command](cfg, args)
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
@@ -94,7 +111,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _store(cfg: Config) -> Store:
-    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    cfg.make_state_dir()
     return open_store(cfg.store_url)
 
 
@@ -114,25 +131,32 @@ def enroll(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     try:
         store.create_member(did, args.handle.lower().lstrip("@") if args.handle else None)
         existing = store.get_domain(domain)
-        if existing is not None and existing.did != did:
-            raise AdminError(f"--domain: {domain} is already enrolled by another member")
+        if existing is not None and existing.did != did and existing.state == "verified":
+            raise AdminError(f"--domain: {domain} is already enrolled by another member "
+                             f"(atmos admin domain release {domain} first)")
+        mine = next((d for d in store.domains_for(did) if d.domain == domain), None)
         keys = new_domain_keys(domain)
         box = SecretBox(cfg.secret_key)
         token = verify_token(cfg.secret_key, did)
-        if existing is None:
+        if mine is None or (mine.claim and args.skip_dns):
+            # A domain another DID holds only pending: a competing claim, or (--skip-dns, the operator
+            # vouching for this DID) the domain itself, and the pending claimants lose it.
             try:
-                store.add_domain(did=did, domain=domain, selector=keys.selector,
-                                 rsa_private=box.encrypt(keys.rsa_private_pem),
-                                 ed25519_private=box.encrypt(keys.ed25519_private_raw),
-                                 verify_token=token, state="verified" if args.skip_dns else "pending")
+                store.add_domain(did=did, domain=domain, selector=mine.selector if mine else keys.selector,
+                                 rsa_private=mine.rsa_private if mine else box.encrypt(keys.rsa_private_pem),
+                                 ed25519_private=mine.ed25519_private if mine else
+                                 box.encrypt(keys.ed25519_private_raw),
+                                 verify_token=token, state="verified" if args.skip_dns else "pending",
+                                 claim_ttl=cfg.dns.pending_claim_ttl)
             except DomainLimitReached:
                 raise AdminError(f"--domain: {did} already has the maximum of 2 sending domains") from None
             except DomainTaken:
                 raise AdminError(f"--domain: {domain} is already enrolled by another member") from None
         elif args.skip_dns:
             store.set_domain_state(domain, "verified")
-        row = store.get_domain(domain)
+        row = next((d for d in store.domains_for(did) if d.domain == domain), None)
         assert row is not None
+        existing = mine
         api_key = None
         if args.new_key or store.get_api_key_hash(did) is None:
             api_key = generate_api_key()
@@ -164,6 +188,16 @@ def domain_cmd(cfg: Config, args: argparse.Namespace) -> Any:
     from relay.dns.verifier import UnknownDomain, check_once
 
     name = normalize_domain(args.domain)
+    if args.domain_command == "release":
+        store = _store(cfg)
+        try:
+            held = [(d.did, d.state) for m in store.list_members() for d in store.domains_for(m.did)
+                    if d.domain == name]
+            if not store.release_domain(name):
+                raise AdminError(f"{name} is not enrolled or claimed")
+        finally:
+            store.close()
+        return {"domain": name, "released": [{"did": did, "state": state} for did, state in held]}
     try:
         report = trio.run(functools.partial(check_once, cfg, None, name, record_states=not args.dry_run))
     except UnknownDomain:
@@ -172,6 +206,27 @@ def domain_cmd(cfg: Config, args: argparse.Namespace) -> Any:
         raise AdminError(f"cannot read the DKIM keys of {name}: {exc}") from None
     out: dict[str, Any] = report.to_json()
     return out
+
+
+def reports_cmd(cfg: Config, args: argparse.Namespace) -> Any:
+    """Unattributed ARF/DSN reports (relay.inbound): kept for the operator, never counted against anyone."""
+    if not 0 < args.limit <= 10_000:
+        raise AdminError(f"--limit: expected 1 to 10000, got {args.limit}")
+    store = _store(cfg)
+    try:
+        return [dataclasses.asdict(r) for r in store.list_unattributed(args.limit)]
+    finally:
+        store.close()
+
+
+def doctor_cmd(cfg: Config) -> Any:
+    """The operator's set-up (relay/doctor.py); exit status 1 when something must be fixed."""
+    import trio
+
+    from relay.dns.checks import DnsLookup
+    from relay.doctor import diagnose
+
+    return trio.run(functools.partial(diagnose, cfg, lookup=DnsLookup.from_config(cfg)))
 
 
 def dkim(cfg: Config, args: argparse.Namespace) -> Any:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from relay.address import is_did, normalize_domain
@@ -49,6 +49,7 @@ class Principal:
     domains: frozenset[str]  # verified domains: sending allowed
     pending: frozenset[str]  # enrolled, ownership not yet proven
     categories: tuple[tuple[str, str], ...] = ()  # (domain, default category) where one is set
+    key_hash: str = field(default="", repr=False, compare=False)  # the stored hash the key matched
 
     def default_category(self, domain: str) -> str:
         """The category for mail from ``domain`` that names none (``X-Atmos-Category``, ``category``)."""
@@ -113,6 +114,7 @@ class Authenticator:
             domains=frozenset(d.domain for d in domains if d.state == "verified"),
             pending=frozenset(d.domain for d in domains if d.state != "verified"),
             categories=tuple((d.domain, d.default_category) for d in domains if d.default_category),
+            key_hash=stored,
         )
 
 

@@ -9,6 +9,7 @@ come from the environment, or in ``--dev`` are generated once into
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -89,7 +90,16 @@ class DeliveryConfig:
     port: int = 25
     relayhost: str = ""  # optional smarthost: "[host]:port" (no MX lookup) or "host:port"
     nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system resolver
-    tls: str = "may"  # may (opportunistic) | verify | none  (Postfix smtp_tls_security_level)
+    # may (opportunistic) | verify | none | dane (Postfix smtp_tls_security_level); empty: dane when
+    # dnssec is on, else may. MTA-STS applies on top of may/dane (relay/delivery/tlspolicy.py).
+    tls: str = ""
+    dnssec: bool = False  # nameservers are a local DNSSEC validator: trust its AD bit (smtp_dns_support_level)
+    tls_ca_file: str = ""  # trust store for verified TLS (MX hosts, MTA-STS policy hosts); empty: the system's
+    mta_sts: bool = True  # honour recipient domains' MTA-STS policies (RFC 8461)
+    mta_sts_timeout: float = 15.0  # one policy fetch, all of it (DNS, connect, TLS, HTTP)
+    mta_sts_max_bytes: int = 65536  # a policy larger than this is invalid
+    mta_sts_cache_entries: int = 10000  # policies kept in memory (least recently used dropped)
+    tls_reports: bool = True  # send daily TLS reports (RFC 8460) to destinations that publish _smtp._tls
     max_concurrency: int = 100  # deliveries in flight relay-wide
     per_destination: int = 20  # connections per destination domain (Postfix default_destination_concurrency_limit)
     initial_concurrency: int = 5  # a destination starts here, +1 per answered attempt (initial_destination_concurrency)
@@ -97,9 +107,14 @@ class DeliveryConfig:
     slow_concurrency: int = 20  # slots all destinations that are timing out share
     min_timeout: float = 60.0  # floor of the shortened timeouts for MX hosts that keep hanging
     retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
-    allow_loopback_mx: bool = False  # tests: MX records pointing at 127.0.0.1
     capture: bool = True  # dev only, without relayhost: deliver to the built-in capture sink
     shutdown_grace: float = 10.0  # in-flight deliveries get this long at SIGTERM
+
+
+    @property
+    def tls_level(self) -> str:
+        """``tls`` with the default filled in: dane when a validator is configured, else may."""
+        return self.tls or ("dane" if self.dnssec else "may")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +127,7 @@ class DnsConfig:
     nameservers: tuple[str, ...] = ()  # for checks; empty: delivery.nameservers, then the system resolver
     recheck_interval: float = 86400.0  # verified domains re-checked daily
     pending_recheck_interval: float = 300.0  # pending domains retried every few minutes
+    pending_claim_ttl: float = 7 * 86400.0  # a domain claim not proved by DNS within this expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +141,7 @@ class LimitsConfig:
     attachment_bytes: int = 10 * MiB
     json_body: int = 14 * MiB
     recipients_per_message: int = 100
+    header_size: int = 256 * 1024  # a header section longer than this is refused (552 5.3.4), never judged by a prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +152,7 @@ class SuspensionConfig:
     max_bounce_rate: float = 0.05  # bounces / sends
     max_complaint_rate: float = 0.0008  # complaints / sends
     min_sends: int = 20  # below this volume no rate is judged
+    min_complaints: int = 3  # fewer distinct complaints than this never suspend, whatever the rate
     suppress_hard_bounces: bool = False  # members may opt in: hard-bounced recipients join the suppression list
 
 
@@ -144,13 +162,33 @@ class InboundConfig:
 
     operator_inbox: str = ""  # where postmaster@/abuse@/fbl@ of the operator domain go; empty: logged only
     fbl_local_part: str = "fbl"
+    tlsrpt_local_part: str = "tls-reports"  # TLS reports (RFC 8460) about the operator domain; shown on the console
     per_ip_per_minute: int = 30
     per_ip_burst: int = 10
     message_size: int = 10 * MiB
+    # Where ARF reports are believed from: a domain whose DKIM signature on the report verifies
+    # ("fbl.example.net", subdomains included) or a network the report arrives from ("192.0.2.0/24").
+    fbl_sources: tuple[str, ...] = ()
+    forward_daily: int = 200  # forwarded replies per member per UTC day
+    forward_per_ip_per_hour: int = 30  # forwarded replies accepted from one source address per hour
+    srs_daily: int = 5  # delivery reports relayed to one SRS0 address per UTC day
+    forward_confirm_ttl: float = 3 * 86400.0  # how long a forward-to confirmation link stays valid
+    forward_confirm_daily: int = 5  # confirmation mails a member may have sent per day (no mail-bombing)
     report_size: int = 1 * MiB  # size limit of a transaction to a VERP (bounce) or FBL address
     report_parse_bytes: int = 256 * 1024  # a DSN or ARF report is parsed from its first this many bytes
     report_parts: int = 64  # MIME parts beyond which a report is not parsed at all
     parse_threads: int = 2  # worker threads parsing reports (off the event loop)
+
+
+@dataclass(frozen=True, slots=True)
+class TestingConfig:
+    """Settings only the test suite uses. Never set them on a relay that faces the internet."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    # Outbound connections may reach loopback addresses (and http:// on loopback): the test peers
+    # (sink MX, webhook receivers, local PDS/PLC) all listen there. Other non-global ranges stay refused.
+    allow_loopback_peers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +225,6 @@ class IdentityConfig:
     plc_url: str = "https://plc.directory"  # DID PLC directory; tests point it at a local PLC
     handle_resolution: str = "standard"  # standard: DNS TXT _atproto.<handle> + https well-known | well-known-at
     handle_resolver_url: str = ""  # well-known-at: GET <this>/.well-known/atproto-did with Host: <handle> (tests)
-    allow_http_on_loopback: bool = False  # development only: http PDS/issuer on localhost/127.0.0.1/::1
     cache_ttl: float = 600.0  # resolved handles and DID documents
     timeout: float = 10.0  # per HTTP/DNS request during resolution and OAuth
     # Bounds on what strangers' servers can make the relay read or wait for (relay.fetch, issue 13):
@@ -205,6 +242,10 @@ class LabelerConfig:
     did: str = ""  # the labeler's DID; default did:web:<host of public_url>
     recheck_interval: float = 86400.0  # labels of every member re-checked daily
     pending: float = 300.0  # members whose check could not conclude (DNS/PDS error) retried this often
+    # A subscribeRepos (wss://host/xrpc/com.atproto.sync.subscribeRepos) or Jetstream (wss://host/subscribe)
+    # stream: attestation changes of members are acted on within seconds. Empty: the periodic check only.
+    firehose_url: str = ""
+    firehose_max_frame: int = 2 * MiB  # a bigger frame ends the connection (the stream is a stranger's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +267,7 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    testing: TestingConfig = field(default_factory=TestingConfig)
     # secrets: never from the file (see load_secrets)
     admin_token: str = field(default="", repr=False)
     secret_key: bytes = field(default=b"", repr=False)
@@ -238,6 +280,15 @@ class Config:
     def banner_host(self) -> str:
         return self.smtp.hostname or self.operator_domain
 
+    def make_state_dir(self) -> Path:
+        """Create the state dir 0700 (or tighten an existing one): it holds the store (bcrypt hashes,
+        sealed keys, recipients), the spool (message bodies) and the generated secrets."""
+        path = self.state_path
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+        return path
+
     @property
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.state_path / 'relay.db'}"
@@ -248,6 +299,9 @@ PRODUCTION_DEFAULTS: dict[str, Any] = {
     "http": {"addr": "0.0.0.0:8080"},
 }
 _SECRET_KEYS = {"admin_token", "secret_key"}
+# Keys that were replaced by the one test-only setting: say where they went.
+_MOVED = {"delivery.allow_loopback_mx": "testing.allow_loopback_peers",
+          "identity.allow_http_on_loopback": "testing.allow_loopback_peers"}
 
 
 def load(path: str | Path | None, *, dev: bool, env: typing.Mapping[str, str] | None = None) -> Config:
@@ -321,8 +375,23 @@ def _validate(cfg: Config) -> None:
                        ("limits.recipients_per_message", cfg.limits.recipients_per_message)):
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
-    if cfg.delivery.tls not in ("may", "verify", "none"):
-        raise ConfigError(f"delivery.tls: expected may, verify or none, got {cfg.delivery.tls!r}")
+    if cfg.delivery.tls not in ("", "may", "verify", "none", "dane"):
+        raise ConfigError(f"delivery.tls: expected may, verify, none or dane, got {cfg.delivery.tls!r}")
+    if cfg.delivery.tls == "dane" and not cfg.delivery.dnssec:
+        raise ConfigError("delivery.tls: dane needs delivery.dnssec = true (a local validating resolver)")
+    if cfg.delivery.dnssec:
+        from relay.delivery.dane import dnssec_nameservers_problem
+
+        problem = dnssec_nameservers_problem(cfg.delivery.nameservers)
+        if problem is not None:
+            raise ConfigError(f"delivery.dnssec: {problem}")
+    sts_limits: tuple[tuple[str, float], ...] = (
+        ("delivery.mta_sts_timeout", cfg.delivery.mta_sts_timeout),
+        ("delivery.mta_sts_max_bytes", cfg.delivery.mta_sts_max_bytes),
+        ("delivery.mta_sts_cache_entries", cfg.delivery.mta_sts_cache_entries))
+    for sts_key, limit in sts_limits:
+        if limit <= 0:
+            raise ConfigError(f"{sts_key}: must be positive, got {limit}")
     if not cfg.delivery.retry_schedule or any(d <= 0 for d in cfg.delivery.retry_schedule):
         raise ConfigError("delivery.retry_schedule: a non-empty list of positive seconds")
     positive: list[tuple[str, float]] = [
@@ -344,8 +413,25 @@ def _validate(cfg: Config) -> None:
     if cfg.identity.handle_resolution == "well-known-at" and not cfg.identity.handle_resolver_url:
         raise ConfigError("identity.handle_resolver_url: required when identity.handle_resolution = well-known-at")
     _validate_spool(cfg.spool)
+    if cfg.suspension.min_complaints < 1:
+        raise ConfigError(f"suspension.min_complaints: must be at least 1, got {cfg.suspension.min_complaints}")
+    for i, source in enumerate(cfg.inbound.fbl_sources):
+        if not fbl_source_ok(source):
+            raise ConfigError(f"inbound.fbl_sources[{i}]: {source!r} is neither a domain nor a network (a.b.c.d/n)")
     if not cfg.store_url.startswith(("sqlite:///", "postgresql://")):
         raise ConfigError(f"store.url: expected sqlite:///path or postgresql://..., got {cfg.store_url!r}")
+
+
+def fbl_source_ok(source: str) -> bool:
+    """A network (``192.0.2.0/24``, ``2001:db8::/32``, a bare address) or a domain name."""
+    try:
+        ipaddress.ip_network(source, strict=False)
+        return True
+    except ValueError:
+        pass
+    labels = source.rstrip(".").lower().split(".")
+    return len(labels) >= 2 and all(
+        label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii() for label in labels)
 
 
 _POSITIVE = {
@@ -353,7 +439,10 @@ _POSITIVE = {
                  "min_timeout"},
     "smtp": {"max_connections", "max_connections_per_ip", "pre_auth_timeout", "pre_auth_time", "pre_mail_timeout",
              "pre_mail_time", "session_time", "error_limit", "data_buffer_bytes"},
-    "inbound": {"report_size", "report_parse_bytes", "report_parts", "parse_threads"},
+    "inbound": {"report_size", "report_parse_bytes", "report_parts", "parse_threads", "forward_daily",
+                "forward_per_ip_per_hour", "srs_daily", "forward_confirm_daily", "forward_confirm_ttl"},
+    "limits": {"header_size"},
+    "dns": {"pending_claim_ttl"},
     "auth": {"per_ip_per_minute", "per_ip_burst", "per_ip_concurrency", "per_did_per_minute", "per_did_burst",
              "bcrypt_threads"},
 }
@@ -388,6 +477,8 @@ def _build(cls: type[Any], raw: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         name = prefix + key
+        if name in _MOVED:
+            raise ConfigError(f"{name}: replaced by {_MOVED[name]} (test suites only)")
         if key not in fields:
             raise ConfigError(f"{name}: unknown key (known: {', '.join(sorted(fields))})")
         kwargs[key] = _coerce(hints[key], value, name)

@@ -64,6 +64,13 @@ class AuthFailed(AuthError):
     default_message = "authentication failed"
 
 
+class KeyRegenerated(AuthError):
+    """The API key this SMTP session authenticated with was regenerated: the session ends (421)."""
+
+    smtp_code, smtp_enhanced, http_status, code = 421, "4.7.0", 401, "AUTH_FAILED"
+    default_message = "the API key of this session was regenerated, closing; authenticate with the new key"
+
+
 class AuthThrottled(AuthError):
     """Too many authentication attempts from this address or for this DID (refused before bcrypt)."""
 
@@ -106,6 +113,13 @@ class InvalidRequest(RelayError):
 class PayloadTooLarge(RelayError):
     smtp_code, smtp_enhanced, http_status, code = 552, "5.3.4", 413, "PAYLOAD_TOO_LARGE"
     default_message = "message too big"
+
+
+class HeaderTooLarge(RelayError):
+    """The header section is over ``limits.header_size``: refused whole, never judged by a prefix."""
+
+    smtp_code, smtp_enhanced, http_status, code = 552, "5.3.4", 400, "HEADER_TOO_LARGE"
+    default_message = "header section too large"
 
 
 class QueueUnavailable(RelayError):

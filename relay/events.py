@@ -168,6 +168,19 @@ class ComplaintReceived(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TlsReportReceived(Event):
+    """A TLS report (RFC 8460) about the operator domain arrived: how other senders' TLS to us went."""
+
+    type: ClassVar[str] = "tls_report"
+    organization: str
+    report_id: str
+    policy_domain: str
+    successes: int
+    failures: int
+    failure_types: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Unsubscribed(Event):
     """A recipient unsubscribed from a member's mail (one-click, RFC 8058)."""
 
@@ -214,7 +227,8 @@ ACTIONS = ("retry", "hold", "release", "delete", "suspend", "unsuspend", "pause"
 EVENTS: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (Snapshot, MessageAccepted, Delivery, QueueChanged, QueueDepth, Warming, MemberSuspended,
-                MemberUnsuspended, ComplaintReceived, Unsubscribed, Throughput, Heartbeat, Command, CommandResult)
+                MemberUnsuspended, ComplaintReceived, TlsReportReceived, Unsubscribed, Throughput, Heartbeat, Command,
+                CommandResult)
 }
 _NESTED: dict[str, type[Any]] = {"queue": QueuedItem, "warming": DomainWarming, "domains": DomainWarming,
                                  "suspended": SuspendedMember}

@@ -2,11 +2,12 @@
 
 - ``build_snapshot(services)``: what a fresh /admin/ws client receives first.
 - ``run_publisher(services)``: the root-nursery task that, every second, samples throughput and (while
-  anyone listens) publishes ``QueueDepth`` and ``Throughput``; ``Warming`` every 10 s when the
-  reputation service is wired in; a ``Heartbeat`` (with the dropped-subscriber count) every 5 s.
+  anyone listens) publishes ``QueueDepth`` and ``Throughput``; ``Warming`` every 10 s when the relay
+  runs a reputation service; a ``Heartbeat`` (with the dropped-subscriber count) every 5 s.
 - ``execute(services, command)`` / ``handle_frame(services, text)``: the console's commands (the same
   ones ``POST /admin/api/command`` takes), answered by a ``CommandResult``; never raises for bad input.
-- ``connect_reputation(bus, reputation)``: automatic suspensions and complaints onto the bus.
+- ``reputation_hooks(bus)``: the reputation service's hooks that put automatic suspensions and complaints
+  onto the bus.
 
 Other publish points live where the thing happens: the acceptor (``MessageAccepted``), the scheduler
 (``Delivery`` after each attempt, ``QueueChanged`` after operator actions and pauses), the command
@@ -19,8 +20,9 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import trio
 
@@ -46,11 +48,40 @@ from relay.events import (
     Warming,
     decode,
 )
-from relay.services import Services
 from relay.store.base import NotFound, StoreError
 from spool import Spool, SpoolError, State
 
 log = logging.getLogger("relay.events")
+
+if TYPE_CHECKING:
+    from relay.acceptor import Acceptor
+    from relay.metrics import RelayMetrics
+    from relay.reputation import Reputation
+    from relay.store.aio import AsyncStore
+    from relay.store.writer import StatusWriter
+
+
+class OperatorView(Protocol):
+    """What the operator plane reads of the running relay. ``relay.services.Services`` is one; naming
+    only these here keeps this module (and the metrics beside it) free of the wiring."""
+
+    @property
+    def store(self) -> AsyncStore: ...
+    @property
+    def spool(self) -> Spool: ...
+    @property
+    def writer(self) -> StatusWriter: ...
+    @property
+    def scheduler(self) -> Scheduler | None: ...
+    @property
+    def acceptor(self) -> Acceptor: ...
+    @property
+    def bus(self) -> EventBus: ...
+    @property
+    def metrics(self) -> RelayMetrics: ...
+    @property
+    def reputation(self) -> Reputation | None: ...
+
 
 QUEUE_STATES = ("accepted", "deferred", "held")  # wire names; a released recipient is "accepted" again
 _WIRE_STATE = {State.ACCEPTED: "accepted", State.RELEASED: "accepted", State.DEFERRED: "deferred",
@@ -99,24 +130,24 @@ def queue_view(spool: Spool, scheduler: Scheduler | None, *, limit: int = SNAPSH
     return view
 
 
-def queue_depth(services: Services) -> QueueDepth:
+def queue_depth(services: OperatorView) -> QueueDepth:
     view = queue_view(services.spool, services.scheduler, limit=0)
     return QueueDepth(by_state=view.by_state, by_destination=view.by_destination, in_flight=view.in_flight,
                       oldest_deferred=view.oldest_deferred)
 
 
-async def suspended_members(services: Services) -> tuple[SuspendedMember, ...]:
+async def suspended_members(services: OperatorView) -> tuple[SuspendedMember, ...]:
     members = await services.store.list_members()
     return tuple(SuspendedMember(did=m.did, handle=m.handle, reason=m.suspension_reason or "", since=m.updated_at)
                  for m in members if m.status == "suspended")
 
 
-async def warming_state(services: Services) -> tuple[DomainWarming, ...]:
+async def warming_state(services: OperatorView) -> tuple[DomainWarming, ...]:
     """Per verified domain: warming tier, day and hourly/daily use, from the reputation service's
-    in-memory counters. Empty when no reputation service is wired in (``services.reputation``)."""
-    limiter: Any = getattr(getattr(services, "reputation", None), "limiter", None)
-    if limiter is None or not hasattr(limiter, "windows_for"):
+    in-memory counters. Empty when the relay runs no reputation service (``services.reputation``)."""
+    if services.reputation is None:
         return ()
+    limiter = services.reputation.limiter
     try:
         rows = await services.store.call(
             lambda store: [(m.did, store.domains_for(m.did)) for m in store.list_members()])
@@ -153,7 +184,7 @@ def _warming(did: str, domain: str, windows: list[Any], age: int) -> DomainWarmi
                          daily_used=md.used if md else 0, daily_limit=md.limit if md else 0)
 
 
-async def build_snapshot(services: Services) -> Snapshot:
+async def build_snapshot(services: OperatorView) -> Snapshot:
     view = queue_view(services.spool, services.scheduler, limit=SNAPSHOT_ITEMS)
     accepted_per_s, delivered_per_s = services.metrics.throughput.rates()
     scheduler = services.scheduler
@@ -174,7 +205,7 @@ async def build_snapshot(services: Services) -> Snapshot:
 # ---- the periodic publisher -----------------------------------------------------------------------
 
 async def run_publisher(
-    services: Services, *, tick: float = 1.0, heartbeat_every: float = 5.0, warming_every: float = 10.0,
+    services: OperatorView, *, tick: float = 1.0, heartbeat_every: float = 5.0, warming_every: float = 10.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     bus = services.bus
@@ -193,7 +224,7 @@ async def run_publisher(
                 accepted, delivered = services.metrics.throughput.rates()
                 bus.publish(Throughput(accepted_per_s=accepted, delivered_per_s=delivered,
                                        window=services.metrics.throughput.window))
-                if now - last_warming >= warming_every and getattr(services, "reputation", None) is not None:
+                if now - last_warming >= warming_every and services.reputation is not None:
                     last_warming = now
                     bus.publish(Warming(domains=await warming_state(services)))
             if now - last_heartbeat >= heartbeat_every:
@@ -205,7 +236,7 @@ async def run_publisher(
             deadline = trio.current_time()  # fell far behind (a long pause): do not burst to catch up
 
 
-def _sample(services: Services, now: float) -> None:
+def _sample(services: OperatorView, now: float) -> None:
     scheduler = services.scheduler
     services.metrics.throughput.sample(now, services.acceptor.accepted_messages,
                                        scheduler.delivered if scheduler is not None else 0)
@@ -261,7 +292,7 @@ def frame_id(text: str | bytes) -> str:
     return value if isinstance(value, str) else ""
 
 
-async def handle_frame(services: Services, text: str | bytes) -> CommandResult:
+async def handle_frame(services: OperatorView, text: str | bytes) -> CommandResult:
     """One frame from a console: parsed, executed, answered. Never raises for bad input."""
     try:
         command = parse_command(text)
@@ -270,7 +301,7 @@ async def handle_frame(services: Services, text: str | bytes) -> CommandResult:
     return await execute(services, command)
 
 
-async def execute(services: Services, command: Command) -> CommandResult:
+async def execute(services: OperatorView, command: Command) -> CommandResult:
     try:
         message = await _execute(services, check_command(command))
     except CommandError as exc:
@@ -282,7 +313,7 @@ async def execute(services: Services, command: Command) -> CommandResult:
     return CommandResult(id=command.id, ok=True, message=message)
 
 
-async def _execute(services: Services, command: Command) -> str:
+async def _execute(services: OperatorView, command: Command) -> str:
     action, target = command.action, command.target.strip()
     if action in ("retry", "hold", "release", "delete"):
         scheduler = _scheduler(services)
@@ -308,23 +339,22 @@ async def _execute(services: Services, command: Command) -> str:
     return f"{'paused' if action == 'pause' else 'resumed'} delivery to {domain}"
 
 
-def _scheduler(services: Services) -> Scheduler:
+def _scheduler(services: OperatorView) -> Scheduler:
     if services.scheduler is None:
         raise CommandError("delivery is not running on this relay")
     return services.scheduler
 
 
-async def _member_status(services: Services, did: str, suspend: bool, reason: str) -> str:
+async def _member_status(services: OperatorView, did: str, suspend: bool, reason: str) -> str:
     reason = reason or "suspended by the operator"
     try:
         await services.store.set_member_status(did, "suspended" if suspend else "active",
                                                reason if suspend else None)
     except NotFound:
         raise CommandError(f"no member {did}") from None
-    rep: Any = getattr(services, "reputation", None)
-    if rep is not None and hasattr(rep, "note_member_status"):
+    if services.reputation is not None:
         # The accept path's in-memory view of suspensions, so this takes effect on the next MAIL FROM.
-        rep.note_member_status(did, "suspended" if suspend else "active", reason if suspend else None)
+        services.reputation.note_member_status(did, "suspended" if suspend else "active", reason if suspend else None)
     if suspend:
         services.bus.publish(MemberSuspended(did=did, reason=reason, automatic=False))
         return f"suspended {did}: {reason}"
@@ -334,24 +364,31 @@ async def _member_status(services: Services, did: str, suspend: bool, reason: st
 
 # ---- hooks for other services -------------------------------------------------------------------------
 
-def connect_reputation(bus: EventBus, reputation: Any) -> None:
-    """Automatic suspensions and complaints from the reputation service (its ``on_suspended(did, reason)``
-    and ``on_complaint(did, feedback_type)`` hooks) onto the bus."""
-    if hasattr(reputation, "on_suspended"):
-        reputation.on_suspended = lambda did, reason: bus.publish(
-            MemberSuspended(did=did, reason=reason, automatic=True))
-    if hasattr(reputation, "on_complaint"):
-        reputation.on_complaint = lambda did, feedback: bus.publish(
-            ComplaintReceived(did=did, recipient=None, feedback_type=feedback))
+class ReputationHooks(TypedDict):
+    on_suspended: Callable[[str, str], None]
+    on_complaint: Callable[[str, str], None]
+
+
+def reputation_hooks(bus: EventBus) -> ReputationHooks:
+    """The reputation service's ``on_suspended(did, reason)`` and ``on_complaint(did, feedback_type)``
+    hooks, publishing automatic suspensions and complaints onto the bus (constructor arguments:
+    ``Reputation.from_config(store, cfg, **reputation_hooks(bus))``)."""
+    return ReputationHooks(
+        on_suspended=lambda did, reason: bus.publish(MemberSuspended(did=did, reason=reason, automatic=True)),
+        on_complaint=lambda did, feedback: bus.publish(
+            ComplaintReceived(did=did, recipient=None, feedback_type=feedback)),
+    )
 
 
 __all__ = [
     "CommandError",
+    "OperatorView",
     "QueueView",
+    "ReputationHooks",
     "build_snapshot",
-    "connect_reputation",
     "execute",
     "handle_frame",
     "queue_view",
+    "reputation_hooks",
     "run_publisher",
 ]

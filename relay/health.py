@@ -10,18 +10,40 @@ monitor that stops sending must still see the relay recover.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from relay.services import Services
 from relay.store.base import StoreError
 from spool import SpoolError
+
+if TYPE_CHECKING:
+    from relay.acceptor import Acceptor
+    from relay.config import Config
+    from relay.store.aio import AsyncStore
+    from relay.store.writer import StatusWriter
+    from spool import Spool
+
+
+class Relay(Protocol):
+    """What the health answer reads of the running relay (relay.services.Services is one)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def store(self) -> AsyncStore: ...
+    @property
+    def spool(self) -> Spool: ...
+    @property
+    def writer(self) -> StatusWriter: ...
+    @property
+    def acceptor(self) -> Acceptor: ...
 
 STORE_PROBE_TIMEOUT = 2.0  # seconds for one cheap read; slower than this is "not answering"
 RECENT = 30.0
 
 
-async def refusals(services: Services) -> list[str]:
+async def refusals(services: Relay) -> list[str]:
     """Why mail is being refused now; empty when the relay takes mail."""
     reasons: list[str] = []
     writer = services.writer
@@ -39,18 +61,22 @@ async def refusals(services: Services) -> list[str]:
         limit = services.cfg.spool.max_bytes
         if limit and stats.bytes >= limit:
             reasons.append(f"spool full: {stats.bytes} of {limit} bytes (spool.max_bytes)")
+        if services.spool.pressure:  # issue 14: outcomes live off the reserve, deliveries wait
+            reasons.append("disk full: the spool is writing into its reserve; deliveries paused, new mail refused")
     refused = services.acceptor.last_refusal
     if refused is not None and time.monotonic() - refused[1] < RECENT and refused[0] not in reasons:
         reasons.append(f"{refused[0]} ({time.monotonic() - refused[1]:.0f} s ago)")
     return reasons
 
 
-async def _probe_store(services: Services) -> list[str]:
+async def _probe_store(services: Relay) -> list[str]:
     with trio.move_on_after(STORE_PROBE_TIMEOUT):
         try:
             await services.store.schema_version()
         except StoreError as exc:
             return [f"store unavailable: {exc}"]
+        except Exception as exc:  # a closed or broken connection: /healthz must answer, not fail
+            return [f"store unavailable: {type(exc).__name__}: {exc}"]
         return []
     return [f"store unavailable: no answer within {STORE_PROBE_TIMEOUT:.0f} s"]
 

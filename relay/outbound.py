@@ -1,6 +1,8 @@
 """What the relay adds to a member's message on its way out (DESIGN §5), before DKIM signing.
 
-- ``X-Atmos-Member-Did`` names the sending DID, so complaints (ARF, RFC 5965) can be attributed.
+- ``X-Atmos-Member-Did`` names the sending DID, for people reading the mail. It attributes nothing:
+  anyone can write that header into a forged report, so complaints are tied to a member only through
+  the HMAC-tagged VERP envelope sender (relay.inbound.handler).
 - ``Feedback-ID`` in Gmail's format ``campaign:customer:type:sender`` (stable per member and category).
 - ``Message-ID`` and ``Date`` when the member left them out (RFC 5322 §3.6: Date is required,
   Message-ID should be present).

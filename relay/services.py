@@ -1,4 +1,10 @@
-"""The running relay's shared services, built once by the supervisor and handed to the layers."""
+"""The running relay's shared services, built once by the supervisor and handed to the layers.
+
+Frozen: the supervisor constructs every service first, then this, then starts them in dependency
+order (relay.supervisor); nothing is attached to it afterwards, so a handler never has to probe
+for a field that may appear later. A field that is ``None`` is a part this relay does not run
+(no scheduler in a test that builds Services bare, no DNS verifier in dev without nameservers).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from relay.dns.verifier import DomainVerifier
 from relay.eventbus import EventBus
 from relay.labeler import Labeler
 from relay.metrics import RelayMetrics
+from relay.oauth import OAuthClient
 from relay.reputation import Reputation
 from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
@@ -21,28 +28,23 @@ from relay.webhooks import WebhookDispatcher
 from spool import Spool
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Bound:
-    """Where the running relay listens (printed at start, used by tests)."""
+    """Where the running relay listens: bound before any service starts, so port 0 is known to all
+    (printed at start, written to state/run.json for `atmos admin`, shown on /docs and /account)."""
 
-    submission: list[tuple[str, int]] = field(default_factory=list)
-    submissions: list[tuple[str, int]] = field(default_factory=list)  # implicit TLS (port 465)
-    http: list[str] = field(default_factory=list)
-    capture: list[tuple[str, int]] = field(default_factory=list)
-    inbound: list[tuple[str, int]] = field(default_factory=list)
+    submission: tuple[tuple[str, int], ...] = ()
+    submissions: tuple[tuple[str, int], ...] = ()  # implicit TLS (RFC 8314, port 465)
+    http: tuple[str, ...] = ()
+    capture: tuple[tuple[str, int], ...] = ()
+    inbound: tuple[tuple[str, int], ...] = ()
     dev: bool = False  # started with --dev: `atmos admin` reads this to load the config the same way
 
     def as_json(self) -> str:
         return json.dumps({"dev": self.dev, "submission": [f"{h}:{p}" for h, p in self.submission],
-                           "submissions": [f"{h}:{p}" for h, p in self.submissions], "http": self.http,
-                           "inbound": [f"{h}:{p}" for h, p in self.inbound],
+                           "submissions": [f"{h}:{p}" for h, p in self.submissions],
+                           "http": list(self.http), "inbound": [f"{h}:{p}" for h, p in self.inbound],
                            "capture": [f"{h}:{p}" for h, p in self.capture]})
-
-    def public_url(self, cfg: Config) -> str:
-        """``cfg.public_url``, with the HTTP port actually bound when the configuration said port 0."""
-        if cfg.public_url.endswith(":0") and self.http:
-            return self.http[0]
-        return cfg.public_url
 
     def smtp_ports(self, cfg: Config) -> tuple[int, int]:
         """(STARTTLS submission, implicit TLS) ports as bound; the configured ones before binding."""
@@ -51,7 +53,7 @@ class Bound:
         return starttls, implicit
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Services:
     cfg: Config
     store: AsyncStore
@@ -61,12 +63,13 @@ class Services:
     auth: Authenticator
     acceptor: Acceptor
     scheduler: Scheduler | None = None
-    verifier: DomainVerifier | None = None
+    verifier: DomainVerifier | None = None  # DNS checks; None where none run (dev without nameservers)
     # The operator event stream (/admin/ws) and the counters behind /metrics; the supervisor passes the
     # instances it also gave the acceptor and the scheduler.
     bus: EventBus = field(default_factory=EventBus)
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
-    labeler: Labeler | None = None
+    labeler: Labeler | None = None  # serves did.json and labels; runs its checks only beside a verifier
     reputation: Reputation | None = None  # rate limits, suspension; None in tests that build Services bare
     bound: Bound = field(default_factory=Bound)  # where the listeners are bound (real ports, also for port 0)
     webhooks: WebhookDispatcher | None = None  # member webhooks; PUT/DELETE /member/webhook call forget()
+    oauth: OAuthClient | None = None  # sign-in with an atproto handle (/enroll); keys made before start

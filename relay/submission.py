@@ -11,10 +11,10 @@ from relay.acceptor import Acceptor
 from relay.address import split_address
 from relay.auth import Authenticator, Principal
 from relay.category import TRANSACTIONAL
-from relay.errors import AuthRequired, InvalidRequest, MemberSuspended, RelayError, SuppressedRecipient
+from relay.errors import AuthRequired, InvalidRequest, KeyRegenerated, MemberSuspended, RelayError, SuppressedRecipient
 from relay.outbound import field_name, split_message
 from relay.reputation import Reputation
-from relay.sender import check_header_from, check_sender, parse_headers
+from relay.sender import HEADER_LIMIT, check_header_from, check_sender, parse_headers
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
 from relay.smtp.trace import received
@@ -26,8 +26,10 @@ log = logging.getLogger("relay.submission")
 class SubmissionHandler:
     def __init__(
         self, auth: Authenticator, store: AsyncStore, acceptor: Acceptor, *, reputation: Reputation | None = None,
+        header_limit: int = HEADER_LIMIT,
         hostname: str = "localhost",
     ) -> None:
+        self._header_limit = header_limit  # limits.header_size
         self._hostname = hostname  # the "by" of the Received: field
         self._auth = auth
         self._store = store
@@ -46,8 +48,16 @@ class SubmissionHandler:
         log.info("auth ok did=%s peer=%s", principal.did, session.peer[0])
         return Reply(235, "2.7.0", "authentication succeeded")
 
+    async def _key_still_current(self, principal: Principal) -> None:
+        """A regenerated key ends the sessions that authenticated with the old one, in every process
+        (the stored hash is the truth; ``atmos admin`` or another node may have changed it)."""
+        if await self._store.get_api_key_hash(principal.did) != principal.key_hash:
+            log.info("did=%s: API key regenerated, ending a session that used the old one", principal.did)
+            raise KeyRegenerated()
+
     async def on_mail(self, session: Session, address: str, params: dict[str, str]) -> Reply:
         principal = _principal(session)
+        await self._key_still_current(principal)
         if not address:
             # A null reverse-path is for bounces (RFC 5321 §4.5.5); members never send those.
             raise InvalidRequest("null sender <> is not allowed on submission")
@@ -75,8 +85,9 @@ class SubmissionHandler:
 
     async def on_message(self, session: Session, data: bytes) -> Reply:
         principal = _principal(session)
-        check_header_from(principal, data)
-        headers = parse_headers(data)
+        await self._key_still_current(principal)
+        check_header_from(principal, data, self._header_limit)
+        headers = parse_headers(data, self._header_limit)
         assert session.mail_from is not None
         category = headers.get("x-atmos-category", "").strip().lower() or principal.default_category(
             _sender_domain(session))

@@ -42,6 +42,8 @@ from typing import Any
 import httpx
 import trio
 
+from relay.dkimkeys import SecretBox, SecretBoxError
+from relay.egress import Egress
 from relay.eventbus import EventBus
 from relay.events import ComplaintReceived, Delivery, Event, MessageAccepted, Unsubscribed
 from relay.store.aio import AsyncStore
@@ -59,6 +61,32 @@ _DELIVERY_TYPES = {"sent": "delivered", "deferred": "deferred", "bounced": "boun
 def new_secret() -> str:
     """``whsec_`` + 32 random bytes, base64url without padding."""
     return "whsec_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+
+
+_SEALED = "sealed:v1:"
+
+
+def seal_secret(box: SecretBox, did: str, url: str, secret: str) -> str:
+    """The ``whsec_`` secret as stored: AES-GCM under the relay secret (as DKIM keys are), bound to
+    its row (DID and URL as associated data), so a ciphertext copied to another row never opens."""
+    blob = box.encrypt(secret.encode(), aad=_row(did, url))
+    return _SEALED + base64.b64encode(blob).decode("ascii")
+
+
+def open_secret(box: SecretBox, hook: Webhook) -> str:
+    """The usable secret of a stored endpoint; SecretBoxError when it does not open for this row.
+    Rows stored before sealing (plain ``whsec_…``) are read as they are."""
+    if not hook.secret.startswith(_SEALED):
+        return hook.secret
+    try:
+        blob = base64.b64decode(hook.secret.removeprefix(_SEALED), validate=True)
+    except ValueError:
+        raise SecretBoxError("the stored webhook secret is not valid base64") from None
+    return box.decrypt(blob, aad=_row(hook.did, hook.url)).decode()
+
+
+def _row(did: str, url: str) -> bytes:
+    return b"webhook\0" + did.encode() + b"\0" + url.encode()
 
 
 def sign(secret: str, body: bytes, t: int) -> str:
@@ -139,8 +167,11 @@ class WebhookDispatcher:
 
     def __init__(self, store: AsyncStore, bus: EventBus, *, clock: Callable[[], float] = time.time,
                  workers: int = 16, backoff: Sequence[float] = BACKOFF, connect_timeout: float = 3.0,
-                 timeout: float = 10.0, cache_ttl: float = 10.0, poll: float = 1.0, batch: int = 20) -> None:
+                 timeout: float = 10.0, cache_ttl: float = 10.0, poll: float = 1.0, batch: int = 20,
+                 egress: Egress | None = None, secret_key: bytes = b"") -> None:
         self.store, self.bus, self.clock = store, bus, clock
+        self._box = SecretBox(secret_key) if secret_key else None  # opens sealed endpoint secrets
+        self.egress = egress or Egress()  # every POST resolves and connects through the address policy
         self.workers, self.backoff = workers, tuple(backoff)
         self.connect_timeout, self.timeout, self.cache_ttl = connect_timeout, timeout, cache_ttl
         self.poll, self.batch = poll, batch
@@ -151,7 +182,7 @@ class WebhookDispatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client, \
+        async with self.egress.http_client(timeout=timeout) as client, \
                 trio.open_nursery() as nursery:
             nursery.start_soon(self._dispatch, client, nursery)
             await nursery.start(self._listen)
@@ -253,7 +284,12 @@ class WebhookDispatcher:
 
     async def _post(self, client: httpx.AsyncClient, hook: Webhook, ev: OutboxEvent) -> bool:
         body = ev.body.encode()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(hook.secret, body, int(self.clock())),
+        try:
+            secret = open_secret(self._box, hook) if self._box is not None else hook.secret
+        except SecretBoxError as exc:  # counted as a failure: retried, then dropped, like an unreachable endpoint
+            log.error("webhook %s of %s: cannot open its stored secret (%s): not sent", ev.id, hook.did, exc)
+            return False
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body, int(self.clock())),
                    "User-Agent": "atmosphere-relay-webhooks/1"}
         with trio.move_on_after(self.timeout):  # overall, whatever the peer trickles
             try:
@@ -269,5 +305,5 @@ class WebhookDispatcher:
         return False
 
 
-__all__ = ["EVENT_TYPES", "SIGNATURE_HEADER", "WebhookDispatcher", "event_id_for", "new_secret", "sign",
-           "to_webhook_events", "verify_signature"]
+__all__ = ["EVENT_TYPES", "SIGNATURE_HEADER", "WebhookDispatcher", "event_id_for", "new_secret", "open_secret",
+           "seal_secret", "sign", "to_webhook_events", "verify_signature"]

@@ -27,7 +27,7 @@ from spool import segment
 from spool.errors import SpoolFull, SpoolUnavailable, classify
 from spool.index import Index
 from spool.message import Accepted, Added, Change, Changed, Envelope, Position, QueuedMessage
-from spool.record import HEADER_SIZE, MessageDraft, draft_message, encode_transition, seal_message
+from spool.record import HEADER_SIZE, MessageDraft, RecordKey, draft_message, encode_transition, seal_message
 from spool.recovery import RecoveryReport, Scan, scan
 from spool.transition import Transition
 
@@ -123,6 +123,7 @@ class SpoolLog:
         self._rolled = False
         self._poisoned = False  # never append to the current segment again (failed fdatasync or undo)
         self._closed = False
+        self._key: RecordKey | None = None  # the MAC key of new records; loaded (or created) at open
         self.next_id = 1
         self.commits = 0
         self.appends = 0
@@ -163,7 +164,8 @@ class SpoolLog:
         """Scan without locking or changing anything; safe beside a running server."""
         self = cls(directory, segment_bytes=DEFAULT_SEGMENT_BYTES, max_bytes=None, readonly=True)
         started = time.monotonic()
-        found = scan(self.directory, self._index, readonly=True)
+        key = RecordKey.load(self.directory, create=False) if self.directory.is_dir() else None
+        found = scan(self.directory, self._index, readonly=True, key=key)
         self._adopt(found.sizes, found.next_id)
         self.report = self._report(found, 0, started)
         return self
@@ -180,7 +182,8 @@ class SpoolLog:
         if self._mirrored:
             replay_after = self._mark_within_log()
             self.store_mark = replay_after
-        found = scan(self.directory, self._index, readonly=False, replay_after=replay_after)
+        self._key = RecordKey.load(self.directory, create=True)
+        found = scan(self.directory, self._index, readonly=False, replay_after=replay_after, key=self._key)
         self.replay = found.replay
         self._adopt(found.sizes, found.next_id)
         if self._sizes:
@@ -336,7 +339,7 @@ class SpoolLog:
 
     def draft_message(self, envelope: Envelope, data: bytes) -> MessageDraft:
         _check_envelope(envelope)
-        return draft_message(envelope, bytes(data))
+        return draft_message(self._writing_key(), envelope, bytes(data))
 
     def draft_transitions(self, changes: Iterable[Transition]) -> TransitionDraft | None:
         """Encode the changes that can still matter; None when none can.
@@ -357,7 +360,13 @@ class SpoolLog:
                 keep.append(t)
         if not keep:
             return None
-        return TransitionDraft(tuple(keep), b"".join(encode_transition(t) for t in keep))
+        key = self._writing_key()
+        return TransitionDraft(tuple(keep), b"".join(encode_transition(key, t) for t in keep))
+
+    def _writing_key(self) -> RecordKey:
+        if self._key is None:
+            raise SpoolUnavailable("spool opened read-only")
+        return self._key
 
     def has_room(self, nbytes: int) -> bool:
         """Whether ``max_bytes`` lets the spool grow by ``nbytes`` (checked for messages only:

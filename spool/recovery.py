@@ -2,10 +2,15 @@
 
 Damage is never silently dropped:
 - a torn tail of the newest segment (a write cut short by a crash: partial header, partial
-  payload, or a bad CRC at the very end) is copied to ``quarantine/`` and truncated away, so new
+  payload, or a bad MAC at the very end) is copied to ``quarantine/`` and truncated away, so new
   appends follow the last good record;
-- a bad byte range anywhere else is copied to ``quarantine/`` with a note, and the scan resumes
-  at the next magic whose record CRC verifies.
+- a record whose header parses but whose MAC does not verify is quarantined as exactly the span
+  its header claims, and the scan goes on after it: recovery never looks for records inside the
+  payload of a record whose header parsed (that payload is a message body a member wrote);
+- other bad bytes are copied to ``quarantine/`` with a note, and the scan resumes at the next
+  magic whose record MAC verifies (keyed: bytes a member wrote never verify, ``spool.record``).
+Records of the older CRC-only format (v1) are read only as an unbroken run from the start of a
+segment, as the version that wrote them left it; after a resync or a v2 record, never.
 A read-only scan (``atmos admin queue list`` beside a running server) changes nothing on disk:
 the newest segment's tail may simply be a batch being written at that moment.
 """
@@ -24,7 +29,18 @@ from pathlib import Path
 from spool import segment
 from spool.index import Index
 from spool.message import Added, Change, Changed, Position
-from spool.record import HEADER_SIZE, MAGIC, MESSAGE, Undecodable, decode_message, decode_transition, valid_at
+from spool.record import (
+    MAGIC,
+    MESSAGE,
+    Header,
+    RecordKey,
+    Undecodable,
+    decode_message,
+    decode_transition,
+    header_at,
+    valid_at,
+    verifies,
+)
 
 log = logging.getLogger("spool.recovery")
 
@@ -80,7 +96,8 @@ class Scan:
     replay_after: Position | None = None
 
 
-def scan(directory: Path, index: Index, *, readonly: bool, replay_after: Position | None = None) -> Scan:
+def scan(directory: Path, index: Index, *, readonly: bool, key: RecordKey | None = None,
+         replay_after: Position | None = None) -> Scan:
     result = Scan(replay_after=replay_after)
     if not directory.is_dir():
         return result  # a read-only look at a spool that was never started
@@ -92,7 +109,7 @@ def scan(directory: Path, index: Index, *, readonly: bool, replay_after: Positio
         except FileNotFoundError:
             continue  # compacted by a running server between listdir and open (read-only scans)
         try:
-            good = _scan_segment(directory, seq, fd, index, result, last=last, readonly=readonly)
+            good = _scan_segment(directory, seq, fd, index, result, last=last, readonly=readonly, key=key)
         finally:
             os.close(fd)
         result.sizes[seq] = good
@@ -101,7 +118,10 @@ def scan(directory: Path, index: Index, *, readonly: bool, replay_after: Positio
     return result
 
 
-def _scan_segment(directory: Path, seq: int, fd: int, index: Index, result: Scan, *, last: bool, readonly: bool) -> int:
+def _scan_segment(
+    directory: Path, seq: int, fd: int, index: Index, result: Scan, *, last: bool, readonly: bool,
+    key: RecordKey | None,
+) -> int:
     """Index one segment's records; returns the length the segment keeps."""
     index.add_segment(seq)
     size = os.fstat(fd).st_size
@@ -113,19 +133,37 @@ def _scan_segment(directory: Path, seq: int, fd: int, index: Index, result: Scan
     with _closing(src), memoryview(src) as buf:
         size = len(buf)
         pos = 0
+        legacy = True  # v1 records only as an unbroken run from the segment's start
         while pos < size:
-            n = valid_at(buf, pos)
-            if n >= 0:
-                end = pos + HEADER_SIZE + n
+            h = header_at(buf, pos, legacy=legacy)
+            if h is not None and h.end(pos) <= size:
+                end = h.end(pos)
+                if not verifies(key, buf, pos, h):
+                    if last and end == size:
+                        break  # a complete length but a bad MAC at the very end: a torn write
+                    # Never resync inside this span: its payload is a member's bytes.
+                    reason = "bad record MAC" if h.version == 2 else "bad record CRC"
+                    _quarantine(directory, seq, buf, pos, end, reason, result, readonly=readonly)
+                    legacy = False
+                    pos = end
+                    continue
                 try:
-                    _apply(buf, pos, n, seq, index, result)
+                    _apply(buf, pos, h, seq, index, result)
                 except Undecodable as exc:
                     _quarantine(directory, seq, buf, pos, end, str(exc), result, readonly=readonly)
                 else:
                     result.records += 1
+                legacy = legacy and h.version == 1
                 pos = end
                 continue
-            nxt = _resync(src, buf, pos + 1)
+            if h is not None and not last:
+                _quarantine(directory, seq, buf, pos, size, "record runs past the segment end", result,
+                            readonly=readonly)
+                return size
+            if h is not None:
+                break  # the newest segment's last record, cut short: a torn tail
+            legacy = False
+            nxt = _resync(src, buf, pos + 1, key)
             if nxt >= 0:
                 _quarantine(directory, seq, buf, pos, nxt, "bad record", result, readonly=readonly)
                 pos = nxt
@@ -134,10 +172,11 @@ def _scan_segment(directory: Path, seq: int, fd: int, index: Index, result: Scan
                 reason = "bad record at segment end"
                 _quarantine(directory, seq, buf, pos, size, reason, result, readonly=readonly)
                 return size
+            break
+        if pos < size:
             result.truncated_bytes += size - pos
             if not readonly:
                 result.torn_tail = _save(directory, seq, buf, pos, size, "torn tail (truncated)")
-            break
         keep = pos
     if keep < size and not readonly:
         _truncate(directory / segment.name(seq), keep)
@@ -145,12 +184,12 @@ def _scan_segment(directory: Path, seq: int, fd: int, index: Index, result: Scan
     return keep
 
 
-def _apply(buf: memoryview, pos: int, n: int, seq: int, index: Index, result: Scan) -> None:
-    start = pos + HEADER_SIZE
+def _apply(buf: memoryview, pos: int, h: Header, seq: int, index: Index, result: Scan) -> None:
+    start = pos + h.size
     mark = result.replay_after
-    replay = mark is not None and (seq, start + n) > mark
-    with buf[start : start + n] as payload:
-        if buf[pos + 4] == MESSAGE:
+    replay = mark is not None and (seq, start + h.length) > mark
+    with buf[start : start + h.length] as payload:
+        if h.rtype == MESSAGE:
             ref = decode_message(payload)
             fresh = ref.first_id not in index.messages
             index.add(ref.first_id, ref.envelope, seq, start + ref.data_offset, ref.data_len)
@@ -164,11 +203,11 @@ def _apply(buf: memoryview, pos: int, n: int, seq: int, index: Index, result: Sc
                 result.replay.append(Changed(t, msg.envelope))
 
 
-def _resync(src: mmap.mmap | bytes, buf: memoryview, pos: int) -> int:
-    """Offset of the next CRC-verified record at or after ``pos``, or -1."""
+def _resync(src: mmap.mmap | bytes, buf: memoryview, pos: int, key: RecordKey | None) -> int:
+    """Offset of the next MAC-verified (v2) record at or after ``pos``, or -1."""
     while True:
         pos = src.find(MAGIC, pos)
-        if pos < 0 or valid_at(buf, pos) >= 0:
+        if pos < 0 or valid_at(key, buf, pos) >= 0:
             return pos
         pos += 1
 

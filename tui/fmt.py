@@ -16,6 +16,7 @@ STATE_STYLES = {
     "suspended": "red",
     "unsuspended": "green",
     "complaint": "bold magenta",
+    "tls-report": "bold cyan",
 }
 
 

@@ -38,6 +38,7 @@ from relay.events import (
     Snapshot,
     SuspendedMember,
     Throughput,
+    TlsReportReceived,
     Warming,
 )
 
@@ -52,7 +53,7 @@ DELIVERY_KINDS = ("sent", "deferred", "bounced")
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     """One line of the live log. ``kind``: sent | deferred | bounced | accepted | queue | suspended |
-    unsuspended | complaint."""
+    unsuspended | complaint | tls-report."""
 
     seq: int
     ts: float
@@ -136,6 +137,11 @@ class State:
             case ComplaintReceived():
                 return state._counted("complaints")._logged(now, "complaint", None, event.did,
                                                              f"{event.feedback_type} from {event.recipient or '?'}")
+            case TlsReportReceived():
+                failed = f", {event.failures} failed ({event.failure_types})" if event.failures else ""
+                return state._counted("tls_reports")._logged(
+                    now, "tls-report", None, event.organization,
+                    f"TLS to {event.policy_domain}: {event.successes} sessions ok{failed}")
             case Throughput():
                 return state._rates(event.accepted_per_s, event.delivered_per_s)
             case Heartbeat():

@@ -54,6 +54,22 @@ async def queue_list() -> Response:
     return jsonify({"messages": items, "stats": _stats(svc)})
 
 
+@blueprint.get("/admin/api/tls-reports")
+async def tls_reports() -> Response:
+    """TLS reports (RFC 8460) other senders sent about the operator domain, newest first."""
+    svc = require_admin()
+    try:
+        limit = max(1, min(int(request.args.get("limit", "50")), 500))
+    except ValueError:
+        raise InvalidRequest("limit: expected a number from 1 to 500") from None
+    reports = await svc.store.list_tlsrpt_inbound(limit)
+    return jsonify({"reports": [{"organization": r.organization, "report_id": r.report_id,
+                                 "policy_domain": r.policy_domain, "start": r.start, "end": r.end,
+                                 "successes": r.successes, "failures": r.failures,
+                                 "failure_types": r.failure_types, "received_at": r.received_at}
+                                for r in reports]})
+
+
 @blueprint.get("/admin/api/queue/<int:queue_id>")
 async def queue_show(queue_id: int) -> Response:
     svc = require_admin()

@@ -18,7 +18,7 @@ from relay.category import is_transactional
 from relay.errors import AuthRequired, InvalidDid, InvalidRequest, PayloadTooLarge, RelayError
 from relay.health import refusals
 from relay.reputation import Grant, RateLimitExceeded, Reputation
-from relay.sender import check_sender
+from relay.sender import check_sender, header_section
 from relay.services import Services
 from relay.store.base import StoreError
 from relay.store.mirror import IDEMPOTENCY_KEY, REJECTED, REQUEST_HASH, send_response
@@ -40,9 +40,8 @@ def services() -> Services:
 
 
 def reputation(svc: Services) -> Reputation | None:
-    """The rate-limit and suspension service, once the supervisor provides one."""
-    rep: Reputation | None = getattr(svc, "reputation", None)
-    return rep
+    """The rate-limit and suspension service (None only where a test builds Services without one)."""
+    return svc.reputation
 
 
 def rate_limited(exc: RateLimitExceeded) -> Response:
@@ -182,6 +181,7 @@ async def send_one(
     data = await trio.to_thread.run_sync(compose, req) if req.attachments else compose(req)
     if len(data) > limits.message_size:
         raise PayloadTooLarge("composed message larger than the message size limit")
+    header_section(data, limits.header_size)  # 400 HEADER_TOO_LARGE past limits.header_size
     attrs = {"source": "http", "subject": req.subject, "category": category,
              "transactional": "1" if transactional else "", **sendmeta.attrs(req.tags, dict(req.metadata))}
     if idempotency is not None:

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from relay.errors import PayloadTooLarge, RelayError
 from relay.services import Services
 from relay.slots import Slots
-from web import admin, adminws, api, auth, member, metrics, openapi, pages, unsubscribe, xrpc
+from web import admin, adminws, api, auth, forwardto, member, metrics, openapi, pages, unsubscribe, xrpc
 
 log = logging.getLogger("web")
 
@@ -30,6 +30,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(api.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(unsubscribe.blueprint)
+    app.register_blueprint(forwardto.blueprint)
     app.register_blueprint(auth.blueprint)
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(member.blueprint)

@@ -7,31 +7,21 @@ relay's ``private_key_jwt`` client assertions. The sign-in routes themselves liv
 
 from __future__ import annotations
 
-from functools import partial
-
-import trio
 from quart import Blueprint, Response, current_app, jsonify
+from werkzeug.exceptions import ServiceUnavailable
 
-from relay.oauth import OAuthClient, client_from_config
+from relay.oauth import OAuthClient
 from relay.services import Services
 
 blueprint = Blueprint("oauth", __name__)
-_lock = trio.Lock()
 
 
 async def oauth_client() -> OAuthClient:
-    """``services.oauth`` when the supervisor provides one, else one built from the config (once per app)."""
+    """``services.oauth``: the supervisor builds it (and its keys) before the HTTP server starts."""
     svc: Services = current_app.extensions["atmos"]
-    client: OAuthClient | None = getattr(svc, "oauth", None) or current_app.extensions.get("atmos.oauth")
-    if client is not None:
-        return client
-    async with _lock:
-        client = current_app.extensions.get("atmos.oauth")
-        if client is None:
-            identity = getattr(svc, "identity", None)
-            client = await trio.to_thread.run_sync(partial(client_from_config, svc.cfg, identity, store=svc.store))
-            current_app.extensions["atmos.oauth"] = client
-    return client
+    if svc.oauth is None:
+        raise ServiceUnavailable("sign-in is not configured on this relay")
+    return svc.oauth
 
 
 def _json(body: object) -> Response:

@@ -31,12 +31,15 @@ from quart import Blueprint, Response, jsonify, request
 
 from relay.address import normalize_domain, split_address
 from relay.category import is_transactional, parse_category
+from relay.dkimkeys import SecretBox
+from relay.egress import Egress, EgressRefused
 from relay.errors import DomainMismatch, InvalidRequest, MemberSuspended, QueueUnavailable, RelayError
 from relay.reputation import Reputation
 from relay.services import Services
 from relay.store.base import StoreError
 from relay.store.rows import Webhook
-from relay.webhooks import EVENT_TYPES, new_secret
+from relay.webhooks import EVENT_TYPES, new_secret, seal_secret
+from web import forwardto
 from web.api import authenticate, read_json, reputation, services
 
 blueprint = Blueprint("member", __name__)
@@ -86,8 +89,7 @@ async def status() -> Response:
     svc, did = await _member()
     try:
         status = await _reputation(svc).member_status(did)
-        labeler = getattr(svc, "labeler", None)
-        status["labels"] = [] if labeler is None else await labeler.labels_in_force(did)
+        status["labels"] = [] if svc.labeler is None else await svc.labeler.labels_in_force(did)
         return jsonify(status)
     except StoreError:
         raise ServiceUnavailable() from None
@@ -113,7 +115,9 @@ async def forward_to() -> Response:
     if row is None or row.did != did:
         raise DomainMismatch(f"domain: {domain} is not enrolled under {did}")
     updated = await svc.store.set_forward_to(domain, target)
-    return jsonify({"domain": updated.domain, "forward_to": updated.forward_to})
+    sent = await forwardto.after_change(svc, updated)
+    return jsonify({"domain": updated.domain, "forward_to": updated.forward_to,
+                    "confirmed": updated.forward_confirmed_at is not None, "confirmation_sent": sent})
 
 
 @blueprint.put("/member/category")
@@ -144,10 +148,12 @@ async def default_category() -> Response:
 @blueprint.put("/member/webhook")
 async def put_webhook() -> Response:
     svc, did = await _member(allow_suspended=False)
-    url, events = _parse_webhook(await read_json())
-    hook = await svc.store.set_webhook(Webhook(did=did, url=url, secret=new_secret(), events=events))
+    url, events = _parse_webhook(await read_json(), Egress.from_config(svc.cfg))
+    secret = new_secret()
+    sealed = seal_secret(SecretBox(svc.cfg.secret_key), did, url, secret)  # never stored in clear
+    hook = await svc.store.set_webhook(Webhook(did=did, url=url, secret=sealed, events=events))
     _forget(svc, did)
-    return jsonify({"url": hook.url, "events": list(hook.events), "secret": hook.secret})
+    return jsonify({"url": hook.url, "events": list(hook.events), "secret": secret})
 
 
 @blueprint.get("/member/webhook")
@@ -179,7 +185,7 @@ def _not_found() -> Response:
     return resp
 
 
-def _parse_webhook(body: Any) -> tuple[str, tuple[str, ...]]:
+def _parse_webhook(body: Any, egress: Egress) -> tuple[str, tuple[str, ...]]:
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object with url and optional events")
     unknown = sorted(set(body) - WEBHOOK_FIELDS)
@@ -199,11 +205,14 @@ def _parse_webhook(body: Any) -> tuple[str, tuple[str, ...]]:
         raise InvalidRequest(f"url: not a valid URL ({exc})") from None
     if not host or parts.username is not None or parts.password is not None:
         raise InvalidRequest("url: must name a host and carry no user name or password")
-    if parts.scheme == "http":
-        if not _loopback(host):
-            raise InvalidRequest("url: must be https (plain http only to localhost / 127.0.0.1 / ::1)")
-    elif parts.scheme != "https":
-        raise InvalidRequest("url: must be an https:// URL")
+    try:
+        egress.check_url(url)
+    except EgressRefused:
+        raise InvalidRequest("url: must be an https:// URL (plain http only in --dev)") from None
+    literal = _literal(host)
+    if literal is not None and egress.refusal(literal) is not None:
+        # Names are checked again at every connection (they can change); an address can be refused now.
+        raise InvalidRequest(f"url: {literal} is {egress.refusal(literal)}, not a public address")
     events: Any = body.get("events")
     if events is None:
         return url, EVENT_TYPES
@@ -215,13 +224,11 @@ def _parse_webhook(body: Any) -> tuple[str, tuple[str, ...]]:
     return url, tuple(e for e in EVENT_TYPES if e in events)
 
 
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
+def _literal(host: str) -> str | None:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return str(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
-        return False
+        return None
 
 
 def _parse_forward(body: Any) -> tuple[str, str | None]:

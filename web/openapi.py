@@ -193,8 +193,11 @@ def document(cfg: Config, server_url: str) -> dict[str, Any]:
             "summary": "Forward replies to a sending domain to an address", "security": _MEMBER_AUTH,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _obj(
                 ["domain", "forward_to"], {"domain": _STR, "forward_to": _NULL_STR})}}},
-            "responses": {"200": _json(_obj(["domain", "forward_to"], {"domain": _STR, "forward_to": _NULL_STR}),
-                                       "saved"), **member_errors}}},
+            "responses": {"200": _json(_obj(
+                ["domain", "forward_to", "confirmed", "confirmation_sent"],
+                {"domain": _STR, "forward_to": _NULL_STR, "confirmed": _BOOL, "confirmation_sent": _BOOL}),
+                "saved; replies are forwarded once the link mailed to the new address is opened"),
+                **member_errors}}},
         "/member/category": {"put": {
             "summary": "Default category of a sending domain's mail", "security": _MEMBER_AUTH,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _obj(
@@ -251,6 +254,17 @@ def document(cfg: Config, server_url: str) -> dict[str, Any]:
                     _obj(["id", "ok", "message"], {"id": _STR, "ok": {"const": False}, "message": _STR}),
                     _ERROR]}, "refused command or missing token"),
                 **_errors(401)}}},
+        "/admin/api/tls-reports": {"get": {
+            "summary": "TLS reports (RFC 8460) received about the operator domain, newest first",
+            "security": _ADMIN_AUTH,
+            "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                       "maximum": 500}}],
+            "responses": {"200": _json(_obj(["reports"], {"reports": {"type": "array", "items": _obj(
+                ["organization", "report_id", "policy_domain", "start", "end", "successes", "failures",
+                 "failure_types", "received_at"],
+                {"organization": _STR, "report_id": _STR, "policy_domain": _STR, "start": _STR, "end": _STR,
+                 "successes": _INT, "failures": _INT, "failure_types": _STR, "received_at": _NUM})}}),
+                "reports"), **_errors(400, 401)}}},
         "/admin/api/snapshot": {"get": {
             "summary": "The event stream's snapshot frame", "security": _ADMIN_AUTH,
             "responses": {"200": _json(_obj(["v", "type", "ts", "data"], {
@@ -278,7 +292,7 @@ def document(cfg: Config, server_url: str) -> dict[str, Any]:
 @blueprint.get("/openapi.json")
 async def openapi() -> Response:
     svc = services()
-    return jsonify(document(svc.cfg, svc.bound.public_url(svc.cfg)))
+    return jsonify(document(svc.cfg, svc.cfg.public_url))
 
 
 __all__ = ["ERRORS", "blueprint", "document"]

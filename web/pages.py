@@ -35,6 +35,7 @@ from relay.slots import Slots, SlotsFull
 from relay.store.base import MAX_DOMAINS_PER_DID, DomainLimitReached, DomainTaken, StoreError
 from relay.store.rows import MESSAGE_STATUSES, Domain
 from relay.webhooks import EVENT_TYPES
+from web import forwardto
 from web import session as sessions
 from web.api import BATCH_MAX
 from web.auth import oauth_client
@@ -63,15 +64,21 @@ async def _csrf_failed(exc: sessions.CsrfFailed) -> tuple[str, int]:
                                "page and try again."), 403
 
 
+def submission_port(svc: Services) -> int:
+    """The port members submit to: the one the relay bound (the configured one, or the kernel's pick
+    for port 0), not a hard-coded 587."""
+    return svc.bound.smtp_ports(svc.cfg)[0]
+
+
 async def _page(template: str, **ctx: Any) -> str:
     session = await sessions.current()
     cfg = _svc().cfg
     ctx.setdefault("session", session)
     ctx.setdefault("csrf", session.csrf if session else "")
-    ctx.setdefault("public_url", _svc().bound.public_url(cfg))
+    ctx.setdefault("public_url", cfg.public_url)
     ctx.setdefault("operator_domain", cfg.operator_domain)
     ctx.setdefault("smtp_host", cfg.smtp.hostname or cfg.operator_domain)
-    ctx.setdefault("smtp_port", _svc().bound.smtp_ports(cfg)[0])
+    ctx.setdefault("smtp_port", submission_port(_svc()))
     return await render_template(template, **ctx)
 
 
@@ -130,7 +137,7 @@ def docs_context(svc: Services) -> dict[str, Any]:
                           selector="atmos", rsa_txt="v=DKIM1; k=rsa; p=<your RSA key>",
                           ed25519_txt="v=DKIM1; k=ed25519; p=<your Ed25519 key>", cfg=cfg)
     return {
-        "public_url": svc.bound.public_url(cfg), "smtp_host": smtp_host, "smtp_port": port_587,
+        "public_url": cfg.public_url, "smtp_host": smtp_host, "smtp_port": port_587,
         "smtps_port": port_465, "limits": cfg.limits, "suspension": cfg.suspension, "guides": GUIDES,
         "errors": ERRORS, "transactional": sorted(TRANSACTIONAL), "example_records": example,
         "mx_host": cfg.dns.mx_host or cfg.operator_domain, "batch_max": BATCH_MAX,
@@ -259,26 +266,34 @@ async def add_domain() -> tuple[str, int] | Response:
 async def _create_domain(svc: Services, did: str, domain: str) -> None:
     """As ``atmos admin enroll``: fresh DKIM keys (encrypted at rest), the DID-bound challenge token."""
     existing = await svc.store.get_domain(domain)
-    if existing is not None:
+    if existing is not None and (existing.did == did or existing.state == "verified"):
         if existing.did != did:
             raise DomainTaken(domain)
         return
+    if any(d.domain == domain for d in await svc.store.domains_for(did)):
+        return  # this DID already holds a (competing) pending claim
+    # Pending under another DID (perhaps a squatter): a competing claim; the first DNS proof wins.
     keys = await trio.to_thread.run_sync(new_domain_keys, domain)
     box = SecretBox(svc.cfg.secret_key)
     await svc.store.add_domain(did=did, domain=domain, selector=keys.selector,
                                rsa_private=box.encrypt(keys.rsa_private_pem),
                                ed25519_private=box.encrypt(keys.ed25519_private_raw),
-                               verify_token=verify_token(svc.cfg.secret_key, did), state="pending")
+                               verify_token=verify_token(svc.cfg.secret_key, did), state="pending",
+                               claim_ttl=svc.cfg.dns.pending_claim_ttl)
 
 
 async def _own_domain(domain: str) -> tuple[sessions.Session, Domain] | None:
     session = await _member_session()
-    if session is None:
+    if session is None or session.did is None:
         return None
-    row = await _svc().store.get_domain(domain.lower())
-    if row is None or row.did != session.did:
-        return None
-    return session, row
+    row = await _own_row(session.did, domain)
+    return None if row is None else (session, row)
+
+
+async def _own_row(did: str, domain: str) -> Domain | None:
+    """The DID's own row of ``domain``: its enrolled domain or its competing pending claim."""
+    wanted = domain.strip().lower().rstrip(".")
+    return next((d for d in await _svc().store.domains_for(did) if d.domain == wanted), None)
 
 
 async def _records(row: Domain) -> list[DnsRecord]:
@@ -287,15 +302,14 @@ async def _records(row: Domain) -> list[DnsRecord]:
 
 
 def _last_report(domain: str) -> DomainReport | None:
-    verifier = getattr(_svc(), "verifier", None)
+    verifier = _svc().verifier
     return verifier.last_report(domain) if verifier is not None else None
 
 
-async def _check(domain: str) -> DomainReport:
+async def _check(domain: str, did: str) -> DomainReport:
     svc = _svc()
-    verifier = getattr(svc, "verifier", None)
-    if verifier is not None:
-        report: DomainReport = await verifier.check(domain)
+    if svc.verifier is not None:
+        report: DomainReport = await svc.verifier.check(domain, did=did)
         return report
     return await check_once(svc.cfg, svc.store, domain)
 
@@ -321,10 +335,10 @@ async def domain_check(domain: str) -> tuple[str, int] | str | Response:
     error = None
     report = None
     try:
-        report = await _check(row.domain)
+        report = await _check(row.domain, session.did)
     except (StoreError, OSError, ValueError) as exc:
         error = f"The check could not run: {exc}"
-    row = await svc.store.get_domain(row.domain) or row
+    row = await _own_row(session.did, row.domain) or row
     api_key = None
     if row.state == "verified" and await svc.store.get_api_key_hash(session.did) is None:
         api_key = await _new_api_key(svc, session.did)
@@ -371,9 +385,8 @@ async def account() -> str | Response:
     )
 
 
-async def _current_labels(svc: Any, did: str) -> list[str]:
-    labeler = getattr(svc, "labeler", None)
-    return [] if labeler is None else list(await labeler.labels_in_force(did))
+async def _current_labels(svc: Services, did: str) -> list[str]:
+    return [] if svc.labeler is None else list(await svc.labeler.labels_in_force(did))
 
 
 @blueprint.post("/account/domain/<domain>/check")
@@ -398,13 +411,25 @@ async def set_forward() -> tuple[str, int] | str | Response:
     if found is None:
         return await _not_found()
     _, row = found
+    if row.claim:  # a competing claim: the domain's row is someone else's until this DID proves it
+        return await _page("error.html", title="Forward-to not changed",
+                           message=f"{row.domain} is not yours yet: publish its DNS records and check first"), 409
     try:
         domain, target = _parse_forward({"domain": row.domain, "forward_to": str(form.get("forward_to", ""))})
     except RelayError as exc:
         return await _page("error.html", title="Forward-to not changed", message=str(exc)), 400
-    await _svc().store.set_forward_to(domain, target)
-    return _redirect("/account?notice=" + urllib.parse.quote(
-        f"Replies to {domain} now go to {target}." if target else f"Replies to {domain} are no longer forwarded."), 303)
+    updated = await _svc().store.set_forward_to(domain, target)
+    try:
+        sent = await forwardto.after_change(_svc(), updated)
+    except RelayError as exc:
+        return await _page("error.html", title="Confirmation not sent", message=str(exc)), 429
+    if not target:
+        notice = f"Replies to {domain} are no longer forwarded."
+    elif sent:
+        notice = f"We sent a confirmation link to {target}: replies to {domain} are forwarded once it is followed."
+    else:
+        notice = f"Replies to {domain} now go to {target}."
+    return _redirect("/account?notice=" + urllib.parse.quote(notice), 303)
 
 
 @blueprint.post("/account/category")

@@ -17,8 +17,8 @@
     ``#info {name: "OutdatedCursor"}`` and the replay starts at the oldest kept; a cursor ahead of
     the newest gets an error frame ``FutureCursor`` and the stream closes.
 
-The labeler is ``services.labeler`` when the supervisor provides one; otherwise this blueprint makes
-one at startup (and runs its checks only where DNS checks run, i.e. ``services.verifier`` is set).
+The labeler is ``services.labeler``: the supervisor always builds one (it runs its checks only where
+DNS checks run, i.e. ``services.verifier`` is set).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 from quart import Blueprint, Response, current_app, jsonify, request, websocket
+from werkzeug.exceptions import ServiceUnavailable
 
 from relay.labeler import Labeler
 from relay.labeler.labels import error_frame, info_frame, label_json, labels_frame
@@ -37,7 +38,6 @@ log = logging.getLogger("web.xrpc")
 
 blueprint = Blueprint("xrpc", __name__)
 
-_EXT = "atmos.labeler"
 MAX_LIMIT = 250
 REPLAY_BATCH = 500
 POLL = 5.0  # also picks up labels written by another process
@@ -49,42 +49,10 @@ def _services() -> Services:
 
 
 def labeler() -> Labeler:
-    found = getattr(_services(), "labeler", None) or current_app.extensions.get(_EXT)
+    found = _services().labeler
     if found is None:
-        found = current_app.extensions[_EXT] = Labeler(_services().store, _services().cfg,
-                                                       verifier=_services().verifier)
-    assert isinstance(found, Labeler)
+        raise ServiceUnavailable("this relay runs no labeler")
     return found
-
-
-@blueprint.before_app_serving
-async def _start_labeler() -> None:
-    """Until the supervisor runs a labeler itself: run one here once the DNS verifier exists (the
-    supervisor makes it just after the HTTP server is up; none in dev without nameservers)."""
-    nursery = getattr(current_app, "nursery", None)
-    if getattr(_services(), "labeler", None) is None and nursery is not None:
-        nursery.start_soon(_run_fallback, current_app._get_current_object())  # type: ignore[attr-defined]
-
-
-async def _run_fallback(app: Any) -> None:
-    async with app.app_context():
-        svc = _services()
-        with trio.move_on_after(30):
-            while svc.verifier is None:  # noqa: ASYNC110 (Services has no event for it)
-                await trio.sleep(0.1)
-        verifier = svc.verifier
-        if verifier is None or getattr(svc, "labeler", None) is not None:
-            return
-        lab = labeler()
-        previous = verifier.on_change
-
-        async def chained(row: Any, report: Any) -> None:
-            if previous is not None:
-                await previous(row, report)
-            await lab.on_domain_change(row, report)
-
-        verifier.on_change = chained
-        await lab.run()
 
 
 def _xrpc_error(message: str, error: str = "InvalidRequest", status: int = 400) -> Response:

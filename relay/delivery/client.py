@@ -30,7 +30,7 @@ from typing import NamedTuple
 import trio
 
 from relay.delivery.congestion import HostHealth
-from relay.smtp.client import ClientTimeouts, SmtpClient, SmtpError, TlsPolicy, open_smtp
+from relay.smtp.client import ClientTimeouts, PeerCheck, SmtpClient, SmtpError, SmtpTlsError, TlsPolicy, open_smtp
 from relay.smtp.reply import Reply
 
 __all__ = ["ConnectionPool", "DeliveryResult", "PoolKey", "deliver"]
@@ -59,12 +59,14 @@ class DeliveryResult:
     tls_cipher: str | None = None
     reused: bool = False  # the connection came from the pool
     started: bool = False  # a transaction began on this host (its outcome is final for this attempt)
+    tls_failure: str | None = None  # RFC 8460 result type when required TLS failed (SmtpTlsError)
 
 
 class PoolKey(NamedTuple):
     address: str
     port: int
     tls: TlsPolicy
+    auth: str = ""  # how the peer was authenticated (DANE/MTA-STS): only reused under the same terms
 
 
 async def deliver(
@@ -81,13 +83,17 @@ async def deliver(
     pool: ConnectionPool | None = None,
     ssl_context: ssl.SSLContext | None = None,
     smtputf8: bool = False,
+    peer_check: PeerCheck | None = None,
+    auth: str = "",
     hosts: HostHealth | None = None,
 ) -> DeliveryResult:
     """Offer the message to the host ``mx_name`` at ``addresses`` (in order); see the module docstring.
 
     Never raises for network or protocol trouble: that is in the result. ``ssl_context`` replaces the
-    TLS policy's default context (tests pass their own CA). ``hosts``: per-address connection limits
-    and shortened timeouts for addresses that keep hanging (``relay.delivery.congestion``).
+    TLS policy's default context (tests pass their own CA). ``peer_check`` judges the server's
+    certificate chain (DANE); ``auth`` names those terms so pooled connections are reused only under them.
+    ``hosts``: per-address connection limits and shortened timeouts for addresses that keep hanging
+    (``relay.delivery.congestion``).
     """
     if not addresses:
         return DeliveryResult(mx_name, connection_error=f"no address for host {mx_name}")
@@ -98,7 +104,7 @@ async def deliver(
         if slot is not None:
             await slot.acquire()
         try:
-            key = PoolKey(address, port, tls_policy)
+            key = PoolKey(address, port, tls_policy, auth)
             client = await pool.acquire(key) if pool is not None else None
             reused = client is not None
             if client is None:
@@ -111,6 +117,7 @@ async def deliver(
                         timeouts=hosts.timeouts(address, port, timeouts) if hosts is not None else timeouts,
                         tls_server_name=mx_name,
                         ssl_context=ssl_context,
+                        peer_check=peer_check,
                     )
                 except SmtpError as exc:
                     log.info("delivery to %s: %s", mx_name, exc.text)
@@ -132,6 +139,7 @@ async def deliver(
         connection_error=error.text,
         address=addresses[-1],
         connection_reply=error.reply if error.from_server else None,
+        tls_failure=error.result_type if isinstance(error, SmtpTlsError) else None,
     )
 
 

@@ -4,11 +4,16 @@ Runs at delivery time, once per recipient transaction, because the one-click uns
 names the recipient (RFC 8058) and so each copy differs. Signatures, in order (DESIGN §5):
 member domain RSA-2048 (``<sel>r``), member domain Ed25519 (``<sel>e``, RFC 8463), operator
 domain RSA (feedback loops are keyed on it). DSNs the relay generates carry only the operator's.
-Parsed key objects are cached per domain: parsing costs ~100 µs, signing ~210 µs.
+Replies forwarded to a member's mailbox are not signed as if the operator wrote them: they get an
+ARC set (RFC 8617, dkimpy's ``arc_sign`` with the operator key) over the Authentication-Results the
+inbound listener recorded. Member keys are chosen by (DID, domain): a message spooled under one
+DID is never signed with the keys of a domain another DID holds. Parsed key objects are cached:
+parsing costs ~100 µs, signing ~210 µs.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import trio
@@ -16,6 +21,7 @@ import trio
 from relay.address import domain_of
 from relay.config import Config
 from relay.dkim.signer import SigningKey, domain_signing_keys, sign
+from relay.dkim.verify import arc_seal
 from relay.dkimkeys import DomainKeys, SecretBox, load_rsa_private
 from relay.operatorkey import OperatorKeys
 from relay.outbound import rewrite
@@ -35,30 +41,40 @@ class Preparer:
         self._operator_key: SigningKey | None = None
         self._operator_checked = 0.0
         self._operator_lock = trio.Lock()  # one reader of the key file at a time
-        self._member_keys: dict[str, tuple[SigningKey, ...]] = {}
-        self.public_url = cfg.public_url  # the supervisor corrects it once HTTP has bound port 0
+        self._member_keys: dict[tuple[str, str], tuple[SigningKey, ...]] = {}  # (did, domain) -> keys
+        self._operator_pem: bytes | None = None
 
     async def __call__(self, env: Envelope, rcpt_id: int, rcpt: str, data: bytes) -> bytes:
         operator = await self._operator_signing_key()
+        if env.attrs.get("arc") == "1" and not env.attrs.get("dsn"):
+            assert self._operator_pem is not None and self._operator_key is not None
+            seal = functools.partial(arc_seal, data, domain=self._cfg.operator_domain,
+                                     selector=self._operator_key.selector, private_pem=self._operator_pem,
+                                     authserv_id=self._cfg.banner_host)
+            return await trio.to_thread.run_sync(seal)  # dkimpy is pure Python: off the event loop
         if env.attrs.get("dsn") or env.attrs.get("forward") or not env.mail_from:
             return sign(data, [operator])  # the relay's own mail (DSNs, forwarded replies): operator key only
         member_domain = domain_of(env.mail_from)
         transactional = env.attrs.get("transactional") == "1"
         url = None if transactional else unsubscribe_url(
-            self.public_url, make_token(self._cfg.secret_key, env.did, rcpt))
+            self._cfg.public_url, make_token(self._cfg.secret_key, env.did, rcpt))
         out = rewrite(data, did=env.did, category=env.attrs.get("category", ""), transactional=transactional,
                       member_domain=member_domain, unsubscribe_url=url)
-        return sign(out, [*await self._keys_for(member_domain), operator])
+        return sign(out, [*await self._keys_for(env.did, member_domain), operator])
 
     def forget(self, domain: str) -> None:
         """Drop cached keys (after a key change)."""
-        self._member_keys.pop(domain, None)
+        for key in [k for k in self._member_keys if k[1] == domain]:
+            del self._member_keys[key]
 
-    async def _keys_for(self, domain: str) -> tuple[SigningKey, ...]:
-        cached = self._member_keys.get(domain)
+    async def _keys_for(self, did: str, domain: str) -> tuple[SigningKey, ...]:
+        cached = self._member_keys.get((did, domain))
         if cached is not None:
             return cached
         row = await self._store.get_domain(domain)
+        if row is not None and row.did != did:
+            log.warning("%s belongs to %s, not %s: signing with the operator key only", domain, row.did, did)
+            row = None
         if row is None or not row.rsa_private:
             log.warning("no DKIM keys for %s: signing with the operator key only", domain)
             keys: tuple[SigningKey, ...] = ()
@@ -66,7 +82,7 @@ class Preparer:
             dk = DomainKeys.from_private(domain, row.selector, self._box.decrypt(row.rsa_private),
                                          self._box.decrypt(row.ed25519_private))
             keys = domain_signing_keys(dk)
-        self._member_keys[domain] = keys
+        self._member_keys[(did, domain)] = keys
         return keys
 
     async def _operator_signing_key(self) -> SigningKey:
@@ -78,5 +94,6 @@ class Preparer:
                 if self._operator_key is None or self._operator_key.selector != current.selector:
                     self._operator_key = SigningKey(self._cfg.operator_domain, current.selector, "rsa-sha256",
                                                     load_rsa_private(current.rsa_private_pem))
+                    self._operator_pem = current.rsa_private_pem
                 self._operator_checked = now
             return self._operator_key

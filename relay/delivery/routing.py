@@ -349,6 +349,19 @@ class Resolver:
     def from_config(cls, delivery: DeliveryConfig, *, lifetime: float = DEFAULT_LIFETIME) -> Resolver:
         return cls(delivery.nameservers, lifetime=lifetime)
 
+    async def addresses(self, host: str) -> list[str]:
+        """A and AAAA of ``host`` (relay.egress resolves HTTP peers with this); [] when it has none.
+
+        Raises ValueError for a name that cannot be one, a RoutingError when DNS says there is none."""
+        try:
+            name = dns.name.from_text(host.rstrip(".") + ".")
+        except dns.exception.DNSException as exc:
+            raise ValueError(f"not a host name ({exc})") from None
+        result = await self._host(name)
+        if isinstance(result, _Failure):
+            raise result.error(host)
+        return [a for h in result.hosts for a in (*h.v4, *h.v6)]
+
     # ---- cache ----
 
     async def _cached(self, key: str, compute: Callable[[], Awaitable[_Result]]) -> _Result:

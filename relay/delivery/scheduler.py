@@ -121,9 +121,10 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         prepare: Prepare | None = None,
         bus: EventBus | None = None,
+        delivery_events: DeliveryEvents | None = None,
     ) -> None:
         self._prepare = prepare
-        self.delivery_events: DeliveryEvents | None = None  # reputation: counts sends and bounces
+        self.delivery_events = delivery_events  # reputation: counts sends and bounces
         self.bus = bus  # operator event stream: Delivery after each attempt, QueueChanged after operator actions
         self._spool = spool
         self._writer = writer
@@ -359,8 +360,10 @@ class Scheduler:
                             next_attempt_at=decision.next_attempt_at, reply=result.outcome.text, info=note)
         bounce = decision.state == "bounced" and bool(env.mail_from)
         dsn = self._dsn(env, data, job, decision, result, now) if bounce else None
-        accepted = await self._record_outcome(change, dsn)
+        # The attempt row goes to the status writer before the outcome commits: the mirror queues
+        # the status row behind it on the same writer, so no reader sees "sent" without its attempt.
         self._record(job, decision, result, attempts, now)
+        accepted = await self._record_outcome(change, dsn)
         self._tell_reputation(env, job, decision, result)
         self._publish(Delivery(queue_id=job.queue_id, rcpt_id=job.rcpt_id, did=env.did, recipient=job.rcpt,
                                domain=job.domain, state=decision.state, attempts=attempts, mx_host=result.mx_host,

@@ -24,7 +24,7 @@ import re
 import secrets
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,12 +92,19 @@ class CaptureSink:
         self._server: SmtpServer | None = None
         self._seq = 0
 
-    async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen; reports the bound (host, port); returns after ``shutdown``."""
+    async def serve(
+        self, listeners: Sequence[trio.SocketListener] | None = None, *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen (on ``listeners`` when the caller bound them); reports the bound (host, port); returns
+        after ``shutdown``."""
         await trio.Path(self.directory).mkdir(parents=True, exist_ok=True)
         self._server = SmtpServer(self.config, _Handler(self))
         async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(self._server.serve)
+            if listeners is None:
+                addresses = await nursery.start(self._server.serve)
+            else:
+                addresses = await nursery.start(self._server.serve_listeners, listeners)
             self.address = addresses[0]
             log.info("capture sink on %s:%d, storing in %s", *addresses[0], self.directory)
             task_status.started(addresses[0])

@@ -44,6 +44,7 @@ import dns.rdatatype
 import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.TXT
 import dns.resolver
+import dns.reversename
 import trio
 
 from relay.address import normalize_domain
@@ -163,6 +164,22 @@ class DnsLookup:
             for rdata in answer.rrset
             if isinstance(rdata, dns.rdtypes.ANY.TXT.TXT)
         ]
+
+    async def ptr(self, address: str) -> list[str]:
+        """The PTR names of an IP address (lowercase, no trailing dot)."""
+        answer = await self._answer(dns.reversename.from_address(address).to_text(), dns.rdatatype.PTR)
+        if answer is None or answer.rrset is None:
+            return []
+        return [rdata.to_text().lower().rstrip(".") for rdata in answer.rrset]
+
+    async def addresses(self, name: str) -> list[str]:
+        """The A and AAAA addresses of a name (for forward-confirmed reverse DNS)."""
+        found: list[str] = []
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            answer = await self._answer(name, rdtype)
+            if answer is not None and answer.rrset is not None:
+                found += [ipaddress.ip_address(rdata.to_text()).compressed for rdata in answer.rrset]
+        return found
 
     async def mx(self, name: str) -> list[tuple[int, str]]:
         answer = await self._answer(name, dns.rdatatype.MX)

@@ -130,11 +130,16 @@ class DomainVerifier:
 
     # ---- one domain ----
 
-    async def check(self, domain: str) -> DomainReport:
-        """Check one enrolled domain now and record its states; raises UnknownDomain."""
-        row = await self.store.get_domain(normalize_domain(domain))
+    async def check(self, domain: str, *, did: str | None = None) -> DomainReport:
+        """Check one enrolled domain now and record its states; raises UnknownDomain. With ``did``,
+        that DID's own claim of it (which may be a competing pending claim)."""
+        name = normalize_domain(domain)
+        if did is None:
+            row = await self.store.get_domain(name)
+        else:
+            row = next((d for d in await self.store.domains_for(did) if d.domain == name), None)
         if row is None:
-            raise UnknownDomain(normalize_domain(domain))
+            raise UnknownDomain(name)
         return await self._check_row(row)
 
     def last_report(self, domain: str) -> DomainReport | None:
@@ -158,7 +163,18 @@ class DomainVerifier:
         state, dkim_state = next_states(row.state, row.dkim_state, report)
         changed = (state, dkim_state) != (row.state, row.dkim_state)
         updated = row
-        if changed:
+        if row.claim:
+            # A competing claim: only ownership matters; proving it first takes the domain.
+            changed = state == "verified"
+            if changed:
+                try:
+                    updated = await self.store.call(lambda s: s.promote_claim(row.domain, row.did))
+                except StoreError as exc:  # another claimant (or the operator) was faster
+                    log.info("domain %s: claim of %s not promoted: %s", row.domain, row.did, exc)
+                    changed = False
+                else:
+                    log.info("domain %s: %s proved it first; other claims dropped", row.domain, row.did)
+        elif changed:
             updated = await self.store.set_domain_state(
                 row.domain,
                 state=state if state != row.state else None,
@@ -169,7 +185,8 @@ class DomainVerifier:
                 row.domain, row.state, state, row.dkim_state, dkim_state,
             )
         report = dataclasses.replace(report, state=state, dkim_state=dkim_state)
-        self._reports[row.domain] = report
+        if not row.claim:  # last_report(domain) is about the domain's own row
+            self._reports[row.domain] = report
         if changed and self.on_change is not None:
             try:
                 await self.on_change(updated, report)
@@ -212,6 +229,8 @@ class DomainVerifier:
             requested, self._requested = self._requested, set()
             request_all, self._request_all = self._request_all, False
             try:
+                for domain, did in await self.store.call(lambda s: s.expire_claims(self.cfg.dns.pending_claim_ttl)):
+                    log.info("domain %s: the pending claim of %s expired", domain, did)
                 rows = await self.store.call(_all_domains)
             except StoreError as exc:
                 log.warning("DNS re-check: cannot list domains (%s); retrying in %g s", exc, poll)

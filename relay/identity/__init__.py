@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 import trio
 
+from relay.egress import Egress, EgressRefused
 from relay.fetch import DOCUMENT_BYTES, METADATA_BYTES, FetchError, fetch, get_json
 
 if TYPE_CHECKING:
@@ -92,14 +93,12 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
-def check_url(url: str, *, allow_http_on_loopback: bool, what: str) -> str:
-    """Only https URLs (http only on loopback when development allows it); returns the URL."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if parts.scheme == "http" and allow_http_on_loopback and is_loopback_host(parts.hostname):
-        return url
-    raise IdentityError(f"{what} {url!r} must be an https URL")
+def check_url(url: str, *, egress: Egress, what: str) -> str:
+    """Only https URLs (http only in --dev or to a loopback test peer, relay.egress); returns the URL."""
+    try:
+        return egress.check_url(url, what=what)
+    except EgressRefused as exc:
+        raise IdentityError(str(exc)) from None
 
 
 class HandleResolver(Protocol):
@@ -109,13 +108,6 @@ class HandleResolver(Protocol):
 
 
 HttpFactory = Callable[[], httpx.AsyncClient]
-
-
-def _default_http(timeout: float) -> HttpFactory:
-    def make() -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                 headers={"user-agent": "atmosphere-relay"})
-    return make
 
 
 def _did_from_text(text: str) -> str | None:
@@ -174,11 +166,11 @@ class WellKnownAtResolver:
 
 
 class DidResolver:
-    def __init__(self, plc_url: str, http: HttpFactory, *, allow_http_on_loopback: bool = False,
+    def __init__(self, plc_url: str, http: HttpFactory, *, egress: Egress | None = None,
                  max_bytes: int = DOCUMENT_BYTES) -> None:
         self._plc = plc_url.rstrip("/")
         self._http = http
-        self._loopback = allow_http_on_loopback
+        self._egress = egress or Egress()
         self._max_bytes = max_bytes
 
     async def resolve(self, did: str) -> dict[str, Any]:
@@ -190,8 +182,12 @@ class DidResolver:
             host = urllib.parse.unquote(did.removeprefix("did:web:"))
             if ":" in host and not is_loopback_host(host.split(":")[0]):
                 raise DidNotFound(f"{did}: did:web with a path or port is not supported")
-            scheme = "http" if self._loopback and is_loopback_host(host.split(":")[0]) else "https"
-            url = f"{scheme}://{host}/.well-known/did.json"
+            url = f"https://{host}/.well-known/did.json"
+            if is_loopback_host(host.split(":")[0]):  # a local test identity: http when egress allows it
+                try:
+                    url = self._egress.check_url(f"http://{host}/.well-known/did.json")
+                except EgressRefused:
+                    pass
         try:
             async with self._http() as client:
                 status, doc = await get_json(client, url, max_bytes=self._max_bytes, what="DID document")
@@ -250,19 +246,20 @@ class _TtlCache:
 class IdentityResolver:
     def __init__(
         self, handles: HandleResolver, dids: DidResolver, *, ttl: float = 600.0, timeout: float = 10.0,
-        allow_http_on_loopback: bool = False, clock: Callable[[], float] = time.monotonic,
+        egress: Egress | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.handles = handles
         self.dids = dids
         self.timeout = timeout
-        self.allow_http_on_loopback = allow_http_on_loopback
+        self.egress = egress or Egress()
         self._handle_cache = _TtlCache(ttl, clock)
         self._doc_cache = _TtlCache(ttl, clock)
 
     @classmethod
     def from_config(cls, cfg: Config, *, txt: TxtLookup | None = None) -> IdentityResolver:
         ident = cfg.identity
-        http = _default_http(ident.timeout)
+        egress = Egress.from_config(cfg)
+        http = egress.http_factory(ident.timeout)
         handles: HandleResolver
         if ident.handle_resolution == "well-known-at":
             handles = WellKnownAtResolver(ident.handle_resolver_url, http, max_bytes=ident.metadata_bytes)
@@ -271,10 +268,8 @@ class IdentityResolver:
                 from relay.dns.checks import DnsLookup
                 txt = DnsLookup.from_config(cfg, lifetime=ident.timeout)
             handles = StandardHandleResolver(txt, http, max_bytes=ident.metadata_bytes)
-        dids = DidResolver(ident.plc_url, http, allow_http_on_loopback=ident.allow_http_on_loopback,
-                           max_bytes=ident.document_bytes)
-        return cls(handles, dids, ttl=ident.cache_ttl, timeout=ident.timeout,
-                   allow_http_on_loopback=ident.allow_http_on_loopback)
+        dids = DidResolver(ident.plc_url, http, egress=egress, max_bytes=ident.document_bytes)
+        return cls(handles, dids, ttl=ident.cache_ttl, timeout=ident.timeout, egress=egress)
 
     async def did_document(self, did: str) -> dict[str, Any]:
         doc: dict[str, Any] = await self._doc_cache.get(did, lambda: self._timed(self.dids.resolve(did)))
@@ -321,7 +316,7 @@ class IdentityResolver:
         if pds is None:
             raise NoPds(f"{did} names no PDS (#atproto_pds service) in its DID document")
         try:
-            return check_url(pds, allow_http_on_loopback=self.allow_http_on_loopback, what=f"{did}'s PDS")
+            return check_url(pds, egress=self.egress, what=f"{did}'s PDS")
         except IdentityError as exc:
             raise NoPds(str(exc)) from None
 

@@ -9,8 +9,9 @@ An ARF report is a ``multipart/report; report-type=feedback-report`` (RFC 6522) 
 3. the reported message as ``message/rfc822`` or only its header section as
    ``text/rfc822-headers`` (both optional in practice; some providers redact).
 
-``parse_arf`` returns what attribution needs: the feedback type, the reported recipients, the
-enclosed message's ``X-Atmos-Member-Did``, ``Message-ID``, ``Return-Path``/``To``.
+``parse_arf`` returns the feedback type, the reported recipients, and the enclosed message's
+``Return-Path`` (the VERP address attribution relies on), ``Message-ID``, ``To`` and
+``X-Atmos-Member-Did`` (shown to the operator only: anyone can write that header, it never attributes).
 
 Pure: no I/O. Raises ``ArfParseError`` (a ValueError) and nothing else.
 """

@@ -4,17 +4,33 @@ A recipient is accepted only when it is one of these, decided on the parsed addr
 
 1. ``bounces+<id>-<tag>@<operator domain>`` whose HMAC tag verifies (``relay.delivery.verp``):
    a DSN (or a non-standard bounce, or an auto-reply) about recipient ``<id>``.
-2. ``postmaster@``, ``abuse@``, ``<fbl_local_part>@`` the operator domain, the bare ``<postmaster>``
-   (RFC 5321 §4.1.1.3) and ``postmaster@`` every verified member domain (RFC 5321 §4.5.1):
+2. ``postmaster@``, ``abuse@``, ``<fbl_local_part>@``, ``<tlsrpt_local_part>@`` the operator domain, the
+   bare ``<postmaster>`` (RFC 5321 §4.1.1.3) and ``postmaster@`` every verified member domain (RFC 5321 §4.5.1):
    forwarded to ``inbound.operator_inbox`` (logged only when that is empty). Mail to the FBL
-   address is read as an ARF complaint (RFC 5965) first.
+   address is read as an ARF complaint (RFC 5965) first, mail to ``<tlsrpt_local_part>@`` as a TLS
+   report (RFC 8460 §5.3), recorded for the console (relay.delivery.tlsrpt).
 3. ``SRS0=...@<operator domain>`` that verifies and is at most 21 days old (``relay.inbound.srs``),
-   with the null reverse-path only: a bounce of mail we forwarded, sent on to the original sender.
-4. Any address at a verified member domain that has a forward-to: the reply is forwarded there
-   with an SRS0 envelope sender, so SPF passes at the member's mailbox.
+   with the null reverse-path only, at most ``inbound.srs_daily`` a day per address, and only a
+   delivery report (``multipart/report; report-type=delivery-status``, RFC 3464): a bounce of mail
+   we forwarded, sent on to the original sender. Anything else to it is refused.
+4. Any address at a verified member domain whose forward-to is *confirmed* (the link mailed to it
+   was followed) and whose member is not suspended: the reply is forwarded there with an SRS0
+   envelope sender (SPF passes at the member's mailbox) and an ARC set over our
+   Authentication-Results (RFC 8617), counted against ``inbound.forward_daily`` per member and
+   ``inbound.forward_per_ip_per_hour`` per source address.
+
+ARF reports (RFC 5965) to the FBL address are believed only from ``inbound.fbl_sources`` (a
+network the connection comes from, or a domain whose DKIM signature on the report verifies, with
+dkimpy) and are attributed only through the relay's own VERP envelope sender in the reported
+message (HMAC-tagged, ``relay.delivery.verp``): the recipient id it names is the complainer,
+whatever the report's other fields say. Never by ``X-Atmos-Member-Did``, a header anyone can
+write. A complaint counts once per recipient id. Reports that cannot be attributed are stored
+for the operator (``atmos admin reports``) and forwarded to the operator inbox; they never touch
+a member's standing or suppression list.
 
 Everything else is refused: ``550 5.1.1 address not available`` for unknown addresses at our
-domains (and member domains without a forward-to); ``554 5.7.1 relay access denied`` for other
+domains (and member domains without a confirmed forward-to, or whose member is suspended);
+``554 5.7.1 relay access denied`` for other
 domains, IP literals, and routing tricks in the local part (``%``, ``!``, ``@``, quoting,
 backslashes). A source route (``@a,@b:user@domain``) has already been dropped by the SMTP core as
 RFC 5321 Appendix C asks, so the mailbox after it is what is judged: ``<@ours:victim@evil>`` is
@@ -33,6 +49,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
+import ipaddress
 import logging
 import re
 import time
@@ -44,7 +62,9 @@ from typing import Literal
 from relay.acceptor import Acceptor, Submission
 from relay.address import is_domain, normalize_domain
 from relay.config import Config
-from relay.delivery import verp
+from relay.delivery import tlsrpt, verp
+from relay.dkim.verify import DkimVerifier, authentication_results, passes_for
+from relay.events import TlsReportReceived
 from relay.inbound import InboundEvents, srs
 from relay.inbound.arf import ArfParseError, ArfReport
 from relay.inbound.bounces import Bounce
@@ -54,7 +74,7 @@ from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
 from relay.smtp.trace import received
 from relay.store.aio import AsyncStore
-from relay.store.base import StoreError
+from relay.store.base import Store, StoreError
 from relay.store.rows import Domain, MessageRow, StatusUpdate
 
 log = logging.getLogger("relay.inbound")
@@ -66,6 +86,9 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "too many connections from your addre
 TOO_MANY_MESSAGES = Reply(451, "4.7.0", "too many messages from your address, try later")
 LOOP = Reply(554, "5.4.6", "mail forwarding loop detected")
 TRY_LATER = Reply(451, "4.3.0", "temporary failure, try again later")
+FORWARD_LIMIT = Reply(451, "4.7.1", "this member's forwarding limit is reached, try again tomorrow")
+TOO_MANY_FORWARDS = Reply(451, "4.7.1", "too many forwarded messages from your address, try later")
+SRS_LIMIT = Reply(451, "4.7.1", "too many reports for this address today, try tomorrow")
 NO_AUTH = Reply(502, "5.5.1", "command not implemented")
 
 #: Feedback types that are not complaints about a sender (RFC 5965 §7.3, RFC 6591): sent on to the operator.
@@ -120,6 +143,7 @@ class InboundHandler:
         suppress_complainers: bool = True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        verifier: DkimVerifier | None = None,
     ) -> None:
         """``operator_did``: the DID the operator's own forwarded mail is spooled under
         (default ``did:web:<operator_domain>``). ``suppress_complainers``: add the complainer of an
@@ -136,15 +160,27 @@ class InboundHandler:
         self._now = wall_clock
         self._secret = cfg.secret_key
         self._fbl = cfg.inbound.fbl_local_part.lower()
-        self._operator_boxes = frozenset({"postmaster", "abuse", self._fbl})
+        self._tlsrpt = cfg.inbound.tlsrpt_local_part.lower()
+        self._operator_boxes = frozenset({"postmaster", "abuse", self._fbl, self._tlsrpt})
         self.buckets = TokenBuckets(cfg.inbound.per_ip_per_minute, cfg.inbound.per_ip_burst, clock=clock)
         self.reports = ReportReader(threads=cfg.inbound.parse_threads, max_bytes=cfg.inbound.report_parse_bytes,
                                     max_parts=cfg.inbound.report_parts)
+        per_hour = cfg.inbound.forward_per_ip_per_hour
+        self.forward_buckets = TokenBuckets(per_hour / 60.0, min(per_hour, 10), clock=clock)
+        self.verifier = verifier or DkimVerifier.from_config(cfg)
+        self._fbl_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._fbl_domains: list[str] = []
+        for source in cfg.inbound.fbl_sources:
+            try:
+                self._fbl_networks.append(ipaddress.ip_network(source, strict=False))
+            except ValueError:
+                self._fbl_domains.append(source.lower().rstrip("."))
         # Counters, for tests and the console.
         self.bounces = 0
         self.complaints = 0
         self.forwarded = 0
         self.refused_connections = 0
+        self.unattributed = 0
 
     # ---- SessionHandler -------------------------------------------------------------------
 
@@ -175,6 +211,8 @@ class InboundHandler:
         except StoreError as exc:
             log.warning("store unavailable while checking <%s>: %s", address, exc)
             return TRY_LATER
+        if not isinstance(route, Reply):
+            route = self._limit(session, route)
         if isinstance(route, Reply):
             log.info("refused rcpt <%s> from %s (mail from <%s>): %s", address, session.peer[0],
                      session.mail_from, route)
@@ -185,6 +223,14 @@ class InboundHandler:
             limit = self.cfg.inbound.report_size
             session.message_limit = min(limit, session.message_limit or limit)
         return Reply(250, "2.1.5", "recipient ok")
+
+    def _limit(self, session: Session, route: Route) -> Route | Reply:
+        """The per-source limit of forwarding routes (module docstring, 4)."""
+        if route.kind == "member":
+            routes = self._routes(session)
+            if not any(r.kind == "member" for r in routes.values()) and not self.forward_buckets.take(session.peer[0]):
+                return TOO_MANY_FORWARDS  # the first forwarding recipient of a transaction pays
+        return route
 
     async def on_message(self, session: Session, data: bytes) -> Reply:
         routes = self._routes(session)
@@ -199,10 +245,28 @@ class InboundHandler:
         # depend on it (a bounce's status and counters): a refusal leaves nothing behind for the
         # sender's retry to duplicate (issue 14).
         plan = _Plan()
-        members = [r for r in chosen if r.kind == "member"]
-        if members:
-            self._forward_replies(session, members, data, plan)
         srs_routes = [r for r in chosen if r.kind == "srs"]
+        if srs_routes and not _is_delivery_report(data):
+            log.warning("refusing non-report mail from %s to SRS address(es) %s", session.peer[0],
+                        ",".join(r.address for r in srs_routes))
+            if len(srs_routes) == len(chosen):
+                return ONLY_BOUNCES
+            srs_routes = []
+        try:
+            if srs_routes:
+                srs_routes = await self._within_srs_limit(srs_routes)
+                if not srs_routes and all(r.kind == "srs" for r in chosen):
+                    return SRS_LIMIT
+            members = [r for r in chosen if r.kind == "member"]
+            if members:
+                members = await self._within_forward_cap(members)
+                if not members and all(r.kind == "member" for r in chosen):
+                    return FORWARD_LIMIT
+        except StoreError as exc:
+            log.warning("store unavailable while counting forwards: %s", exc)
+            return TRY_LATER
+        if members:
+            await self._forward_replies(session, members, data, plan)
         if srs_routes:
             self._return_bounces(session, srs_routes, data, plan)
         operator = [r for r in chosen if r.kind == "operator"]
@@ -243,8 +307,11 @@ class InboundHandler:
             return RELAY_DENIED
         if local.lower() == "postmaster":
             return Route("operator", address, mailbox="postmaster")
-        if not row.forward_to:
-            return NOT_AVAILABLE
+        if not row.forward_to or row.forward_confirmed_at is None:
+            return NOT_AVAILABLE  # never forwarded to an address that did not confirm it wants the mail
+        member = await self.store.get_member(row.did)
+        if member is None or member.status != "active":
+            return NOT_AVAILABLE  # a suspended member's domain forwards nothing
         return Route("member", address, domain=row)
 
     def _operator_route(self, address: str, local: str, mail_from: str) -> Route | Reply:
@@ -264,23 +331,28 @@ class InboundHandler:
                 return ONLY_BOUNCES
             return Route("srs", address, original=original)
         if lower in self._operator_boxes:
-            return Route("operator", address, mailbox="fbl" if lower == self._fbl else lower)
+            mailbox = "fbl" if lower == self._fbl else "tlsrpt" if lower == self._tlsrpt else lower
+            return Route("operator", address, mailbox=mailbox)
         return NOT_AVAILABLE
 
     # ---- after DATA -------------------------------------------------------------------------
 
-    def _forward_replies(self, session: Session, routes: list[Route], data: bytes, plan: _Plan) -> None:
+    async def _forward_replies(self, session: Session, routes: list[Route], data: bytes, plan: _Plan) -> None:
         """Replies to member domains: one copy per (member, forward-to), SRS0 envelope sender."""
         groups: dict[tuple[str, str], list[Route]] = {}
         for route in routes:
             assert route.domain is not None and route.domain.forward_to
             groups.setdefault((route.domain.did, route.domain.forward_to), []).append(route)
         sender = self._srs_sender(session.mail_from or "")
+        # What we found, for the member's mailbox: sealed into an ARC set at delivery (RFC 8617 §5.1).
+        # Any Authentication-Results claiming to be ours is someone else's forgery (RFC 8601 §5).
+        results = await self.verifier.verify(data)
+        checked = authentication_results(self.hostname, results) + _without_our_results(data, self.hostname)
         for (did, forward_to), group in groups.items():
             rcpts = [r.address for r in group]
             attrs = self._attrs(data, forward="1", transactional="1", forward_for=",".join(rcpts)[:300],
-                                original_mail_from=(session.mail_from or "")[:320])
-            plan.copy(Submission(did, sender, (forward_to,), self._trace(session, rcpts) + data, attrs),
+                                original_mail_from=(session.mail_from or "")[:320], arc="1")
+            plan.copy(Submission(did, sender, (forward_to,), self._trace(session, rcpts) + checked, attrs),
                       f"forwarding reply from <{session.mail_from}> to {','.join(rcpts)} for {did} "
                       f"via <{forward_to}> as <{sender}>")
 
@@ -296,6 +368,8 @@ class InboundHandler:
         boxes = {r.mailbox for r in routes}
         if "fbl" in boxes and await self._complaint(session, data) and boxes == {"fbl"}:
             return  # attributed and recorded; the operator sees it on the console, not in the inbox
+        if "tlsrpt" in boxes and await self._tls_report(session, data) and boxes == {"tlsrpt"}:
+            return  # recorded; the console lists TLS reports
         inbox = self.cfg.inbound.operator_inbox
         rcpts = [r.address for r in routes]
         if not inbox:
@@ -308,60 +382,141 @@ class InboundHandler:
         plan.copy(Submission(self.operator_did, sender, (inbox,), self._trace(session, rcpts) + data, attrs),
                   f"forwarding mail for {','.join(rcpts)} from <{session.mail_from}> to the operator inbox")
 
+    async def _tls_report(self, session: Session, data: bytes) -> bool:
+        """Record a TLS report (RFC 8460 §5.3) about the operator domain; False when it is not one."""
+        if not tlsrpt.is_report(data):
+            return False
+        try:
+            # Decompressing and parsing a stranger's attachment: off the event loop, with byte caps.
+            report = await self.reports.tls_report(data, now=self._now())
+        except tlsrpt.ReportError as exc:
+            log.info("TLS report from <%s> (%s) not readable: %s", session.mail_from, session.peer[0], exc)
+            return False
+        fresh = await self.store.add_tlsrpt_inbound(report)
+        if fresh and self.acceptor.bus is not None:
+            self.acceptor.bus.publish(TlsReportReceived(
+                organization=report.organization, report_id=report.report_id, policy_domain=report.policy_domain,
+                successes=report.successes, failures=report.failures, failure_types=report.failure_types))
+        log.info("TLS report %s from %s for %s: %d ok, %d failed%s%s", report.report_id, report.organization,
+                 report.policy_domain, report.successes, report.failures,
+                 f" ({report.failure_types})" if report.failure_types else "", "" if fresh else " (duplicate)")
+        return True
+
     async def _complaint(self, session: Session, data: bytes) -> bool:
         """Record an ARF complaint; False when it is not one or cannot be attributed (-> operator)."""
         try:
             report = await self.reports.arf(data)
         except ArfParseError as exc:
-            log.warning("unreadable ARF report from <%s>: %s", session.mail_from, exc)
+            await self._unattributed(session, "arf", f"unreadable ARF report: {exc}", data)
             return False
         if report is None:
             log.info("mail to the FBL address from <%s> is not an ARF report", session.mail_from)
             return False
-        did, row = await self._attribute(report)
-        if did is None:
-            log.warning("unattributable ARF report (%s) from <%s>, message-id <%s>: forwarding to the operator",
-                        report.feedback_type, session.mail_from, report.message_id)
+        source = await self._fbl_source(session, data)
+        if source is None:
+            await self._unattributed(session, "arf", "not from a configured feedback-loop source "
+                                     "(inbound.fbl_sources: no matching network or verified DKIM domain)", data,
+                                     report)
+            return False
+        row, why = await self._attribute(report)
+        if row is None:
+            await self._unattributed(session, "arf", why, data, report)
             return False
         if report.feedback_type in NOT_COMPLAINTS:
-            log.info("ARF %s report for %s: not a complaint, forwarding to the operator", report.feedback_type, did)
+            log.info("ARF %s report for %s: not a complaint, forwarding to the operator", report.feedback_type, row.did)
             return False
-        recipient = report.recipient or (row.recipient if row is not None else "") or ""
+        # The VERP address names the recipient: the report's own Original-Rcpt-To could name anyone.
+        recipient = row.recipient
+        if not await self.store.call(lambda s: s.record_complaint(row.id, row.did, recipient, report.feedback_type,
+                                                                  source)):
+            log.info("complaint about recipient id %d (%s) already counted: ignored", row.id, row.did)
+            return True
         self.complaints += 1
-        log.info("complaint (%s) for %s from <%s> about message <%s>", report.feedback_type, did, recipient,
-                 report.message_id)
-        await self.events.complaint(did, recipient, report.feedback_type, report.message_id or "")
+        log.info("complaint (%s, via %s) for %s from <%s> about message <%s>", report.feedback_type, source, row.did,
+                 recipient, report.message_id)
+        await self.events.complaint(row.did, recipient, report.feedback_type, report.message_id or "")
         if self.suppress_complainers and "@" in recipient:
-            await self.store.add_suppression(did, recipient, f"complaint ({report.feedback_type})")
+            await self.store.add_suppression(row.did, recipient, f"complaint ({report.feedback_type})")
         return True
 
-    async def _attribute(self, report: ArfReport) -> tuple[str | None, MessageRow | None]:
-        """The member a report is about: by a VERP envelope sender we can verify, else by the
-        enclosed message's X-Atmos-Member-Did naming an existing member."""
-        forged = False
-        for candidate in (report.return_path, report.original_mail_from):
-            rcpt_id = verp.decode(candidate or "", secret=self._secret, domain=self.domain)
+    async def _fbl_source(self, session: Session, data: bytes) -> str | None:
+        """The configured feedback-loop source this report comes from, or None."""
+        try:
+            peer = ipaddress.ip_address(session.peer[0].split("%", 1)[0])
+        except ValueError:
+            peer = None
+        if peer is not None:
+            for network in self._fbl_networks:
+                if peer.version == network.version and peer in network:
+                    return str(network)
+        if not self._fbl_domains:
+            return None
+        return passes_for(await self.verifier.verify(data), self._fbl_domains)
+
+    async def _attribute(self, report: ArfReport) -> tuple[MessageRow | None, str]:
+        """The recipient row a report is about, through a VERP envelope sender whose tag verifies;
+        else (None, why)."""
+        candidates = [c for c in (report.return_path, report.original_mail_from) if c]
+        for candidate in candidates:
+            rcpt_id = verp.decode(candidate, secret=self._secret, domain=self.domain)
             if rcpt_id is not None:
                 row = await self.store.get_message(rcpt_id)
                 if row is not None:
-                    return row.did, row
-            elif _looks_like_verp(candidate or "", self.domain):
-                forged = True
-        if forged:
-            # Claims to be about our mail but the tag does not verify: the header may be forged too.
-            log.warning("ARF report with a forged VERP sender: not attributed")
-            return None, None
-        did = report.member_did
-        if did and await self.store.get_member(did) is not None:
-            return did, None
-        return None, None
+                    return row, ""
+                return None, f"VERP recipient id {rcpt_id} is not (or no longer) in the store"
+        if any(_looks_like_verp(c, self.domain) for c in candidates):
+            return None, "the reported message's VERP address does not verify (forged?)"
+        return None, "the reported message carries no VERP envelope sender of this relay"
+
+    async def _unattributed(self, session: Session, kind: str, reason: str, data: bytes,
+                            report: ArfReport | None = None) -> None:
+        self.unattributed += 1
+        summary = "" if report is None else (f"feedback-type={report.feedback_type} "
+                                             f"message-id=<{report.message_id or ''}>")
+        log.warning("unattributed %s report from %s (mail from <%s>): %s", kind, session.peer[0], session.mail_from,
+                    reason)
+        try:
+            await self.store.call(lambda s: s.add_unattributed(kind, session.peer[0], session.mail_from or "", reason,
+                                                               summary or _subject(data)[:300]))
+        except StoreError as exc:  # the log line above is the operator's record then
+            log.warning("unattributed report not stored: %s", exc)
+
+    async def _within_srs_limit(self, routes: list[Route]) -> list[Route]:
+        """The SRS routes whose address may still relay a report today (counted only for reports
+        relayed, so junk refused after DATA cannot use up a genuine bounce's budget)."""
+        day = int(self._now() // 86400)
+        kept = []
+        for route in routes:
+            key = route.address.lower()
+            if await self.store.call(functools.partial(_take_daily, scope="srs", key=key, day=day,
+                                                       cap=self.cfg.inbound.srs_daily)):
+                kept.append(route)
+            else:
+                log.warning("SRS address <%s> reached its daily limit of %d reports", route.address,
+                            self.cfg.inbound.srs_daily)
+        return kept
+
+    async def _within_forward_cap(self, routes: list[Route]) -> list[Route]:
+        """The member routes whose member still has forwards left today (one counted per member)."""
+        day = int(self._now() // 86400)
+        allowed: dict[str, bool] = {}
+        for route in routes:
+            assert route.domain is not None
+            did = route.domain.did
+            if did not in allowed:
+                allowed[did] = await self.store.call(functools.partial(
+                    _take_daily, scope="forward", key=did, day=day, cap=self.cfg.inbound.forward_daily))
+                if not allowed[did]:
+                    log.warning("forwarding cap (%d a day) reached for %s", self.cfg.inbound.forward_daily, did)
+        return [r for r in routes if r.domain is not None and allowed[r.domain.did]]
 
     async def _bounce(self, session: Session, route: Route, data: bytes, plan: _Plan) -> None:
         """A message to a verified VERP address: classify, update the row, tell events, tell the member
         (the row update and the events run once the copy to the member is durable: ``plan.after``)."""
         row = await self.store.get_message(route.rcpt_id)
         if row is None:
-            log.warning("bounce for recipient id %d, which the store does not know: ignored", route.rcpt_id)
+            await self._unattributed(session, "dsn", f"VERP recipient id {route.rcpt_id} is not (or no longer) "
+                                     "in the store", data)
             return
         report = await self.reports.bounce(data, row.recipient, null_sender=not session.mail_from)
         # A reply we forwarded to a member's own mailbox bounced there: not the member's sending.
@@ -405,8 +560,11 @@ class InboundHandler:
     ) -> None:
         """Pass a bounce (or an auto-reply) on to the member's forward-to mailbox, null reverse-path."""
         domain = await self.store.get_domain(row.from_domain) if row.from_domain else None
-        if domain is None or domain.did != row.did or not domain.forward_to:
-            log.info("no forward-to for %s (%s): bounce for rcpt id %d logged only", row.from_domain, row.did, row.id)
+        if domain is None or domain.did != row.did or not domain.forward_to or domain.forward_confirmed_at is None:
+            # Unconfirmed: the content of a "bounce" is anyone's to write (every recipient sees the VERP
+            # address), so it goes only to a mailbox that asked for the member's mail.
+            log.info("no confirmed forward-to for %s (%s): bounce for rcpt id %d logged only", row.from_domain,
+                     row.did, row.id)
             return
         attrs = self._attrs(data, forward="1", dsn="1", original_rcpt_id=str(row.id),
                             bounce_class=report.klass if report is not None and report.failed else "")
@@ -444,6 +602,43 @@ class InboundHandler:
 def _looks_like_verp(address: str, domain: str) -> bool:
     local, _, addr_domain = address.rpartition("@")
     return addr_domain.lower() == domain and local.lower().startswith("bounces+")
+
+
+def _take_daily(store: Store, *, scope: str, key: str, day: int, cap: int) -> bool:
+    return store.take_daily(scope, key, day, cap)
+
+
+def _is_delivery_report(data: bytes) -> bool:
+    """RFC 3464 §2 / RFC 6522: top-level ``multipart/report; report-type=delivery-status``."""
+    try:
+        msg = email.message_from_bytes(_header_section(data[:256 * 1024]), policy=email.policy.compat32)
+    except Exception:
+        return False
+    return msg.get_content_type() == "multipart/report" and \
+        str(msg.get_param("report-type", "")).lower() == "delivery-status"
+
+
+_AUTH_RESULTS = re.compile(rb"^authentication-results:[ \t]*([^;\s]+)", re.IGNORECASE)
+
+
+def _without_our_results(data: bytes, authserv_id: str) -> bytes:
+    """``data`` without Authentication-Results fields naming our authserv-id (RFC 8601 §5: a forgery)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return data
+    ours = authserv_id.lower().encode()
+    out: list[bytes] = []
+    dropping = False
+    for line in data[: end + 2].split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+            continue
+        m = _AUTH_RESULTS.match(line)
+        dropping = m is not None and m.group(1).lower() == ours
+        if not dropping:
+            out.append(line)
+    return b"\r\n".join(out) + b"\r\n" + data[end + 2 :]
 
 
 def _header_section(data: bytes) -> bytes:

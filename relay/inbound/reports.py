@@ -1,4 +1,4 @@
-"""Reading bounces and complaints off the event loop, with caps that fit what a report needs.
+"""Reading bounces, complaints and TLS reports off the event loop, with caps that fit what a report needs.
 
 ``email.message_from_bytes`` over a hostile message is long CPU work: a 10 MiB ``multipart/report``
 of ~300k tiny parts kept the Trio thread busy for ~7 s, stalling SMTP, HTTP and delivery. So the
@@ -21,8 +21,10 @@ import re
 
 import trio
 
+from relay.delivery.tlsrpt import ReportError, parse_inbound
 from relay.inbound.arf import ArfParseError, ArfReport, is_arf, parse_arf
 from relay.inbound.bounces import Bounce, analyze
+from relay.store.rows import InboundTlsReport
 
 # A line that may be a MIME boundary delimiter (RFC 2046 §5.1.1: "--" boundary at the start of a line).
 _BOUNDARY_LINE = re.compile(rb"^--", re.MULTILINE)
@@ -56,6 +58,15 @@ class ReportReader:
         if head is None:
             raise ArfParseError(f"more than {self.max_parts} MIME parts: not read as a feedback report")
         return await trio.to_thread.run_sync(_read_arf, head, limiter=self._limiter)
+
+
+    async def tls_report(self, data: bytes, *, now: float) -> InboundTlsReport:
+        """A TLS report (RFC 8460 §5.3) in a worker thread; raises ``ReportError``. The whole message is
+        read (the report is its last part; the inbound size limit bounds it), under the same part cap; the
+        decompressed report has its own cap (relay.delivery.tlsrpt.MAX_INBOUND_BYTES)."""
+        if len(_BOUNDARY_LINE.findall(data, 0)) > 2 * (self.max_parts + 1):
+            raise ReportError(f"more than {self.max_parts} MIME parts: not read as a TLS report")
+        return await trio.to_thread.run_sync(functools.partial(parse_inbound, data, now=now), limiter=self._limiter)
 
 
 def _read_arf(data: bytes) -> ArfReport | None:

@@ -25,13 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import httpx
 import trio
 
 from relay.config import Config
 from relay.dkimkeys import SecretBoxError
 from relay.dns.checks import DnsLookup, DnsLookupError, DomainReport, TxtLookup
 from relay.dns.verifier import DomainVerifier, UnknownDomain
+from relay.egress import Egress
 from relay.fetch import DOCUMENT_BYTES, FetchError, get_json
 from relay.labeler.conditions import (
     ATTESTATION_COLLECTION,
@@ -82,11 +82,12 @@ class PdsAttestations:
     """Fetches ``email.atmos.attestation/<domain>`` from the member's PDS (found through its DID)."""
 
     def __init__(self, resolver: Resolver, *, timeout: float = 10.0, max_bytes: int = DOCUMENT_BYTES,
-                 deadline: float = 30.0) -> None:
+                 deadline: float = 30.0, egress: Egress | None = None) -> None:
         self.resolver = resolver
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.deadline = deadline
+        self.egress = egress or Egress()
 
     async def fetch(self, did: str, domain: str) -> AttestationFetch:
         from relay.identity import IdentityError
@@ -96,18 +97,20 @@ class PdsAttestations:
         except IdentityError as exc:
             return AttestationFetch("error", detail=str(exc))
         return await get_record(ident.pds_url, did, domain, timeout=self.timeout, max_bytes=self.max_bytes,
-                                deadline=self.deadline)
+                                deadline=self.deadline, egress=self.egress)
 
 
 async def get_record(pds_url: str, did: str, domain: str, *, timeout: float = 10.0,  # noqa: ASYNC109
-                     max_bytes: int = DOCUMENT_BYTES, deadline: float = 30.0) -> AttestationFetch:
-    """``GET <pds>/xrpc/com.atproto.repo.getRecord`` (httpx on Trio, through anyio), bounded (relay.fetch)."""
+                     max_bytes: int = DOCUMENT_BYTES, deadline: float = 30.0,
+                     egress: Egress | None = None) -> AttestationFetch:
+    """``GET <pds>/xrpc/com.atproto.repo.getRecord`` (httpx on Trio, through anyio), bounded (relay.fetch),
+    connected through the outbound address policy (relay.egress)."""
     url = pds_url.rstrip("/") + "/xrpc/com.atproto.repo.getRecord"
     params = {"repo": did, "collection": ATTESTATION_COLLECTION, "rkey": domain}
     with trio.move_on_after(deadline):
         try:
-            async with httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                         headers={"user-agent": "atmosphere-relay-labeler"}) as client:
+            async with (egress or Egress()).http_client(
+                    timeout=timeout, headers={"user-agent": "atmosphere-relay-labeler"}) as client:
                 status, body = await get_json(client, url, params=params, max_bytes=max_bytes,
                                               what="attestation record")
         except FetchError as exc:
@@ -168,7 +171,7 @@ class Labeler:
         self.attestations: AttestationSource = (
             attestations if attestations is not None else PdsAttestations(
                 resolver, timeout=cfg.identity.timeout, max_bytes=cfg.identity.document_bytes,
-                deadline=cfg.identity.deadline))
+                deadline=cfg.identity.deadline, egress=Egress.from_config(cfg)))
         self.clock = clock
         self.results: dict[str, MemberCheck] = {}
         self._fresh: dict[str, DomainReport] = {}  # reports handed over by on_domain_change

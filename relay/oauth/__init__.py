@@ -19,8 +19,7 @@ def client_from_config(
     """The relay's client: ``client_id = public_url + /oauth/client-metadata.json``, keys in the state dir."""
     keys = ClientKeys.load_or_create(cfg.state_path / "oauth")
     ident = identity or IdentityResolver.from_config(cfg)
-    return OAuthClient(cfg.public_url, keys, ident, timeout=cfg.identity.timeout,
-                       allow_http_on_loopback=cfg.identity.allow_http_on_loopback,
+    return OAuthClient(cfg.public_url, keys, ident, timeout=cfg.identity.timeout, egress=ident.egress,
                        max_bytes=cfg.identity.metadata_bytes, deadline=cfg.identity.deadline, store=store)
 
 

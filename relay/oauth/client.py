@@ -7,7 +7,7 @@
 
 DPoP nonces (``use_dpop_nonce``) are remembered per origin and retried once with a fresh proof and a
 fresh client assertion (the assertion's ``jti`` must never repeat). Every URL the client talks to must be
-https, except http on loopback when ``allow_http_on_loopback`` is set (development and tests). Every
+https and every connection passes relay.egress (http only in --dev or to a loopback test peer). Every
 answer is read within ``max_bytes`` (``relay.fetch``) and each of ``start``/``callback``/``refresh`` has
 one overall ``deadline``: the servers involved are chosen by whoever signs in.
 """
@@ -29,6 +29,7 @@ import trio
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
+from relay.egress import Egress
 from relay.fetch import METADATA_BYTES, Fetched, FetchError, fetch, get_json
 from relay.identity import Identity, IdentityError, IdentityResolver, check_url
 from relay.oauth.keys import ClientKeys
@@ -94,7 +95,7 @@ class TokenSet:
 class OAuthClient:
     def __init__(
         self, public_url: str, keys: ClientKeys, identity: IdentityResolver, *, scope: str = SCOPE,
-        timeout: float = 10.0, allow_http_on_loopback: bool = False,
+        timeout: float = 10.0, egress: Egress | None = None,
         http: Callable[[], httpx.AsyncClient] | None = None, clock: Callable[[], float] = time.time,
         client_name: str = "Atmosphere Relay", max_bytes: int = METADATA_BYTES, deadline: float = 30.0,
         store: AsyncStore | None = None,
@@ -103,12 +104,11 @@ class OAuthClient:
         self.keys = keys
         self.identity = identity
         self.scope = scope
-        self.allow_http_on_loopback = allow_http_on_loopback
+        self.egress = egress or identity.egress
         self.client_name = client_name
         self.max_bytes = max_bytes
         self.deadline = deadline
-        self._http = http or (lambda: httpx.AsyncClient(timeout=timeout, follow_redirects=False,
-                                                        headers={"user-agent": "atmosphere-relay"}))
+        self._http = http or self.egress.http_factory(timeout)
         self._clock = clock
         self._pending: dict[str, PendingAuth] = {}  # without a store (tests, tools)
         # With a store, sign-ins in progress live there: a restart between the redirect to the
@@ -272,7 +272,7 @@ class OAuthClient:
 
     def _check(self, url: str, what: str) -> None:
         try:
-            check_url(url, allow_http_on_loopback=self.allow_http_on_loopback, what=what)
+            check_url(url, egress=self.egress, what=what)
         except IdentityError as exc:
             raise OAuthError(str(exc)) from None
 

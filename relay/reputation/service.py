@@ -72,6 +72,8 @@ class Reputation:
         purge_interval: float = 3600.0,
         suppress_complainers: bool = True,
         outcomes_in_store: bool = False,
+        on_suspended: Callable[[str, str], None] | None = None,
+        on_complaint: Callable[[str, str], None] | None = None,
     ) -> None:
         self._store = store
         self.suspension = suspension
@@ -95,8 +97,8 @@ class Reputation:
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._follow_send, self._follow_recv = trio.open_memory_channel[_FollowUp](_FOLLOW_UP_QUEUE)
         # Optional hooks for the operator event stream: (did, reason) / (did, feedback type).
-        self.on_suspended: Callable[[str, str], None] | None = None
-        self.on_complaint: Callable[[str, str], None] | None = None
+        self.on_suspended = on_suspended
+        self.on_complaint = on_complaint
 
     @classmethod
     def from_config(cls, store: AsyncStore, cfg: Config, **kw: Any) -> Reputation:
@@ -237,9 +239,6 @@ class Reputation:
             log.error("reputation follow-up queue full: bounce of %s for %s counted but not judged", recipient, did)
 
     # -- outcomes: awaited by the inbound listener ----------------------------------------------
-
-    async def record_sent(self, did: str, domain: str, n: int = 1) -> None:
-        self._count(did, domain, "sent", "", n)
 
     async def record_bounce(
         self, did: str, rcpt_id: int | None, recipient: str, klass: str, diagnostic: str, *, domain: str | None = None
@@ -388,7 +387,7 @@ class Reputation:
             "standing": {
                 "windowHours": cfg.window / HOUR, "sends": sends, "bounces": bounces, "complaints": complaints,
                 "maxBounceRate": cfg.max_bounce_rate, "maxComplaintRate": cfg.max_complaint_rate,
-                "minSends": cfg.min_sends,
+                "minSends": cfg.min_sends, "minComplaints": cfg.min_complaints,
             },
             "labels": [],
         }

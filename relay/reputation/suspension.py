@@ -2,7 +2,9 @@
 
 Per DID, over ``[suspension] window`` (24 h): if bounces / sends > ``max_bounce_rate`` (5 %) or
 complaints / sends > ``max_complaint_rate`` (0.08 %), with at least ``min_sends`` (20) sends, the member
-is suspended with a reason such as ``automatic: 7 bounces in 24 h of 40 sends (17.5% > 5%)``.
+is suspended (complaints only once there are at least ``min_complaints`` (3) distinct ones: at low
+volume a single report, perhaps a recipient's mistake, is already over 0.08 %) with a reason such
+as ``automatic: 7 bounces in 24 h of 40 sends (17.5% > 5%)``.
 
 "Sends" are the recipients the relay accepted from the member (the rate limiter's counters), so a
 recipient counts once whether it bounced at once (5xx during delivery) or later (a DSN on port 25).
@@ -81,6 +83,6 @@ def evaluate(*, sends: int, bounces: int, complaints: int, cfg: SuspensionConfig
         return None
     if bounces / sends > cfg.max_bounce_rate:
         return Verdict("bounce", bounces, sends, bounces / sends, cfg.max_bounce_rate, cfg.window)
-    if complaints / sends > cfg.max_complaint_rate:
+    if complaints >= cfg.min_complaints and complaints / sends > cfg.max_complaint_rate:
         return Verdict("complaint", complaints, sends, complaints / sends, cfg.max_complaint_rate, cfg.window)
     return None

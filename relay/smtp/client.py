@@ -32,7 +32,8 @@ import functools
 import ipaddress
 import logging
 import ssl
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import NoReturn
@@ -56,6 +57,7 @@ from relay.smtp.reply import Reply
 
 __all__ = [
     "ClientTimeouts",
+    "PeerCheck",
     "SmtpClient",
     "SmtpConnectError",
     "SmtpError",
@@ -81,6 +83,11 @@ class TlsPolicy(enum.Enum):
     OPPORTUNISTIC = "may"  # STARTTLS when offered, unverified; clear text when the handshake fails
     VERIFY = "verify"  # STARTTLS required, certificate verified for tls_server_name; else temporary failure
     NONE = "none"  # never STARTTLS
+
+
+#: Called after a TLS handshake with the server's certificate chain as sent (DER, leaf first); returns
+#: why the peer is not acceptable, or None. DANE (RFC 7672 §3) authenticates this way instead of PKIX.
+PeerCheck = Callable[[list[bytes]], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +146,14 @@ class SmtpProtocolError(SmtpError):
 
 
 class SmtpTlsError(SmtpError):
+    """``result_type`` names the failure as TLS reports do (RFC 8460 §4.3.2.1-2)."""
+
     local_reply = Reply(451, "4.7.5", "")  # X.7.5 cryptographic failure (X.7.4: not offered)
+
+    def __init__(self, text: str, *, reply: Reply | None = None, enhanced: str | None = None,
+                 result_type: str = "validation-failure") -> None:
+        super().__init__(text, reply=reply, enhanced=enhanced)
+        self.result_type = result_type
 
     @property
     def temporary(self) -> bool:
@@ -205,6 +219,27 @@ def verify_context() -> ssl.SSLContext:
     return ctx
 
 
+def _peer_chain(tls: trio.SSLStream[trio.abc.Stream]) -> list[bytes]:
+    """The certificates the server sent, leaf first, as DER (RFC 7672 §3.1.2 needs the whole chain)."""
+    obj = tls._ssl_object  # trio forwards no chain accessor; the SSLObject underneath has one
+    if sys.version_info >= (3, 13):
+        return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in obj.get_unverified_chain()]  # type: ignore[attr-defined]
+    # Python 3.10-3.12 have the method on the C object only (made public in 3.13).
+    chain = obj._sslobj.get_unverified_chain() or []  # type: ignore[attr-defined]
+    return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in chain]  # type: ignore[attr-defined]
+
+
+def _verify_result(cause: BaseException | None) -> str:
+    """RFC 8460 §4.3.2.2 result type of a failed certificate verification (OpenSSL X509_V_ERR_* codes)."""
+    if not isinstance(cause, ssl.SSLCertVerificationError):
+        return "validation-failure"
+    if cause.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+        return "certificate-host-mismatch"
+    if cause.verify_code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
+        return "certificate-expired"
+    return "certificate-not-trusted"
+
+
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -225,15 +260,19 @@ async def open_smtp(
     timeouts: ClientTimeouts | None = None,
     tls_server_name: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    peer_check: PeerCheck | None = None,
 ) -> SmtpClient:
     """Connect to ``host_addr:port`` and run greeting, EHLO (HELO fallback) and STARTTLS per ``tls``.
 
     ``tls_server_name`` is the MX host name: SNI, the name verified under VERIFY, and the name in error
     texts. ``ssl_context`` replaces the default context of the policy (tests pass their own CA).
+    ``peer_check`` (VERIFY only) judges the certificate chain after the handshake; a refusal is an
+    ``SmtpTlsError`` like a failed verification (DANE passes an unverifying context and its TLSA check).
     Returns a client ready for ``send_message``; raises an ``SmtpError`` otherwise.
     """
     timeouts = timeouts or ClientTimeouts()
     client = SmtpClient(host_addr, port, helo_name=helo_name, timeouts=timeouts, tls_server_name=tls_server_name)
+    client.peer_check = peer_check if tls is TlsPolicy.VERIFY else None
     try:
         await client._open(tls, ssl_context)
     except _HandshakeFailed as exc:
@@ -272,6 +311,7 @@ class SmtpClient:
         self.tls_version: str | None = None
         self.tls_cipher: str | None = None
         self.tls_fallback = False  # the STARTTLS handshake failed and this is the clear-text retry
+        self.peer_check: PeerCheck | None = None
         self.messages = 0  # transactions attempted on this connection
         self._conn = ClientConnection()
         self._stream: trio.abc.Stream | None = None
@@ -411,7 +451,8 @@ class SmtpClient:
         if not self.extensions.starttls:
             if policy is TlsPolicy.VERIFY:
                 await self.quit()
-                raise SmtpTlsError(f"TLS is required, but was not offered by host {self.name}", enhanced="4.7.4")
+                raise SmtpTlsError(f"TLS is required, but was not offered by host {self.name}", enhanced="4.7.4",
+                                   result_type="starttls-not-supported")
             return
         await self._starttls(policy, ssl_context)
 
@@ -434,7 +475,7 @@ class SmtpClient:
                 raise SmtpReplyError(text, reply=answer.reply)
             if policy is TlsPolicy.VERIFY:
                 await self.quit()
-                raise SmtpTlsError(text, reply=answer.reply)
+                raise SmtpTlsError(text, reply=answer.reply, result_type="starttls-not-supported")
             log.info("%s refused STARTTLS (%s); continuing without TLS", self.name, answer.reply)
             return
         verify = policy is TlsPolicy.VERIFY
@@ -453,9 +494,14 @@ class SmtpClient:
         except (trio.BrokenResourceError, trio.TooSlowError) as exc:
             cause = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc.__cause__ or exc)
             if verify:
-                raise SmtpTlsError(f"TLS with {self.name} failed (verifying {server_name}): {cause}") from None
+                raise SmtpTlsError(f"TLS with {self.name} failed (verifying {server_name}): {cause}",
+                                   result_type=_verify_result(exc.__cause__)) from None
             raise _HandshakeFailed(cause) from None
         self._stream = tls
+        if verify and self.peer_check is not None:
+            problem = self.peer_check(_peer_chain(tls))
+            if problem is not None:
+                raise SmtpTlsError(f"TLS with {self.name}: {problem}", result_type="certificate-not-trusted")
         self._conn.tls_started()
         self.tls_active = True
         self.tls_version = tls.version()

@@ -281,7 +281,7 @@ class _Connection:
         self._record(event, reply)
         if reply.code >= 400:
             self._refused(event, reply)
-        self._charge()  # before the 250 goes out: a client that saw it finds the message's bytes released
+        self._charge()  # before the flush: the message's bytes are free once it is answered
         if isinstance(event, MessageComplete) and reply.code < 300:
             await self._flush_committed()
         if self.conn.state is State.TLS:
@@ -505,6 +505,7 @@ class SmtpServer:
         self.buffers = buffers or BufferBudget(1 << 62)
         self.refusals = refusals  # /metrics: refusals by listener and reason
         self._per_ip: dict[str, int] = {}  # open sessions per source_key (anvil)
+        self._refusing: set[str] = set()  # keys refused since their last session ended: logged once
         self._drain = Drain()
         self._accept_scope = trio.CancelScope()
         self._sessions_scope: trio.CancelScope | None = None
@@ -572,7 +573,9 @@ class SmtpServer:
                 log.warning("refusing %s on %s: %d sessions open", peer, self.config.name, self._active)
                 sessions.start_soon(self._refuse, stream, TOO_MANY_CONNECTIONS)
             elif self._per_ip.get(key, 0) >= self.config.max_connections_per_ip:
-                log.warning("refusing %s: %d sessions open from %s", peer, self._per_ip[key], key)
+                if key not in self._refusing:  # a flood must not become a flood of log lines
+                    self._refusing.add(key)
+                    log.warning("refusing connections from %s: %d sessions open (%s)", key, self._per_ip[key], peer)
                 sessions.start_soon(self._refuse, stream, TOO_MANY_FROM_YOU)
             else:
                 self._active += 1
@@ -590,6 +593,7 @@ class SmtpServer:
             left = self._per_ip.pop(key) - 1
             if left:
                 self._per_ip[key] = left
+            self._refusing.discard(key)
             if self._active == 0 and self._drain.started:
                 self._drained.set()
 

@@ -22,6 +22,7 @@ from relay.store.rows import (
     Domain,
     DomainState,
     IdempotentResponse,
+    InboundTlsReport,
     LabelRow,
     Member,
     MemberStatus,
@@ -32,7 +33,9 @@ from relay.store.rows import (
     ReputationCount,
     SendCount,
     StatusUpdate,
+    StsPolicyRow,
     Suppression,
+    TlsRptCount,
     Webhook,
     WebSession,
     WriteOp,
@@ -86,6 +89,7 @@ class AsyncStore:
         ed25519_private: bytes,
         verify_token: str,
         state: DomainState = "pending",
+        claim_ttl: float | None = None,
     ) -> Domain:
         fn = functools.partial(
             self._store.add_domain,
@@ -96,6 +100,7 @@ class AsyncStore:
             ed25519_private=ed25519_private,
             verify_token=verify_token,
             state=state,
+            claim_ttl=claim_ttl,
         )
         return await self._run(fn)
 
@@ -249,6 +254,39 @@ class AsyncStore:
         return await self._run(functools.partial(self._store.purge_web_sessions, now))
 
     # labels
+    async def add_tlsrpt_counts(self, rows: Sequence[TlsRptCount]) -> None:
+        await self._run(functools.partial(self._store.add_tlsrpt_counts, rows))
+
+    async def tlsrpt_counts(self, day: str) -> list[TlsRptCount]:
+        return await self._run(functools.partial(self._store.tlsrpt_counts, day))
+
+    async def claim_tlsrpt_report(self, day: str, policy_domain: str, now: float) -> bool:
+        return await self._run(functools.partial(self._store.claim_tlsrpt_report, day, policy_domain, now))
+
+    async def add_tlsrpt_inbound(self, report: InboundTlsReport) -> bool:
+        return await self._run(functools.partial(self._store.add_tlsrpt_inbound, report))
+
+    async def list_tlsrpt_inbound(self, limit: int) -> list[InboundTlsReport]:
+        return await self._run(functools.partial(self._store.list_tlsrpt_inbound, limit))
+
+    async def purge_tlsrpt(self, before_day: str) -> int:
+        return await self._run(functools.partial(self._store.purge_tlsrpt, before_day))
+
+    async def put_sts_policy(self, row: StsPolicyRow) -> None:
+        await self._run(functools.partial(self._store.put_sts_policy, row))
+
+    async def sts_policies(self, now: float, limit: int) -> list[StsPolicyRow]:
+        return await self._run(functools.partial(self._store.sts_policies, now, limit))
+
+    async def purge_sts_policies(self, now: float) -> int:
+        return await self._run(functools.partial(self._store.purge_sts_policies, now))
+
+    async def get_firehose_cursor(self, url: str) -> int | None:
+        return await self._run(functools.partial(self._store.get_firehose_cursor, url))
+
+    async def set_firehose_cursor(self, url: str, cursor: int, now: float) -> None:
+        await self._run(functools.partial(self._store.set_firehose_cursor, url, cursor, now))
+
     async def add_labels(self, labels: Sequence[LabelRow]) -> list[LabelRow]:
         return await self._run(functools.partial(self._store.add_labels, labels))
 

@@ -210,6 +210,111 @@ ALTER TABLE messages ADD COLUMN tags TEXT NOT NULL DEFAULT '';
 ALTER TABLE messages ADD COLUMN metadata TEXT NOT NULL DEFAULT '';
 """
 
+# Abuse resistance (issue 15): complaints de-duplicated per recipient id (the VERP address names
+# one recipient of one message); reports nobody can be held to, kept for the operator; forward-to
+# confirmation; per-day counters (forwards per member, delivery reports per SRS0 address);
+# competing pending domain claims.
+_V8 = """
+CREATE TABLE complaints (
+    rcpt_id       INTEGER PRIMARY KEY,
+    did           TEXT NOT NULL,
+    recipient     TEXT NOT NULL,
+    feedback_type TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    received_at   REAL NOT NULL
+);
+CREATE INDEX complaints_received ON complaints(received_at);
+
+CREATE TABLE unattributed_reports (
+    id          INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    mail_from   TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX unattributed_reports_received ON unattributed_reports(received_at);
+
+ALTER TABLE domains ADD COLUMN forward_confirmed_at REAL;
+
+CREATE TABLE daily_counts (
+    scope TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    day   INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (scope, key, day)
+) WITHOUT ROWID;
+
+CREATE TABLE domain_claims (
+    domain          TEXT NOT NULL CHECK (domain = lower(domain)),
+    did             TEXT NOT NULL REFERENCES members(did),
+    selector        TEXT NOT NULL,
+    rsa_private     BLOB NOT NULL,
+    ed25519_private BLOB NOT NULL,
+    verify_token    TEXT NOT NULL,
+    created_at      REAL NOT NULL,
+    PRIMARY KEY (domain, did)
+);
+"""
+
+# relay.delivery.tlsrpt (RFC 8460): sessions per policy and outcome per UTC day, which daily reports went
+# out, and reports received about the operator domain; MTA-STS policies; relay.labeler.firehose: cursors.
+_V10 = """
+CREATE TABLE tlsrpt_counts (
+    day            TEXT NOT NULL,
+    policy_domain  TEXT NOT NULL,
+    policy_type    TEXT NOT NULL,
+    policy_strings TEXT NOT NULL,
+    mx_patterns    TEXT NOT NULL,
+    mx_host        TEXT NOT NULL,
+    result_type    TEXT NOT NULL,
+    receiving_ip   TEXT NOT NULL,
+    sessions       INTEGER NOT NULL,
+    detail         TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (day, policy_domain, policy_type, policy_strings, mx_patterns, mx_host, result_type, receiving_ip)
+) WITHOUT ROWID;
+
+CREATE TABLE tlsrpt_sent (
+    day           TEXT NOT NULL,
+    policy_domain TEXT NOT NULL,
+    sent_at       REAL NOT NULL,
+    PRIMARY KEY (day, policy_domain)
+) WITHOUT ROWID;
+
+CREATE TABLE tlsrpt_inbound (
+    id            INTEGER PRIMARY KEY,
+    organization  TEXT NOT NULL,
+    report_id     TEXT NOT NULL,
+    policy_domain TEXT NOT NULL,
+    start_time    TEXT NOT NULL,
+    end_time      TEXT NOT NULL,
+    successes     INTEGER NOT NULL,
+    failures      INTEGER NOT NULL,
+    failure_types TEXT NOT NULL,
+    report        TEXT NOT NULL,
+    received_at   REAL NOT NULL,
+    UNIQUE (organization, report_id)
+);
+
+-- relay.delivery.mtasts: policies survive a restart (RFC 8461 §5.1: a cached policy is what defeats an
+-- attacker who strips the TXT record or blocks the HTTPS fetch).
+CREATE TABLE mta_sts_policies (
+    domain     TEXT PRIMARY KEY,
+    sts_id     TEXT NOT NULL,
+    policy     TEXT NOT NULL,
+    fetched_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- relay.labeler.firehose: the last sequence number (or Jetstream time_us) handled, per stream URL.
+CREATE TABLE firehose_cursor (
+    url        TEXT PRIMARY KEY,
+    cursor     INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
@@ -217,7 +322,9 @@ MIGRATIONS: list[tuple[int, str]] = [
     (4, _V4),
     (5, _V5),
     (7, _V7),
+    (8, _V8),
     (9, _V9),
+    (10, _V10),
 ]
 
 LATEST = max(version for version, _ in MIGRATIONS)

@@ -63,16 +63,21 @@ class StatusMirror:
     """The spool's ``Mirror`` (spool.aio): feeds the status writer, reports how far the store got."""
 
     def __init__(
-        self, writer: StatusWriter, *, clock: Callable[[], float] = time.time, count_outcomes: bool = False
+        self, writer: StatusWriter, *, clock: Callable[[], float] = time.time, count_outcomes: bool = False,
+        store_mark: Position | None = None,
     ) -> None:
         self._writer = writer
         self._count_outcomes = count_outcomes  # also write reputation counters (Reputation(outcomes_in_store))
+        # A store that never had a mark (first start, or one from before the mirror) has counted the
+        # outcomes already in the log its own way: the first replay must not count them again.
+        self._recount = store_mark is not None
         self._clock = clock
         self._position: Position | None = None
 
     def mirror(self, position: Position, changes: Sequence[Change]) -> None:
         now = self._clock()
-        ops = ops_for(changes, now, count_outcomes=self._count_outcomes)
+        ops = ops_for(changes, now, count_outcomes=self._count_outcomes and self._recount)
+        self._recount = True
         ops.append(SpoolMark(position[0], position[1], now))
         self._writer.submit_nowait(ops)
         self._position = position

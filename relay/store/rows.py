@@ -49,6 +49,8 @@ class Domain:
     created_at: float = 0.0
     verified_at: float | None = None  # first successful ownership check; kept across re-checks
     default_category: str = ""  # X-Atmos-Category for mail from this domain that names none
+    forward_confirmed_at: float | None = None  # forward_to proved by the link mailed to it; None: replies refused
+    claim: bool = False  # a competing pending claim (domain_claims), not the domain's own row
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,3 +242,61 @@ class LabelRow:
     sig: bytes
     exp: str | None = None
     seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UnattributedReport:
+    """A complaint or bounce the relay could not tie to a message it sent: the operator's to read."""
+
+    id: int
+    kind: str  # arf | dsn
+    peer: str  # the SMTP client's address
+    mail_from: str
+    reason: str  # why it was not attributed (untrusted source, no VERP address, forged tag, ...)
+    summary: str  # feedback type, reported Message-ID, ... (bounded)
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TlsRptCount:
+    """TLS sessions counted for one TLS report line (RFC 8460 §4.4): a policy, an MX host and an outcome
+    (``result_type`` "" for successes). ``day`` is the UTC date, YYYY-MM-DD."""
+
+    day: str
+    policy_domain: str
+    policy_type: str  # sts | tlsa | no-policy-found
+    policy_strings: tuple[str, ...]
+    mx_patterns: tuple[str, ...]
+    mx_host: str
+    result_type: str
+    receiving_ip: str
+    sessions: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InboundTlsReport:
+    """A TLS report (RFC 8460) another sender sent about the operator domain."""
+
+    organization: str
+    report_id: str
+    policy_domain: str
+    start: str
+    end: str
+    successes: int
+    failures: int
+    received_at: float
+    failure_types: str = ""  # "type=count, ..."
+    report: str = ""  # the JSON, as received (bounded)
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StsPolicyRow:
+    """An MTA-STS policy as fetched (relay.delivery.mtasts parses ``policy`` again when loading it)."""
+
+    domain: str
+    sts_id: str
+    policy: str
+    fetched_at: float
+    expires_at: float

@@ -17,6 +17,7 @@ runs calls in a worker thread; it is only ever used by one thread at a time.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +46,7 @@ from relay.store.rows import (
     Domain,
     DomainState,
     IdempotentResponse,
+    InboundTlsReport,
     LabelRow,
     Member,
     MemberStatus,
@@ -57,7 +59,10 @@ from relay.store.rows import (
     SendCount,
     SpoolMark,
     StatusUpdate,
+    StsPolicyRow,
     Suppression,
+    TlsRptCount,
+    UnattributedReport,
     Webhook,
     WebSession,
     WriteOp,
@@ -112,7 +117,8 @@ _TERMINAL = "status IN ({})".format(", ".join(f"'{s}'" for s in TERMINAL_STATUSE
 def connect(path: str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
     """Open, configure and migrate a database file (or ``:memory:``)."""
     if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private(path)
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
@@ -127,6 +133,23 @@ def connect(path: str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
             raise StoreUnavailable(f"cannot open store {path}: {exc}") from exc
         raise
     return conn
+
+
+def _private(path: str) -> None:
+    """Create the database file 0600 before SQLite first writes it (SQLite gives the -wal and -shm
+    files the database file's mode), and tighten files an older version left readable."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        try:
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 class SqliteStore:
@@ -225,30 +248,53 @@ class SqliteStore:
         ed25519_private: bytes,
         verify_token: str,
         state: DomainState = "pending",
+        claim_ttl: float | None = None,
     ) -> Domain:
-        """Enroll a domain. Re-adding one's own domain returns the stored row unchanged
-        (its DKIM keys may already be published). ``state="verified"`` is for operator
-        enrollment without DNS checks (``atmos admin enroll --skip-dns``, dev demo)."""
+        """Enroll (claim) a domain. Re-adding one's own domain returns the stored row unchanged (its
+        DKIM keys may already be published). ``state="verified"`` is for operator enrollment without
+        DNS checks (``atmos admin enroll --skip-dns``, dev demo): it takes the domain from any pending
+        claimant. A domain another DID holds *pending* is not taken: this DID gets a competing claim
+        (``domain_claims``) and the first DNS proof wins (``promote_claim``); a pending claim older
+        than ``claim_ttl`` seconds is dropped first (DomainTaken only for a verified domain)."""
         domain = normalize_domain(domain)
+        now = self._clock()
         with self._tx() as c:
             if c.execute("SELECT 1 FROM members WHERE did = ?", (did,)).fetchone() is None:
                 raise NotFound(f"no member {did}")
+            if claim_ttl is not None:
+                _expire(c, domain, now - claim_ttl)
             existing = c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone()
-            if existing is not None:
-                if existing["did"] != did:
-                    raise DomainTaken(domain)
+            mine = c.execute("SELECT * FROM domain_claims WHERE domain = ? AND did = ?", (domain, did)).fetchone()
+            if existing is not None and existing["did"] == did:
                 return _domain(existing)
+            if existing is not None and existing["state"] == "verified":
+                raise DomainTaken(domain)
+            if mine is not None and state != "verified":
+                return _claim(mine)
             # Counted under the write lock, so two processes cannot both add a third domain.
-            (count,) = c.execute("SELECT COUNT(*) FROM domains WHERE did = ?", (did,)).fetchone()
-            if count >= MAX_DOMAINS_PER_DID:
+            (count,) = c.execute(
+                "SELECT (SELECT COUNT(*) FROM domains WHERE did = ?) + (SELECT COUNT(*) FROM domain_claims"
+                " WHERE did = ?)", (did, did)).fetchone()
+            if count >= MAX_DOMAINS_PER_DID and mine is None:
                 raise DomainLimitReached(did)
-            now = self._clock()
+            if existing is not None and state != "verified":
+                c.execute(
+                    "INSERT INTO domain_claims (domain, did, selector, rsa_private, ed25519_private, verify_token,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (domain, did, selector, rsa_private, ed25519_private, verify_token, now))
+                return _claim(c.execute("SELECT * FROM domain_claims WHERE domain = ? AND did = ?",
+                                        (domain, did)).fetchone())
+            if existing is not None:  # verified by the operator: every pending claimant loses
+                c.execute("DELETE FROM domains WHERE domain = ?", (domain,))
+            c.execute("DELETE FROM domain_claims WHERE domain = ? AND did = ?", (domain, did))
             c.execute(
                 "INSERT INTO domains (domain, did, selector, rsa_private, ed25519_private, verify_token,"
                 " state, created_at, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (domain, did, selector, rsa_private, ed25519_private, verify_token, state, now,
                  now if state == "verified" else None),
             )  # fmt: skip
+            if state == "verified":
+                c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,))
             return _domain(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone())
 
     def get_domain(self, domain: str) -> Domain | None:
@@ -256,8 +302,53 @@ class SqliteStore:
         return _domain(row) if row else None
 
     def domains_for(self, did: str) -> list[Domain]:
+        """The DID's domains, its competing pending claims included (``Domain.claim``)."""
         rows = self._all("SELECT * FROM domains WHERE did = ? ORDER BY created_at, domain", (did,))
-        return [_domain(r) for r in rows]
+        claims = self._all("SELECT * FROM domain_claims WHERE did = ? ORDER BY created_at, domain", (did,))
+        return sorted([*map(_domain, rows), *map(_claim, claims)], key=lambda d: (d.created_at, d.domain))
+
+    def promote_claim(self, domain: str, did: str) -> Domain:
+        """``did`` proved the domain first: its claim becomes the verified row, the others are dropped."""
+        domain = normalize_domain(domain)
+        now = self._clock()
+        with self._tx() as c:
+            existing = c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone()
+            if existing is not None and existing["did"] == did:
+                c.execute("UPDATE domains SET state = 'verified', verified_at = COALESCE(verified_at, ?)"
+                          " WHERE domain = ?", (now, domain))
+            else:
+                if existing is not None and existing["state"] == "verified":
+                    raise DomainTaken(domain)
+                claim = c.execute("SELECT * FROM domain_claims WHERE domain = ? AND did = ?",
+                                  (domain, did)).fetchone()
+                if claim is None:
+                    raise NotFound(f"no claim of {domain} by {did}")
+                c.execute("DELETE FROM domains WHERE domain = ?", (domain,))
+                c.execute(
+                    "INSERT INTO domains (domain, did, selector, rsa_private, ed25519_private, verify_token,"
+                    " state, created_at, verified_at) VALUES (?, ?, ?, ?, ?, ?, 'verified', ?, ?)",
+                    (domain, did, claim["selector"], claim["rsa_private"], claim["ed25519_private"],
+                     claim["verify_token"], claim["created_at"], now))
+            c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,))
+            return _domain(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone())
+
+    def release_domain(self, domain: str) -> int:
+        """Drop a domain and every claim on it (``atmos admin domain release``); rows removed."""
+        domain = normalize_domain(domain)
+        with self._tx() as c:
+            n = c.execute("DELETE FROM domains WHERE domain = ?", (domain,)).rowcount
+            return int(n) + int(c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,)).rowcount)
+
+    def expire_claims(self, ttl: float) -> list[tuple[str, str]]:
+        """Drop pending claims (own rows and competing ones) older than ``ttl``; (domain, did) dropped."""
+        cutoff = self._clock() - ttl
+        with self._tx() as c:
+            old = [(r["domain"], r["did"]) for r in c.execute(
+                "SELECT domain, did FROM domains WHERE state = 'pending' AND created_at < ? UNION ALL"
+                " SELECT domain, did FROM domain_claims WHERE created_at < ?", (cutoff, cutoff))]
+            for domain in {d for d, _ in old}:
+                _expire(c, domain, cutoff)
+            return old
 
     def set_domain_state(
         self, domain: str, state: DomainState | None = None, dkim_state: DkimState | None = None
@@ -272,13 +363,18 @@ class SqliteStore:
                 " ELSE verified_at END WHERE domain = ?",
                 (state, dkim_state, state, self._clock(), domain),
             )
+            if state == "verified":  # the first DNS proof wins: competing claims are dropped
+                c.execute("DELETE FROM domain_claims WHERE domain = ?", (domain,))
             return _domain(_updated(c, cur, domain))
 
     def set_forward_to(self, domain: str, forward_to: str | None) -> Domain:
+        """A new target starts unconfirmed (replies to it are refused until its link is followed);
+        setting the same target again keeps its confirmation."""
         domain = normalize_domain(domain)
         with self._tx() as c:
             cur = c.execute(
-                "UPDATE domains SET forward_to = ? WHERE domain = ?", (forward_to or None, domain)
+                "UPDATE domains SET forward_confirmed_at = CASE WHEN forward_to IS ? THEN forward_confirmed_at"
+                " ELSE NULL END, forward_to = ? WHERE domain = ?", (forward_to or None, forward_to or None, domain)
             )
             return _domain(_updated(c, cur, domain))
 
@@ -287,6 +383,49 @@ class SqliteStore:
         with self._tx() as c:
             cur = c.execute("UPDATE domains SET default_category = ? WHERE domain = ?", (category, domain))
             return _domain(_updated(c, cur, domain))
+    def confirm_forward_to(self, domain: str, forward_to: str, at: float) -> Domain | None:
+        """Mark ``forward_to`` confirmed if it is still the domain's target (None when it changed since)."""
+        domain = normalize_domain(domain)
+        with self._tx() as c:
+            cur = c.execute("UPDATE domains SET forward_confirmed_at = COALESCE(forward_confirmed_at, ?)"
+                            " WHERE domain = ? AND forward_to = ?", (at, domain, forward_to))
+            if cur.rowcount == 0:
+                return None
+            return _domain(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)).fetchone())
+
+    # -- abuse resistance ---------------------------------------------------------------------
+
+    def record_complaint(self, rcpt_id: int, did: str, recipient: str, feedback_type: str, source: str) -> bool:
+        """True the first time recipient ``rcpt_id`` is complained about; False for every repeat."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO complaints (rcpt_id, did, recipient, feedback_type, source, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rcpt_id) DO NOTHING",
+                (rcpt_id, did, recipient, feedback_type[:32], source[:200], self._clock()))
+            return cur.rowcount > 0
+
+    def add_unattributed(self, kind: str, peer: str, mail_from: str, reason: str, summary: str) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO unattributed_reports (kind, peer, mail_from, reason, summary, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (kind, peer[:64], mail_from[:320], reason[:300], summary[:1000],
+                                              self._clock()))
+            return int(cur.lastrowid or 0)
+
+    def list_unattributed(self, limit: int = 100) -> list[UnattributedReport]:
+        rows = self._all("SELECT * FROM unattributed_reports ORDER BY id DESC LIMIT ?", (limit,))
+        return [UnattributedReport(**dict(r)) for r in rows]
+
+    def take_daily(self, scope: str, key: str, day: int, cap: int) -> bool:
+        """Count one against (scope, key, day) unless ``cap`` is reached; atomic across processes."""
+        with self._tx() as c:
+            row = c.execute("SELECT count FROM daily_counts WHERE scope = ? AND key = ? AND day = ?",
+                            (scope, key, day)).fetchone()
+            if row is not None and int(row["count"]) >= cap:
+                return False
+            c.execute("INSERT INTO daily_counts (scope, key, day, count) VALUES (?, ?, ?, 1)"
+                      " ON CONFLICT (scope, key, day) DO UPDATE SET count = count + 1", (scope, key, day))
+            return True
 
     # -- API keys -----------------------------------------------------------------------------
 
@@ -348,6 +487,8 @@ class SqliteStore:
         return (int(row["segment"]), int(row["offset"])) if row else None
 
     def get_message(self, message_id: int) -> MessageRow | None:
+        if not _INT64_MIN <= message_id <= _INT64_MAX:  # an id from a URL: no row beyond SQLite's range
+            return None
         row = self._one("SELECT * FROM messages WHERE id = ?", (message_id,))
         return _message(row) if row else None
 
@@ -378,6 +519,8 @@ class SqliteStore:
         return counts
 
     def attempts_for(self, message_id: int) -> list[Attempt]:
+        if not _INT64_MIN <= message_id <= _INT64_MAX:
+            return []
         rows = self._all("SELECT * FROM attempts WHERE message_id = ? ORDER BY at, id", (message_id,))
         return [_attempt(r) for r in rows]
 
@@ -538,6 +681,10 @@ class SqliteStore:
         old = f"SELECT id FROM messages WHERE {_TERMINAL} AND updated_at < ?"
         with self._tx() as c:
             c.execute(f"DELETE FROM attempts WHERE message_id IN ({old})", (cutoff,))
+            # Complaint de-duplication lives as long as the rows it is about; daily counters two days.
+            c.execute("DELETE FROM complaints WHERE received_at < ?", (cutoff,))
+            c.execute("DELETE FROM unattributed_reports WHERE received_at < ?", (cutoff,))
+            c.execute("DELETE FROM daily_counts WHERE day < ?", (int(now // 86400) - 2,))
             return c.execute(f"DELETE FROM messages WHERE id IN ({old})", (cutoff,)).rowcount
 
 
@@ -626,6 +773,83 @@ class SqliteStore:
 
     # -- labels (relay.labeler) ----------------------------------------------------------------
 
+    # -- TLS reports ----------------------------------------------------------------------------
+
+    def add_tlsrpt_counts(self, rows: Sequence[TlsRptCount]) -> None:
+        with self._tx() as c:
+            c.executemany(
+                "INSERT INTO tlsrpt_counts (day, policy_domain, policy_type, policy_strings, mx_patterns, mx_host,"
+                " result_type, receiving_ip, sessions, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (day, policy_domain, policy_type, policy_strings, mx_patterns, mx_host, result_type,"
+                " receiving_ip) DO UPDATE SET sessions = sessions + excluded.sessions,"
+                " detail = CASE WHEN excluded.detail != '' THEN excluded.detail ELSE detail END",
+                [(r.day, r.policy_domain, r.policy_type, "\n".join(r.policy_strings), "\n".join(r.mx_patterns),
+                  r.mx_host, r.result_type, r.receiving_ip, r.sessions, r.detail) for r in rows],
+            )
+
+    def tlsrpt_counts(self, day: str) -> list[TlsRptCount]:
+        rows = self._all("SELECT * FROM tlsrpt_counts WHERE day = ? ORDER BY policy_domain", (day,))
+        return [TlsRptCount(day=r["day"], policy_domain=r["policy_domain"], policy_type=r["policy_type"],
+                            policy_strings=tuple(filter(None, r["policy_strings"].split("\n"))),
+                            mx_patterns=tuple(filter(None, r["mx_patterns"].split("\n"))), mx_host=r["mx_host"],
+                            result_type=r["result_type"], receiving_ip=r["receiving_ip"], sessions=r["sessions"],
+                            detail=r["detail"]) for r in rows]
+
+    def claim_tlsrpt_report(self, day: str, policy_domain: str, now: float) -> bool:
+        """True once per (day, domain): the caller sends that report (at most once, even after a crash)."""
+        with self._tx() as c:
+            cur = c.execute("INSERT OR IGNORE INTO tlsrpt_sent (day, policy_domain, sent_at) VALUES (?, ?, ?)",
+                            (day, policy_domain, now))
+            return cur.rowcount == 1
+
+    def add_tlsrpt_inbound(self, report: InboundTlsReport) -> bool:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO tlsrpt_inbound (organization, report_id, policy_domain, start_time, end_time,"
+                " successes, failures, failure_types, report, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (report.organization, report.report_id, report.policy_domain, report.start, report.end,
+                 report.successes, report.failures, report.failure_types, report.report, report.received_at),
+            )
+            return cur.rowcount == 1
+
+    def list_tlsrpt_inbound(self, limit: int) -> list[InboundTlsReport]:
+        rows = self._all("SELECT * FROM tlsrpt_inbound ORDER BY received_at DESC, id DESC LIMIT ?", (limit,))
+        return [InboundTlsReport(organization=r["organization"], report_id=r["report_id"],
+                                 policy_domain=r["policy_domain"], start=r["start_time"], end=r["end_time"],
+                                 successes=r["successes"], failures=r["failures"], received_at=r["received_at"],
+                                 failure_types=r["failure_types"], report=r["report"], id=r["id"]) for r in rows]
+
+    def purge_tlsrpt(self, before_day: str) -> int:
+        with self._tx() as c:
+            n = c.execute("DELETE FROM tlsrpt_counts WHERE day < ?", (before_day,)).rowcount
+            n += c.execute("DELETE FROM tlsrpt_sent WHERE day < ?", (before_day,)).rowcount
+            return int(n)
+
+    def put_sts_policy(self, row: StsPolicyRow) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO mta_sts_policies (domain, sts_id, policy, fetched_at, expires_at)"
+                      " VALUES (?, ?, ?, ?, ?) ON CONFLICT (domain) DO UPDATE SET sts_id = excluded.sts_id,"
+                      " policy = excluded.policy, fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
+                      (row.domain, row.sts_id, row.policy, row.fetched_at, row.expires_at))
+
+    def sts_policies(self, now: float, limit: int) -> list[StsPolicyRow]:
+        rows = self._all("SELECT * FROM mta_sts_policies WHERE expires_at > ? ORDER BY fetched_at DESC LIMIT ?",
+                         (now, limit))
+        return [StsPolicyRow(r["domain"], r["sts_id"], r["policy"], r["fetched_at"], r["expires_at"]) for r in rows]
+
+    def purge_sts_policies(self, now: float) -> int:
+        with self._tx() as c:
+            return int(c.execute("DELETE FROM mta_sts_policies WHERE expires_at <= ?", (now,)).rowcount)
+
+    def get_firehose_cursor(self, url: str) -> int | None:
+        row = self._one("SELECT cursor FROM firehose_cursor WHERE url = ?", (url,))
+        return int(row["cursor"]) if row is not None else None
+
+    def set_firehose_cursor(self, url: str, cursor: int, now: float) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO firehose_cursor (url, cursor, updated_at) VALUES (?, ?, ?) ON CONFLICT (url)"
+                      " DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at", (url, cursor, now))
+
     def add_labels(self, labels: Sequence[LabelRow]) -> list[LabelRow]:
         out = []
         with self._tx() as c:
@@ -676,6 +900,9 @@ class SqliteStore:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1  # SQLite INTEGER
 
 
 @contextmanager
@@ -752,6 +979,29 @@ def _webhook(row: sqlite3.Row) -> Webhook:
 
 def _domain(row: sqlite3.Row) -> Domain:
     return Domain(**dict(row))
+
+
+def _claim(row: sqlite3.Row) -> Domain:
+    return Domain(domain=row["domain"], did=row["did"], selector=row["selector"], rsa_private=row["rsa_private"],
+                  ed25519_private=row["ed25519_private"], verify_token=row["verify_token"], state="pending",
+                  created_at=float(row["created_at"]), claim=True)
+
+
+def _expire(c: sqlite3.Connection, domain: str, cutoff: float) -> None:
+    """Drop ``domain``'s pending claims made before ``cutoff``; when its own pending row goes, the
+    oldest surviving competing claim takes its place (still pending)."""
+    c.execute("DELETE FROM domain_claims WHERE domain = ? AND created_at < ?", (domain, cutoff))
+    gone = c.execute("DELETE FROM domains WHERE domain = ? AND state = 'pending' AND created_at < ?",
+                     (domain, cutoff)).rowcount
+    if not gone:
+        return
+    nxt = c.execute("SELECT * FROM domain_claims WHERE domain = ? ORDER BY created_at LIMIT 1", (domain,)).fetchone()
+    if nxt is not None:
+        c.execute("INSERT INTO domains (domain, did, selector, rsa_private, ed25519_private, verify_token, state,"
+                  " created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                  (domain, nxt["did"], nxt["selector"], nxt["rsa_private"], nxt["ed25519_private"],
+                   nxt["verify_token"], nxt["created_at"]))
+        c.execute("DELETE FROM domain_claims WHERE domain = ? AND did = ?", (domain, nxt["did"]))
 
 
 def _message(row: sqlite3.Row) -> MessageRow:

@@ -61,12 +61,13 @@ def require_netns() -> str:
     return unshare
 
 
-def run_in_netns(base: Path, zones: Mapping[str, Sequence[str]], jobs: Mapping[str, Job]) -> dict[str, Result]:
+def run_in_netns(base: Path, zones: Mapping[str, Sequence[str]], jobs: Mapping[str, Job], *,
+                 job_timeout: float = _JOB_TIMEOUT) -> dict[str, Result]:
     """Start Knot with ``zones`` on 127.0.0.1:53 in a private namespace, run each job there (in
     order) with that server as the only resolver, and return what each one did."""
     unshare = require_netns()
     base.mkdir(parents=True, exist_ok=True)
-    spec = {"base": str(base), "zones": {z: list(r) for z, r in zones.items()}, "jobs": {}}
+    spec = {"base": str(base), "zones": {z: list(r) for z, r in zones.items()}, "jobs": {}, "timeout": job_timeout}
     for i, (name, job) in enumerate(jobs.items()):
         stdin = base / f"job{i}.stdin"
         stdin.write_bytes(job.stdin)
@@ -76,7 +77,7 @@ def run_in_netns(base: Path, zones: Mapping[str, Sequence[str]], jobs: Mapping[s
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [unshare, "--net", "--mount", "--", sys.executable, "-m", "tests.dkim.netns", str(spec_path)],
-        cwd=ROOT, env=env, capture_output=True, timeout=60, check=False,
+        cwd=ROOT, env=env, capture_output=True, timeout=45 + job_timeout * len(jobs), check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"netns helper failed ({done.returncode}):\n{done.stdout.decode()}\n{done.stderr.decode()}")
@@ -109,7 +110,8 @@ def _inside(spec_path: Path) -> None:
     with knot_module.KnotServer(base / "knot", spec["zones"]):
         for name, job in spec["jobs"].items():
             with open(job["stdin"], "rb") as stdin:
-                done = subprocess.run(job["argv"], stdin=stdin, capture_output=True, timeout=_JOB_TIMEOUT, check=False)
+                done = subprocess.run(job["argv"], stdin=stdin, capture_output=True, timeout=spec["timeout"],
+                                      check=False)
             results[name] = {
                 "returncode": done.returncode,
                 "stdout": done.stdout.decode(errors="replace"),

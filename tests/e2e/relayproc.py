@@ -77,6 +77,9 @@ class RelayProcess:
             + ("" if "[dns]" in self.extra_toml else '[dns]\nnameservers = ["127.0.0.1:1"]\n')
             # and identity lookups (the labeler resolves member DIDs): never the public PLC directory.
             + ("" if "[identity]" in self.extra_toml else '[identity]\nplc_url = "http://127.0.0.1:1"\n')
+            # Every peer a test brings (sink MX, webhook receiver, local PDS) listens on loopback, which
+            # relay.egress refuses by default: this one test-only setting lets them in.
+            + ("" if "[testing]" in self.extra_toml else '[testing]\nallow_loopback_peers = true\n')
         )
 
     def limits_toml(self) -> str:

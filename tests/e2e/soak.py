@@ -13,8 +13,10 @@ Then start it once more, drain, and check every acknowledged message against the
 ``GET /v1/messages/{id}``:
   acknowledged        messages the relay answered 250/200 for
   lost                acknowledged, never delivered and not waiting in the queue (must be 0)
-  duplicates          ids delivered more than once; each must have been in flight at a kill (its
-                      first copy reached the sink within a few seconds before a kill)
+  duplicates          ids delivered more than once; each must have been in flight at a kill: the
+                      relay's own log ("delivery <id> ... -> sent", written once the outcome is
+                      durable) may show it sent in one lifetime only; a second lifetime sending an id
+                      already recorded as sent is a resurrection (not in flight at the kill)
   status wrong        unknown to /v1/messages, or a status that disagrees with the sink: delivered
                       but not "sent", or not delivered and not "deferred" (must be 0)
 Phase 2: ``sigterm`` times: start, submit, SIGTERM while the clients run (exit code must be 0);
@@ -55,8 +57,8 @@ DID = "did:plc:soakaaaaaaaaaaaaaaaaaaaa"
 DOMAIN = "soak.example"
 GOOD, DEFER = "sink.test", "defer.test"
 DEFER_HOST = "127.0.0.2"
-IN_FLIGHT_WINDOW = 5.0  # seconds before a kill in which a delivered message may still lack its "sent"
 _SUBJECT = re.compile(rb"^Subject: (soak-[A-Za-z0-9-]+)\r?$", re.MULTILINE)
+_SENT_LOG = re.compile(r"delivery (\d+) to=\S+ via=\S+ tls=\S+ -> sent")
 
 
 def progress(msg: str) -> None:
@@ -184,6 +186,7 @@ class Figures:
     def as_dict(self) -> dict[str, Any]:
         return {"acknowledged": self.acknowledged, "lost": len(self.lost), "duplicates": len(self.duplicates),
                 "extra_copies": sum(n - 1 for n in self.duplicates.values()),
+                "most_copies": max(self.duplicates.values(), default=1),
                 "duplicates_not_in_flight_at_a_kill": len(self.unexplained_duplicates),
                 "unknown_to_api": len(self.unknown), "status_disagrees_with_sink": len(self.wrong_status),
                 "cut_without_answer_but_spooled": len(self.cut_but_spooled), "bad_exit_codes": self.bad_exit}
@@ -201,14 +204,21 @@ class Soak:
         self.sink = SmtpSink(base / "sink").start()
         self.deferring = self._start_deferring_sink(self.sink.port)
         toml = (f"[delivery]\nport = {self.sink.port}\nnameservers = [\"{self.dns.nameservers[0]}\"]\n"
-                "allow_loopback_mx = true\nshutdown_grace = 5.0\n")
-        self.relay = RelayProcess(base=base / "relay", tls=self.tls, extra_toml=toml)
+                "shutdown_grace = 5.0\n")  # loopback peers: [testing] from RelayProcess
+        # INFO: the relay logs each outcome once it is durable, which tells in-flight duplicates apart.
+        self.relay = RelayProcess(base=base / "relay", tls=self.tls, extra_toml=toml, env={"ATMOS_LOG_LEVEL": "INFO"})
         self.relay.base.mkdir(parents=True, exist_ok=True)
         self.key = self.relay.enroll(DID, DOMAIN)["api_key"]
         self.acked: list[Acked] = []
         self.cut: list[str] = []
         self.kills: list[float] = []
         self.bad_exit: list[int] = []
+        self.sent_lifetimes: collections.Counter[int] = collections.Counter()  # id -> lifetimes that recorded it sent
+
+    def lifetime_ended(self) -> None:
+        """Read what the relay that just ended durably recorded as sent (its log)."""
+        ids = {int(m.group(1)) for line in self.relay.output if (m := _SENT_LOG.search(line))}
+        self.sent_lifetimes.update(ids)
 
     def _start_deferring_sink(self, port: int) -> subprocess.Popen[bytes]:
         user = ["-u", "root"] if os.geteuid() == 0 else []
@@ -240,6 +250,7 @@ class Soak:
             self.relay.start()
             c = self.clients(f"k{cycle}", "kill")
             self.kills.append(c.run(self.rng.uniform(0.3, 1.5), self.relay.kill))
+            self.lifetime_ended()
             self.acked += c.acked
             if cycle % 10 == 9 or cycle == n - 1:
                 progress(f"kill -9 cycle {cycle + 1}/{n}: {len(self.acked)} acknowledged so far")
@@ -257,6 +268,7 @@ class Soak:
             assert self.relay.proc is not None
             rc = self.relay.proc.wait(timeout=60)  # (a second SIGTERM would not be graceful)
             self.relay.stop()
+            self.lifetime_ended()
             if rc != 0:
                 self.bad_exit.append(rc)
             self.acked += c.acked
@@ -311,9 +323,6 @@ class Soak:
             copies = seen.get(a.subject, [])
             if len(copies) > 1:
                 f.duplicates[a.subject] = len(copies)
-                first = min(copies)
-                if not any(0 <= k - first <= IN_FLIGHT_WINDOW for k in self.kills):
-                    f.unexplained_duplicates.append(a.subject)
             if not a.ids:
                 f.unknown.append(a.subject)
                 continue
@@ -331,6 +340,11 @@ class Soak:
             f.cut_but_spooled = [s for s in self.cut if s in seen]
         return f
 
+    def explain(self, f: Figures, phase: str) -> None:
+        """After the relay stopped: which duplicates were already recorded as sent before going out again."""
+        ids = {a.subject: a.ids for a in self.acked if a.phase == phase}
+        f.unexplained_duplicates = [s for s in f.duplicates if any(self.sent_lifetimes[i] > 1 for i in ids[s])]
+
 
 def run(cycles: int, sigterm: int, *, seed: int = 20261202, base: Path | None = None) -> dict[str, Figures]:
     owned = base is None
@@ -344,11 +358,15 @@ def run(cycles: int, sigterm: int, *, seed: int = 20261202, base: Path | None = 
         seen = soak.drain()
         results["kill"] = soak.check("kill", seen)
         soak.relay.stop()
+        soak.lifetime_ended()
         soak.sigterm_cycles(sigterm)
         progress("draining after the SIGTERM cycles")
         seen = soak.drain()
         results["sigterm"] = soak.check("sigterm", seen)
         soak.relay.stop()
+        soak.lifetime_ended()
+        for phase, figures in results.items():
+            soak.explain(figures, phase)
         progress(f"done in {time.monotonic() - started:.0f} s")
     finally:
         soak.close()

@@ -28,7 +28,7 @@ SMTP_TOML = (
 )
 EXTRA_TOML = (
     "[inbound]\nper_ip_per_minute = 6000\nper_ip_burst = 1000\nreport_size = 200000\n"
-    "[auth]\nper_ip_per_minute = 1\nper_ip_burst = 5\nper_did_per_minute = 1\nper_did_burst = 30\n"
+    "[auth]\nper_ip_per_minute = 1\nper_ip_burst = 5\nper_did_per_minute = 1\nper_did_burst = 60\nbcrypt_queue = 2\n"
 )
 
 
@@ -252,6 +252,24 @@ def test_wrong_api_keys_are_throttled_before_bcrypt_and_a_member_is_not_starved(
     assert r.status_code == 404, r.text
     poll(lambda: sum("auth failed: wrong API key" in line for line in relay.output) >= codes.count(401))
     assert all("peer=127.0.0.1" in line for line in relay.output if "auth failed: wrong API key" in line)
+    healthy(relay)
+
+
+def test_a_full_bcrypt_queue_fails_fast_with_503(relay: RelayProcess, member: Member) -> None:
+    go = threading.Barrier(16)
+
+    def guess(i: int) -> httpx.Response:  # sixteen addresses, one guess each: no per-address limit applies
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=f"127.0.1.{10 + i}"), timeout=60) as client:
+            go.wait()
+            return client.get(f"{relay.http}/v1/messages/1",
+                              headers={"Authorization": f"Bearer atmos_{i:043d}x", "X-Atmos-DID": member.did})
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(guess, range(16)))
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {401, 503} and codes.count(503) >= 8, codes  # 2 threads + 2 waiting; the rest at once
+    busy = [r for r in answers if r.status_code == 503]
+    assert all(r.json()["code"] == "AUTH_BUSY" and r.headers["Retry-After"] == "1" for r in busy)
     healthy(relay)
 
 

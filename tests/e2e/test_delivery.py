@@ -56,7 +56,7 @@ def dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnotServer]:
 
 def delivery_toml(sink: SmtpSink, dns: KnotServer, per_destination: int = 5) -> str:
     return (f"[delivery]\nport = {sink.port}\nnameservers = [\"{dns.nameservers[0]}\"]\n"
-            f"allow_loopback_mx = true\nshutdown_grace = 5.0\nper_destination = {per_destination}\n")
+            f"shutdown_grace = 5.0\nper_destination = {per_destination}\n")
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +224,8 @@ def test_reply_to_member_domain_is_forwarded_with_srs(relay: RelayProcess, membe
     store = open_store(f"sqlite:///{relay.state_dir / 'relay.db'}")
     try:
         store.set_forward_to(member.domain, "owner@example.org")
+        # As if the owner had followed the confirmation link (tests/e2e/test_abuse.py follows a real one).
+        store.confirm_forward_to(member.domain, "owner@example.org", time.time())
     finally:
         store.close()
     reply = (f"From: customer@example.org\r\nTo: hello@{member.domain}\r\nSubject: e2e-reply\r\n"

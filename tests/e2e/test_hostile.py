@@ -112,6 +112,14 @@ def test_nested_json_elsewhere_is_not_a_500(relay: RelayProcess, member: Member,
     assert_alive(relay)
 
 
+def test_message_id_beyond_sqlite_integers_is_404(relay: RelayProcess, member: Member) -> None:
+    """Found by scripts/fuzz: the id reached SQLite and raised OverflowError (500)."""
+    for path in ("/v1/messages/99999999999999999999999", "/v1/messages/9223372036854775808"):
+        r = httpx.get(f"{relay.http}{path}", headers=auth(member), timeout=10)
+        assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND", r.text
+    assert_alive(relay)
+
+
 def submit(relay: RelayProcess, member: Member, client_ctx: ssl.SSLContext, data: bytes) -> str:
     with smtplib.SMTP(*relay.submission, timeout=10) as s:
         s.ehlo("client.test")

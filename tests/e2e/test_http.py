@@ -163,3 +163,13 @@ def test_healthz_and_unknown_route(relay: RelayProcess) -> None:
     assert httpx.get(f"{relay.http}/healthz").json()["status"] == "ok"
     r = httpx.get(f"{relay.http}/nope")
     assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND"
+
+
+def test_docs_name_the_submission_port_the_relay_bound(relay: RelayProcess) -> None:
+    """The relay was configured with port 0: the quick start shows the kernel's pick, never 587 or 0."""
+    page = httpx.get(f"{relay.http}/docs", timeout=10)
+    assert page.status_code == 200
+    port = relay.submission[1]
+    assert port not in (0, 587)
+    assert f"Port:     {port} (STARTTLS" in page.text, page.text
+    assert "Port:     587" not in page.text and "Port:     0 " not in page.text

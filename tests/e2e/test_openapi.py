@@ -125,3 +125,22 @@ def test_admin_api_matches_the_document(check: Checker, member: Member) -> None:
                json={"id": "c1", "action": "release", "target": str(qid)})
     check.call("POST", "/admin/api/command", 400, headers=ADMIN, json={"id": "c2", "action": "explode", "target": ""})
     check.call("GET", "/admin/api/snapshot", 200, headers=ADMIN)
+    check.call("GET", "/admin/api/tls-reports", 200, headers=ADMIN)
+    check.call("GET", "/admin/api/tls-reports", 400, path="/admin/api/tls-reports?limit=lots", headers=ADMIN)
+
+
+def test_every_json_route_of_the_app_is_documented(spec: dict[str, Any]) -> None:
+    """Read from the web package's route decorators, so a new endpoint without a document entry fails here."""
+    import re
+    from pathlib import Path
+
+    web = Path(__file__).resolve().parents[2] / "web"
+    route = re.compile(r'@blueprint\.(get|post|put|delete|patch)\("(/(?:v1|member|admin/api|healthz)[^"]*)"')
+    declared = set()
+    for source in web.glob("*.py"):
+        for method, path in route.findall(source.read_text()):
+            declared.add((method, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", path)))
+    documented = {(m, re.sub(r"{(\w+)}", lambda g: "{" + re.sub(r"(?<!^)(?=[A-Z])", "_", g[1]).lower() + "}", p))
+                  for p, ops in spec["paths"].items() for m in ops}
+    assert declared, "no routes found: the pattern no longer matches web/"
+    assert declared == documented

@@ -102,7 +102,7 @@ def evil() -> Iterator[str]:
 def relay(tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles, evil: str) -> Iterator[RelayProcess]:
     proc = RelayProcess(base=tmp_path_factory.mktemp("signin"), tls=tls_files, extra_toml=(
         f'[identity]\nplc_url = "{evil}"\nhandle_resolution = "well-known-at"\nhandle_resolver_url = "{evil}"\n'
-        'allow_http_on_loopback = true\ndeadline = 3.0\nsignins_per_ip = 1\n'))
+        'deadline = 3.0\nsignins_per_ip = 1\n'))
     proc.start()
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:

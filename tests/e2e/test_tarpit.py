@@ -54,7 +54,7 @@ def dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnotServer]:
 def relay(tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles, sink: SmtpSink, dns: KnotServer,
           tarpits: list[Tarpit]) -> Iterator[RelayProcess]:
     toml = (f"[delivery]\nport = {sink.port}\nnameservers = [\"{dns.nameservers[0]}\"]\n"
-            "allow_loopback_mx = true\nshutdown_grace = 2.0\n")
+            "shutdown_grace = 2.0\n")
     proc = RelayProcess(base=tmp_path_factory.mktemp("relay"), tls=tls_files, extra_toml=toml)
     info = proc.enroll(DID, DOMAIN, HANDLE)
     proc.member = Member(DID, DOMAIN, HANDLE, info["api_key"])  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ def _load(tmp_path: Path, body: str) -> object:
 
 def test_identity_table(tmp_path: Path) -> None:
     cfg = _load(tmp_path, '[identity]\nplc_url = "http://localhost:2582"\nhandle_resolution = "well-known-at"\n'
-                          'handle_resolver_url = "http://localhost:2583"\nallow_http_on_loopback = true\n')
+                          'handle_resolver_url = "http://localhost:2583"\n[testing]\nallow_loopback_peers = true\n')
     assert cfg.identity.plc_url == "http://localhost:2582"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="identity.handle_resolution"):
         _load(tmp_path, '[identity]\nhandle_resolution = "guess"\n')

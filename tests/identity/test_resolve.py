@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.config import Config, IdentityConfig
+from relay.config import Config, IdentityConfig, TestingConfig
 from relay.identity import (
     DidNotFound,
     DidResolver,
@@ -28,7 +28,7 @@ DID = "did:plc:abcdefghijklmnopqrstuvwx"
 def local_resolver(pds: LocalPds) -> IdentityResolver:
     return IdentityResolver.from_config(Config(identity=IdentityConfig(
         plc_url=pds.plc_url, handle_resolution="well-known-at", handle_resolver_url=pds.pds_url,
-        allow_http_on_loopback=True)))
+        ), testing=TestingConfig(allow_loopback_peers=True)))
 
 
 @pytest.mark.trio
@@ -56,7 +56,7 @@ async def test_handle_claiming_someone_elses_did_is_a_mismatch(local_pds: LocalP
             return local_pds.did
 
     base = local_resolver(local_pds)
-    resolver = IdentityResolver(Liar(), base.dids, allow_http_on_loopback=True)
+    resolver = IdentityResolver(Liar(), base.dids, egress=base.egress)
     with pytest.raises(HandleMismatch, match="does not name mallory.test back"):
         await resolver.resolve("mallory.test")
 

@@ -122,13 +122,17 @@ async def enroll(store: AsyncStore) -> None:
     keys: dict[str, Any] = {"selector": "s1", "rsa_private": b"r", "ed25519_private": b"e", "verify_token": "t"}
     await store.add_domain(DID, MEMBER_DOMAIN, state="verified", **keys)
     await store.set_forward_to(MEMBER_DOMAIN, FORWARD_TO)
+    # As if the owner had followed the confirmation link (tests/inbound/test_forward_confirm.py does it for real).
+    await store.call(lambda s: s.confirm_forward_to(MEMBER_DOMAIN, FORWARD_TO, time.time()))
     await store.add_domain(DID, NOFORWARD_DOMAIN, state="verified", **keys)
     await store.add_domain(OTHER_DID, PENDING_DOMAIN, state="pending", **keys)
     await store.set_forward_to(PENDING_DOMAIN, "someone@mailbox.example")
 
 
 def make_config(**inbound: Any) -> Config:
-    defaults: dict[str, Any] = {"operator_inbox": OPERATOR_INBOX, "per_ip_per_minute": 6000, "per_ip_burst": 1000}
+    # The test client connects from 127.0.0.1: a trusted feedback-loop network unless a test says otherwise.
+    defaults: dict[str, Any] = {"operator_inbox": OPERATOR_INBOX, "per_ip_per_minute": 6000, "per_ip_burst": 1000,
+                                "fbl_sources": ("127.0.0.1/32",), "forward_per_ip_per_hour": 6000}
     return Config(
         operator_domain=OPERATOR,
         smtp=SmtpConfig(hostname="mx.relay.test", command_timeout=30, data_timeout=30, shutdown_grace=1),

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from relay.inbound.arf import ArfParseError, is_arf, parse_arf
 from relay.inbound.handler import NOT_COMPLAINTS
-from tests.inbound.conftest import DID, OPERATOR, OPERATOR_INBOX, OTHER_DID, Rig
+from tests.inbound.conftest import DID, OPERATOR, OPERATOR_INBOX, OTHER_DID, Rig, RigFactory
 
 FBL = f"fbl@{OPERATOR}"
 
@@ -103,7 +103,8 @@ def test_parse_never_raises_anything_else(raw: bytes) -> None:
 
 @pytest.mark.trio
 async def test_complaint_is_recorded_and_complainer_suppressed(rig: Rig) -> None:
-    code, _ = await rig.send("", [FBL], arf_report(reported_message(DID)))
+    await rig.add_sent(20_000, "carol@isp.example")
+    code, _ = await rig.send("", [FBL], arf_report(reported_message(None, return_path=rig.verp(20_000))))
     assert code == 250
     assert rig.events.complaints == [(DID, "carol@isp.example", "abuse", "news-42@member.example")]
     assert await rig.store.is_suppressed(DID, "carol@isp.example")
@@ -111,17 +112,46 @@ async def test_complaint_is_recorded_and_complainer_suppressed(rig: Rig) -> None
 
 
 @pytest.mark.trio
-async def test_attribution_prefers_a_verified_verp_return_path(rig: Rig) -> None:
+async def test_the_verp_recipient_is_the_complainer_whatever_the_report_says(rig: Rig) -> None:
+    """Original-Rcpt-To and X-Atmos-Member-Did are the reporter's words; the VERP tag is ours."""
     await rig.add_sent(20_001, "dave@isp.example", did=OTHER_DID)
-    raw = arf_report(reported_message(DID, return_path=rig.verp(20_001), to="dave@isp.example"), rcpt=None)
+    raw = arf_report(reported_message(DID, return_path=rig.verp(20_001), to="dave@isp.example"),
+                     rcpt="victim@elsewhere.example")
     code, _ = await rig.send("fbl-sender@isp.example", [FBL], raw)
     assert code == 250
     assert rig.events.complaints == [(OTHER_DID, "dave@isp.example", "abuse", "news-42@member.example")]
+    assert not await rig.store.is_suppressed(OTHER_DID, "victim@elsewhere.example")
+    assert await rig.store.is_suppressed(OTHER_DID, "dave@isp.example")
+
+
+@pytest.mark.trio
+async def test_a_complaint_counts_once_per_message_and_recipient(rig: Rig) -> None:
+    await rig.add_sent(20_002, "erin@isp.example")
+    raw = arf_report(reported_message(None, return_path=rig.verp(20_002), to="erin@isp.example"))
+    for _ in range(3):
+        assert (await rig.send("", [FBL], raw))[0] == 250
+    assert rig.events.complaints == [(DID, "erin@isp.example", "abuse", "news-42@member.example")]
+
+
+@pytest.mark.trio
+async def test_reports_from_outside_fbl_sources_change_nothing(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(fbl_sources=("192.0.2.0/24", "fbl.isp.example"))
+    await rig.add_sent(20_003, "carol@isp.example")
+    code, _ = await rig.send("", [FBL], arf_report(reported_message(DID, return_path=rig.verp(20_003))))
+    assert code == 250
+    assert rig.events.complaints == []
+    assert not await rig.store.is_suppressed(DID, "carol@isp.example")
+    [kept] = await rig.store.call(lambda s: s.list_unattributed())
+    assert kept.kind == "arf" and "inbound.fbl_sources" in kept.reason and kept.peer == "127.0.0.1"
+    [msg] = rig.spooled()
+    assert msg.envelope.rcpts == (OPERATOR_INBOX,)  # the operator still sees it
 
 
 @pytest.mark.trio
 async def test_unattributable_reports_go_to_the_operator(rig: Rig) -> None:
     for raw in (arf_report(reported_message(None)),
+                # X-Atmos-Member-Did names a real member: anyone can write that header, it attributes nothing.
+                arf_report(reported_message(DID)),
                 arf_report(reported_message("did:plc:nosuchmemberaaaaaaaaaaaa")),
                 arf_report(None),
                 # Names a real member, but the VERP sender it claims does not verify: forged.
@@ -129,9 +159,14 @@ async def test_unattributable_reports_go_to_the_operator(rig: Rig) -> None:
         code, _ = await rig.send("", [FBL], raw)
         assert code == 250
     assert rig.events.complaints == []
+    assert not await rig.store.is_suppressed(DID, "carol@isp.example")
     spooled = rig.spooled()
-    assert len(spooled) == 4
+    assert len(spooled) == 5
     assert all(m.envelope.rcpts == (OPERATOR_INBOX,) and m.envelope.mail_from == "" for m in spooled)
+    kept = await rig.store.call(lambda s: s.list_unattributed())
+    assert len(kept) == 5 and {k.kind for k in kept} == {"arf"}
+    assert any("does not verify" in k.reason for k in kept)
+    assert any("carries no VERP envelope sender" in k.reason for k in kept)
 
 
 @pytest.mark.trio

@@ -107,9 +107,11 @@ async def test_forged_verp_is_refused_and_nothing_counted(rig: Rig) -> None:
 
 @pytest.mark.trio
 async def test_unknown_row_and_auto_replies(rig: Rig) -> None:
-    # A valid tag for an id the store no longer knows: accepted, ignored.
+    # A valid tag for an id the store no longer knows: accepted, kept for the operator, counted nowhere.
     code, _ = await rig.send("", [rig.verp(99_999)], b"Subject: Undelivered Mail\r\n\r\n550 5.1.1 x\r\n")
     assert code == 250
+    [kept] = await rig.store.call(lambda s: s.list_unattributed())
+    assert kept.kind == "dsn" and "99999" in kept.reason and kept.summary == "Undelivered Mail"
     # An out-of-office reply to the VERP address: passed on to the member, not a bounce.
     await rig.add_sent(10_041, "bob@remote.example")
     vacation = b"From: bob@remote.example\r\nSubject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\naway\r\n"

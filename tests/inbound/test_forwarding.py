@@ -19,6 +19,7 @@ from tests.inbound.conftest import (
     OPERATOR,
     SECRET,
     Rig,
+    RigFactory,
     make_config,
 )
 from tests.smtp.server_support import tls_contexts
@@ -118,7 +119,10 @@ async def test_bounce_to_an_srs_address_goes_back_to_the_original_sender(rig: Ri
     await rig.send("bob@sender.example", [f"anything@{MEMBER_DOMAIN}"], REPLY)
     [forwarded] = rig.spooled()
     srs_address = forwarded.envelope.mail_from
-    bounce = b"From: MAILER-DAEMON@mailbox.example\r\nSubject: Undelivered Mail\r\n\r\n550 5.1.1 gone\r\n"
+    not_a_report = b"From: MAILER-DAEMON@mailbox.example\r\nSubject: Undelivered Mail\r\n\r\n550 5.1.1 gone\r\n"
+    assert await rig.send("", [srs_address], not_a_report) == (
+        550, "5.7.1 this address accepts delivery status notifications only")
+    bounce = dsn_report()
     code, _ = await rig.send("", [srs_address], bounce)
     assert code == 250
     [_, returned] = rig.spooled()
@@ -128,6 +132,50 @@ async def test_bounce_to_an_srs_address_goes_back_to_the_original_sender(rig: Ri
     assert returned.envelope.attrs["dsn"] == "1"
     assert rig.data(returned).endswith(bounce)
     assert rig.events.bounces == []
+
+
+def dsn_report() -> bytes:
+    """A minimal RFC 3464 delivery report (multipart/report; report-type=delivery-status)."""
+    return (b"From: MAILER-DAEMON@mailbox.example\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n"
+            b"--b\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+            b"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mailbox.example\r\n\r\n"
+            b"Final-Recipient: rfc822; owner@mailbox.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+            b"\r\n--b--\r\n")
+
+
+@pytest.mark.trio
+async def test_srs_address_relays_a_few_reports_a_day_only(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(srs_daily=2)
+    await rig.send("bob@sender.example", [f"anything@{MEMBER_DOMAIN}"], REPLY)
+    [forwarded] = rig.spooled()
+    srs_address = forwarded.envelope.mail_from
+    assert [(await rig.send("", [srs_address], dsn_report()))[0] for _ in range(3)] == [250, 250, 451]
+    assert len(rig.spooled()) == 3  # the forward and two returned reports
+    assert await rig.rcpt(srs_address, mail_from="bob@sender.example") == (
+        550, "5.7.1 this address accepts delivery status notifications only")
+
+
+@pytest.mark.trio
+async def test_unconfirmed_forward_to_and_suspended_members_forward_nothing(rig: Rig) -> None:
+    await rig.store.set_forward_to(MEMBER_DOMAIN, "new-target@mailbox.example")  # a new target: unconfirmed
+    assert await rig.send("bob@sender.example", [f"x@{MEMBER_DOMAIN}"], REPLY) == (550, "5.1.1 address not available")
+    await rig.store.call(lambda s: s.confirm_forward_to(MEMBER_DOMAIN, "new-target@mailbox.example", 1.0))
+    assert (await rig.send("bob@sender.example", [f"x@{MEMBER_DOMAIN}"], REPLY))[0] == 250
+    await rig.store.set_member_status(DID, "suspended", "automatic: test")
+    assert await rig.send("bob@sender.example", [f"x@{MEMBER_DOMAIN}"], REPLY) == (550, "5.1.1 address not available")
+    assert len(rig.spooled()) == 1
+
+
+@pytest.mark.trio
+async def test_forwards_are_capped_per_member_and_per_source(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(forward_daily=2)
+    codes = [(await rig.send("bob@sender.example", [f"x@{MEMBER_DOMAIN}"], REPLY))[0] for _ in range(3)]
+    assert codes == [250, 250, 451]
+    assert len(rig.spooled()) == 2
+    rig = await rig_factory(forward_per_ip_per_hour=2)
+    codes = [(await rig.send("bob@sender.example", [f"x@{MEMBER_DOMAIN}"], REPLY))[0] for _ in range(3)]
+    assert codes == [250, 250, 451]
 
 
 @pytest.mark.trio

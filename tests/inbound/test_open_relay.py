@@ -164,3 +164,80 @@ async def test_no_auth_offered(rig: Rig) -> None:
     has_auth, has_tls, code = await rig.smtp(features)
     assert not has_auth and not has_tls
     assert code == 502
+
+
+# ---- forwarding and SRS: the relay paths a stranger could try to turn into an open relay ----------------
+
+SPAM = b"From: ceo@bank.example\r\nTo: you@mailbox.example\r\nSubject: urgent wire\r\n\r\npay now\r\n"
+DSN = (b"From: MAILER-DAEMON@mailbox.example\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\n"
+       b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n"
+       b"--b\r\nContent-Type: text/plain\r\n\r\nFailed.\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+       b"Reporting-MTA: dns; mailbox.example\r\n\r\nFinal-Recipient: rfc822; a@b.example\r\nAction: failed\r\n"
+       b"Status: 5.1.1\r\n\r\n--b--\r\n")
+
+
+@pytest.mark.trio
+async def test_forwarding_to_an_unconfirmed_forward_to_is_refused(rig: Rig) -> None:
+    """A member points forward_to at a victim: nothing reaches the victim until the victim confirms."""
+    await rig.store.set_forward_to(MEMBER_DOMAIN, "victim@elsewhere.example")
+    assert await rig.send("spammer@evil.example", [f"x@{MEMBER_DOMAIN}"], SPAM) == (
+        550, "5.1.1 address not available")
+    assert rig.spooled() == []
+
+
+@pytest.mark.trio
+async def test_a_suspended_members_domain_forwards_nothing(rig: Rig) -> None:
+    from tests.inbound.conftest import DID
+
+    await rig.store.set_member_status(DID, "suspended", "automatic: complaints")
+    assert await rig.rcpt(f"x@{MEMBER_DOMAIN}") == (550, "5.1.1 address not available")
+    assert rig.spooled() == []
+
+
+@pytest.mark.trio
+async def test_forwarding_is_capped_per_member_and_per_source(rig_factory: object) -> None:
+    rig: Rig = await rig_factory(forward_daily=3, forward_per_ip_per_hour=1000)  # type: ignore[operator]
+    codes = [(await rig.send("spammer@evil.example", [f"x{i}@{MEMBER_DOMAIN}"], SPAM))[0] for i in range(5)]
+    assert codes == [250, 250, 250, 451, 451]
+    assert len(rig.spooled()) == 3
+    rig = await rig_factory(forward_per_ip_per_hour=2)  # type: ignore[operator]
+    codes = [(await rig.send("spammer@evil.example", [f"x@{MEMBER_DOMAIN}"], SPAM))[0] for _ in range(4)]
+    assert codes == [250, 250, 451, 451]
+
+
+@pytest.mark.trio
+async def test_harvested_srs_address_relays_no_content(rig: Rig) -> None:
+    """A valid SRS0 address (seen in any forwarded message) names an address anyone would like to reach."""
+    address = srs.forward("victim@bank.example", secret=SECRET, domain=OPERATOR)
+    assert address is not None
+    # A sender: refused at RCPT. The null sender with ordinary content: refused after DATA.
+    assert (await rig.rcpt(address, mail_from="spammer@evil.example"))[0] == 550
+    assert await rig.send("", [address], SPAM) == (550, "5.7.1 this address accepts delivery status notifications only")
+    # Content dressed up as a bounce but not a delivery report (RFC 3464): still refused.
+    fake = b"Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\r\n--b--\r\n"
+    assert (await rig.send("", [address], fake))[0] == 550
+    assert rig.spooled() == []
+    # A real delivery report goes back, a few a day per address at most (inbound.srs_daily = 5).
+    codes = [(await rig.send("", [address], DSN))[0] for _ in range(7)]
+    assert codes == [250] * 5 + [451] * 2
+    assert all(m.envelope.rcpts == ("victim@bank.example",) and m.envelope.mail_from == "" for m in rig.spooled())
+
+
+@pytest.mark.trio
+async def test_srs_next_to_other_recipients_never_carries_content(rig: Rig) -> None:
+    """Mixing an SRS0 address with an accepted recipient does not smuggle content through it."""
+    address = srs.forward("victim@bank.example", secret=SECRET, domain=OPERATOR)
+    assert address is not None
+    code, _ = await rig.send("", [address, f"postmaster@{OPERATOR}"], SPAM)
+    assert code == 250
+    assert [m.envelope.rcpts for m in rig.spooled()] == [(OPERATOR_INBOX,)]
+
+
+@pytest.mark.trio
+async def test_bounces_pass_only_to_a_confirmed_forward_to(rig: Rig) -> None:
+    """Anyone who received a member's mail knows its VERP address and can 'bounce' any content to it."""
+    await rig.add_sent(30_001, "accomplice@evil.example")
+    await rig.store.set_forward_to(MEMBER_DOMAIN, "victim@elsewhere.example")  # unconfirmed
+    vacation = b"From: a@evil.example\r\nSubject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\nbuy\r\n"
+    assert (await rig.send("", [rig.verp(30_001)], vacation))[0] == 250
+    assert rig.spooled() == []

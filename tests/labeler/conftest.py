@@ -133,7 +133,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, pds: FakePds) -> Iterator[Se
         relay = RelayProcess(base=base / "relay", tls=tls, extra_toml=(
             f'[dns]\nnameservers = ["{dns.nameservers[0]}"]\nrelay_ips = ["192.0.2.25"]\n'
             "recheck_interval = 1.0\npending_recheck_interval = 1.0\n"
-            '[identity]\nallow_http_on_loopback = true\nplc_url = "http://127.0.0.1:1"\ntimeout = 3.0\n'
+            '[identity]\nplc_url = "http://127.0.0.1:1"\ntimeout = 3.0\n'
             f'[labeler]\ndid = "{LABELER}"\nrecheck_interval = 0.5\npending = 0.5\n'))
         relay.base.mkdir(parents=True, exist_ok=True)
         relay.write_config()

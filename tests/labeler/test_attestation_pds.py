@@ -35,7 +35,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory, local_pds: LocalPds) -> Iter
         proc = RelayProcess(base=base / "relay", tls=make_tls(base / "tls"), extra_toml=(
             f'[dns]\nnameservers = ["{dns.nameservers[0]}"]\nrelay_ips = ["192.0.2.25"]\n'
             "recheck_interval = 1.0\npending_recheck_interval = 1.0\n"
-            f'[identity]\nallow_http_on_loopback = true\nplc_url = "{local_pds.plc_url}"\ntimeout = 5.0\n'
+            f'[identity]\nplc_url = "{local_pds.plc_url}"\ntimeout = 5.0\n'
             f'handle_resolution = "well-known-at"\nhandle_resolver_url = "{local_pds.pds_url}"\n'
             f'[labeler]\ndid = "{LABELER}"\nrecheck_interval = 0.5\npending = 0.5\n'))
         proc.base.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 
-from relay.config import Config, IdentityConfig
+from relay.config import Config, IdentityConfig, TestingConfig
 from relay.oauth import OAuthClient, client_from_config
 from relay.store.aio import AsyncStore
 from tests.localpds.fixture import PROBE_HOST, LocalPds, ProbeTls, free_port
@@ -23,7 +23,7 @@ from web import auth
 def relay_config(state_dir: Path, pds: LocalPds, public_url: str) -> Config:
     return Config(public_url=public_url, state_dir=str(state_dir), identity=IdentityConfig(
         plc_url=pds.plc_url, handle_resolution="well-known-at", handle_resolver_url=pds.pds_url,
-        allow_http_on_loopback=True, timeout=10.0))
+        timeout=10.0), testing=TestingConfig(allow_loopback_peers=True))
 
 
 @asynccontextmanager

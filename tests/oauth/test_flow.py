@@ -78,7 +78,7 @@ async def test_assertion_signed_with_an_unpublished_key(tmp_path: Path, local_pd
         assert published_kid == client.keys.signing.kid
         # same client_id and the published kid, but a key the JWKS does not hold: the signature must fail
         forged = ECKey.generate_key("P-256", parameters={"kid": published_kid}, private=True)
-        rogue = OAuthClient(client.public_url, ClientKeys([forged]), client.identity, allow_http_on_loopback=True)
+        rogue = OAuthClient(client.public_url, ClientKeys([forged]), client.identity)
         with pytest.raises(OAuthError) as info:
             await rogue.start(local_pds.handle)
         assert info.value.error == "invalid_client"

@@ -34,7 +34,7 @@ def public_relay_process(base: Path, local_pds: LocalPds, probe_tls: ProbeTls, e
     relay = RelayProcess(base=base, tls=make_tls(base / "tls"), extra_toml=(
         "[identity]\n"
         f'plc_url = "{local_pds.plc_url}"\nhandle_resolution = "well-known-at"\n'
-        f'handle_resolver_url = "{local_pds.pds_url}"\nallow_http_on_loopback = true\n' + extra_toml))
+        f'handle_resolver_url = "{local_pds.pds_url}"\n' + extra_toml))
     relay.write_config()
     relay.config_path.write_text(f'public_url = "https://{PROBE_HOST}:{proxy.port}"\n' + relay.config_path.read_text())
     try:

@@ -47,7 +47,7 @@ def relay(tmp_path: Path, local_pds: LocalPds, probe_tls: ProbeTls, dns: KnotSer
           sink: SmtpSink) -> Iterator[PublicRelay]:
     ns = dns.nameservers[0]
     extra = (f'[dns]\nnameservers = ["{ns}"]\nrelay_ips = ["192.0.2.25"]\n'
-             f'[delivery]\nport = {sink.port}\nnameservers = ["{ns}"]\nallow_loopback_mx = true\n')
+             f'[delivery]\nport = {sink.port}\nnameservers = ["{ns}"]\n')
     with public_relay_process(tmp_path / "relay", local_pds, probe_tls, extra) as pr:
         yield pr
 

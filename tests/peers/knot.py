@@ -14,6 +14,11 @@ serial that grows on every change) and an NS record are added unless the lines h
         dns.servfail("broken.test")                           # that zone now answers SERVFAIL
         dns.queries("example.test")                           # {"MX": 1, "A": 2, ...} (mod-stats)
 
+DNSSEC: zones named in ``signed=`` are signed by Knot itself (automatic signing, one ECDSA P-256
+combined key, NSEC); ``dns.trust_anchor("dane.test")`` gives its DNSKEY as a zone-file line for a
+validator (tests/peers/unbound.py). Keys live in the server's KASP database, so they stay the same
+across ``update()`` and ``restart()``.
+
 For a server shared by a whole module, use the class directly:
 ``with KnotServer(tmp_path_factory.mktemp("knot"), zones) as dns: ...``.
 """
@@ -83,7 +88,8 @@ class KnotServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, base: Path, zones: Zones | None = None, *, servfail: Sequence[str] = ()) -> None:
+    def __init__(self, base: Path, zones: Zones | None = None, *, servfail: Sequence[str] = (),
+                 signed: Sequence[str] = ()) -> None:
         self.knotd, self.knotc = require_knot()
         self.base = Path(base)
         self.port = 0
@@ -97,6 +103,7 @@ class KnotServer:
             self._zones[_origin(zone)] = list(records)
         for zone in servfail:
             self._zones[_origin(zone)] = None
+        self.signed = {_origin(zone) for zone in signed}
         self.zone_dir = self.base / "zones"
         self.db_dir = self.base / "db"
         run = self.base / "run"
@@ -112,6 +119,11 @@ class KnotServer:
     def nameservers(self) -> tuple[str, ...]:
         """For ``Resolver(nameservers=...)`` and ``delivery.nameservers``."""
         return (f"{self.host}:{self.port}",)
+
+    @property
+    def zones(self) -> list[str]:
+        """The origins configured (with the trailing dot)."""
+        return list(self._zones)
 
     def start(self) -> KnotServer:
         for d in (self.zone_dir, self.db_dir, self.run_dir):
@@ -203,6 +215,16 @@ class KnotServer:
     def rcode(self, name: str, rdtype: str = "A") -> dns.rcode.Rcode:
         return self.query(name, rdtype).rcode()
 
+    def trust_anchor(self, zone: str) -> str:
+        """The signed zone's key-signing DNSKEY (flags 257) as one zone-file line, for a validator."""
+        origin = _origin(zone)
+        answer = self.query(origin, "DNSKEY")
+        for rrset in answer.answer:
+            for rdata in rrset:
+                if rrset.rdtype == dns.rdatatype.DNSKEY and rdata.flags == 257:  # type: ignore[attr-defined]
+                    return f"{origin} DNSKEY {rdata.to_text()}"
+        raise RuntimeError(f"{origin} has no DNSKEY with flags 257 (is it in signed=?)\n{self.log()}")
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-4000:]
@@ -219,7 +241,11 @@ class KnotServer:
 
     def _write_config(self, without: str | None = None) -> None:
         user = self._user()
-        zones = "".join(f"  - domain: {origin}\n" for origin in self._zones if origin != without)
+        zones = "".join(
+            f"  - domain: {origin}\n" + ("    dnssec-signing: on\n    dnssec-policy: atmos-test\n"
+                                         if origin in self.signed else "")
+            for origin in self._zones if origin != without
+        )
         if zones:
             zones = "zone:\n" + zones
         text = f"""\
@@ -243,6 +269,11 @@ database:
     catalog-db-max-size: 8M
 control:
     listen: "{self.run_dir}/knot.sock"
+policy:
+  - id: atmos-test
+    algorithm: ecdsap256sha256
+    single-type-signing: on
+    nsec3: off
 mod-stats:
   - id: queries
     query-type: on
@@ -346,8 +377,8 @@ template:
                 if records is None and rcode == dns.rcode.SERVFAIL:
                     return
                 if (records is not None and rcode == dns.rcode.NOERROR and answer.answer
-                        and (serial is None or f" {serial} " in answer.answer[0].to_text())):
-                    return
+                        and (serial is None or _serial(answer) >= serial)):
+                    return  # signing may bump the serial (Knot's serial-policy), hence ">="
             except dns.exception.Timeout:
                 pass
             if time.monotonic() > deadline:
@@ -373,6 +404,13 @@ template:
             proc.wait(timeout=5)
 
 
+def _serial(answer: dns.message.Message) -> int:
+    for rrset in answer.answer:
+        if rrset.rdtype == dns.rdatatype.SOA:
+            return int(rrset[0].serial)  # type: ignore[attr-defined]
+    return -1
+
+
 @pytest.fixture(name="knot")
 def knot_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., KnotServer]]:
     """The ``knot`` fixture, a factory: ``knot(zones, servfail=())`` starts a KnotServer; all are stopped
@@ -384,8 +422,8 @@ def knot_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     require_knot()
     servers: list[KnotServer] = []
 
-    def start(zones: Zones | None = None, *, servfail: Sequence[str] = ()) -> KnotServer:
-        server = KnotServer(tmp_path_factory.mktemp("knot"), zones, servfail=servfail)
+    def start(zones: Zones | None = None, *, servfail: Sequence[str] = (), signed: Sequence[str] = ()) -> KnotServer:
+        server = KnotServer(tmp_path_factory.mktemp("knot"), zones, servfail=servfail, signed=signed)
         servers.append(server)
         return server.start()
 

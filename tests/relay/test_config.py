@@ -90,3 +90,22 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     cfg = load(None, dev=True, env=ENV)
     with pytest.raises(AttributeError):
         cfg.dev = False  # type: ignore[misc]
+
+
+def test_dane_needs_a_local_validator(tmp_path: Path) -> None:
+    def write(text: str) -> Path:
+        path = tmp_path / "atmos.toml"
+        path.write_text(text)
+        return path
+
+    with pytest.raises(ConfigError, match="delivery.tls: dane needs delivery.dnssec"):
+        load(write('[delivery]\ntls = "dane"\n'), dev=True, env={})
+    with pytest.raises(ConfigError, match="delivery.dnssec: 192.0.2.53 is not on this host"):
+        load(write('[delivery]\ndnssec = true\nnameservers = ["192.0.2.53"]\n'), dev=True, env={})
+    with pytest.raises(ConfigError, match="delivery.dnssec: set delivery.nameservers"):
+        load(write("[delivery]\ndnssec = true\n"), dev=True, env={})
+    cfg = load(write('[delivery]\ndnssec = true\nnameservers = ["127.0.0.1:5353"]\n'), dev=True, env={})
+    assert cfg.delivery.tls_level == "dane"
+    assert load(write("[delivery]\nport = 25\n"), dev=True, env={}).delivery.tls_level == "may"
+    with pytest.raises(ConfigError, match="delivery.tls: expected may, verify, none or dane"):
+        load(write('[delivery]\ntls = "strict"\n'), dev=True, env={})

@@ -1,7 +1,7 @@
 import pytest
 
 from relay.auth import Principal
-from relay.errors import DomainMismatch, InvalidRequest
+from relay.errors import DomainMismatch, HeaderTooLarge, InvalidRequest
 from relay.sender import check_header_from, check_sender, parse_headers
 
 P = Principal(did="did:plc:abcdefghijklmnopqrstuvwx", handle=None,
@@ -52,3 +52,25 @@ def test_header_from_checked() -> None:
 def test_parse_headers_first_value_lowercase_names() -> None:
     h = parse_headers(msg("Subject: Hi\nX-Atmos-Category: Password-Reset\nFrom: a@mail.example.com\n"))
     assert h["subject"] == "Hi" and h["x-atmos-category"] == "Password-Reset"
+
+
+def test_the_whole_header_section_is_judged_never_a_prefix() -> None:
+    """A second From: after 256 KiB of padding headers: read (and refused), or the section is too large."""
+    padding = "".join(f"X-Pad-{i}: {'p' * 990}\n" for i in range(262))  # ~260 KiB of header fields
+    second_from = msg("From: a@mail.example.com\n" + padding + "From: b@evil.example\n")
+    with pytest.raises(HeaderTooLarge) as too_large:
+        check_header_from(P, second_from)
+    assert (too_large.value.smtp_reply.code, too_large.value.smtp_reply.enhanced) == (552, "5.3.4")
+    assert too_large.value.http_status == 400
+    # Under a larger limit the same message is read whole: the second From: is found.
+    with pytest.raises(DomainMismatch, match="exactly one From"):
+        check_header_from(P, second_from, limit=1 << 20)
+    # A section exactly at the limit passes; one byte over does not.
+    head = "From: a@mail.example.com\n"
+    exact = msg(head)
+    limit = exact.index(b"\r\n\r\n") + 2
+    check_header_from(P, exact, limit=limit)
+    with pytest.raises(HeaderTooLarge):
+        check_header_from(P, exact, limit=limit - 1)
+    # A body of any size is not part of the header section.
+    check_header_from(P, msg(head) + b"x" * (1 << 20))

@@ -27,8 +27,12 @@ def open_sync(path: Path) -> SqliteStore:
     return SqliteStore.open(str(path), clock=lambda: T0)
 
 
+KEY_HASH = "stored-key-hash"  # what a session's Principal.key_hash must match (submission re-checks it)
+
+
 def enroll(store: SqliteStore, did: str, *domains: str, handle: str | None = None) -> None:
     store.create_member(did, handle)
+    store.set_api_key_hash(did, KEY_HASH)
     for domain in domains:
         store.add_domain(did, domain, selector="atmosabc", rsa_private=b"r", ed25519_private=b"e",
                          verify_token="tok", state="verified")

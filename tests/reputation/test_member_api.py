@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,19 +32,12 @@ KEY = "atmos_" + "k" * 43
 KEY_B = "atmos_" + "b" * 43
 
 
-@dataclass(slots=True)
-class RepServices(Services):
-    """Services with the field the supervisor is expected to add (read with getattr by web/)."""
-
-    reputation: Reputation | None = None
-
-
 @dataclass
 class Env:
     client: QuartClient
     store: SqliteStore
     rep: Reputation
-    services: RepServices
+    services: Services
 
 
 @pytest.fixture
@@ -70,7 +64,7 @@ async def env(sync_store: SqliteStore, tmp_path: Path) -> AsyncIterator[Env]:
         rep = Reputation(store, limits, cfg.suspension)
         await nursery.start(rep.run)
         keys = ApiKeyCache()
-        svc = RepServices(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
+        svc = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys,
                           auth=Authenticator(store, keys), acceptor=Acceptor(spool, writer), reputation=rep)
         yield Env(create_app(svc).test_client(), sync_store, rep, svc)
         nursery.cancel_scope.cancel()
@@ -175,12 +169,16 @@ async def test_suspended_member_reads_its_standing_but_cannot_change_things(env:
 async def test_forward_to(env: Env) -> None:
     status, body = await answer(await env.client.put("/member/forward-to", headers=auth(),
                                                      json={"domain": "Mail.Example.com", "forward_to": "Me@Elsewhere.org"}))
-    assert (status, body) == (200, {"domain": DOMAIN, "forward_to": "Me@elsewhere.org"})
+    assert (status, body) == (200, {"domain": DOMAIN, "forward_to": "Me@elsewhere.org", "confirmed": False,
+                                    "confirmation_sent": True})
     row = env.store.get_domain(DOMAIN)
-    assert row is not None and row.forward_to == "Me@elsewhere.org"
+    assert row is not None and row.forward_to == "Me@elsewhere.org" and row.forward_confirmed_at is None
+    [confirmation] = [m for m in env.services.spool.live() if m.envelope.rcpts == ("Me@elsewhere.org",)]
+    assert b"/forward-to/confirm/" in env.services.spool.read_data(confirmation.queue_id)
     status, body = await answer(await env.client.put("/member/forward-to", headers=auth(),
                                                      json={"domain": DOMAIN, "forward_to": None}))
-    assert (status, body) == (200, {"domain": DOMAIN, "forward_to": None})
+    assert (status, body) == (200, {"domain": DOMAIN, "forward_to": None, "confirmed": False,
+                                    "confirmation_sent": False})
     row = env.store.get_domain(DOMAIN)
     assert row is not None and row.forward_to is None
 
@@ -218,10 +216,10 @@ async def test_forward_to_bad_json_and_auth(env: Env) -> None:
 
 @pytest.mark.trio
 async def test_without_a_reputation_service(env: Env) -> None:
-    env.services.reputation = None
-    got, body = await answer(await env.client.get("/member/status", headers=auth()))
+    client = create_app(dataclasses.replace(env.services, reputation=None)).test_client()
+    got, body = await answer(await client.get("/member/status", headers=auth()))
     assert (got, body["code"]) == (503, "SERVICE_UNAVAILABLE")
-    resp = await env.client.post("/v1/send", headers=auth(), json={"from": f"a@{DOMAIN}", "to": "x@dest.example",
+    resp = await client.post("/v1/send", headers=auth(), json={"from": f"a@{DOMAIN}", "to": "x@dest.example",
                                                                    "text": "hi"})
     assert resp.status_code == 200 and "RateLimit-Limit" not in resp.headers  # no limiter, no limits
 

@@ -12,7 +12,7 @@ from relay.acceptor import Accepted, Acceptor
 from relay.apikey import ApiKeyCache
 from relay.auth import Authenticator, Principal
 from relay.config import LimitsConfig, SuspensionConfig
-from relay.errors import InsufficientStorage, MemberSuspended, RateLimited
+from relay.errors import InsufficientStorage, KeyRegenerated, MemberSuspended, RateLimited
 from relay.reputation import Reputation
 from relay.smtp.handler import Session
 from relay.store.aio import AsyncStore
@@ -20,9 +20,9 @@ from relay.store.mirror import StatusMirror
 from relay.store.writer import StatusWriter
 from relay.submission import SubmissionHandler
 from spool import Spool
-from tests.reputation.conftest import DID, DOMAIN, T0, trio_clock
+from tests.reputation.conftest import DID, DOMAIN, KEY_HASH, T0, trio_clock
 
-PRINCIPAL = Principal(did=DID, handle=None, domains=frozenset({DOMAIN}), pending=frozenset())
+PRINCIPAL = Principal(did=DID, handle=None, domains=frozenset({DOMAIN}), pending=frozenset(), key_hash=KEY_HASH)
 MESSAGE = f"From: a@{DOMAIN}\r\nTo: x@dest.example\r\nSubject: hi\r\n\r\nhello\r\n".encode()
 
 
@@ -86,4 +86,64 @@ async def test_rcpt_over_the_warming_cap_is_451_and_mail_from_of_a_suspended_mem
             await handler.on_mail(s, f"a@{DOMAIN}", {})
         assert suspended.value.smtp_reply.code == 521
         assert "member suspended: automatic: test" in suspended.value.smtp_reply.text
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_session_cancelled_after_the_commit_gets_its_250_and_keeps_its_grant(
+    store: AsyncStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14: a session cancelled (timeout, shutdown) while its message was being committed got 451
+    (or nothing) for a message that will be delivered, and its rate grant was refunded."""
+    import os
+    import time
+
+    rep = Reputation(store, LimitsConfig(warming_tiers=((0, 3, 5),)), SuspensionConfig(), clock=trio_clock(T0 + 60))
+    await rep.load()
+    real = os.fdatasync
+
+    def slow(fd: int) -> None:  # the disk takes its time; the session's deadline comes first
+        time.sleep(0.3)
+        real(fd)
+
+    async with trio.open_nursery() as nursery:
+        writer = StatusWriter(store)
+        await nursery.start(writer.run)
+        spool = Spool(tmp_path / "spool", mirror=StatusMirror(writer))
+        await nursery.start(spool.run)
+        handler = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer),
+                                    reputation=rep)
+        s = session()
+        assert (await handler.on_mail(s, f"a@{DOMAIN}", {})).code == 250
+        s.mail_from = f"a@{DOMAIN}"
+        await rcpts(handler, s, 3)
+        monkeypatch.setattr(os, "fdatasync", slow)
+        reply = None
+        with trio.move_on_after(0.05):
+            reply = await handler.on_message(s, MESSAGE)
+        monkeypatch.undo()
+        assert reply is not None and reply.code == 250  # committed: the session learns it
+        assert spool.stats().live_messages == 1
+        s.rcpts.clear()
+        with pytest.raises(RateLimited):  # the 3 recipients were counted, not refunded
+            await handler.on_rcpt(s, "again@dest.example", {})
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_regenerated_key_ends_sessions_that_used_the_old_one(store: AsyncStore, tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        spool = Spool(tmp_path / "spool")
+        await nursery.start(spool.run)
+        writer = StatusWriter(store)
+        await nursery.start(writer.run)
+        handler = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer))
+        s = session()
+        assert (await handler.on_mail(s, f"a@{DOMAIN}", {})).code == 250
+        await store.set_api_key_hash(DID, "a-new-hash")  # regenerated (here, or by another process)
+        with pytest.raises(KeyRegenerated) as ended:
+            await handler.on_mail(s, f"a@{DOMAIN}", {})
+        assert (ended.value.smtp_reply.code, ended.value.smtp_reply.enhanced) == (421, "4.7.0")
+        with pytest.raises(KeyRegenerated):
+            await handler.on_message(s, MESSAGE)
         nursery.cancel_scope.cancel()

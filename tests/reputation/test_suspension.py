@@ -27,7 +27,9 @@ BIG = LimitsConfig(hourly=10_000, daily=100_000, relay_per_minute=100_000, warmi
         (40, 2, 0, None),
         (40, 7, 0, "automatic: 7 bounces in 24 h of 40 sends (17.5% > 5%)"),
         (20, 2, 0, "automatic: 2 bounces in 24 h of 20 sends (10% > 5%)"),
-        (20, 0, 1, "automatic: 1 complaint in 24 h of 20 sends (5% > 0.08%)"),
+        (20, 0, 1, None),  # one complaint never suspends alone (suspension.min_complaints = 3)
+        (20, 0, 2, None),
+        (20, 0, 3, "automatic: 3 complaints in 24 h of 20 sends (15% > 0.08%)"),
         (5000, 0, 4, None),  # 0.08 % exactly
         (5000, 0, 5, "automatic: 5 complaints in 24 h of 5000 sends (0.1% > 0.08%)"),
         (0, 3, 3, None),
@@ -96,7 +98,7 @@ async def test_minimum_volume(store: AsyncStore, sync_store: SqliteStore) -> Non
 
 @pytest.mark.trio
 async def test_one_complaint_in_twenty_sends(store: AsyncStore, sync_store: SqliteStore) -> None:
-    rep = rep_for(store)
+    rep = rep_for(store, min_complaints=1)  # an operator who wants the bare rate
     await rep.load()
     complaints: list[str] = []
     rep.on_complaint = lambda did, kind: complaints.append(kind)
@@ -234,8 +236,11 @@ async def test_inbound_events_protocol(store: AsyncStore, sync_store: SqliteStor
     await events.complaint(DID, "", "other", "")
     assert rep.standing(DID) == (100, 1, 2)
     assert sync_store.is_suppressed(DID, "c@dest.example")  # a complainer is not mailed again
-    assert rep.suspension_reason(DID) == "automatic: 1 complaint in 24 h of 100 sends (1% > 0.08%)"
+    assert not rep.is_suspended(DID)  # two complaints, under suspension.min_complaints (3)
+    await events.complaint(DID, "d@dest.example", "abuse", "")
+    assert rep.suspension_reason(DID) == "automatic: 3 complaints in 24 h of 100 sends (3% > 0.08%)"
     await rep.flush()
     got = sorted((r.domain, r.kind, r.klass) for r in sync_store.reputation_counts_since(0, DID))
     # no message row for rcpt 5, and two domains with no Message-ID to tell: the domain is unknown ("")
-    assert got == [("", "bounce", "hard"), ("", "complaint", "other"), (DOMAIN_2, "complaint", "abuse")]
+    assert got == [("", "bounce", "hard"), ("", "complaint", "abuse"), ("", "complaint", "other"),
+                   (DOMAIN_2, "complaint", "abuse")]

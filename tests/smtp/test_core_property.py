@@ -9,10 +9,12 @@ import typing
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from relay.smtp.core import State
 from relay.smtp.data import BARE_NEWLINE, LINE_TOO_LONG, TOO_BIG, DataReader
-from relay.smtp.events import Event, MessageComplete, ProtocolError
+from relay.smtp.events import NEED_DATA, ConnectionClosed, Event, MailFrom, MessageComplete, ProtocolError, RcptTo
 from relay.smtp.limits import Limits
-from tests.smtp.harness import b64, plain, run_stream
+from relay.smtp.reply import Reply
+from tests.smtp.harness import accept_all, b64, new_conn, plain, run_stream
 
 EVENT_TYPES = typing.get_args(Event)
 LIMITS = Limits(
@@ -176,3 +178,31 @@ def test_stuffed_message_round_trips(text: list[bytes], draw: st.DataObject) -> 
         done = reader.consume(buf)
     assert done and not buf
     assert reader.result() == MessageComplete(body)
+
+
+# ---- budgets: nothing a client sends keeps a session alive past its error budget -------------
+
+BUDGET = Limits(max_command_line=64, max_errors=4, max_junk_commands=3)
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.sampled_from(VOCABULARY), st.binary(max_size=24)), max_size=60))
+def test_past_the_error_budget_the_next_event_closes(frags: list[bytes]) -> None:
+    """With an app that refuses every MAIL and RCPT (so no message resets the counters), errors never
+    exceed max_errors + 1, and once they exceed max_errors the session ends with 421 4.7.0."""
+    conn = new_conn(limits=BUDGET, require_tls_for_auth=False)
+    conn.receive_data(b"".join(frags))
+    conn.receive_data(b"")
+    while True:
+        over = conn.errors > BUDGET.max_errors
+        event = conn.next_event()
+        assert event is not NEED_DATA
+        if isinstance(event, ConnectionClosed):
+            return
+        if over:
+            assert isinstance(event, ProtocolError) and event.reply.code == 421 and event.close
+        refuse = isinstance(event, MailFrom | RcptTo)
+        conn.send(Reply(550, "5.7.1", "no") if refuse else accept_all(conn, event))
+        assert conn.errors <= BUDGET.max_errors + 1
+        if over:
+            assert conn.state is State.CLOSED

@@ -75,7 +75,7 @@ async def test_store_errors_propagate() -> None:
     await store.create_member(DID_A)
     await store.create_member(DID_B)
     kw = {"selector": "s", "rsa_private": b"r", "ed25519_private": b"e", "verify_token": "t"}
-    await store.add_domain(DID_A, "example.com", **kw)  # type: ignore[arg-type]
+    await store.add_domain(DID_A, "example.com", state="verified", **kw)  # type: ignore[arg-type]
     with pytest.raises(DomainTaken):
         await store.add_domain(DID_B, "example.com", **kw)  # type: ignore[arg-type]
 

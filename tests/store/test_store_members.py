@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from relay.store import DomainLimitReached, DomainTaken, InvalidRow, NotFound
@@ -111,14 +113,62 @@ def test_at_most_two_domains_per_did(store: SqliteStore) -> None:
     assert [d.domain for d in store.domains_for(DID_A)] == ["one.example", "two.example"]
 
 
-def test_a_domain_of_another_did_is_taken(store: SqliteStore) -> None:
+def test_a_verified_domain_of_another_did_is_taken(store: SqliteStore) -> None:
     store.create_member(DID_A)
     store.create_member(DID_B)
-    add_domain(store, DID_A, "example.com")
+    add_domain(store, DID_A, "example.com", state="verified")
     with pytest.raises(DomainTaken) as info:
         add_domain(store, DID_B, "EXAMPLE.com")
     assert info.value.domain == "example.com"
     assert store.domains_for(DID_B) == []
+
+
+def test_pending_claims_compete_and_the_first_proof_wins(store: SqliteStore) -> None:
+    """A squatter's pending claim never locks the real owner out (issue 15)."""
+    for did in (DID_A, DID_B, DID_C):
+        store.create_member(did)
+    squat = add_domain(store, DID_A, "example.com")
+    real = add_domain(store, DID_B, "example.com", selector="atmosbbb000", verify_token="token-b")
+    assert (squat.claim, real.claim, real.did, real.state) == (False, True, DID_B, "pending")
+    assert [d.domain for d in store.domains_for(DID_B)] == ["example.com"]
+    assert add_domain(store, DID_B, "example.com") == real  # re-adding returns the claim
+    won = store.promote_claim("example.com", DID_B)
+    assert (won.did, won.state, won.selector, won.verify_token, won.claim) == (
+        DID_B, "verified", "atmosbbb000", "token-b", False)
+    assert store.domains_for(DID_A) == [] and store.get_domain("example.com") == won
+    with pytest.raises(DomainTaken):
+        add_domain(store, DID_C, "example.com")
+
+
+def test_the_domains_own_pending_row_proving_first_drops_the_claims(store: SqliteStore) -> None:
+    store.create_member(DID_A)
+    store.create_member(DID_B)
+    add_domain(store, DID_A, "example.com")
+    add_domain(store, DID_B, "example.com")
+    store.set_domain_state("example.com", "verified")
+    assert store.domains_for(DID_B) == []
+    with pytest.raises(DomainTaken):
+        store.promote_claim("example.com", DID_B)
+
+
+def test_pending_claims_expire_and_release_frees_a_domain(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    store = SqliteStore.open(str(tmp_path / "db"), clock=lambda: now[0])
+    for did in (DID_A, DID_B, DID_C):
+        store.create_member(did)
+    add_domain(store, DID_A, "example.com")
+    now[0] += 3600
+    add_domain(store, DID_B, "example.com")
+    now[0] += 7 * 86400 - 1800  # A's claim is over 7 days old, B's is not
+    assert store.expire_claims(7 * 86400) == [("example.com", DID_A)]
+    row = store.get_domain("example.com")
+    assert row is not None and (row.did, row.state, row.claim) == (DID_B, "pending", False)  # B moved up
+    add_domain(store, DID_C, "example.com", state="verified")  # the operator vouches for C
+    assert store.domains_for(DID_B) == [] and store.get_domain("example.com").did == DID_C  # type: ignore[union-attr]
+    assert store.release_domain("example.com") == 1
+    assert store.get_domain("example.com") is None
+    add_domain(store, DID_A, "example.com")  # free again
+    store.close()
 
 
 def test_re_adding_own_domain_returns_it_unchanged_even_at_the_limit(store: SqliteStore) -> None:

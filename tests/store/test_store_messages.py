@@ -181,3 +181,12 @@ def test_idempotency_first_response_wins_and_purges(store: SqliteStore, clock: F
     assert store.purge_idempotent(older_than=clock.now - 3600) == 1
     assert store.get_idempotent(DID_A, "k1") is None
     assert store.get_idempotent(DID_A, "k2") is not None
+
+
+def test_an_id_beyond_sqlite_integers_is_no_message(tmp_path: object) -> None:
+    """An id from a URL (``/v1/messages/99999999999999999999999``) is no row, not an OverflowError (a 500)."""
+    from relay.store.sqlite import SqliteStore
+
+    store = SqliteStore.open(":memory:")
+    assert store.get_message(10**23) is None and store.attempts_for(-(10**23)) == []
+    store.close()

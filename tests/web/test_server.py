@@ -177,3 +177,99 @@ async def test_slow_request_head_is_cut_off() -> None:
                             break
         assert closed
         stop.set()
+
+
+@pytest.mark.trio
+async def test_connection_close_response_closes_the_socket_under_quart() -> None:
+    """quart-trio cancels the task that closes the connection; the close is shielded (found by scripts/fuzz:
+    every ``Connection: close`` request held its socket until the read timeout, forever without one)."""
+    from quart_trio import QuartTrio
+
+    quart = QuartTrio("t")
+
+    @quart.get("/")
+    async def index() -> dict[str, int]:
+        return {"ok": 1}
+
+    cfg = HypercornConfig()
+    cfg.bind = ["127.0.0.1:0"]
+    cfg.accesslog = None
+    cfg.read_timeout = None  # hypercorn's default: nothing else would ever close the socket
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(lambda task_status: serve(quart, cfg, stop, task_status=task_status))
+        port = int(binds[0].rsplit(":", 1)[1])
+        for _ in range(3):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                with trio.fail_after(10):
+                    while chunk := await stream.receive_some(65536):
+                        data += chunk
+                assert data.startswith(b"HTTP/1.1 200") and data.endswith(b'{"ok":1}\n')
+        stop.set()
+
+
+@pytest.mark.trio
+async def test_chunked_bodies_are_coalesced_and_capped() -> None:
+    """Many small chunks reach the app as few body events; past MAX_CHUNKS the request is a 400."""
+    from quart import request
+    from quart_trio import QuartTrio
+
+    from web.server import MAX_CHUNKS
+
+    quart = QuartTrio("t")
+    seen: list[int] = []
+
+    @quart.post("/")
+    async def echo() -> dict[str, int]:
+        body = await request.get_data()
+        seen.append(len(body))
+        return {"bytes": len(body)}
+
+    cfg = HypercornConfig()
+    cfg.bind = ["127.0.0.1:0"]
+    cfg.accesslog = None
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(lambda task_status: serve(quart, cfg, stop, task_status=task_status))
+        port = int(binds[0].rsplit(":", 1)[1])
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+        fine = await exchange(port, head + b"1\r\na\r\n" * (MAX_CHUNKS - 1) + b"0\r\n\r\n")
+        assert fine.startswith(b"HTTP/1.1 200") and fine.endswith(b'{"bytes":%d}\n' % (MAX_CHUNKS - 1))
+        too_many = await exchange(port, head + b"1\r\na\r\n" * 20_000 + b"0\r\n\r\n")
+        assert too_many.startswith(b"HTTP/1.1 400")
+        stop.set()
+    assert seen == [MAX_CHUNKS - 1]
+
+
+@pytest.mark.trio
+async def test_idle_keep_alive_connection_is_closed_under_quart() -> None:
+    """After a keep-alive response the idle timer starts even though quart-trio cancels the app's task."""
+    from quart_trio import QuartTrio
+
+    quart = QuartTrio("t")
+
+    @quart.get("/")
+    async def index() -> dict[str, int]:
+        return {"ok": 1}
+
+    cfg = HypercornConfig()
+    cfg.bind = ["127.0.0.1:0"]
+    cfg.accesslog = None
+    cfg.keep_alive_timeout = 0.5
+    cfg.read_timeout = None
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(lambda task_status: serve(quart, cfg, stop, task_status=task_status))
+        port = int(binds[0].rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            with trio.fail_after(10):  # the keep-alive timeout is 0.5 s; without the fix: never
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 200")
+        stop.set()

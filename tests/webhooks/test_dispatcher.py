@@ -11,12 +11,16 @@ import pytest
 import trio
 import trio.lowlevel
 
+from relay.egress import Egress
 from relay.eventbus import EventBus
 from relay.events import MessageAccepted
 from relay.store import open_store
 from relay.store.aio import AsyncStore
 from relay.store.rows import Webhook
 from relay.webhooks import EVENT_TYPES, WebhookDispatcher
+
+# The receivers below listen on loopback: the one test-only setting of the address policy lets them in.
+LOOPBACK_PEERS = Egress(allow_loopback=True)
 
 
 class SlowStore:
@@ -129,7 +133,7 @@ async def test_outbox_survives_a_restart_with_a_stable_event_id(tmp_path: Path) 
         nursery.cancel_scope.cancel()  # a port nothing listens on any more
     await store.set_webhook(hook_for("did:plc:1", down.url))
     bus = EventBus()
-    first = WebhookDispatcher(store, bus, backoff=(0.2,) * 3, poll=0.05)
+    first = WebhookDispatcher(store, bus, backoff=(0.2,) * 3, poll=0.05, egress=LOOPBACK_PEERS)
     async with trio.open_nursery() as nursery:
         await nursery.start(first.run)
         bus.publish(accepted(1))
@@ -140,7 +144,7 @@ async def test_outbox_survives_a_restart_with_a_stable_event_id(tmp_path: Path) 
     # The process "restarts": the event is still queued and goes out to the endpoint, same id.
     up = Receiver()
     bus = EventBus()
-    second = WebhookDispatcher(store, bus, backoff=(0.2,) * 3, poll=0.05)
+    second = WebhookDispatcher(store, bus, backoff=(0.2,) * 3, poll=0.05, egress=LOOPBACK_PEERS)
     async with trio.open_nursery() as nursery:
         await nursery.start(up.serve)
         await store.set_webhook(hook_for("did:plc:1", up.url))
@@ -161,7 +165,7 @@ async def test_a_hanging_endpoint_delays_only_its_member(tmp_path: Path) -> None
     store = await member_store(tmp_path)
     slow, fast = Receiver(hang=True), Receiver()
     bus = EventBus()
-    hooks = WebhookDispatcher(store, bus, timeout=30.0, poll=0.05)
+    hooks = WebhookDispatcher(store, bus, timeout=30.0, poll=0.05, egress=LOOPBACK_PEERS)
     async with trio.open_nursery() as nursery:
         await nursery.start(slow.serve)
         await nursery.start(fast.serve)

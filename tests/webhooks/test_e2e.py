@@ -129,7 +129,13 @@ def signed(rec: Received, secret: str) -> bool:
 
 def test_member_api_validation(relay: RelayProcess) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"url": "http://example.org/hook"}, "url: must be https"),
+        ({"url": "http://example.org/hook"}, "url: must be an https:// URL (plain http only in --dev)"),
+        # relay.egress: addresses no stranger's webhook may point the relay at (also refused at connect time).
+        ({"url": "https://10.0.0.1/"}, "url: 10.0.0.1 is private"),
+        ({"url": "https://169.254.169.254/latest/meta-data/"}, "url: 169.254.169.254 is link-local"),
+        ({"url": "https://[fd00::1]/"}, "url: fd00::1 is private"),
+        ({"url": "https://[::ffff:10.0.0.1]/"}, "url: ::ffff:a00:1 is private (carries 10.0.0.1)"),
+        ({"url": "https://0.0.0.0:8080/"}, "url: 0.0.0.0 is unspecified"),
         ({"url": "ftp://example.org/hook"}, "url: must be an https"),
         ({}, "url: required"),
         ({"url": "https://user:pw@example.org/"}, "url: must name a host"),

@@ -1,0 +1,1 @@
+"""The hostile-input battery behind ``scripts/fuzz`` (see ``__main__``)."""

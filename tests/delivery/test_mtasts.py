@@ -1,0 +1,343 @@
+"""MTA-STS (RFC 8461) against real peers: Knot publishes the ``_mta-sts`` TXT records and MX hosts, an HTTPS
+server on loopback (trustme certificate) serves the policies, a private Postfix smtpd with STARTTLS is the
+MX (smtp-sink behind it shows what arrived), and a plain smtp-sink is an MX without STARTTLS."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import trio
+import trustme
+
+from relay.delivery.client import ConnectionPool
+from relay.delivery.mtasts import MtaSts, StsError, parse_policy, parse_record
+from relay.delivery.retry import OutcomeKind
+from relay.delivery.routing import Resolver
+from relay.delivery.scheduler import AttemptResult
+from relay.delivery.tlspolicy import PolicyRef, TlsPlanner
+from relay.delivery.transport import SmtpTransport
+from relay.dns.checks import DnsLookup
+from relay.egress import Egress
+from relay.smtp.client import TlsPolicy
+from tests.peers.knot import KnotServer
+from tests.peers.postfixmx import PostfixMx
+from tests.peers.smtpsink import SmtpSink
+
+DOMAINS = ["good.test", "wrongmx.test", "badcert.test", "testing.test", "nofetch.test", "big.test", "notls.test"]
+
+
+def _policy(mode: str, *mx: str, max_age: int = 86400) -> bytes:
+    lines = ["version: STSv1", f"mode: {mode}", *(f"mx: {m}" for m in mx), f"max_age: {max_age}"]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+@dataclass
+class Site:
+    """What the HTTPS server answers, per Host (a test may change it)."""
+
+    policies: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    port: int = 0
+
+
+@dataclass
+class Peers:
+    knot: KnotServer
+    mx: PostfixMx
+    sink: SmtpSink
+    plain: SmtpSink
+    site: Site
+    client_ca: ssl.SSLContext
+
+
+def _https(site: Site, ca: trustme.CA) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            host = self.headers.get("Host", "")
+            site.requests.append(host)
+            status, ctype, body = site.policies.get(host, (404, "text/plain", b"no policy here\n"))
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(*(f"mta-sts.{d}" for d in DOMAINS)).configure_cert(ctx)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    site.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
+    ca = trustme.CA()
+    site = Site()
+    site.policies = {
+        "mta-sts.good.test": (200, "text/plain", _policy("enforce", "mx.good.test")),
+        "mta-sts.wrongmx.test": (200, "text/plain", _policy("enforce", "mx.elsewhere.test")),
+        "mta-sts.badcert.test": (200, "text/plain", _policy("enforce", "*.badcert.test")),
+        "mta-sts.testing.test": (200, "text/plain; charset=utf-8", _policy("testing", "mx.elsewhere.test")),
+        "mta-sts.big.test": (200, "text/plain", _policy("enforce", "mx.big.test") + b"x: " + b"y" * 70000 + b"\r\n"),
+        "mta-sts.notls.test": (200, "text/plain", _policy("enforce", "mx.notls.test")),
+    }
+    zones = {d: ["@ MX 10 mx", "mx A 127.0.0.1", "mta-sts A 127.0.0.1", '_mta-sts TXT "v=STSv1; id=20261202"']
+             for d in DOMAINS}
+    zones["good.test"].append('_mta-sts TXT "some other text"')
+    server = _https(site, ca)
+    knot = KnotServer(tmp_path_factory.mktemp("knot"), zones).start()
+    sink = SmtpSink(tmp_path_factory.mktemp("sink")).start()
+    plain = SmtpSink(tmp_path_factory.mktemp("plain")).start()
+    # The MX certificate names mx.good.test etc. but not mx.badcert.test (a wrong certificate for that one).
+    cert = ca.issue_cert(*(f"mx.{d}" for d in DOMAINS if d != "badcert.test"))
+    mx = PostfixMx(DOMAINS, chain_pem=cert.private_key_and_cert_chain_pem.bytes(), forward_port=sink.port,
+                   hostname="mx.good.test")
+    client_ca = ssl.create_default_context()
+    ca.configure_trust(client_ca)
+    try:
+        mx.start()
+        yield Peers(knot, mx, sink, plain, site, client_ca)
+    finally:
+        mx.stop()
+        plain.stop()
+        sink.stop()
+        knot.stop()
+        server.shutdown()
+        server.server_close()
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.calls: list[tuple[PolicyRef, str, str | None, str]] = []
+
+    def record(self, policy: PolicyRef, *, mx_host: str, address: str | None, failure: str | None,
+               detail: str = "") -> None:
+        self.calls.append((policy, mx_host, failure, detail))
+
+    def failures(self) -> list[str | None]:
+        return [c[2] for c in self.calls]
+
+
+def _sts(peers: Peers, **kw: float) -> MtaSts:
+    resolver = Resolver(peers.knot.nameservers, lifetime=3)
+    return MtaSts(txt=DnsLookup(peers.knot.nameservers, lifetime=3), addresses=resolver.addresses,
+                  context=peers.client_ca, port=peers.site.port, timeout=kw.get("timeout", 5.0),
+                  max_bytes=int(kw.get("max_bytes", 65536)), txt_interval=kw.get("txt_interval", 300.0))
+
+
+async def _send(peers: Peers, domain: str, subject: str, *, recorder: Recorded | None = None,
+                port: int | None = None, sts: MtaSts | None = None) -> AttemptResult:
+    pool = ConnectionPool()
+    planner = TlsPlanner(TlsPolicy.OPPORTUNISTIC, sts=sts or _sts(peers), verify=peers.client_ca, recorder=recorder)
+    transport = SmtpTransport(Resolver(peers.knot.nameservers, lifetime=3), pool, helo_name="relay.test",
+                              port=port or peers.mx.port, egress=Egress(allow_loopback=True), planner=planner)
+    message = f"From: a@relay.test\r\nTo: b@{domain}\r\nSubject: {subject}\r\n\r\nhello\r\n".encode()
+    try:
+        return await transport.attempt(domain, "bounce@relay.test", f"b@{domain}", message)
+    finally:
+        await pool.aclose()
+
+
+def _arrived(sink: SmtpSink, subject: str, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(f"Subject: {subject}".encode() in m.data for m in sink.messages()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.trio
+async def test_enforce_with_listed_mx_and_valid_certificate_delivers(peers: Peers) -> None:
+    recorder = Recorded()
+    result = await _send(peers, "good.test", "sts-good", recorder=recorder)
+    assert result.outcome.kind is OutcomeKind.DELIVERED, result.outcome.text
+    assert result.tls
+    assert await trio.to_thread.run_sync(_arrived, peers.sink, "sts-good")
+    policy, mx_host, failure, _ = recorder.calls[-1]
+    assert (policy.kind, policy.domain, mx_host, failure) == ("sts", "good.test", "mx.good.test", None)
+    assert "mode: enforce" in policy.strings
+
+
+@pytest.mark.trio
+async def test_enforce_refuses_an_mx_the_policy_does_not_list(peers: Peers) -> None:
+    recorder = Recorded()
+    result = await _send(peers, "wrongmx.test", "sts-wrongmx", recorder=recorder)
+    assert result.outcome.kind is OutcomeKind.TLS_FAILED and result.outcome.kind.is_temporary
+    assert "does not list MX host mx.wrongmx.test" in result.outcome.text
+    assert "mx.elsewhere.test" in result.outcome.text
+    assert recorder.failures() == ["validation-failure"]
+    assert not await trio.to_thread.run_sync(_arrived, peers.sink, "sts-wrongmx", 1.0)
+
+
+@pytest.mark.trio
+async def test_enforce_defers_on_a_certificate_for_another_name(peers: Peers) -> None:
+    recorder = Recorded()
+    result = await _send(peers, "badcert.test", "sts-badcert", recorder=recorder)
+    assert result.outcome.kind is OutcomeKind.TLS_FAILED
+    assert result.outcome.text.startswith("MTA-STS enforce: TLS with mx.badcert.test"), result.outcome.text
+    assert recorder.failures()[-1] == "certificate-host-mismatch"
+    assert not await trio.to_thread.run_sync(_arrived, peers.sink, "sts-badcert", 1.0)
+
+
+@pytest.mark.trio
+async def test_enforce_defers_when_the_mx_offers_no_starttls(peers: Peers) -> None:
+    recorder = Recorded()
+    result = await _send(peers, "notls.test", "sts-notls", recorder=recorder, port=peers.plain.port)
+    assert result.outcome.kind is OutcomeKind.TLS_FAILED
+    assert "not offered" in result.outcome.text
+    assert recorder.failures()[-1] == "starttls-not-supported"
+    assert peers.plain.messages() == []
+
+
+@pytest.mark.trio
+async def test_testing_mode_delivers_and_reports_the_mismatch(peers: Peers) -> None:
+    recorder = Recorded()
+    result = await _send(peers, "testing.test", "sts-testing", recorder=recorder)
+    assert result.outcome.kind is OutcomeKind.DELIVERED, result.outcome.text
+    assert "validation-failure" in recorder.failures()
+    assert await trio.to_thread.run_sync(_arrived, peers.sink, "sts-testing")
+
+
+@pytest.mark.trio
+async def test_a_policy_that_cannot_be_fetched_means_none_and_is_reported(peers: Peers) -> None:
+    recorder = Recorded()
+    result = await _send(peers, "nofetch.test", "sts-nofetch", recorder=recorder)
+    assert result.outcome.kind is OutcomeKind.DELIVERED, result.outcome.text
+    assert recorder.calls[0][2] == "sts-policy-fetch-error"
+    assert "HTTP 404" in recorder.calls[0][3]
+
+
+@pytest.mark.trio
+async def test_an_oversized_policy_is_invalid(peers: Peers) -> None:
+    found = await _sts(peers).policy("big.test")
+    assert found.policy is None
+    assert found.failure is not None and found.failure.result_type == "sts-policy-invalid"
+    assert "over 65536 bytes" in found.failure.detail
+
+
+@pytest.mark.trio
+async def test_policy_cache_honours_id_and_survives_a_vanished_record(peers: Peers) -> None:
+    sts = _sts(peers, txt_interval=0.0)
+    first = await sts.policy("good.test")
+    assert first.policy is not None and first.policy.mx == ("mx.good.test",)
+    assert sts.fetches == 1
+    await sts.policy("good.test")
+    assert sts.fetches == 1  # same id: the cached policy, no HTTPS request
+    zone = ["@ MX 10 mx", "mx A 127.0.0.1", "mta-sts A 127.0.0.1"]
+    await trio.to_thread.run_sync(peers.knot.update, "good.test", zone)
+    try:
+        kept = await sts.policy("good.test")
+        assert kept.policy is not None and kept.policy.mode == "enforce"  # §5.1: stripping the TXT does not help
+        await trio.to_thread.run_sync(peers.knot.update, "good.test", [*zone, '_mta-sts TXT "v=STSv1; id=2"'])
+        peers.site.policies["mta-sts.good.test"] = (200, "text/plain", _policy("testing", "mx.good.test"))
+        changed = await sts.policy("good.test")
+        assert sts.fetches == 2 and changed.policy is not None and changed.policy.mode == "testing"
+    finally:
+        peers.site.policies["mta-sts.good.test"] = (200, "text/plain", _policy("enforce", "mx.good.test"))
+        await trio.to_thread.run_sync(peers.knot.update, "good.test",
+                                      [*zone, '_mta-sts TXT "v=STSv1; id=20261202"', '_mta-sts TXT "other"'])
+
+
+@pytest.mark.trio
+async def test_expired_policy_is_dropped_and_refresh_refetches(peers: Peers) -> None:
+    now = [time.time()]
+    sts = _sts(peers)
+    sts.wall = lambda: now[0]
+    assert (await sts.policy("good.test")).policy is not None
+    assert await sts.refresh_due(ahead=3600.0) == 0  # a day left: nothing due
+    assert await sts.refresh_due(ahead=2 * 86400.0) == 1 and sts.fetches == 2
+    now[0] += 2 * 86400
+    sts.txt_interval = 1e9  # no TXT look: only the expiry decides
+    assert (await sts.policy("good.test")).policy is None
+
+
+@pytest.mark.trio
+async def test_a_server_that_never_answers_is_cut_off_by_the_deadline() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    async def addresses(host: str) -> list[str]:
+        return ["127.0.0.1"]
+
+    class NoTxt:
+        async def txt(self, name: str) -> list[tuple[str, ...]]:
+            return [("v=STSv1; id=1",)]
+
+    sts = MtaSts(txt=NoTxt(), addresses=addresses, context=ssl.create_default_context(), port=port, timeout=0.5)
+    try:
+        found = await sts.policy("slow.test")
+    finally:
+        listener.close()
+    assert found.policy is None and found.failure is not None
+    assert "longer than 0.5 s" in found.failure.detail
+
+
+def test_policy_parsing() -> None:
+    policy = parse_policy(b"version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\nmax_age: 604800\n")
+    assert policy.mode == "enforce" and policy.max_age == 604800
+    assert policy.allows("mail.example.com") and policy.allows("MAIL.example.com.")
+    assert policy.allows("mx1.example.net") and not policy.allows("a.b.example.net")
+    assert not policy.allows("example.net") and not policy.allows("mail.example.org")
+    assert parse_policy(b"version: STSv1\nmode: none\nmax_age: 9999999999\n").max_age == 31_557_600
+    for bad, why in [
+        (b"mode: enforce\nmx: a\nmax_age: 1\n", "version"),
+        (b"version: STSv1\nmode: strict\nmx: a\nmax_age: 1\n", "mode"),
+        (b"version: STSv1\nmode: enforce\nmax_age: 1\n", "no mx"),
+        (b"version: STSv1\nmode: enforce\nmx: a\nmax_age: -1\n", "max_age"),
+        (b"\xff\xfe", "UTF-8"),
+    ]:
+        with pytest.raises(StsError, match=why):
+            parse_policy(bad)
+
+
+def test_record_parsing() -> None:
+    assert parse_record(["v=STSv1; id=20160831085700Z;"]) == "20160831085700Z"
+    assert parse_record(["something else"]) is None
+    with pytest.raises(StsError, match="exactly one"):
+        parse_record(["v=STSv1; id=1", "v=STSv1; id=2"])
+    with pytest.raises(StsError, match="id="):
+        parse_record(["v=STSv1; id=not-valid!"])
+
+
+@pytest.mark.trio
+async def test_a_stored_policy_survives_a_restart_without_txt_or_https(peers: Peers, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from relay.store import open_store
+    from relay.store.aio import AsyncStore
+
+    store = AsyncStore(open_store(f"sqlite:///{tmp_path / 'relay.db'}"))
+    try:
+        first = _sts(peers)
+        first.store = store
+        assert (await first.policy("good.test")).policy is not None
+        # "Restart": a new cache, the TXT record stripped and the policy host unreachable (an attacker's view).
+        after = MtaSts(txt=NoRecord(), addresses=_nowhere, context=peers.client_ca, store=store)
+        assert await after.load() == 1
+        found = await after.policy("good.test")
+        assert found.policy is not None and found.policy.mode == "enforce" and after.fetches == 0
+        assert await store.purge_sts_policies(time.time() + 2 * 86400) == 1  # expired ones go
+    finally:
+        await store.aclose()
+
+
+class NoRecord:
+    async def txt(self, name: str) -> list[tuple[str, ...]]:
+        return []
+
+
+async def _nowhere(host: str) -> list[str]:
+    raise OSError("unreachable")

@@ -1,0 +1,60 @@
+"""Per-recipient preparation: member keys chosen by (DID, domain); forwarded replies ARC-sealed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from relay.config import Config
+from relay.delivery.prepare import Preparer
+from relay.dkimkeys import SecretBox, new_domain_keys
+from relay.operatorkey import OperatorKeys
+from relay.store import open_store
+from relay.store.aio import AsyncStore
+from spool import Envelope
+
+SECRET = b"prepare-test-secret-0123456789"
+OWNER, OTHER = "did:plc:owneraaaaaaaaaaaaaaaaaaa", "did:plc:otherbbbbbbbbbbbbbbbbbbb"
+MESSAGE = b"From: a@owned.example\r\nTo: x@dest.example\r\nSubject: hi\r\nMessage-ID: <m@owned.example>\r\n\r\nhi\r\n"
+
+
+def signers(data: bytes) -> list[str]:
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    return re.findall(r"(?im)^DKIM-Signature:.*?\bd=([^;\s]+)", head.replace("\r\n\t", " ").replace("\r\n ", " "))
+
+
+@pytest.mark.trio
+async def test_member_keys_are_chosen_by_did_and_domain(tmp_path: Path) -> None:
+    cfg = Config(operator_domain="relay.test", state_dir=str(tmp_path), secret_key=SECRET, public_url="https://r.test")
+    store = AsyncStore(open_store("sqlite:///:memory:"))
+    for did in (OWNER, OTHER):
+        await store.create_member(did)
+    keys, box = new_domain_keys("owned.example"), SecretBox(SECRET)
+    await store.add_domain(OWNER, "owned.example", selector=keys.selector, rsa_private=box.encrypt(keys.rsa_private_pem),
+                           ed25519_private=box.encrypt(keys.ed25519_private_raw), verify_token="t", state="verified")
+    prepare = Preparer(cfg, store, OperatorKeys(tmp_path, SECRET))
+    attrs = {"transactional": "1"}
+    mine = await prepare(Envelope("a@owned.example", ("x@dest.example",), OWNER, attrs, 1.0), 1, "x@dest.example",
+                         MESSAGE)
+    assert signers(mine) == ["owned.example", "owned.example", "relay.test"]
+    # A record spooled under another DID (however it got there) never gets the owner's signatures.
+    theirs = await prepare(Envelope("a@owned.example", ("x@dest.example",), OTHER, attrs, 1.0), 2, "x@dest.example",
+                           MESSAGE)
+    assert signers(theirs) == ["relay.test"]
+
+
+@pytest.mark.trio
+async def test_forwarded_replies_are_arc_sealed_not_signed_as_ours(tmp_path: Path) -> None:
+    cfg = Config(operator_domain="relay.test", state_dir=str(tmp_path), secret_key=SECRET, public_url="https://r.test")
+    store = AsyncStore(open_store("sqlite:///:memory:"))
+    prepare = Preparer(cfg, store, OperatorKeys(tmp_path, SECRET))
+    reply = b"Authentication-Results: relay.test;\r\n\tdkim=none;\r\n\tarc=none\r\n" + MESSAGE
+    env = Envelope("SRS0=x@relay.test", ("owner@mailbox.example",), OWNER, {"forward": "1", "arc": "1"}, 1.0)
+    out = await prepare(env, 3, "owner@mailbox.example", reply)
+    head = out.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"ARC-Seal: i=1;") and b"ARC-Message-Signature: i=1;" in head
+    assert b"ARC-Authentication-Results: i=1; relay.test;" in head
+    assert signers(out) == []
+    assert out.endswith(reply)
