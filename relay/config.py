@@ -227,7 +227,7 @@ class IdentityConfig:
     handle_resolver_url: str = ""  # well-known-at: GET <this>/.well-known/atproto-did with Host: <handle> (tests)
     cache_ttl: float = 600.0  # resolved handles and DID documents
     timeout: float = 10.0  # per HTTP/DNS request during resolution and OAuth
-    # Bounds on what strangers' servers can make the relay read or wait for (relay.fetch, issue 13):
+    # Bounds on what strangers' servers can make the relay read or wait for (relay.net.fetch, issue 13):
     metadata_bytes: int = 64 * 1024  # OAuth metadata and endpoint answers, handle well-known files
     document_bytes: int = 256 * 1024  # DID documents, PDS records
     deadline: float = 30.0  # one whole sign-in step (resolve + discover + PAR; callback + token) or record read
@@ -380,6 +380,7 @@ def _validate(cfg: Config) -> None:
     if cfg.delivery.tls == "dane" and not cfg.delivery.dnssec:
         raise ConfigError("delivery.tls: dane needs delivery.dnssec = true (a local validating resolver)")
     if cfg.delivery.dnssec:
+        # Lazy: the config is the bottom layer every module imports; the DANE rule lives with DANE.
         from relay.delivery.dane import dnssec_nameservers_problem
 
         problem = dnssec_nameservers_problem(cfg.delivery.nameservers)

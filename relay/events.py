@@ -94,7 +94,7 @@ class MessageAccepted(Event):
     recipients: tuple[str, ...]
     size: int
     source: str  # smtp | http | dsn | forward
-    tags: tuple[str, ...] = ()  # the sender's /v1/send tags and metadata (relay.sendmeta)
+    tags: tuple[str, ...] = ()  # the sender's /v1/send tags and metadata (relay.accept.sendmeta)
     metadata: dict[str, str] = field(default_factory=dict)
 
 

@@ -98,19 +98,19 @@ def test_console_imports_only_the_event_schema(path: Path) -> None:
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_only_the_wiring_and_web_import_services(path: Path) -> None:
     """Services is the wiring's product, handed to the HTTP layer; everything else takes what it needs."""
-    allowed = {ROOT / "relay/supervisor.py", ROOT / "relay/services.py"}
+    allowed = {ROOT / "relay/app/supervisor.py", ROOT / "relay/app/services.py"}
     if path in allowed:
         return
     for name in _all_imports(path):
-        assert name != "relay.services" and not name.startswith("relay.services."), f"{path} imports {name}"
+        assert name != "relay.app.services" and not name.startswith("relay.app.services."), f"{path} imports {name}"
 
 
 def test_services_is_frozen_and_never_probed() -> None:
-    """Services is built complete before anything starts (relay/supervisor.py): no layer asks whether a
+    """Services is built complete before anything starts (relay/app/supervisor.py): no layer asks whether a
     field exists yet, and nothing can attach one to it while it runs."""
     import dataclasses
 
-    from relay.services import Services
+    from relay.app.services import Services
 
     assert Services.__dataclass_params__.frozen  # type: ignore[attr-defined]
     fields = {f.name for f in dataclasses.fields(Services)}
@@ -123,3 +123,85 @@ def test_services_is_frozen_and_never_probed() -> None:
                     name = node.args[1]
                     probed = isinstance(name, ast.Constant) and name.value in fields
                     assert not probed, f"{path}:{node.lineno} probes a Services field with {node.func.id}"
+
+
+# The folders tell the architecture (issue 16): relay/'s top level holds its packages and the small
+# vocabulary every layer shares, nothing else.
+VOCABULARY = {"__init__.py", "__main__.py", "address.py", "config.py", "errors.py", "events.py"}
+
+
+def test_relay_top_level_holds_packages_and_the_shared_vocabulary() -> None:
+    loose = {p.name for p in (ROOT / "relay").glob("*.py")} - VOCABULARY
+    assert not loose, f"modules outside a package: {sorted(loose)} (put each in the package of its concern)"
+    for package in (p for p in (ROOT / "relay").iterdir() if p.is_dir() and p.name != "__pycache__"):
+        init = package / "__init__.py"
+        assert init.exists(), f"{package} is not a package"
+
+
+# Imports inside functions hide cycles; these two are deliberate.
+LAZY = {
+    ("relay/app/cli.py", "relay.app.supervisor"),  # `atmos admin` and `atmos console` never load the server
+    ("relay/config.py", "relay.delivery.dane"),  # the config is the bottom layer; the DANE rule lives with DANE
+}
+
+
+def _relay_imports(path: Path, *, nested: bool) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+
+    def visit(node: ast.AST, inside: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue  # annotations only: never executed
+            deeper = inside or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            if isinstance(child, ast.Import | ast.ImportFrom) and deeper == nested:
+                # ``from relay.pkg import sub`` imports the submodule: name it, and resolve() keeps the
+                # longest prefix that is a module.
+                names = ([a.name for a in child.names] if isinstance(child, ast.Import)
+                         else [f"{child.module}.{a.name}" for a in child.names] if child.level == 0 else [])
+                found.update(n for n in names if n.split(".")[0] == "relay")
+            visit(child, deeper)
+
+    visit(tree, False)
+    return found
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+RELAY_MODULES = {_module_name(p): p for p in modules("relay")}
+
+
+def _resolve(name: str) -> str | None:
+    """The module an imported name lives in (the longest prefix that is one)."""
+    while name and name not in RELAY_MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+@pytest.mark.parametrize("path", modules("relay"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_hidden_imports_inside_functions(path: Path) -> None:
+    rel = str(path.relative_to(ROOT))
+    for name in _relay_imports(path, nested=True):
+        module = _resolve(name)
+        assert (rel, module) in LAZY, f"{rel} imports {module} inside a function: import it at the top (cut the cycle)"
+
+
+def test_relay_modules_import_each_other_without_cycles() -> None:
+    graph = {m: {r for n in _relay_imports(p, nested=False) if (r := _resolve(n)) and r != m and r != "relay"}
+             for m, p in RELAY_MODULES.items()}
+    done: set[str] = set()
+
+    def walk(module: str, trail: list[str]) -> None:
+        if module in trail:
+            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(module):], module]))
+        if module in done:
+            return
+        for dep in sorted(graph[module]):
+            walk(dep, [*trail, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        walk(module, [])

@@ -13,8 +13,8 @@ from typing import Any
 
 from quart import Blueprint, Response, jsonify, request
 
+from relay.app.services import Services
 from relay.errors import AuthFailed, AuthRequired, InvalidRequest
-from relay.services import Services
 from spool import QueuedMessage
 from web.api import services
 

@@ -31,10 +31,10 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request, websocket
 
+from relay.app.services import Services
 from relay.errors import InvalidRequest
 from relay.events import CommandResult, encode
-from relay.eventstream import CommandError, build_snapshot, command_from_json, execute, handle_frame
-from relay.services import Services
+from relay.operator.eventstream import CommandError, build_snapshot, command_from_json, execute, handle_frame
 from web.admin import require_admin
 from web.api import services
 from web.jsonbody import parse_json

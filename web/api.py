@@ -12,14 +12,14 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app, jsonify, request
 
-from relay import sendmeta
-from relay.auth import Principal
-from relay.category import is_transactional
+from relay.accept import sendmeta
+from relay.accept.category import is_transactional
+from relay.accept.sender import check_sender, header_section
+from relay.app.services import Services
 from relay.errors import AuthRequired, InvalidDid, InvalidRequest, PayloadTooLarge, RelayError
-from relay.health import refusals
+from relay.members.auth import Principal
+from relay.operator.health import refusals
 from relay.reputation import Grant, RateLimitExceeded, Reputation
-from relay.sender import check_sender, header_section
-from relay.services import Services
 from relay.store.base import StoreError
 from relay.store.mirror import IDEMPOTENCY_KEY, REJECTED, REQUEST_HASH, send_response
 from spool import SpoolError
@@ -264,7 +264,7 @@ async def message_status(message_id: int) -> Response:
 @blueprint.get("/healthz")
 async def healthz() -> Response:
     """200 ``{"status": "ok"}`` while the relay takes mail; 503 ``{"status": "refusing", "reasons": [...]}``
-    while it refuses it (relay.health), so a load balancer or monitor learns the truth."""
+    while it refuses it (relay.operator.health), so a load balancer or monitor learns the truth."""
     svc = services()
     reasons = await refusals(svc)
     body: dict[str, Any] = {"status": "refusing" if reasons else "ok"}

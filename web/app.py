@@ -13,9 +13,9 @@ from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from relay.app.services import Services
 from relay.errors import PayloadTooLarge, RelayError
-from relay.services import Services
-from relay.slots import Slots
+from relay.net.slots import Slots
 from web import admin, adminws, api, auth, forwardto, member, metrics, openapi, pages, unsubscribe, xrpc
 
 log = logging.getLogger("web")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from quart import Blueprint, Response, current_app, jsonify
 from werkzeug.exceptions import ServiceUnavailable
 
+from relay.app.services import Services
 from relay.oauth import OAuthClient
-from relay.services import Services
 
 blueprint = Blueprint("oauth", __name__)
 

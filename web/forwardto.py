@@ -1,4 +1,4 @@
-"""Forward-to confirmation links (relay.forwardto): GET shows a confirm button, its POST confirms."""
+"""Forward-to confirmation links (relay.members.forwardto): GET shows a confirm button, its POST confirms."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import time
 
 from quart import Blueprint, render_template, request
 
+from relay.app.services import Services
 from relay.errors import RateLimited
-from relay.forwardto import read_token, request_confirmation
-from relay.services import Services
+from relay.members.forwardto import read_token, request_confirmation
 from relay.store.rows import Domain
 from web.api import services
 

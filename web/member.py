@@ -14,8 +14,8 @@ Default category: ``PUT /member/category`` ``{"domain": "…", "category": "tran
 category of mail from that domain that names none (``X-Atmos-Category`` / ``category``); ``""`` is bulk.
 A PDS, which cannot add headers, sets ``transactional`` so its resets never carry an unsubscribe link.
 
-Webhooks (relay.webhooks): ``PUT /member/webhook`` ``{"url": "https://…", "events": [...]}`` (events
-optional, default all of relay.webhooks.EVENT_TYPES) answers ``{url, events, secret}``; the ``whsec_``
+Webhooks (relay.members.webhooks): ``PUT /member/webhook`` ``{"url": "https://…", "events": [...]}`` (events
+optional, default all of relay.members.webhooks.EVENT_TYPES) answers ``{url, events, secret}``; the ``whsec_``
 secret is shown only here and a new one is made on every PUT. The URL must be https; plain http is
 accepted only for loopback hosts (localhost, 127.0.0.0/8, ::1), for local development and tests.
 ``GET`` shows ``{url, events, created_at}`` (never the secret); ``DELETE`` removes it.
@@ -29,16 +29,16 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, Response, jsonify, request
 
+from relay.accept.category import is_transactional, parse_category
 from relay.address import normalize_domain, split_address
-from relay.category import is_transactional, parse_category
-from relay.dkimkeys import SecretBox
-from relay.egress import Egress, EgressRefused
+from relay.app.services import Services
 from relay.errors import DomainMismatch, InvalidRequest, MemberSuspended, QueueUnavailable, RelayError
+from relay.mail.dkimkeys import SecretBox
+from relay.members.webhooks import EVENT_TYPES, new_secret, seal_secret
+from relay.net.egress import Egress, EgressRefused
 from relay.reputation import Reputation
-from relay.services import Services
 from relay.store.base import StoreError
 from relay.store.rows import Webhook
-from relay.webhooks import EVENT_TYPES, new_secret, seal_secret
 from web import forwardto
 from web.api import authenticate, read_json, reputation, services
 
@@ -69,7 +69,7 @@ async def _member(*, allow_suspended: bool = True) -> tuple[Services, str]:
     except MemberSuspended:
         if not allow_suspended:
             raise
-        # relay.auth checks the key before it discloses a suspension, so this DID is authenticated.
+        # relay.members.auth checks the key before it discloses a suspension, so this DID is authenticated.
         did = (request.headers.get("X-Atmos-DID") or request.args.get("did") or "").strip()
     query = request.args.get("did", "").strip()
     if query and query != did:

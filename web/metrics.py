@@ -8,7 +8,7 @@ reverse proxy.
 
 prometheus_client writes the exposition from one custom collector, ``RelayCollector``, which reads the
 figures where they live (the spool's stats, the scheduler's and the acceptor's counters, the event bus,
-relay.metrics' accept counters) at scrape time, so nothing is counted twice.
+relay.operator.metrics' accept counters) at scrape time, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from quart import Blueprint, Response
 
-from relay.eventstream import QUEUE_STATES, OperatorView, queue_view
-from relay.metrics import SOURCES
+from relay.operator.eventstream import QUEUE_STATES, OperatorView, queue_view
+from relay.operator.metrics import SOURCES
 from web.api import services as current_services
 
 blueprint = Blueprint("metrics", __name__)

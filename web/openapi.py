@@ -13,8 +13,8 @@ from typing import Any
 from quart import Blueprint, Response, jsonify
 
 from relay.config import Config
+from relay.members.webhooks import EVENT_TYPES
 from relay.store.rows import MESSAGE_STATUSES
-from relay.webhooks import EVENT_TYPES
 from web.api import BATCH_MAX, services
 
 blueprint = Blueprint("openapi", __name__)

@@ -20,21 +20,21 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app, render_template, request
 
-from relay.admin import verify_token
-from relay.apikey import generate_api_key
-from relay.category import TRANSACTIONAL, parse_category
-from relay.dkimkeys import SecretBox, new_domain_keys
+from relay.accept.category import TRANSACTIONAL, parse_category
+from relay.app.services import Services
+from relay.dns.challenge import verify_token
 from relay.dns.checks import DomainReport
 from relay.dns.records import DnsRecord, records_for
 from relay.dns.verifier import check_once, expected_records
 from relay.errors import RelayError
 from relay.identity import IdentityError
+from relay.mail.dkimkeys import SecretBox, new_domain_keys
+from relay.members.apikey import generate_api_key
+from relay.members.webhooks import EVENT_TYPES
+from relay.net.slots import Slots, SlotsFull
 from relay.oauth import OAuthError
-from relay.services import Services
-from relay.slots import Slots, SlotsFull
 from relay.store.base import MAX_DOMAINS_PER_DID, DomainLimitReached, DomainTaken, StoreError
 from relay.store.rows import MESSAGE_STATUSES, Domain
-from relay.webhooks import EVENT_TYPES
 from web import forwardto
 from web import session as sessions
 from web.api import BATCH_MAX
@@ -172,7 +172,7 @@ async def enroll() -> str | Response:
 
 
 def _signin_slot() -> AbstractContextManager[None]:
-    """One of the sign-in slots (relay.slots): every step fetches from servers the signer chose."""
+    """One of the sign-in slots (relay.net.slots): every step fetches from servers the signer chose."""
     slots: Slots = current_app.extensions["atmos.signins"]
     return slots.hold(request.remote_addr or "")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from quart import Response, current_app, g, request
 
-from relay.services import Services
+from relay.app.services import Services
 from relay.store.rows import WebSession
 
 COOKIE = "atmos_session"

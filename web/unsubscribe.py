@@ -12,7 +12,7 @@ from quart import Blueprint, Response, jsonify, render_template, request
 from relay.address import split_address
 from relay.errors import InvalidRequest
 from relay.events import Unsubscribed
-from relay.unsubscribe import read_token
+from relay.mail.unsubscribe import read_token
 from web.api import authenticate, read_json, services
 
 blueprint = Blueprint("unsubscribe", __name__)

@@ -13,8 +13,8 @@ import mimetypes
 import re
 from typing import Any
 
+from relay.accept.category import parse_category
 from relay.address import split_address
-from relay.category import parse_category
 from relay.errors import InvalidRequest, PayloadTooLarge
 from web.compose import RESERVED, Attachment, Mailbox, SendRequest
 

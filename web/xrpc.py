@@ -30,9 +30,9 @@ import trio
 from quart import Blueprint, Response, current_app, jsonify, request, websocket
 from werkzeug.exceptions import ServiceUnavailable
 
+from relay.app.services import Services
 from relay.labeler import Labeler
 from relay.labeler.labels import error_frame, info_frame, label_json, labels_frame
-from relay.services import Services
 
 log = logging.getLogger("web.xrpc")
 

@@ -22,11 +22,11 @@ from relay.address import domain_of
 from relay.config import Config
 from relay.dkim.signer import SigningKey, domain_signing_keys, sign
 from relay.dkim.verify import arc_seal
-from relay.dkimkeys import DomainKeys, SecretBox, load_rsa_private
-from relay.operatorkey import OperatorKeys
-from relay.outbound import rewrite
+from relay.mail.dkimkeys import DomainKeys, SecretBox, load_rsa_private
+from relay.mail.operatorkey import OperatorKeys
+from relay.mail.outbound import rewrite
+from relay.mail.unsubscribe import make_token, unsubscribe_url
 from relay.store.aio import AsyncStore
-from relay.unsubscribe import make_token, unsubscribe_url
 from spool import Envelope
 
 log = logging.getLogger("relay.delivery")

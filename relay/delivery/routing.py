@@ -350,7 +350,7 @@ class Resolver:
         return cls(delivery.nameservers, lifetime=lifetime)
 
     async def addresses(self, host: str) -> list[str]:
-        """A and AAAA of ``host`` (relay.egress resolves HTTP peers with this); [] when it has none.
+        """A and AAAA of ``host`` (relay.net.egress resolves HTTP peers with this); [] when it has none.
 
         Raises ValueError for a name that cannot be one, a RoutingError when DNS says there is none."""
         try:

@@ -38,13 +38,13 @@ from typing import Protocol
 
 import trio
 
-from relay import sendmeta
+from relay.accept import sendmeta
 from relay.delivery import verp
 from relay.delivery.congestion import next_window
 from relay.delivery.dsn import FailedRecipient, build_dsn
 from relay.delivery.retry import DEFAULT_POLICY, Decision, Outcome, OutcomeKind, RetryPolicy, decide
-from relay.eventbus import EventBus
 from relay.events import Delivery, Event, MessageAccepted, QueueChanged
+from relay.operator.eventbus import EventBus
 from relay.reputation import DeliveryEvents, classify_status
 from relay.store.mirror import STATUS_NOTE
 from relay.store.rows import NewAttempt

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 from relay.delivery.dane import Dane, DaneHost
 from relay.delivery.mtasts import MtaSts, PolicyStore, StsPolicy
 from relay.delivery.routing import MxHost, Resolver, Route
+from relay.dns.checks import DnsLookup
 from relay.smtp.client import PeerCheck, TlsPolicy, opportunistic_context, verify_context
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ def verified_context(ca_file: str = "") -> ssl.SSLContext:
 def tls_planner(cfg: Config, resolver: Resolver, recorder: Recorder | None = None,
                 store: PolicyStore | None = None) -> TlsPlanner:
     """The planner ``delivery.*`` describes: default level, DANE with ``dnssec``, MTA-STS unless off."""
-    from relay.dns.checks import DnsLookup
 
     delivery = cfg.delivery
     level = delivery.tls_level

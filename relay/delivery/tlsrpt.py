@@ -39,10 +39,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from relay.delivery.tlspolicy import PolicyRef
+from relay.dns.checks import DnsLookup
+from relay.net.fetch import METADATA_BYTES, fetch
 from relay.store.rows import InboundTlsReport, TlsRptCount
 
 if TYPE_CHECKING:
-    from relay.acceptor import Acceptor
+    from relay.accept.acceptor import Acceptor
     from relay.config import Config
 
 __all__ = ["ReportError", "TlsReporter", "TlsRptCounter", "build_report", "is_report", "parse_inbound", "parse_rua",
@@ -404,7 +406,6 @@ def tls_reporter(cfg: Config, counter: TlsRptCounter, store: ReportStore, accept
     https with a bounded POST."""
     import httpx
 
-    from relay.dns.checks import DnsLookup
 
     async def mailto(rcpt: str, data: bytes) -> None:
         await acceptor.accept(did=f"did:web:{cfg.operator_domain}", mail_from="", rcpts=[rcpt], data=data,
@@ -414,7 +415,6 @@ def tls_reporter(cfg: Config, counter: TlsRptCounter, store: ReportStore, accept
         # §5.4: POST the gzip report; any 2xx is success. No redirects, one overall deadline, and the
         # answer (a stranger's) read only up to a small cap. The URL is the destination's choice: it
         # must not point the relay at its own network (loopback, private, link-local addresses).
-        from relay.fetch import METADATA_BYTES, fetch
 
         await _public_https(url, allow_loopback=cfg.testing.allow_loopback_peers)
         with trio.fail_after(post_timeout):

@@ -17,7 +17,7 @@ from relay.delivery.retry import Outcome, OutcomeKind
 from relay.delivery.routing import MxHost, Resolver, Route, RoutingError, route
 from relay.delivery.scheduler import AttemptResult
 from relay.delivery.tlspolicy import HostPlan, TlsPlanner, describe
-from relay.egress import Egress
+from relay.net.egress import Egress
 from relay.smtp.client import ClientTimeouts, TlsPolicy
 
 log = logging.getLogger("relay.delivery")
@@ -60,7 +60,7 @@ class SmtpTransport:
             return AttemptResult(Outcome(kind, str(exc), exc.enhanced))
         hosts = self._usable(found)
         if not hosts:
-            # Never deliver to ourselves or into a private network (relay.egress): an MX of 0.0.0.0,
+            # Never deliver to ourselves or into a private network (relay.net.egress): an MX of 0.0.0.0,
             # ::ffff:127.0.0.1 or 10.0.0.1 would reach listeners no stranger should reach.
             refused = "; ".join(f"{h.name} {a} is {self._egress.refusal(a)}" for h in found.hosts for a in h.addresses)
             text = f"{domain}: no MX host has a globally routable address ({refused})"[:900]

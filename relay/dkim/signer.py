@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
 from relay.dkim.canon import normalize, relaxed_body, relaxed_header, split_message
-from relay.dkimkeys import DomainKeys, load_ed25519_private, load_rsa_private
+from relay.mail.dkimkeys import DomainKeys, load_ed25519_private, load_rsa_private
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 

@@ -49,8 +49,8 @@ import trio
 
 from relay.address import normalize_domain
 from relay.delivery.routing import parse_nameserver
-from relay.dkimkeys import zone_txt
 from relay.dns.records import CHALLENGE_PREFIX, DnsRecord, RecordKind
+from relay.mail.dkimkeys import zone_txt
 
 if TYPE_CHECKING:
     from relay.config import Config

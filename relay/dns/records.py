@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from relay.address import normalize_domain
-from relay.dkimkeys import split_txt, zone_txt
+from relay.mail.dkimkeys import split_txt, zone_txt
 
 if TYPE_CHECKING:
     from relay.config import Config

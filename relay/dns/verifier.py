@@ -21,9 +21,10 @@ import trio
 
 from relay.address import normalize_domain
 from relay.config import Config
-from relay.dkimkeys import SecretBox, SecretBoxError, public_records
+from relay.dns.challenge import verify_token
 from relay.dns.checks import DnsLookup, DomainReport, TxtLookup, check_domain
 from relay.dns.records import DnsRecord, records_for
+from relay.mail.dkimkeys import SecretBox, SecretBoxError, public_records
 from relay.store import open_store
 from relay.store.aio import AsyncStore
 from relay.store.base import Store, StoreError
@@ -71,7 +72,7 @@ def next_states(
 def expected_records(row: Domain, cfg: Config, secret: bytes | None = None) -> list[DnsRecord]:
     """The records an enrolled domain must publish, from its stored (encrypted) keys.
 
-    Raises relay.dkimkeys.SecretBoxError when the keys cannot be decrypted with ``secret``
+    Raises relay.mail.dkimkeys.SecretBoxError when the keys cannot be decrypted with ``secret``
     (default ``cfg.secret_key``). CPU-bound (loads an RSA key): call from a worker thread.
     """
     secret = cfg.secret_key if secret is None else secret
@@ -79,8 +80,6 @@ def expected_records(row: Domain, cfg: Config, secret: bytes | None = None) -> l
     public = public_records(row.domain, row.selector, box.decrypt(row.rsa_private), box.decrypt(row.ed25519_private))
     token = row.verify_token
     if not token:
-        from relay.admin import verify_token  # lazy: relay.admin is the CLI and may import this module
-
         token = verify_token(secret, row.did)
     return records_for(
         row.domain,
@@ -270,7 +269,7 @@ async def check_once(
     ``store``: an AsyncStore, a synchronous Store (wrapped; not closed), or None to open
     ``cfg.store_url`` for this call. With ``record_states`` the new states are written (as the periodic
     job would); without, the report still says which states the check would give. Raises
-    UnknownDomain, and relay.dkimkeys.SecretBoxError when the stored keys cannot be decrypted.
+    UnknownDomain, and relay.mail.dkimkeys.SecretBoxError when the stored keys cannot be decrypted.
     """
     opened: AsyncStore | None = None
     if store is None:

@@ -7,7 +7,7 @@
   ``https://<host>/.well-known/did.json``.
 * A handle counts only when the DID document names it back (``alsoKnownAs: at://<handle>``).
 * Results are cached for ``identity.cache_ttl``; every request has a timeout and a byte cap
-  (``relay.fetch``), every lookup an overall deadline; every failure is an ``IdentityError`` whose
+  (``relay.net.fetch``), every lookup an overall deadline; every failure is an ``IdentityError`` whose
   message a member can act on.
 """
 
@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 import trio
 
-from relay.egress import Egress, EgressRefused
-from relay.fetch import DOCUMENT_BYTES, METADATA_BYTES, FetchError, fetch, get_json
+from relay.dns.checks import DnsLookup
+from relay.net.egress import Egress, EgressRefused
+from relay.net.fetch import DOCUMENT_BYTES, METADATA_BYTES, FetchError, fetch, get_json
 
 if TYPE_CHECKING:
     from relay.config import Config
@@ -94,7 +95,7 @@ def is_loopback_host(host: str | None) -> bool:
 
 
 def check_url(url: str, *, egress: Egress, what: str) -> str:
-    """Only https URLs (http only in --dev or to a loopback test peer, relay.egress); returns the URL."""
+    """Only https URLs (http only in --dev or to a loopback test peer, relay.net.egress); returns the URL."""
     try:
         return egress.check_url(url, what=what)
     except EgressRefused as exc:
@@ -265,7 +266,6 @@ class IdentityResolver:
             handles = WellKnownAtResolver(ident.handle_resolver_url, http, max_bytes=ident.metadata_bytes)
         else:
             if txt is None:
-                from relay.dns.checks import DnsLookup
                 txt = DnsLookup.from_config(cfg, lifetime=ident.timeout)
             handles = StandardHandleResolver(txt, http, max_bytes=ident.metadata_bytes)
         dids = DidResolver(ident.plc_url, http, egress=egress, max_bytes=ident.document_bytes)

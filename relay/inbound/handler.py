@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from typing import Literal
 
-from relay.acceptor import Acceptor, Submission
+from relay.accept.acceptor import Acceptor, Submission
 from relay.address import is_domain, normalize_domain
 from relay.config import Config
 from relay.delivery import tlsrpt, verp
@@ -69,7 +69,7 @@ from relay.inbound import InboundEvents, srs
 from relay.inbound.arf import ArfParseError, ArfReport
 from relay.inbound.bounces import Bounce
 from relay.inbound.reports import ReportReader
-from relay.ratelimit import TokenBuckets
+from relay.net.ratelimit import TokenBuckets
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
 from relay.smtp.trace import received

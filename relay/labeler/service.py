@@ -28,11 +28,9 @@ from typing import Any, Literal, Protocol
 import trio
 
 from relay.config import Config
-from relay.dkimkeys import SecretBoxError
 from relay.dns.checks import DnsLookup, DnsLookupError, DomainReport, TxtLookup
 from relay.dns.verifier import DomainVerifier, UnknownDomain
-from relay.egress import Egress
-from relay.fetch import DOCUMENT_BYTES, FetchError, get_json
+from relay.identity import IdentityError, IdentityResolver
 from relay.labeler.conditions import (
     ATTESTATION_COLLECTION,
     any_verdict,
@@ -43,6 +41,9 @@ from relay.labeler.conditions import (
 )
 from relay.labeler.keys import LabelerKey, default_did, did_document
 from relay.labeler.labels import CLEAN_SENDER, LABEL_VALUES, RELAY_MEMBER, VERIFIED_MAIL_OPERATOR, sign_label
+from relay.mail.dkimkeys import SecretBoxError
+from relay.net.egress import Egress
+from relay.net.fetch import DOCUMENT_BYTES, FetchError, get_json
 from relay.store.aio import AsyncStore
 from relay.store.base import Store, StoreError
 from relay.store.rows import Domain, LabelRow
@@ -90,7 +91,6 @@ class PdsAttestations:
         self.egress = egress or Egress()
 
     async def fetch(self, did: str, domain: str) -> AttestationFetch:
-        from relay.identity import IdentityError
 
         try:
             ident = await self.resolver.resolve_did(did)
@@ -103,8 +103,8 @@ class PdsAttestations:
 async def get_record(pds_url: str, did: str, domain: str, *, timeout: float = 10.0,  # noqa: ASYNC109
                      max_bytes: int = DOCUMENT_BYTES, deadline: float = 30.0,
                      egress: Egress | None = None) -> AttestationFetch:
-    """``GET <pds>/xrpc/com.atproto.repo.getRecord`` (httpx on Trio, through anyio), bounded (relay.fetch),
-    connected through the outbound address policy (relay.egress)."""
+    """``GET <pds>/xrpc/com.atproto.repo.getRecord`` (httpx on Trio, through anyio), bounded (relay.net.fetch),
+    connected through the outbound address policy (relay.net.egress)."""
     url = pds_url.rstrip("/") + "/xrpc/com.atproto.repo.getRecord"
     params = {"repo": did, "collection": ATTESTATION_COLLECTION, "rkey": domain}
     with trio.move_on_after(deadline):
@@ -164,7 +164,6 @@ class Labeler:
             verifier.lookup if verifier is not None else DnsLookup.from_config(cfg))
         self.verifier = verifier if verifier is not None else DomainVerifier(store, cfg, lookup=self.lookup)
         if resolver is None:
-            from relay.identity import IdentityResolver
 
             resolver = IdentityResolver.from_config(cfg, txt=self.lookup)
         self.resolver = resolver
@@ -232,7 +231,6 @@ class Labeler:
             return None
 
     async def _identity(self, did: str, reasons: list[str]) -> Any:
-        from relay.identity import IdentityError
 
         try:
             return await self.resolver.resolve_did(did)

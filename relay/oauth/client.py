@@ -7,8 +7,8 @@
 
 DPoP nonces (``use_dpop_nonce``) are remembered per origin and retried once with a fresh proof and a
 fresh client assertion (the assertion's ``jti`` must never repeat). Every URL the client talks to must be
-https and every connection passes relay.egress (http only in --dev or to a loopback test peer). Every
-answer is read within ``max_bytes`` (``relay.fetch``) and each of ``start``/``callback``/``refresh`` has
+https and every connection passes relay.net.egress (http only in --dev or to a loopback test peer). Every
+answer is read within ``max_bytes`` (``relay.net.fetch``) and each of ``start``/``callback``/``refresh`` has
 one overall ``deadline``: the servers involved are chosen by whoever signs in.
 """
 
@@ -29,9 +29,9 @@ import trio
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from relay.egress import Egress
-from relay.fetch import METADATA_BYTES, Fetched, FetchError, fetch, get_json
 from relay.identity import Identity, IdentityError, IdentityResolver, check_url
+from relay.net.egress import Egress
+from relay.net.fetch import METADATA_BYTES, Fetched, FetchError, fetch, get_json
 from relay.oauth.keys import ClientKeys
 from relay.store.aio import AsyncStore
 

@@ -1,7 +1,7 @@
 """The application side of the SMTP server: a per-session record and the hooks.
 
 The server (``relay.smtp.server``) calls these hooks; the relay's real handler
-(``relay.submission.SubmissionHandler``) checks credentials, policy and spools.
+(``relay.accept.submission.SubmissionHandler``) checks credentials, policy and spools.
 A hook returns the Reply to send, or raises ``RelayError`` whose ``smtp_reply``
 is sent (421/521 also close the connection). Any other exception is logged with
 its traceback and answered ``451 4.3.0`` without its text.

@@ -44,7 +44,7 @@ from typing import Protocol, TypeVar
 import trio
 
 from relay.errors import RelayError
-from relay.ratelimit import source_key
+from relay.net.ratelimit import source_key
 from relay.smtp.core import COMMAND_STATES, TOO_MANY_ERRORS, ServerConnection, State
 from relay.smtp.events import (
     NEED_DATA,
@@ -133,7 +133,7 @@ class SmtpServerConfig:
 
 
 class RefusalCounter(Protocol):
-    """Where refusals are counted (relay.metrics.RelayMetrics)."""
+    """Where refusals are counted (relay.operator.metrics.RelayMetrics)."""
 
     def observe_refusal(self, listener: str, reason: str) -> None: ...
 

@@ -163,7 +163,7 @@ CREATE TABLE labels (
 CREATE INDEX labels_uri ON labels(uri, val, src, seq);
 """
 
-# relay.webhooks: one HTTPS endpoint per member; ``events`` is a comma list, ``secret`` signs the POSTs.
+# relay.members.webhooks: one HTTPS endpoint per member; ``events`` is a comma list, ``secret`` signs the POSTs.
 _V5 = """
 CREATE TABLE webhooks (
     did        TEXT PRIMARY KEY,

@@ -12,7 +12,7 @@ Why the status is truthful after any crash (issue 14):
 - at the next start the spool replays every change recorded after the store's mark, through here
   again. Replays are harmless: rows are inserted ``ON CONFLICT DO NOTHING`` and status updates carry
   absolute values.
-The idempotency record of an HTTP send travels in the message's envelope (``relay.acceptor``), so it
+The idempotency record of an HTTP send travels in the message's envelope (``relay.accept.acceptor``), so it
 is derived here too: it exists exactly when the message does.
 """
 
@@ -40,7 +40,7 @@ from relay.store.writer import StatusWriter
 from spool import Envelope, State, Transition
 from spool.message import Added, Change, Position
 
-# Envelope attrs of an HTTP send with an Idempotency-Key (relay.acceptor sets them).
+# Envelope attrs of an HTTP send with an Idempotency-Key (relay.accept.acceptor sets them).
 IDEMPOTENCY_KEY = "idempotency_key"
 REQUEST_HASH = "request_hash"
 REJECTED = "rejected"  # JSON: the recipients refused before the accept (part of the 200 answer)
@@ -141,7 +141,7 @@ def rows_for(queue_id: int, ids: Iterable[int], env: Envelope) -> list[MessageRo
             subject=env.attrs.get("subject", "")[:300],
             category=env.attrs.get("category", ""),
             source="http" if env.attrs.get("source") == "http" else "smtp",
-            tags=env.attrs.get("tags", ""),  # the sender's /v1/send tags and metadata (relay.sendmeta)
+            tags=env.attrs.get("tags", ""),  # the sender's /v1/send tags and metadata (relay.accept.sendmeta)
             metadata=env.attrs.get("metadata", ""),
             status="accepted",
             attempts=0,

@@ -39,7 +39,7 @@ class Domain:
     domain: str
     did: str
     selector: str  # base selector: DNS names are <selector>r / <selector>e
-    # Encrypted (relay.dkimkeys.SecretBox); kept out of repr so logs never carry key material.
+    # Encrypted (relay.mail.dkimkeys.SecretBox); kept out of repr so logs never carry key material.
     rsa_private: bytes = field(default=b"", repr=False)
     ed25519_private: bytes = field(default=b"", repr=False)
     verify_token: str = ""
@@ -129,7 +129,7 @@ class Suppression:
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """A member's webhook endpoint (relay.webhooks); ``events`` are the event types it receives."""
+    """A member's webhook endpoint (relay.members.webhooks); ``events`` are the event types it receives."""
 
     did: str
     url: str
@@ -201,7 +201,7 @@ class WebSession:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
-    """A webhook event waiting in the store until the member's endpoint takes it (relay.webhooks).
+    """A webhook event waiting in the store until the member's endpoint takes it (relay.members.webhooks).
 
     ``id`` is the event's stable id (also in ``body``): the same fact always gets the same id, so a
     receiver can de-duplicate, and adding it twice keeps one row.

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.address import normalize_domain
+from relay.mail.text import display_text
 from relay.store import migrations
 from relay.store.base import (
     MAX_DOMAINS_PER_DID,
@@ -67,7 +68,6 @@ from relay.store.rows import (
     WebSession,
     WriteOp,
 )
-from relay.text import display_text
 
 Clock = Callable[[], float]
 

@@ -37,7 +37,7 @@ from dkim.canonicalization import Relaxed  # noqa: E402
 
 from relay.dkim import SigningKey, domain_signing_keys, sign  # noqa: E402
 from relay.dkim.canon import relaxed_body  # noqa: E402
-from relay.dkimkeys import DomainKeys, load_ed25519_private, load_rsa_private, new_domain_keys  # noqa: E402
+from relay.mail.dkimkeys import DomainKeys, load_ed25519_private, load_rsa_private, new_domain_keys  # noqa: E402
 
 TARGET = 1.25
 SIZES = (("2 KB", 2048), ("100 KB", 100 * 1024))

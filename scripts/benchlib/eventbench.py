@@ -31,8 +31,8 @@ import trio.lowlevel
 
 from relay.delivery.retry import Outcome, OutcomeKind
 from relay.delivery.scheduler import AttemptResult, Scheduler, SchedulerConfig
-from relay.eventbus import EventBus
 from relay.events import Delivery, Heartbeat
+from relay.operator.eventbus import EventBus
 from relay.store import open_store
 from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter

@@ -24,7 +24,7 @@ from relay.delivery.scheduler import AttemptResult
 from relay.delivery.tlspolicy import PolicyRef, TlsPlanner
 from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
-from relay.egress import Egress
+from relay.net.egress import Egress
 from relay.smtp.client import TlsPolicy
 from tests.peers.knot import KnotServer
 from tests.peers.postfixmx import PostfixMx

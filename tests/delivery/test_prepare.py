@@ -9,8 +9,8 @@ import pytest
 
 from relay.config import Config
 from relay.delivery.prepare import Preparer
-from relay.dkimkeys import SecretBox, new_domain_keys
-from relay.operatorkey import OperatorKeys
+from relay.mail.dkimkeys import SecretBox, new_domain_keys
+from relay.mail.operatorkey import OperatorKeys
 from relay.store import open_store
 from relay.store.aio import AsyncStore
 from spool import Envelope

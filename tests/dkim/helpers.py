@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from relay.dkim import SigningKey, domain_signing_keys
-from relay.dkimkeys import DomainKeys, new_domain_keys, zone_txt
+from relay.mail.dkimkeys import DomainKeys, new_domain_keys, zone_txt
 
 MEMBER = "member.test"
 OPERATOR = "relay.test"

@@ -37,9 +37,9 @@ import spf
 from relay.config import Config
 from relay.delivery import verp
 from relay.dkim import SigningKey, domain_signing_keys, sign
-from relay.dkimkeys import DomainKeys, new_domain_keys, zone_txt
 from relay.dns.records import records_for, zone_line
-from relay.outbound import rewrite
+from relay.mail.dkimkeys import DomainKeys, new_domain_keys, zone_txt
+from relay.mail.outbound import rewrite
 from tests.dkim.helpers import only_signature, signature_fields
 from tests.peers.knot import KnotServer
 from tests.peers.require import require_module

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from relay.admin import verify_token
 from relay.config import Config, DnsConfig
-from relay.dkimkeys import DomainKeys, new_domain_keys
+from relay.dns.challenge import verify_token
 from relay.dns.records import DnsRecord, records_for, zone_line
+from relay.mail.dkimkeys import DomainKeys, new_domain_keys
 
 SECRET = b"test secret for the dns checks"
 DID = "did:plc:abcdefghijklmnopqrstuvwx"

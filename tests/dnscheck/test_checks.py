@@ -10,8 +10,8 @@ import pytest
 import trio
 
 from relay.config import DeliveryConfig
-from relay.dkimkeys import DomainKeys
 from relay.dns.checks import DnsLookup, DnsLookupError, DomainReport, check_domain
+from relay.mail.dkimkeys import DomainKeys
 from tests.peers.knot import KnotServer
 
 from .conftest import CFG, DID, RELAY_V4, RELAY_V6, TOKEN, expected, zone

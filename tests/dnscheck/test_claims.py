@@ -9,11 +9,11 @@ import pytest
 import trio
 import trio.testing
 
-from relay.admin import verify_token
 from relay.config import DnsConfig
-from relay.dkimkeys import DomainKeys, SecretBox
+from relay.dns.challenge import verify_token
 from relay.dns.checks import DnsLookup
 from relay.dns.verifier import DomainVerifier
+from relay.mail.dkimkeys import DomainKeys, SecretBox
 from relay.store.aio import AsyncStore
 from relay.store.rows import Domain
 from relay.store.sqlite import SqliteStore

@@ -19,8 +19,8 @@ import trustme
 
 from relay.config import Config, DnsConfig, SmtpConfig, TlsConfig
 from relay.dns.checks import DnsLookup
-from relay.doctor import diagnose
-from relay.operatorkey import OperatorKeys
+from relay.mail.operatorkey import OperatorKeys
+from relay.operator.doctor import diagnose
 from tests.peers.knot import KnotServer, knot_fixture  # noqa: F401
 
 DOMAIN = "relay.test"

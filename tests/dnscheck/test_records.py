@@ -7,8 +7,8 @@ import dataclasses
 import dns.zone
 
 from relay.config import DnsConfig
-from relay.dkimkeys import DomainKeys
 from relay.dns.records import dmarc_value, records_for, spf_value, zone_file, zone_line
+from relay.mail.dkimkeys import DomainKeys
 
 from .conftest import CFG, DID, TOKEN, expected
 

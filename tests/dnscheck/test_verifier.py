@@ -13,10 +13,10 @@ import trio
 import trio.testing
 
 from relay.config import DnsConfig, StoreConfig
-from relay.dkimkeys import DomainKeys, SecretBox, SecretBoxError
 from relay.dns.checks import CheckResult, DnsLookup, DomainReport, Status
 from relay.dns.records import KINDS, zone_line
 from relay.dns.verifier import DomainVerifier, UnknownDomain, check_once, expected_records, next_states
+from relay.mail.dkimkeys import DomainKeys, SecretBox, SecretBoxError
 from relay.store import open_store
 from relay.store.aio import AsyncStore
 from relay.store.base import Store

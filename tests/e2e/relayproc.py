@@ -78,7 +78,7 @@ class RelayProcess:
             # and identity lookups (the labeler resolves member DIDs): never the public PLC directory.
             + ("" if "[identity]" in self.extra_toml else '[identity]\nplc_url = "http://127.0.0.1:1"\n')
             # Every peer a test brings (sink MX, webhook receiver, local PDS) listens on loopback, which
-            # relay.egress refuses by default: this one test-only setting lets them in.
+            # relay.net.egress refuses by default: this one test-only setting lets them in.
             + ("" if "[testing]" in self.extra_toml else '[testing]\nallow_loopback_peers = true\n')
         )
 

@@ -34,7 +34,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from relay.dkimkeys import rsa_txt, zone_txt
+from relay.mail.dkimkeys import rsa_txt, zone_txt
 from tests.e2e.conftest import DID, DOMAIN, HANDLE, Member
 from tests.e2e.relayproc import RelayProcess, TLSFiles
 from tests.e2e.test_delivery import knot_txt

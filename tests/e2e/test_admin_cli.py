@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.cli import main
+from relay.app.cli import main
 from tests.e2e.relayproc import ATMOS, RelayProcess, make_tls
 
 DID = "did:plc:cliaaaaaaaaaaaaaaaaaaaaa"

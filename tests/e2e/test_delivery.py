@@ -20,7 +20,7 @@ import pytest
 
 from relay.delivery import verp
 from relay.delivery.dsn import parse_dsn
-from relay.dkimkeys import zone_txt
+from relay.mail.dkimkeys import zone_txt
 from relay.store import open_store
 from spool import SpoolLog
 from tests.e2e.conftest import DID, DOMAIN, HANDLE, Member

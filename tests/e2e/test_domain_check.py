@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.dkimkeys import zone_txt
+from relay.mail.dkimkeys import zone_txt
 from tests.e2e.relayproc import RelayProcess, TLSFiles
 from tests.peers.knot import KnotServer
 

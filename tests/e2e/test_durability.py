@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.outbound import split_message
+from relay.mail.outbound import split_message
 from spool import SpoolLog
 from tests.e2e.conftest import message
 from tests.e2e.relayproc import RelayProcess, TLSFiles

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.dkimkeys import zone_txt
+from relay.mail.dkimkeys import zone_txt
 from tests.e2e.conftest import DID, DOMAIN, HANDLE, Member
 from tests.e2e.relayproc import RelayProcess, TLSFiles
 from tests.e2e.test_delivery import delivery_toml, sink_has, wait_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from relay.unsubscribe import make_token
+from relay.mail.unsubscribe import make_token
 from tests.e2e.conftest import Member
 from tests.e2e.relayproc import RelayProcess
 

@@ -1,4 +1,4 @@
-"""relay.egress: which addresses the relay may connect to, and that HTTP connects to the checked one."""
+"""relay.net.egress: which addresses the relay may connect to, and that HTTP connects to the checked one."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import functools
 import pytest
 import trio
 
-from relay.egress import Egress, EgressRefused, why_not_global
+from relay.net.egress import Egress, EgressRefused, why_not_global
 
 REFUSED = {
     "0.0.0.0": "unspecified", "::": "unspecified", "127.0.0.1": "loopback", "::1": "loopback",

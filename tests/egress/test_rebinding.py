@@ -1,4 +1,4 @@
-"""DNS rebinding against relay.egress, with real DNS (Knot): the address that was checked is the
+"""DNS rebinding against relay.net.egress, with real DNS (Knot): the address that was checked is the
 address connected to; the name is never resolved a second time between check and connect."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from relay.delivery.routing import Resolver
-from relay.egress import Egress
+from relay.net.egress import Egress
 from tests.peers.knot import KnotServer
 from tests.peers.knot import knot_fixture as knot_fixture  # registers the ``knot`` fixture
 

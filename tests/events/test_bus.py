@@ -10,8 +10,8 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from relay.eventbus import EventBus
 from relay.events import Event, Heartbeat, QueueChanged
+from relay.operator.eventbus import EventBus
 
 
 def ev(i: int) -> Event:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from relay.eventbus import EventBus
 from relay.events import Delivery, Event, encode
+from relay.operator.eventbus import EventBus
 
 RATE = 1000  # events per second
 SECONDS = 3.0

@@ -18,13 +18,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from trio_websocket import open_websocket_url
 
-from relay.acceptor import Acceptor
-from relay.apikey import ApiKeyCache
-from relay.auth import Authenticator
+from relay.accept.acceptor import Acceptor
+from relay.app.services import Services
 from relay.config import Config
 from relay.delivery.retry import Outcome, OutcomeKind
 from relay.delivery.scheduler import AttemptResult, Scheduler, SchedulerConfig
-from relay.eventbus import EventBus
 from relay.events import (
     Command,
     Delivery,
@@ -36,15 +34,17 @@ from relay.events import (
     Throughput,
     decode,
 )
-from relay.eventstream import (
+from relay.members.apikey import ApiKeyCache
+from relay.members.auth import Authenticator
+from relay.operator.eventbus import EventBus
+from relay.operator.eventstream import (
     build_snapshot,
     execute,
     handle_frame,
     queue_view,
     run_publisher,
 )
-from relay.metrics import RelayMetrics
-from relay.services import Services
+from relay.operator.metrics import RelayMetrics
 from relay.store.aio import AsyncStore
 from relay.store.mirror import StatusMirror
 from relay.store.sqlite import SqliteStore

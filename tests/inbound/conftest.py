@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from relay.acceptor import Acceptor
+from relay.accept.acceptor import Acceptor
 from relay.config import Config, InboundConfig, SmtpConfig
 from relay.delivery import verp
 from relay.inbound import BounceClass

@@ -7,7 +7,7 @@ import smtplib
 import pytest
 import trio
 
-from relay.ratelimit import TokenBuckets, source_key
+from relay.net.ratelimit import TokenBuckets, source_key
 from tests.inbound.conftest import OPERATOR, RigFactory
 
 

@@ -26,7 +26,7 @@ from atproto_crypto.did import get_did_key
 from atproto_crypto.verify import verify_signature
 from atproto_identity.did.resolvers.web_resolver import DidWebResolver
 
-from relay.dkimkeys import zone_txt
+from relay.mail.dkimkeys import zone_txt
 from tests.e2e.relayproc import RelayProcess, TLSFiles, make_tls
 from tests.peers.knot import KnotServer
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.apikey import ApiKeyCache, hash_api_key
-from relay.auth import Authenticator, unmangle
 from relay.errors import AuthFailed, InvalidDid
+from relay.members.apikey import ApiKeyCache, hash_api_key
+from relay.members.auth import Authenticator, unmangle
 from relay.store import open_store
 from relay.store.aio import AsyncStore
 

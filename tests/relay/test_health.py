@@ -1,4 +1,4 @@
-"""relay.health: /healthz's reasons mirror the accept path's refusals (issue 13)."""
+"""relay.operator.health: /healthz's reasons mirror the accept path's refusals (issue 13)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay.acceptor import Acceptor
-from relay.apikey import ApiKeyCache
-from relay.auth import Authenticator
+from relay.accept.acceptor import Acceptor
+from relay.app.services import Services
 from relay.config import Config, SpoolConfig
-from relay.health import RECENT, refusals
-from relay.services import Services
+from relay.members.apikey import ApiKeyCache
+from relay.members.auth import Authenticator
+from relay.operator.health import RECENT, refusals
 from relay.store.aio import AsyncStore
 from relay.store.sqlite import SqliteStore
 from relay.store.writer import StatusWriter

@@ -1,7 +1,7 @@
 import email
 from email import policy
 
-from relay.outbound import feedback_id, rewrite, split_message
+from relay.mail.outbound import feedback_id, rewrite, split_message
 
 DID = "did:plc:abcdefghijklmnopqrstuvwx"
 MSG = (b"From: a@mail.example.com\r\nTo: x@example.org\r\nSubject: a long\r\n subject folded\r\n"

@@ -8,9 +8,9 @@ hostile arguments.
     relay.delivery.dsn.parse_dsn             DsnParseError
     relay.inbound.arf.parse_arf              ArfParseError   (is_arf: nothing)
     relay.inbound.bounces.analyze            nothing (None when not a bounce)
-    relay.outbound.split_message             nothing; fields + rest == the input
-    relay.sender.header_fields/parse_headers nothing; parse_headers' text is valid Unicode (display)
-    relay.sender.check_header_from           DomainMismatch, InvalidRequest
+    relay.mail.outbound.split_message             nothing; fields + rest == the input
+    relay.accept.sender.header_fields/parse_headers nothing; parse_headers' text is valid Unicode (display)
+    relay.accept.sender.check_header_from           DomainMismatch, InvalidRequest
     relay.smtp.envelope.parse_mail/_rcpt     ArgumentError
     relay.smtp.core.ServerConnection         nothing: protocol errors are events
 """
@@ -23,13 +23,13 @@ import typing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.auth import Principal
+from relay.accept.sender import check_header_from, header_fields, parse_headers
 from relay.delivery.dsn import DsnParseError, ParsedDsn, parse_dsn
 from relay.errors import DomainMismatch, InvalidRequest
 from relay.inbound.arf import ArfParseError, ArfReport, is_arf, parse_arf
 from relay.inbound.bounces import Bounce, analyze
-from relay.outbound import split_message
-from relay.sender import check_header_from, header_fields, parse_headers
+from relay.mail.outbound import split_message
+from relay.members.auth import Principal
 from relay.smtp.envelope import ArgumentError, parse_mail, parse_params, parse_rcpt
 from relay.smtp.events import Event
 from relay.smtp.limits import Limits

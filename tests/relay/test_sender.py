@@ -1,8 +1,8 @@
 import pytest
 
-from relay.auth import Principal
+from relay.accept.sender import check_header_from, check_sender, parse_headers
 from relay.errors import DomainMismatch, HeaderTooLarge, InvalidRequest
-from relay.sender import check_header_from, check_sender, parse_headers
+from relay.members.auth import Principal
 
 P = Principal(did="did:plc:abcdefghijklmnopqrstuvwx", handle=None,
               domains=frozenset({"mail.example.com"}), pending=frozenset({"new.example.com"}))

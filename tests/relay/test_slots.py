@@ -1,10 +1,10 @@
-"""relay.slots: fail-fast caps per key and in total."""
+"""relay.net.slots: fail-fast caps per key and in total."""
 
 from __future__ import annotations
 
 import pytest
 
-from relay.slots import Slots, SlotsFull
+from relay.net.slots import Slots, SlotsFull
 
 
 def test_per_key_and_total_caps_refuse_at_once_and_release() -> None:

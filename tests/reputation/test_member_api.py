@@ -13,13 +13,13 @@ import pytest
 import trio
 from quart.typing import TestClientProtocol as QuartClient
 
-from relay.acceptor import Acceptor
-from relay.apikey import ApiKeyCache, hash_api_key
-from relay.auth import Authenticator
+from relay.accept.acceptor import Acceptor
+from relay.app.services import Services
 from relay.config import Config, LimitsConfig
+from relay.members.apikey import ApiKeyCache, hash_api_key
+from relay.members.auth import Authenticator
 from relay.reputation import Reputation
 from relay.reputation.policy import DAY
-from relay.services import Services
 from relay.store.aio import AsyncStore
 from relay.store.mirror import StatusMirror
 from relay.store.sqlite import SqliteStore

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from relay.acceptor import Accepted, Acceptor
-from relay.apikey import ApiKeyCache
-from relay.auth import Authenticator, Principal
+from relay.accept.acceptor import Accepted, Acceptor
+from relay.accept.submission import SubmissionHandler
 from relay.config import LimitsConfig, SuspensionConfig
 from relay.errors import InsufficientStorage, KeyRegenerated, MemberSuspended, RateLimited
+from relay.members.apikey import ApiKeyCache
+from relay.members.auth import Authenticator, Principal
 from relay.reputation import Reputation
 from relay.smtp.handler import Session
 from relay.store.aio import AsyncStore
 from relay.store.mirror import StatusMirror
 from relay.store.writer import StatusWriter
-from relay.submission import SubmissionHandler
 from spool import Spool
 from tests.reputation.conftest import DID, DOMAIN, KEY_HASH, T0, trio_clock
 

@@ -7,9 +7,9 @@ from email import policy
 
 import pytest
 
+from relay.accept.submission import without_bcc
 from relay.smtp.handler import Session
 from relay.smtp.trace import protocol, received
-from relay.submission import without_bcc
 
 
 @pytest.mark.parametrize(("extended", "tls", "auth", "utf8", "expected"), [

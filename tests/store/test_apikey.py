@@ -10,8 +10,8 @@ import time
 import pytest
 import trio
 
-import relay.apikey
-from relay.apikey import ApiKeyCache, check_api_key, generate_api_key, hash_api_key
+import relay.members.apikey
+from relay.members.apikey import ApiKeyCache, check_api_key, generate_api_key, hash_api_key
 
 DID = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
 COST = 4  # the minimum bcrypt cost keeps tests fast
@@ -24,7 +24,7 @@ def key_and_hash() -> tuple[str, str]:
 
 
 class CountingCheck:
-    """Stands in for relay.apikey.check_api_key; counts bcrypt runs and their threads."""
+    """Stands in for relay.members.apikey.check_api_key; counts bcrypt runs and their threads."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.calls = 0
@@ -51,7 +51,7 @@ class CountingCheck:
 @pytest.fixture
 def counting(monkeypatch: pytest.MonkeyPatch) -> CountingCheck:
     spy = CountingCheck()
-    monkeypatch.setattr(relay.apikey, "check_api_key", spy)
+    monkeypatch.setattr(relay.members.apikey, "check_api_key", spy)
     return spy
 
 
@@ -142,7 +142,7 @@ async def test_at_most_two_bcrypt_threads(
     key_and_hash: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = CountingCheck(delay=0.02)
-    monkeypatch.setattr(relay.apikey, "check_api_key", spy)
+    monkeypatch.setattr(relay.members.apikey, "check_api_key", spy)
     key, hashed = key_and_hash
     cache = ApiKeyCache()
     async with trio.open_nursery() as nursery:
@@ -155,13 +155,13 @@ async def test_at_most_two_bcrypt_threads(
 @pytest.mark.trio
 async def test_hashing_a_new_key_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     threads: set[int] = set()
-    real = relay.apikey.hash_api_key
+    real = relay.members.apikey.hash_api_key
 
     def spy(key: str, *, cost: int) -> str:
         threads.add(threading.get_ident())
         return real(key, cost=cost)
 
-    monkeypatch.setattr(relay.apikey, "hash_api_key", spy)
+    monkeypatch.setattr(relay.members.apikey, "hash_api_key", spy)
     key = generate_api_key()
     hashed = await ApiKeyCache(cost=COST).hash(key)
     assert hashed.startswith("$2b$04$") and check_api_key(key, hashed)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import trio
 
-import relay.apikey
-from relay.apikey import ApiKeyCache, generate_api_key, hash_api_key
-from relay.auth import Authenticator
+import relay.members.apikey
 from relay.config import AuthConfig
 from relay.errors import AuthBusy, AuthFailed, AuthThrottled
+from relay.members.apikey import ApiKeyCache, generate_api_key, hash_api_key
+from relay.members.auth import Authenticator
 from relay.store.aio import AsyncStore
 from relay.store.sqlite import SqliteStore
 from tests.store.test_apikey import COST, CountingCheck
@@ -36,7 +36,7 @@ async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
 @pytest.fixture
 def counting(monkeypatch: pytest.MonkeyPatch) -> CountingCheck:
     spy = CountingCheck(delay=0.01)
-    monkeypatch.setattr(relay.apikey, "check_api_key", spy)
+    monkeypatch.setattr(relay.members.apikey, "check_api_key", spy)
     return spy
 
 
@@ -59,7 +59,7 @@ async def test_wrong_keys_from_one_address_are_refused_before_bcrypt(
     # Another address is not affected, and a right key costs nothing.
     for _ in range(5):
         assert (await auth.authenticate(DID, KEY, peer="198.51.100.7")).did == DID
-    failures = [r for r in caplog.records if r.name == "relay.auth" and "wrong API key" in r.getMessage()]
+    failures = [r for r in caplog.records if r.name == "relay.members.auth" and "wrong API key" in r.getMessage()]
     assert len(failures) == 3 and all("peer=192.0.2.1" in r.getMessage() for r in failures)
 
 
@@ -94,7 +94,7 @@ async def test_unknown_dids_and_handles_spend_the_address_budget(store: AsyncSto
 @pytest.mark.trio
 async def test_the_bcrypt_queue_is_bounded_and_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     spy = CountingCheck(delay=0.2)
-    monkeypatch.setattr(relay.apikey, "check_api_key", spy)
+    monkeypatch.setattr(relay.members.apikey, "check_api_key", spy)
     hashed = hash_api_key(KEY, cost=COST)
     cache = ApiKeyCache(bcrypt_threads=1, bcrypt_queue=2)
     busy: list[int] = []
@@ -132,7 +132,7 @@ async def test_identical_concurrent_checks_share_one_bcrypt(store: AsyncStore, c
 @pytest.mark.trio
 async def test_a_cancelled_caller_does_not_fail_the_ones_sharing_its_check(monkeypatch: pytest.MonkeyPatch) -> None:
     spy = CountingCheck(delay=0.1)
-    monkeypatch.setattr(relay.apikey, "check_api_key", spy)
+    monkeypatch.setattr(relay.members.apikey, "check_api_key", spy)
     hashed = hash_api_key(KEY, cost=COST)
     cache = ApiKeyCache(bcrypt_threads=1)
     got: list[bool] = []

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from relay.dkimkeys import (
+from relay.mail.dkimkeys import (
     DomainKeys,
     SecretBox,
     SecretBoxError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay import sendmeta
+from relay.accept import sendmeta
 from relay.store.base import NotFound
 from relay.store.sqlite import SqliteStore
 from tests.store.conftest import DID_A, add_domain, new_message

@@ -11,13 +11,13 @@ import pytest
 import trio
 import trio.lowlevel
 
-from relay.egress import Egress
-from relay.eventbus import EventBus
 from relay.events import MessageAccepted
+from relay.members.webhooks import EVENT_TYPES, WebhookDispatcher
+from relay.net.egress import Egress
+from relay.operator.eventbus import EventBus
 from relay.store import open_store
 from relay.store.aio import AsyncStore
 from relay.store.rows import Webhook
-from relay.webhooks import EVENT_TYPES, WebhookDispatcher
 
 # The receivers below listen on loopback: the one test-only setting of the address policy lets them in.
 LOOPBACK_PEERS = Egress(allow_loopback=True)

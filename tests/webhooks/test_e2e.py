@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.unsubscribe import make_token
-from relay.webhooks import SIGNATURE_HEADER, verify_signature
+from relay.mail.unsubscribe import make_token
+from relay.members.webhooks import SIGNATURE_HEADER, verify_signature
 from tests.e2e.relayproc import RelayProcess, make_tls
 
 DID = "did:plc:webhookaaaaaaaaaaaaaaaaa"
@@ -130,7 +130,7 @@ def signed(rec: Received, secret: str) -> bool:
 def test_member_api_validation(relay: RelayProcess) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
         ({"url": "http://example.org/hook"}, "url: must be an https:// URL (plain http only in --dev)"),
-        # relay.egress: addresses no stranger's webhook may point the relay at (also refused at connect time).
+        # relay.net.egress: addresses no stranger's webhook may point the relay at (also refused at connect time).
         ({"url": "https://10.0.0.1/"}, "url: 10.0.0.1 is private"),
         ({"url": "https://169.254.169.254/latest/meta-data/"}, "url: 169.254.169.254 is link-local"),
         ({"url": "https://[fd00::1]/"}, "url: fd00::1 is private"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from relay.dkimkeys import SecretBox, SecretBoxError
+from relay.mail.dkimkeys import SecretBox, SecretBoxError
+from relay.members.webhooks import new_secret, open_secret, seal_secret
 from relay.store.rows import Webhook
-from relay.webhooks import new_secret, open_secret, seal_secret
 
 DID, OTHER = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb"
 URL = "https://hooks.example/atmos"

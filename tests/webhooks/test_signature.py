@@ -1,11 +1,11 @@
-"""relay.webhooks.verify_signature: the helper members copy into their receivers."""
+"""relay.members.webhooks.verify_signature: the helper members copy into their receivers."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 
-from relay.webhooks import new_secret, sign, verify_signature
+from relay.members.webhooks import new_secret, sign, verify_signature
 
 BODY = b'{"type":"delivered","id":"evt_1","created":1790000000,"data":{}}'
 NOW = 1_790_000_000
@@ -46,7 +46,7 @@ def test_stale_timestamp_is_refused() -> None:
 
 def test_accepted_and_delivery_events_carry_tags_and_metadata() -> None:
     from relay.events import Delivery, MessageAccepted
-    from relay.webhooks import to_webhook_events
+    from relay.members.webhooks import to_webhook_events
 
     accepted = MessageAccepted(queue_id=1, rcpt_ids=(11,), did="did:plc:x", sender="a@x.org", recipients=("r@y.org",),
                                size=10, source="http", tags=("welcome",), metadata={"user_id": "42"})

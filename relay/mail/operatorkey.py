@@ -19,7 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from relay.dkimkeys import SecretBox, rsa_txt, split_txt
+from relay.mail.dkimkeys import SecretBox, rsa_txt, split_txt
 
 GRACE = 7 * 86400.0
 

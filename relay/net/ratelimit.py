@@ -2,7 +2,7 @@
 
 Each source gets a bucket of ``burst`` tokens refilled at ``per_minute`` tokens a minute; a new
 inbound connection (and each further transaction on it) takes one token, and so does each
-authentication attempt that would run bcrypt (``relay.auth``). IPv6 sources are keyed by
+authentication attempt that would run bcrypt (``relay.members.auth``). IPv6 sources are keyed by
 their /64, the unit one host usually controls, so a single machine cannot dodge the limit by
 walking through its own prefix; IPv4-mapped IPv6 addresses count as the IPv4 address.
 

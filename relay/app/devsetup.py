@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from relay.apikey import generate_api_key, hash_api_key
 from relay.config import Config
-from relay.dkimkeys import SecretBox, new_domain_keys
+from relay.mail.dkimkeys import SecretBox, new_domain_keys
+from relay.members.apikey import generate_api_key, hash_api_key
 from relay.store.base import Store
 
 DEMO_DID = "did:plc:devdemoaaaaaaaaaaaaaaaaa"

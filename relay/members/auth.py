@@ -7,7 +7,7 @@ password is the API key. Clients that split ``user:password`` at the first colon
 ``plc:abc:key``; that shape is put back together (split at the last colon: API keys are base64url
 and a DID's method-specific id never ends in one). Docs lead with the domain form: no colon at all.
 The bcrypt check runs off the event loop and successful checks are cached
-(relay.apikey.ApiKeyCache), so a reconnecting client costs microseconds.
+(relay.members.apikey.ApiKeyCache), so a reconnecting client costs microseconds.
 
 Abuse (issue: 40 wrong keys at once delayed a member by 6.5 s): every check
 that would run bcrypt first takes a token from the client address's bucket
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from relay.address import is_did, normalize_domain
-from relay.apikey import ApiKeyCache
 from relay.config import AuthConfig
 from relay.errors import AuthBusy, AuthFailed, AuthThrottled, InvalidDid, MemberSuspended
-from relay.ratelimit import TokenBuckets, source_key
+from relay.members.apikey import ApiKeyCache
+from relay.net.ratelimit import TokenBuckets, source_key
 from relay.store.aio import AsyncStore
 from relay.store.base import Store
 from relay.store.rows import Domain, Member

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from relay import sendmeta
+from relay.accept import sendmeta
 from relay.errors import InsufficientStorage, QueueUnavailable
-from relay.eventbus import EventBus
 from relay.events import MessageAccepted
-from relay.metrics import RelayMetrics
+from relay.operator.eventbus import EventBus
+from relay.operator.metrics import RelayMetrics
 from relay.store.writer import StatusWriter
 from spool import Envelope, Spool, SpoolFull, SpoolUnavailable
 

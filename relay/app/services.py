@@ -1,7 +1,7 @@
 """The running relay's shared services, built once by the supervisor and handed to the layers.
 
 Frozen: the supervisor constructs every service first, then this, then starts them in dependency
-order (relay.supervisor); nothing is attached to it afterwards, so a handler never has to probe
+order (relay.app.supervisor); nothing is attached to it afterwards, so a handler never has to probe
 for a field that may appear later. A field that is ``None`` is a part this relay does not run
 (no scheduler in a test that builds Services bare, no DNS verifier in dev without nameservers).
 """
@@ -11,20 +11,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from relay.acceptor import Acceptor
-from relay.apikey import ApiKeyCache
-from relay.auth import Authenticator
+from relay.accept.acceptor import Acceptor
 from relay.config import Config
 from relay.delivery.scheduler import Scheduler
 from relay.dns.verifier import DomainVerifier
-from relay.eventbus import EventBus
 from relay.labeler import Labeler
-from relay.metrics import RelayMetrics
+from relay.members.apikey import ApiKeyCache
+from relay.members.auth import Authenticator
+from relay.members.webhooks import WebhookDispatcher
 from relay.oauth import OAuthClient
+from relay.operator.eventbus import EventBus
+from relay.operator.metrics import RelayMetrics
 from relay.reputation import Reputation
 from relay.store.aio import AsyncStore
 from relay.store.writer import StatusWriter
-from relay.webhooks import WebhookDispatcher
 from spool import Spool
 
 

@@ -28,7 +28,6 @@ import trio
 
 from relay.address import is_did, is_domain, normalize_domain
 from relay.delivery.scheduler import Scheduler
-from relay.eventbus import EventBus
 from relay.events import (
     ACTIONS,
     VERSION,
@@ -48,21 +47,22 @@ from relay.events import (
     Warming,
     decode,
 )
+from relay.operator.eventbus import EventBus
 from relay.store.base import NotFound, StoreError
 from spool import Spool, SpoolError, State
 
 log = logging.getLogger("relay.events")
 
 if TYPE_CHECKING:
-    from relay.acceptor import Acceptor
-    from relay.metrics import RelayMetrics
+    from relay.accept.acceptor import Acceptor
+    from relay.operator.metrics import RelayMetrics
     from relay.reputation import Reputation
     from relay.store.aio import AsyncStore
     from relay.store.writer import StatusWriter
 
 
 class OperatorView(Protocol):
-    """What the operator plane reads of the running relay. ``relay.services.Services`` is one; naming
+    """What the operator plane reads of the running relay. ``relay.app.services.Services`` is one; naming
     only these here keeps this module (and the metrics beside it) free of the wiring."""
 
     @property

@@ -37,9 +37,12 @@ from cryptography import x509
 
 from relay.address import normalize_domain
 from relay.delivery.mtasts import StsError, fetch_policy, parse_policy, parse_record
-from relay.dkimkeys import split_txt
+from relay.delivery.routing import Resolver
+from relay.delivery.tlspolicy import verified_context
 from relay.dns.checks import DnsLookup, DnsLookupError, Status, check_domain
 from relay.dns.records import DnsRecord, dmarc_name, dmarc_value, mx_host
+from relay.mail.dkimkeys import split_txt
+from relay.mail.operatorkey import OperatorKeys
 
 if TYPE_CHECKING:
     from relay.config import Config
@@ -164,7 +167,6 @@ def _spf_value(cfg: Config) -> str:
 
 
 async def _records(cfg: Config, domain: str, lookup: DnsLookup) -> list[Check]:
-    from relay.operatorkey import OperatorKeys
 
     def txt(name: str, value: str, kind: Any, purpose: str) -> DnsRecord:
         return DnsRecord(name, "TXT", value, split_txt(value), purpose, True, kind)
@@ -211,8 +213,6 @@ async def _mx(cfg: Config, domain: str, lookup: DnsLookup) -> list[Check]:
 
 async def _policies(cfg: Config, domain: str, lookup: DnsLookup, context: ssl.SSLContext | None,
                     port: int) -> list[Check]:
-    from relay.delivery.routing import Resolver
-    from relay.delivery.tlspolicy import verified_context
 
     ours = mx_host(cfg)
     checks: list[Check] = []

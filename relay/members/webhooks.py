@@ -42,10 +42,10 @@ from typing import Any
 import httpx
 import trio
 
-from relay.dkimkeys import SecretBox, SecretBoxError
-from relay.egress import Egress
-from relay.eventbus import EventBus
 from relay.events import ComplaintReceived, Delivery, Event, MessageAccepted, Unsubscribed
+from relay.mail.dkimkeys import SecretBox, SecretBoxError
+from relay.net.egress import Egress
+from relay.operator.eventbus import EventBus
 from relay.store.aio import AsyncStore
 from relay.store.base import Store
 from relay.store.rows import OutboxEvent, Webhook

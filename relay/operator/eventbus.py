@@ -100,7 +100,7 @@ class EventBus:
     def subscribe(self, *, internal: bool = False) -> Subscription:
         """A new subscription (use it as a context manager so it is always closed).
 
-        ``internal``: an always-on in-process consumer (relay.webhooks) that must not count as a
+        ``internal``: an always-on in-process consumer (relay.members.webhooks) that must not count as a
         watcher, so the periodic publisher still idles and the subscriber gauge reads consoles only.
         """
         sub = Subscription(self, self.buffer)

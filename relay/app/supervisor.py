@@ -5,7 +5,7 @@ Three steps, in this order (``run_relay``):
 1. bind every listener (so port 0's real port is known) and do the blocking set-up work in worker
    threads: the dev TLS certificate, the operator DKIM key, the labeler and OAuth keys, the dev demo
    member (bcrypt, DKIM keys);
-2. construct every service and freeze ``Services`` (relay.services): nothing is set on a service once
+2. construct every service and freeze ``Services`` (relay.app.services): nothing is set on a service once
    it runs, and no handler has to probe for a field;
 3. start them: spool (recovery first) -> status writer -> reputation -> capture sink (dev) ->
    connection pool -> delivery scheduler -> webhooks -> event publisher -> SMTP submission ->
@@ -36,10 +36,11 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from relay import devsetup
-from relay.acceptor import Acceptor
-from relay.apikey import ApiKeyCache
-from relay.auth import Authenticator
+from relay.accept.acceptor import Acceptor
+from relay.accept.submission import SubmissionHandler
+from relay.app import devsetup
+from relay.app.services import Bound, Services
+from relay.app.tlscert import server_context
 from relay.config import Addr, Config
 from relay.delivery.client import ConnectionPool
 from relay.delivery.congestion import HostHealth
@@ -53,20 +54,22 @@ from relay.delivery.tlsrpt import TlsRptCounter, tls_reporter
 from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
 from relay.dns.verifier import DomainVerifier
-from relay.egress import Egress
-from relay.eventbus import EventBus
-from relay.eventstream import reputation_hooks, run_publisher
 from relay.inbound.handler import InboundHandler
 from relay.inbound.service import make_inbound_server
 from relay.labeler import Labeler, LabelerKey
 from relay.labeler.firehose import Firehose
 from relay.labeler.service import key_path as labeler_key_path
-from relay.metrics import RelayMetrics
+from relay.mail.operatorkey import OperatorKeys
+from relay.members.apikey import ApiKeyCache
+from relay.members.auth import Authenticator
+from relay.members.webhooks import WebhookDispatcher
+from relay.net.egress import Egress
 from relay.oauth import client_from_config
 from relay.oauth.client import PENDING_TTL
-from relay.operatorkey import OperatorKeys
+from relay.operator.eventbus import EventBus
+from relay.operator.eventstream import reputation_hooks, run_publisher
+from relay.operator.metrics import RelayMetrics
 from relay.reputation import Reputation
-from relay.services import Bound, Services
 from relay.smtp.limits import Limits
 from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
 from relay.store import open_store
@@ -74,9 +77,6 @@ from relay.store.aio import AsyncStore
 from relay.store.base import Store
 from relay.store.mirror import StatusMirror
 from relay.store.writer import StatusWriter
-from relay.submission import SubmissionHandler
-from relay.tlscert import server_context
-from relay.webhooks import WebhookDispatcher
 from spool import Spool, SpoolError
 from spool.segment import make_dirs
 

@@ -18,7 +18,7 @@ from relay.store.base import StoreError
 from spool import SpoolError
 
 if TYPE_CHECKING:
-    from relay.acceptor import Acceptor
+    from relay.accept.acceptor import Acceptor
     from relay.config import Config
     from relay.store.aio import AsyncStore
     from relay.store.writer import StatusWriter
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class Relay(Protocol):
-    """What the health answer reads of the running relay (relay.services.Services is one)."""
+    """What the health answer reads of the running relay (relay.app.services.Services is one)."""
 
     @property
     def cfg(self) -> Config: ...

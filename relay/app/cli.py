@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from relay import admin
 from relay.config import Config, ConfigError, load
+from relay.members import admin
 
 # Given to every parser, so `atmos admin enroll --did X --config F` means the same as
 # `atmos --config F admin enroll --did X`: SUPPRESS keeps a later parser from resetting a value.
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(level=args.log_level.upper(),
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             cfg = config_from_args(args)
-            from relay.supervisor import serve_forever
+            from relay.app.supervisor import serve_forever
 
             return serve_forever(cfg)
         if args.command == "console":

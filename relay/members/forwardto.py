@@ -18,7 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from relay.acceptor import Acceptor
+from relay.accept.acceptor import Acceptor
 from relay.config import Config
 
 _MAC_BYTES = 16

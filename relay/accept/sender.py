@@ -12,10 +12,10 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses
 
 from relay.address import split_address
-from relay.auth import Principal
 from relay.errors import DomainMismatch, HeaderTooLarge, InvalidRequest
-from relay.outbound import split_message
-from relay.text import display_text
+from relay.mail.outbound import split_message
+from relay.mail.text import display_text
+from relay.members.auth import Principal
 
 # RFC 5322 sets no limit on the header section; we do (limits.header_size), and a message over it is
 # refused whole: policy that read only a prefix would miss a second From: placed after it.

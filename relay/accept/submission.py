@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import logging
 
-from relay.acceptor import Acceptor
+from relay.accept.acceptor import Acceptor
+from relay.accept.category import TRANSACTIONAL
+from relay.accept.sender import HEADER_LIMIT, check_header_from, check_sender, parse_headers
 from relay.address import split_address
-from relay.auth import Authenticator, Principal
-from relay.category import TRANSACTIONAL
 from relay.errors import AuthRequired, InvalidRequest, KeyRegenerated, MemberSuspended, RelayError, SuppressedRecipient
-from relay.outbound import field_name, split_message
+from relay.mail.outbound import field_name, split_message
+from relay.members.auth import Authenticator, Principal
 from relay.reputation import Reputation
-from relay.sender import HEADER_LIMIT, check_header_from, check_sender, parse_headers
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
 from relay.smtp.trace import received

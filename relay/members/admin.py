@@ -7,11 +7,8 @@ spool read-only, so it can run while ``atmos serve`` does.
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import functools
-import hashlib
-import hmac
 import json
 import time
 import urllib.error
@@ -20,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from relay.address import is_did, is_domain, normalize_domain
-from relay.apikey import generate_api_key, hash_api_key
 from relay.config import Addr, Config
-from relay.dkimkeys import SecretBox, new_domain_keys
-from relay.operatorkey import OperatorKeys
+from relay.dns.challenge import verify_token
+from relay.dns.checks import DnsLookup
+from relay.dns.verifier import UnknownDomain, check_once, expected_records
+from relay.mail.dkimkeys import SecretBox, SecretBoxError, new_domain_keys, public_records
+from relay.mail.operatorkey import OperatorKeys
+from relay.members.apikey import generate_api_key, hash_api_key
+from relay.operator.doctor import diagnose
 from relay.store import open_store
 from relay.store.base import DomainLimitReached, DomainTaken, Store
 
@@ -115,12 +116,6 @@ def _store(cfg: Config) -> Store:
     return open_store(cfg.store_url)
 
 
-def verify_token(secret: bytes, did: str) -> str:
-    """The ownership challenge value, bound to the DID so it cannot be reused by another member."""
-    mac = hmac.new(secret, b"atmos-verify:" + did.encode(), hashlib.sha256).digest()
-    return base64.b32encode(mac[:20]).decode().lower()
-
-
 def enroll(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     did, domain = args.did.strip(), normalize_domain(args.domain)
     if not is_did(did):
@@ -161,8 +156,6 @@ def enroll(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         if args.new_key or store.get_api_key_hash(did) is None:
             api_key = generate_api_key()
             store.set_api_key_hash(did, hash_api_key(api_key))
-        from relay.dns.verifier import expected_records
-
         return {
             "did": did, "domain": domain, "state": row.state, "api_key": api_key,
             "records": [r.to_json() for r in expected_records(row, cfg, cfg.secret_key)],
@@ -175,7 +168,6 @@ def enroll(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _dkim_records(cfg: Config, selector: str, domain: str, row: Any) -> dict[str, Any]:
-    from relay.dkimkeys import public_records
 
     box = SecretBox(cfg.secret_key)
     return public_records(domain, selector, box.decrypt(row.rsa_private), box.decrypt(row.ed25519_private))
@@ -184,8 +176,6 @@ def _dkim_records(cfg: Config, selector: str, domain: str, row: Any) -> dict[str
 def domain_cmd(cfg: Config, args: argparse.Namespace) -> Any:
     import trio
 
-    from relay.dkimkeys import SecretBoxError
-    from relay.dns.verifier import UnknownDomain, check_once
 
     name = normalize_domain(args.domain)
     if args.domain_command == "release":
@@ -220,11 +210,9 @@ def reports_cmd(cfg: Config, args: argparse.Namespace) -> Any:
 
 
 def doctor_cmd(cfg: Config) -> Any:
-    """The operator's set-up (relay/doctor.py); exit status 1 when something must be fixed."""
+    """The operator's set-up (relay/operator/doctor.py); exit status 1 when something must be fixed."""
     import trio
 
-    from relay.dns.checks import DnsLookup
-    from relay.doctor import diagnose
 
     return trio.run(functools.partial(diagnose, cfg, lookup=DnsLookup.from_config(cfg)))
 

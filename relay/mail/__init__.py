@@ -1,0 +1,1 @@
+"""Mail itself: header rewriting and splitting, unsubscribe links, DKIM key material, header text."""

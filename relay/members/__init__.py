@@ -1,0 +1,1 @@
+"""Members: API keys and authentication, enrolment, reply forwarding, member webhooks."""

@@ -1,0 +1,1 @@
+"""The operator plane: event bus and stream, metrics, health, doctor."""
