@@ -33,7 +33,7 @@ class Conn:
         self.throttled: set[str] = set()  # budget replies seen (THROTTLE_MARKERS' values)
         self._tail = b""  # the end of the previous chunk: a marker split across two reads is still seen
 
-    def _scan(self, chunk: bytes) -> None:
+    def _scan(self, chunk: bytes | bytearray) -> None:
         window = self._tail + chunk
         if not self.traceback and any(marker in window for marker in TRACEBACK_MARKERS):
             self.traceback = window[:300]
