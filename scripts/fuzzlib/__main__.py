@@ -7,9 +7,15 @@ and a few slowloris connections, all at once with ``--concurrency`` clients, bou
 Meanwhile ``/healthz`` is probed every 100 ms on a fresh connection, from a process of its own
 (``probe``), so the battery's own busy event loop does not count as the relay's latency.
 
+Beside it a well-behaved member (``canary``, another process, from 127.0.0.2) sends one ordinary
+message a second, by SMTP submission and ``POST /v1/send`` in turn, and afterwards waits until each
+is delivered. The per-address budgets are lifted (``relay``): the battery measures robustness.
+
 Prints: cases run, relay process exits (must be 0; the relay is restarted to go on), tracebacks in
-its log (must be 0), RSS before and after, ``/healthz`` latency p50/p99 (goal p99 <= 50 ms). Exit
-status 0 only when there was no exit, no traceback, and the final SIGTERM stop returned 0.
+its log and on the wire (must be 0), budget replies seen, RSS before and after, ``/healthz`` latency
+p50/p99 (goal p99 <= 50 ms), and the member's messages tried/accepted/delivered. Exit status 0 only
+when there was no exit, no traceback, every member message was accepted and delivered, and the final
+SIGTERM stop returned 0.
 Full size: 20,000 SMTP + 5,000 HTTP; ``--quick``: a few hundred of each (CI, tests/e2e/test_fuzz.py).
 """
 
@@ -47,6 +53,16 @@ class Tally:
     health_bad: Counter[str] = field(default_factory=Counter)
     slowloris_cut: int = 0
     slowloris_held: int = 0
+    wire_tracebacks: Counter[str] = field(default_factory=Counter)  # case -> sessions that received one
+    wire_traceback_sample: bytes = b""
+    throttled: Counter[str] = field(default_factory=Counter)  # budget reply -> sessions that got it
+
+    def saw(self, case: str, conn: Conn) -> None:
+        """What reached this client besides the case's outcome: tracebacks, budget replies."""
+        if conn.traceback:
+            self.wire_tracebacks[case] += 1
+            self.wire_traceback_sample = self.wire_traceback_sample or conn.traceback
+        self.throttled.update(conn.throttled)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -70,18 +86,20 @@ async def run_case(relay: Relay, tally: Tally, job: tuple[str, int], seed: int) 
                 submission = (i // len(smtpcases.CASES)) % 2 == 0
                 conn = await Conn.open(target.submission if submission else target.inbound)
                 tally.smtp_ports["submission" if submission else "inbound"] += 1
+                name = case.__name__.removeprefix("case_")
                 try:
-                    tally.smtp[
-                        f"{case.__name__.removeprefix('case_')}:{await case(conn, target, rng, TLS, submission)}"
-                    ] += 1
+                    tally.smtp[f"{name}:{await case(conn, target, rng, TLS, submission)}"] += 1
                 finally:
+                    tally.saw(name, conn)
                     await conn.aclose()
             else:
                 hcase = httpcases.CASES[i % len(httpcases.CASES)]
+                name = hcase.__name__.removeprefix("case_")
                 conn = await Conn.open(target.http)
                 try:
-                    tally.http[f"{hcase.__name__.removeprefix('case_')}:{await hcase(conn, target, rng)}"] += 1
+                    tally.http[f"{name}:{await hcase(conn, target, rng)}"] += 1
                 finally:
+                    tally.saw(name, conn)
                     await conn.aclose()
         if scope.cancelled_caught:
             tally.client_errors[f"{kind}: case timed out"] += 1
@@ -105,6 +123,7 @@ async def slowloris(relay: Relay, tally: Tally, seconds: float) -> None:
         else:
             tally.slowloris_held += 1
     finally:
+        tally.saw("slowloris", conn)
         await conn.aclose()
 
 
@@ -170,10 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         stdout=subprocess.PIPE,
         text=True,
     )
+    t = relay.target
+    canary = subprocess.Popen(
+        [sys.executable, "-m", "fuzzlib.canary", str(t.submission[1]), str(t.http[1]), t.did, t.api_key, t.domain],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     ran = trio.run(battery, relay, tally, jobs, args)
+    rss_after = relay.rss_kib() if relay.alive() else 0  # before the drain: what the battery left
     probed = json.loads(probe.communicate("", timeout=60)[0])  # closing stdin ends the probe
     tally.health_ms, tally.health_bad = probed["ms"], Counter(probed["bad"])
-    rss_after = relay.rss_kib() if relay.alive() else 0
+    print("[fuzz] battery done; waiting for the well-behaved client's mail to be delivered", file=sys.stderr)
+    member = json.loads(canary.communicate("", timeout=300)[0])  # it drains (bounded) and reports
     relay.check()
     stop_rc = relay.stop()
     elapsed = time.monotonic() - started
@@ -201,14 +229,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tracebacks in the log: {len(found)}")
     for summary, count in Counter(found).most_common(10):
         print(f"  {count} x {summary}")
+    wire = sum(tally.wire_tracebacks.values())
+    print(f"tracebacks on the wire: {wire}" + (f" {dict(tally.wire_tracebacks)}" if wire else ""))
+    if wire:
+        print(f"  first: {tally.wire_traceback_sample!r}")
+    throttled = sum(tally.throttled.values())
+    print(f"budget replies (per-address budgets lifted): {throttled} of {ran} cases"
+          + (f" {dict(tally.throttled)}" if throttled else ""))
     print(f"RSS before: {rss_before / 1024:.1f} MiB, after: {rss_after / 1024:.1f} MiB")
     print(
         f"/healthz during the run: {len(tally.health_ms)} probes, p50 {percentile(tally.health_ms, 0.5):.1f} ms, "
         f"p99 {percentile(tally.health_ms, 0.99):.1f} ms (goal <= 50), max {max(tally.health_ms, default=0):.1f} ms"
         + (f", not 200: {dict(tally.health_bad)}" if tally.health_bad else "")
     )
+    accepted = member["accepted_smtp"] + member["accepted_http"]
+    print(
+        f"well-behaved client (127.0.0.2, one message a second, SMTP submission and /v1/send in turn): "
+        f"{member['tried']} tried, {accepted} accepted ({member['accepted_smtp']} SMTP, {member['accepted_http']} "
+        f"HTTP), {member['sent']} delivered, {member['failed']} failed; accept p50 "
+        f"{percentile(member['ms'], 0.5):.0f} ms, p99 {percentile(member['ms'], 0.99):.0f} ms, "
+        f"max {max(member['ms'], default=0):.0f} ms" + (f", statuses {member['statuses']}" if
+                                                         member["sent"] != accepted else "")
+    )
+    for failure in member["failures"]:
+        print(f"  {failure}")
     print(f"final stop (SIGTERM): rc {stop_rc}")
-    ok = not relay.exits and not found and stop_rc == 0
+    member_ok = member["tried"] > 0 and member["failed"] == 0 and member["sent"] == member["tried"]
+    ok = not relay.exits and not found and not wire and member_ok and stop_rc == 0
     if args.keep or not ok:
         print(f"relay state and log kept in {base}")
     else:

@@ -1,8 +1,13 @@
 """The relay under test: ``atmos serve --dev`` as a subprocess, every listener on loopback port 0.
 
 Dev mode delivers all outbound mail to the relay's own capture sink and runs no DNS checks, so nothing
-the battery provokes leaves the machine. Rate and warming caps are lifted so that accepted mail keeps
-exercising the accept path, and the inbound per-IP budget too (every case comes from 127.0.0.1).
+the battery provokes leaves the machine; sign-in's identity lookups go to a closed loopback port.
+Rate and warming caps are lifted so that accepted mail keeps exercising the accept path, and every
+per-address budget too, as ``scripts/bench`` does: every case comes from 127.0.0.1, so the connection
+cap per address, the failed-auth budgets, the inbound per-IP budget, the sign-ins per IP and the
+per-session error limits would otherwise refuse most of the battery after its first seconds, and the
+run would measure our throttles instead of what the parsers and protocol code do with hostile input.
+(The budgets themselves are proved by tests/e2e/test_budgets.py; the time limits stay as configured.)
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +59,7 @@ class Relay:
 
     def write_config(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
+        dead = f"127.0.0.1:{closed_port()}"  # an identity lookup (sign-in) fails at once, on loopback
         self.config.write_text(f"""\
 operator_domain = "{self.target.operator_domain}"
 state_dir = "{self.base / "state"}"
@@ -60,6 +67,18 @@ state_dir = "{self.base / "state"}"
 submission_addr = "127.0.0.1:0"
 inbound_addr = "127.0.0.1:0"
 shutdown_grace = 3.0
+max_connections_per_ip = {BIG}
+error_limit = {BIG}
+junk_command_limit = {BIG}
+[auth]
+per_ip_per_minute = {BIG}
+per_ip_burst = {BIG}
+per_ip_concurrency = {BIG}
+per_did_per_minute = {BIG}
+per_did_burst = {BIG}
+[identity]
+plc_url = "http://{dead}"
+signins_per_ip = {BIG}
 [http]
 addr = "127.0.0.1:0"
 [limits]
@@ -70,6 +89,7 @@ warming_tiers = [[0, {BIG}, {BIG}]]
 [inbound]
 per_ip_per_minute = {BIG}
 per_ip_burst = {BIG}
+forward_per_ip_per_hour = {BIG}
 """)
 
     def start(self, timeout: float = 60.0) -> None:
@@ -150,6 +170,13 @@ per_ip_burst = {BIG}
 
     def log_text(self) -> str:
         return self.logfile.read_text("utf-8", "replace") if self.logfile.exists() else ""
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then let go: the kernel does not hand it out again soon)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def tracebacks(text: str) -> list[str]:

@@ -7,6 +7,19 @@ import ssl
 import trio
 
 READ = 65536
+# A Python traceback that reached the client: a bug even when the relay stays up (bad input gets a
+# clear reply, never internals).
+TRACEBACK_MARKERS = (b"Traceback (most recent call last)", b'File "/', b"Exception Group Traceback")
+# The relay's own budget replies: with the per-address budgets lifted (relay.py) they should be rare,
+# so that the battery measures robustness, not our throttles.
+THROTTLE_MARKERS = {
+    b"too many connections": "connection cap (421 4.7.0)",
+    b"too many errors": "error limit (421 4.7.0)",
+    b"too many failed authentications": "auth throttle (454 4.7.0)",
+    b"too many messages": "inbound transactions (421/450)",
+    b"AUTH_THROTTLED": "auth throttle (HTTP 429)",
+    b"AUTH_BUSY": "bcrypt queue full (454/503)",
+}
 
 
 class Conn:
@@ -16,6 +29,17 @@ class Conn:
         self.stream: trio.abc.Stream = stream
         self.received = 0
         self.closed_by_peer = False
+        self.traceback = b""  # the first Python traceback text that reached this client, if any
+        self.throttled: set[str] = set()  # budget replies seen (THROTTLE_MARKERS' values)
+        self._tail = b""  # the end of the previous chunk: a marker split across two reads is still seen
+
+    def _scan(self, chunk: bytes | bytearray) -> None:
+        window = self._tail + chunk
+        if not self.traceback and any(marker in window for marker in TRACEBACK_MARKERS):
+            self.traceback = window[:300]
+        lowered = window.lower()
+        self.throttled.update(name for marker, name in THROTTLE_MARKERS.items() if marker.lower() in lowered)
+        self._tail = window[-64:]
 
     @classmethod
     async def open(cls, addr: tuple[str, int]) -> Conn:
@@ -45,6 +69,7 @@ class Conn:
                     break
                 out += chunk
                 self.received += len(chunk)
+                self._scan(chunk)
                 wait = idle
                 continue
             break
@@ -66,6 +91,7 @@ class Conn:
                     self.closed_by_peer = True
                     break
                 out += chunk
+                self._scan(chunk)
         return bytes(out)
 
     async def starttls(self, ctx: ssl.SSLContext, server_hostname: str = "localhost") -> bool:

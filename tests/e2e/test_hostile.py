@@ -95,6 +95,8 @@ def auth(member: Member) -> dict[str, str]:
     (b'{"from": 1e999, "to": "b@example.org", "text": "t"}', "from"),
     (b'"just a string"', "body"),
     (b"\xff\xfe{}", "JSON"),
+    # Issue 13: the Latin-1 bytes that broke SMTP gave 500 INTERNAL over HTTP: not UTF-8, so not JSON.
+    (b'{"from": "a@mail.example.com", "to": "b@example.org", "subject": "caf\xe9", "text": "t"}', "JSON"),
 ])
 def test_bad_json_is_400_naming_the_field(relay: RelayProcess, member: Member, body: bytes, field: str) -> None:
     r = httpx.post(f"{relay.http}/v1/send", content=body, timeout=10,

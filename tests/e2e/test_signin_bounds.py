@@ -1,8 +1,10 @@
 """Issue 13: sign-in makes the relay fetch from servers the signer chooses; each fetch is bounded.
 
 A hostile "PDS" on loopback (a thread here) serves a DID whose PDS streams its OAuth metadata
-forever, or drips it a byte at a time. The real relay process refuses the sign-in with a page that
-says why, its memory stays flat, and concurrent sign-ins from one address are capped.
+forever, or drips it a byte at a time; the same server, as PLC directory and handle resolver, does the
+same with a DID document (handles ``document-*``) and with a handle's well-known file (``handle-*``).
+The real relay process refuses the sign-in with a page that says why, its memory stays flat, and
+concurrent sign-ins from one address are capped.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from tests.e2e.relayproc import RelayProcess, TLSFiles
 
 EVIL_DID = "did:plc:evilaaaaaaaaaaaaaaaaaaaa"
+EVIL_DOC_DID = "did:plc:evildocaaaaaaaaaaaaaaaaa"  # its DID document is the hostile answer
 
 
 class Evil(http.server.BaseHTTPRequestHandler):
@@ -33,8 +36,13 @@ class Evil(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         port = self.server.server_address[1]
-        if self.path == "/.well-known/atproto-did":
-            self._send(EVIL_DID.encode(), "text/plain")
+        host = self.headers.get("host", "")  # the handle being resolved (handle_resolution = well-known-at)
+        if self.path == "/.well-known/atproto-did" and host.startswith("handle-"):
+            self._hostile()
+        elif self.path == "/.well-known/atproto-did":
+            self._send((EVIL_DOC_DID if host.startswith("document-") else EVIL_DID).encode(), "text/plain")
+        elif self.path == f"/{EVIL_DOC_DID}":
+            self._hostile()
         elif self.path == f"/{EVIL_DID}":
             handle = self.headers.get("x-handle", "") or "forever.test"
             doc = {"id": EVIL_DID, "alsoKnownAs": [f"at://{h}" for h in ("forever.test", "drip.test", "huge-length.test", "gzip-bomb.test")]
@@ -139,6 +147,26 @@ def test_hostile_pds_metadata_is_cut_off(relay: RelayProcess, mode: str, says: s
     r = sign_in(relay, f"{mode}.test")
     assert r.status_code == 400 and says in r.text, r.text[-2000:]
     assert rss_kib(relay) - before < 64 * 1024  # not the 1.2 GiB of issue 13: a cap of 64 KiB was read
+    alive(relay)
+
+
+@pytest.mark.parametrize(("handle", "mode", "says"), [
+    ("document-forever.test", "forever", "larger than"),
+    ("document-huge.test", "huge-length", "more than"),
+    ("document-gzip.test", "gzip-bomb", "larger than"),
+    ("document-drip.test", "drip", "did not finish within 3 s"),
+    ("handle-forever.test", "forever", "does not resolve to a DID"),
+    ("handle-drip.test", "drip", "within 3 s"),
+])
+def test_hostile_did_document_and_handle_file_are_cut_off(relay: RelayProcess, handle: str, mode: str,
+                                                          says: str) -> None:
+    """Issue 13 names DID documents and handle well-known files beside the OAuth metadata: each is read
+    within its byte cap (document_bytes, metadata_bytes) and the sign-in's deadline."""
+    Evil.mode = mode
+    before = rss_kib(relay)
+    r = sign_in(relay, handle)
+    assert r.status_code == 400 and says in r.text, r.text[-2000:]
+    assert rss_kib(relay) - before < 64 * 1024
     alive(relay)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -159,23 +160,41 @@ async def test_a_cancelled_caller_does_not_fail_the_ones_sharing_its_check(monke
 
 @pytest.mark.trio
 async def test_one_address_has_at_most_per_ip_concurrency_checks_at_once(
-    store: AsyncStore, counting: CountingCheck
+    store: AsyncStore, counting: CountingCheck, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The two admitted checks are held in bcrypt until all ten guesses have been decided: without the
+    # gate, the first check (10 ms) could end while the store lookups of the last guesses (one store
+    # thread, taken in turn) were still running, and a later guess was rightly admitted to the freed slot.
+    gate = threading.Event()
+
+    def gated(key: str, hashed: str) -> bool:
+        if not gate.wait(10):
+            raise AssertionError("the gate was never opened")
+        return counting(key, hashed)
+
+    monkeypatch.setattr(relay.apikey, "check_api_key", gated)
     limits = AuthConfig(per_ip_burst=100, per_ip_concurrency=2, per_did_burst=100)
     auth = Authenticator(store, ApiKeyCache(bcrypt_threads=1), limits)
     outcomes: list[str] = []
+    refused = trio.Event()
 
     async def guess() -> None:
         try:
             await auth.authenticate(DID, generate_api_key(), peer="192.0.2.30")
         except AuthThrottled:
             outcomes.append("throttled")
+            if len(outcomes) == 8:
+                refused.set()
         except AuthFailed:
             outcomes.append("failed")
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(10):  # ten different guesses at once from one address
-            nursery.start_soon(guess)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):  # ten different guesses at once from one address
+                nursery.start_soon(guess)
+            await refused.wait()  # two checks in progress (one in bcrypt, one queued): the rest refused
+            assert outcomes == ["throttled"] * 8 and counting.calls == 0
+            gate.set()
     assert sorted(outcomes) == ["failed"] * 2 + ["throttled"] * 8 and counting.calls == 2
     for _ in range(3):  # one after the other they are fine (within the token budget)
         await guess()

@@ -201,3 +201,59 @@ def test_unsubscribe_and_event_filter(relay: RelayProcess, receiver: Receiver) -
     got = receiver.wait_for(lambda g: any(x.event["type"] == "unsubscribed" for x in g))
     assert [g.event["type"] for g in receiver.received] == ["unsubscribed"]
     assert got[0].event["data"]["recipient"] == "reader@example.org" and signed(got[0], secret)
+
+
+OTHER_DID = "did:plc:webhookbbbbbbbbbbbbbbbbb"
+OTHER_DOMAIN = "mail.hooks2.example.com"
+
+
+def test_a_hanging_endpoint_delays_only_its_member(relay: RelayProcess, receiver: Receiver) -> None:
+    """Issue 13: one member's slow endpoint held the 4 shared webhook workers (10 s timeouts each) and
+    delayed every other member's webhooks. Here the first member's endpoint never answers while it
+    has more events queued than the relay has workers; the other member's event still arrives at once."""
+    release = threading.Event()
+    hung: list[bytes] = []
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hung.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+            release.wait(60)  # longer than the relay's 10 s timeout: every POST to it times out
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
+    slow.daemon_threads = True
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    try:
+        other_key = relay.enroll(OTHER_DID, OTHER_DOMAIN)["api_key"]
+        other = {"Authorization": f"Bearer {other_key}", "X-Atmos-DID": OTHER_DID}
+        assert register(relay, {"url": f"http://127.0.0.1:{slow.server_address[1]}/hook"}).status_code == 200
+        r = httpx.put(f"{relay.http}/member/webhook", headers=other, json={"url": receiver.url}, timeout=10)
+        assert r.status_code == 200, r.text
+        for i in range(20):  # 40 events (accepted, deferred): more than the relay's 16 webhook workers
+            send(relay, f"reader{i}@example.org")
+        deadline = time.monotonic() + 10
+        while not hung:  # the first member's endpoint is being held
+            assert time.monotonic() < deadline, "the hanging endpoint was never called"
+            time.sleep(0.05)
+        started = time.monotonic()
+        r = httpx.post(f"{relay.http}/v1/send", headers=other, timeout=10,
+                       json={"from": f"hello@{OTHER_DOMAIN}", "to": "friend@example.org", "subject": "Hi",
+                             "text": "Hello"})
+        assert r.status_code == 200, r.text
+        message_id = r.json()["accepted"][0]["messageId"]
+        # Well under the 10 s the first member's POSTs each take to time out: not waiting behind them.
+        got = receiver.wait_for(lambda g: any(x.event["type"] == "accepted" for x in g), timeout=5.0)
+        assert time.monotonic() - started < 5.0
+        assert {x.event["data"]["message_id"] for x in got if x.event["type"] == "accepted"} == {message_id}
+        # One lane per member, one POST at a time: the first member's 40 events wait for its own endpoint
+        # (a second POST at most, if the first timed out meanwhile), not in 16 workers' worth of slots.
+        assert len(hung) <= 2, len(hung)
+    finally:
+        release.set()
+        slow.shutdown()
+        slow.server_close()
