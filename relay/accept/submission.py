@@ -20,7 +20,7 @@ from relay.smtp.reply import Reply
 from relay.smtp.trace import received
 from relay.store.aio import AsyncStore
 
-log = logging.getLogger("relay.submission")
+log = logging.getLogger("relay.accept.submission")
 
 
 class SubmissionHandler:

@@ -80,7 +80,7 @@ from relay.store.writer import StatusWriter
 from spool import Spool, SpoolError
 from spool.segment import make_dirs
 
-log = logging.getLogger("relay.supervisor")
+log = logging.getLogger("relay.app.supervisor")
 
 
 @dataclass(slots=True)

@@ -37,7 +37,7 @@ from relay.store.aio import AsyncStore
 from relay.store.base import Store
 from relay.store.rows import Domain, Member
 
-log = logging.getLogger("relay.auth")
+log = logging.getLogger("relay.members.auth")
 
 
 @dataclass(frozen=True, slots=True)

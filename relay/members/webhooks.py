@@ -50,7 +50,7 @@ from relay.store.aio import AsyncStore
 from relay.store.base import Store
 from relay.store.rows import OutboxEvent, Webhook
 
-log = logging.getLogger("relay.webhooks")
+log = logging.getLogger("relay.members.webhooks")
 
 EVENT_TYPES = ("accepted", "delivered", "deferred", "bounced", "complained", "unsubscribed")
 SIGNATURE_HEADER = "Atmos-Signature"

@@ -37,7 +37,7 @@ from relay.delivery.routing import Resolver, RoutingError
 if TYPE_CHECKING:
     from relay.config import Config
 
-log = logging.getLogger("relay.egress")
+log = logging.getLogger("relay.net.egress")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")

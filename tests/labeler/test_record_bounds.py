@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import trio
 
-from relay.egress import Egress
 from relay.labeler.service import get_record
+from relay.net.egress import Egress
 
 DID = "did:plc:recordaaaaaaaaaaaaaaaaaa"
 LOOPBACK = Egress(allow_loopback=True, allow_http=True)  # the hostile PDS is a loopback test peer

@@ -172,7 +172,7 @@ async def test_one_address_has_at_most_per_ip_concurrency_checks_at_once(
             raise AssertionError("the gate was never opened")
         return counting(key, hashed)
 
-    monkeypatch.setattr(relay.apikey, "check_api_key", gated)
+    monkeypatch.setattr(relay.members.apikey, "check_api_key", gated)
     limits = AuthConfig(per_ip_burst=100, per_ip_concurrency=2, per_did_burst=100)
     auth = Authenticator(store, ApiKeyCache(bcrypt_threads=1), limits)
     outcomes: list[str] = []
