@@ -632,36 +632,46 @@ class SmtpClient:
         await self._send(out, seconds, phase)
         return await self._read(seconds, phase)
 
+    # Plain cancel scopes, not trio.fail_after (a generator context manager): these run several times
+    # per message.
+
     async def _send(self, out: bytes | memoryview, seconds: float, phase: str) -> None:
         stream = self._live(phase)
+        scope = trio.CancelScope(deadline=trio.current_time() + seconds)
         try:
-            with trio.fail_after(seconds):
+            with scope:
                 await stream.send_all(out)
-        except trio.TooSlowError:
-            await self._fail(SmtpTimeout(f"conversation with {self.name} timed out while {phase}"))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self._fail(SmtpConnectError(f"lost connection with {self.name} while {phase}"))
+        if scope.cancelled_caught:
+            await self._fail(SmtpTimeout(f"conversation with {self.name} timed out while {phase}"))
 
     async def _read(self, seconds: float, phase: str) -> Answer:
-        """The next reply, reading as needed, all within ``seconds``."""
-        try:
-            with trio.fail_after(seconds):
-                while True:
-                    try:
-                        event = self._conn.next_reply()
-                    except ReplySyntaxError as exc:
-                        await self._fail(SmtpProtocolError(f"malformed reply from {self.name} while {phase}: {exc}"))
-                    if isinstance(event, Answer):
-                        log.debug("%s: %s -> %s", self.name, event.command.value, event.reply)
-                        return event
-                    if event is not NEED_DATA:  # ConnectionClosed: EOF before the reply
-                        await self._fail(SmtpConnectError(f"lost connection with {self.name} while {phase}"))
+        """The next reply, reading as needed, all within ``seconds`` (often it is buffered already: the
+        replies to a pipelined group tend to arrive together)."""
+        deadline: float | None = None
+        while True:
+            try:
+                event = self._conn.next_reply()
+            except ReplySyntaxError as exc:
+                await self._fail(SmtpProtocolError(f"malformed reply from {self.name} while {phase}: {exc}"))
+            if isinstance(event, Answer):
+                log.debug("%s: %s -> %s", self.name, event.command.value, event.reply)
+                return event
+            if event is not NEED_DATA:  # ConnectionClosed: EOF before the reply
+                await self._fail(SmtpConnectError(f"lost connection with {self.name} while {phase}"))
+            if deadline is None:
+                deadline = trio.current_time() + seconds
+            data: bytes | bytearray = b""
+            scope = trio.CancelScope(deadline=deadline)
+            try:
+                with scope:
                     data = await self._live(phase).receive_some(RECEIVE_SIZE)
-                    self._conn.receive_data(data)
-        except trio.TooSlowError:
-            await self._fail(SmtpTimeout(f"conversation with {self.name} timed out while {phase}"))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._fail(SmtpConnectError(f"lost connection with {self.name} while {phase}"))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._fail(SmtpConnectError(f"lost connection with {self.name} while {phase}"))
+            if scope.cancelled_caught:
+                await self._fail(SmtpTimeout(f"conversation with {self.name} timed out while {phase}"))
+            self._conn.receive_data(data)
 
     def _live(self, phase: str) -> trio.abc.Stream:
         if self._stream is None:
