@@ -118,6 +118,9 @@ class AsyncStore:
     async def set_forward_to(self, domain: str, forward_to: str | None) -> Domain:
         return await self._run(functools.partial(self._store.set_forward_to, domain, forward_to))
 
+    async def set_default_category(self, domain: str, category: str) -> Domain:
+        return await self._run(functools.partial(self._store.set_default_category, domain, category))
+
     # API keys
     async def set_api_key_hash(self, did: str, key_hash: str) -> None:
         await self._run(functools.partial(self._store.set_api_key_hash, did, key_hash))

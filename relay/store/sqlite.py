@@ -73,8 +73,8 @@ Clock = Callable[[], float]
 
 _INSERT_MESSAGE = """
 INSERT INTO messages (id, queue_id, did, from_domain, mail_from, recipient, subject, category, source,
-                      status, attempts, last_reply, next_attempt_at, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      status, attempts, last_reply, next_attempt_at, created_at, updated_at, tags, metadata)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO NOTHING
 """
 # ON CONFLICT (id) rather than INSERT OR IGNORE: OR IGNORE would also silently skip CHECK failures.
@@ -378,6 +378,11 @@ class SqliteStore:
             )
             return _domain(_updated(c, cur, domain))
 
+    def set_default_category(self, domain: str, category: str) -> Domain:
+        domain = normalize_domain(domain)
+        with self._tx() as c:
+            cur = c.execute("UPDATE domains SET default_category = ? WHERE domain = ?", (category, domain))
+            return _domain(_updated(c, cur, domain))
     def confirm_forward_to(self, domain: str, forward_to: str, at: float) -> Domain | None:
         """Mark ``forward_to`` confirmed if it is still the domain's target (None when it changed since)."""
         domain = normalize_domain(domain)
@@ -929,7 +934,7 @@ def _insert_messages(c: sqlite3.Connection, rows: Sequence[MessageRow]) -> int:
     params = [
         (r.id, r.queue_id, r.did, r.from_domain, display_text(r.mail_from), display_text(r.recipient),
          display_text(r.subject), r.category, r.source, r.status, r.attempts, display_text(r.last_reply),
-         r.next_attempt_at, r.created_at, r.updated_at)
+         r.next_attempt_at, r.created_at, r.updated_at, r.tags, r.metadata)
         for r in rows
     ]  # fmt: skip
     return c.executemany(_INSERT_MESSAGE, params).rowcount if params else 0
