@@ -6,10 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from relay.config import Config
 from relay.delivery.prepare import Preparer
-from relay.dkimkeys import SecretBox, new_domain_keys
+from relay.dkimkeys import DomainKeys, SecretBox, new_domain_keys
 from relay.operatorkey import OperatorKeys
 from relay.store import open_store
 from relay.store.aio import AsyncStore
@@ -66,41 +68,39 @@ def selectors(data: bytes) -> list[str]:
 
 
 @pytest.mark.trio
-async def test_new_keys_of_a_domain_are_used_within_the_recheck_interval(tmp_path: Path) -> None:
+async def test_new_keys_of_a_domain_are_used_within_the_recheck_interval(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
     """Parsed keys are kept between messages, but a domain enrolled again with new keys (here, or by another
-    process: the store is the truth) is signed with them once the cached entry is re-checked."""
-    import trio
-
+    process: the store is the truth) is signed with them once the cached entry is re-checked (1 s)."""
     cfg = Config(operator_domain="relay.test", state_dir=str(tmp_path), secret_key=SECRET, public_url="https://r.test")
     store = AsyncStore(open_store("sqlite:///:memory:"))
     await store.create_member(OWNER)
     box = SecretBox(SECRET)
 
-    async def enroll() -> str:
-        keys = new_domain_keys("owned.example")
+    async def enroll(keys: DomainKeys) -> None:
         await store.add_domain(OWNER, "owned.example", selector=keys.selector,
                                rsa_private=box.encrypt(keys.rsa_private_pem),
                                ed25519_private=box.encrypt(keys.ed25519_private_raw), verify_token="t",
                                state="verified")
-        return keys.selector
 
-    old = await enroll()
-    prepare = Preparer(cfg, store, OperatorKeys(tmp_path, SECRET), key_recheck=0.3)
+    old, new = new_domain_keys("owned.example"), new_domain_keys("owned.example")
+    await enroll(old)
+    prepare = Preparer(cfg, store, OperatorKeys(tmp_path, SECRET))
     env = Envelope("a@owned.example", ("x@dest.example",), OWNER, {"transactional": "1"}, 1.0)
 
     async def member_selectors() -> list[str]:
         return selectors(await prepare(env, 1, "x@dest.example", MESSAGE))[:-1]  # the last: the operator's
 
-    assert await member_selectors() == [old + "r", old + "e"]
+    assert await member_selectors() == [old.selector + "r", old.selector + "e"]
     first = await prepare._keys_for(OWNER, "owned.example")
-    await trio.sleep(0.35)
+    mock_clock.jump(1.1)
     assert await prepare._keys_for(OWNER, "owned.example") is first  # re-checked, row unchanged: not parsed again
     await store.call(lambda s: s.release_domain("owned.example"))
-    new = await enroll()
-    assert new != old
-    assert await member_selectors() == [old + "r", old + "e"]  # within the interval: the cached keys
-    await trio.sleep(0.35)
-    assert await member_selectors() == [new + "r", new + "e"]
+    await enroll(new)
+    assert await member_selectors() == [old.selector + "r", old.selector + "e"]  # within the second: cached
+    mock_clock.jump(1.1)
+    assert await member_selectors() == [new.selector + "r", new.selector + "e"]
     await store.call(lambda s: s.release_domain("owned.example"))
-    await trio.sleep(0.35)
+    mock_clock.jump(1.1)
     assert await member_selectors() == []  # no keys any more: the operator's signature only
