@@ -405,13 +405,14 @@ class SmtpClient:
         if self._conn.unread:
             return True
         sock = _raw_socket(self._stream)
-        if sock is None:
+        if sock is None or sock.fileno() < 0:
             return True
+        poller = select.poll()  # not select.select: no FD_SETSIZE limit with many connections open
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))  # POLLIN, or POLLHUP/POLLERR (always reported)
         except (OSError, ValueError):  # closed under us
             return True
-        return bool(readable)
 
     def defer_reset(self) -> bool:
         """Send the reuse check (RSET) ahead of the next transaction in its pipelined group instead of
