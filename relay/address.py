@@ -7,6 +7,7 @@ local parts per RFC 6531 §3.3 are allowed).
 
 from __future__ import annotations
 
+import functools
 import re
 
 # did:plc is 24 chars of base32-sortable (a-z2-7); did:web is a hostname with optional %3A port.
@@ -34,8 +35,12 @@ def is_domain(domain: str) -> bool:
     return len(domain) <= 253 and len(labels) >= 2 and all(_LABEL.fullmatch(lab) for lab in labels)
 
 
+@functools.lru_cache(maxsize=4096)
 def split_address(address: str) -> tuple[str, str]:
-    """``local@domain`` → (local, normalized domain); ValueError names the problem."""
+    """``local@domain`` → (local, normalized domain); ValueError names the problem.
+
+    Cached (pure, and asked several times per message: RCPT, the sender's domain for rate limits,
+    signing...); an address that raises is not cached."""
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise ValueError(f"{address!r} is not an address of the form local@domain")

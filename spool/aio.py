@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +37,10 @@ _BATCH_BYTES = 16 << 20
 # (the drafts may already be durable: a session must then get its 250, not a 451), but not forever.
 _ANSWER_WAIT = 120.0
 _PRESSURE_TICK = 1.0  # seconds between attempts to take the disk reserve back
+# Messages just committed are kept in memory up to this many bytes (the oldest go first) for their first
+# delivery attempt, which follows at once: reading them back would cost a worker-thread hop per message.
+RECENT_BYTES = 8 << 20
+_RECENT_MESSAGE_BYTES = 256 << 10  # bigger ones are read from disk, as before
 
 
 class Mirror(Protocol):
@@ -106,6 +111,8 @@ class Spool:
         self._segment_bytes = segment_bytes
         self._max_bytes = max_bytes
         self._max_batch = max_batch
+        self._recent: OrderedDict[int, bytes] = OrderedDict()  # queue id -> data, see RECENT_BYTES
+        self._recent_bytes = 0
         self._reserve_bytes = reserve_bytes
         self._mirror = mirror
         self._store_mark = store_mark
@@ -242,7 +249,29 @@ class Spool:
         if not drafts:
             return []
         results = await self._submit(drafts)
-        return [r for r in results if r is not None]
+        accepted = [r for r in results if r is not None]
+        for (_, data), acc in zip(messages, accepted, strict=True):
+            self._remember(acc.queue_id, data)
+        return accepted
+
+    def recent_data(self, queue_id: int) -> bytes | None:
+        """The bytes of a live message committed moments ago by this process, if still held in memory
+        (``RECENT_BYTES``), else None: ``read_data`` (a disk read, for a worker thread) is the way."""
+        data = self._recent.get(queue_id)
+        if data is not None and self.get(queue_id) is None:  # finished or deleted since: let it go
+            del self._recent[queue_id]
+            self._recent_bytes -= len(data)
+            return None
+        return data
+
+    def _remember(self, queue_id: int, data: bytes) -> None:
+        if len(data) > _RECENT_MESSAGE_BYTES:
+            return
+        self._recent[queue_id] = data
+        self._recent_bytes += len(data)
+        while self._recent_bytes > RECENT_BYTES:
+            _, old = self._recent.popitem(last=False)
+            self._recent_bytes -= len(old)
 
     async def _submit(self, drafts: list[Draft]) -> list[Accepted | None]:
         w = _Waiter(drafts)

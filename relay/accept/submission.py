@@ -51,9 +51,7 @@ class SubmissionHandler:
     async def _key_still_current(self, principal: Principal) -> None:
         """A regenerated key ends the sessions that authenticated with the old one, in every process
         (the stored hash is the truth; ``atmos admin`` or another node may have changed it)."""
-        if await self._store.get_api_key_hash(principal.did) != principal.key_hash:
-            log.info("did=%s: API key regenerated, ending a session that used the old one", principal.did)
-            raise KeyRegenerated()
+        _end_if_regenerated(principal, await self._store.get_api_key_hash(principal.did))
 
     async def on_mail(self, session: Session, address: str, params: dict[str, str]) -> Reply:
         principal = _principal(session)
@@ -85,7 +83,11 @@ class SubmissionHandler:
 
     async def on_message(self, session: Session, data: bytes) -> Reply:
         principal = _principal(session)
-        await self._key_still_current(principal)
+        # One store hop for the key check and every recipient's suppression flag (a hop costs the event
+        # loop a thread wake-up per message); the flags are not used when the mail is transactional.
+        stored_hash, flags = await self._store.call(lambda s: (
+            s.get_api_key_hash(principal.did), [s.is_suppressed(principal.did, r) for r in session.rcpts]))
+        _end_if_regenerated(principal, stored_hash)
         check_header_from(principal, data, self._header_limit)
         headers = parse_headers(data, self._header_limit)
         assert session.mail_from is not None
@@ -100,7 +102,6 @@ class SubmissionHandler:
         rcpts = list(session.rcpts)
         suppressed: list[str] = []
         if category not in TRANSACTIONAL:
-            flags = await self._store.call(lambda s: [s.is_suppressed(principal.did, r) for r in rcpts])
             suppressed = [r for r, flag in zip(rcpts, flags, strict=True) if flag]
             rcpts = [r for r, flag in zip(rcpts, flags, strict=True) if not flag]
         if not rcpts:
@@ -125,6 +126,13 @@ class SubmissionHandler:
         # After DATA one reply covers every recipient (RFC 5321 §4.1.1.4): suppressed ones are named here.
         note = f"; not sent to suppressed {', '.join(suppressed)}" if suppressed else ""
         return Reply(250, "2.0.0", f"queued as {ids}{note}")
+
+
+def _end_if_regenerated(principal: Principal, stored_hash: str | None) -> None:
+    """``KeyRegenerated`` (421) when the stored hash is no longer the one the session authenticated with."""
+    if stored_hash != principal.key_hash:
+        log.info("did=%s: API key regenerated, ending a session that used the old one", principal.did)
+        raise KeyRegenerated()
 
 
 def without_bcc(data: bytes) -> bytes:

@@ -14,7 +14,8 @@ A session refused with a 5xx reply by every address (554 greeting, HELO refused)
 
 The ``ConnectionPool`` keeps connections that ended a transaction cleanly, keyed by (address, port,
 TLS policy), for the next message to the same destination (Postfix's connection cache): RSET before
-reuse (a dead or refused connection is dropped and the next one, or a new one, is used), an idle
+reuse, pipelined with the next transaction when the server allows (a dead or refused connection is
+dropped and the next one, or a new one, is used, before anything of the message is sent), an idle
 timeout, a cap on idle connections per key, and a cap on messages per connection.
 """
 
@@ -30,7 +31,16 @@ from typing import NamedTuple
 import trio
 
 from relay.delivery.congestion import HostHealth
-from relay.smtp.client import ClientTimeouts, PeerCheck, SmtpClient, SmtpError, SmtpTlsError, TlsPolicy, open_smtp
+from relay.smtp.client import (
+    ClientTimeouts,
+    PeerCheck,
+    SmtpClient,
+    SmtpError,
+    SmtpStaleConnection,
+    SmtpTlsError,
+    TlsPolicy,
+    open_smtp,
+)
 from relay.smtp.reply import Reply
 
 __all__ = ["ConnectionPool", "DeliveryResult", "PoolKey", "deliver"]
@@ -105,9 +115,11 @@ async def deliver(
             await slot.acquire()
         try:
             key = PoolKey(address, port, tls_policy, auth)
-            client = await pool.acquire(key) if pool is not None else None
-            reused = client is not None
-            if client is None:
+            result: DeliveryResult | None = None
+            while result is None and pool is not None and (client := await pool.acquire(key)) is not None:
+                result = await _transaction(client, key, mx_name, mail_from, rcpts, data, smtputf8, pool, True)
+                # None: that one failed the RSET sent ahead of the transaction, nothing was answered: the next.
+            if result is None:
                 try:
                     client = await open_smtp(
                         address,
@@ -125,7 +137,8 @@ async def deliver(
                         hosts.record(address, port, timed_out="timed out" in exc.text)
                     error = exc
                     continue
-            result = await _transaction(client, key, mx_name, mail_from, rcpts, data, smtputf8, pool, reused)
+                result = await _transaction(client, key, mx_name, mail_from, rcpts, data, smtputf8, pool, False)
+                assert result is not None  # only a reused connection has an RSET ahead of its transaction
             if hosts is not None:
                 hosts.record(address, port, timed_out="timed out" in (result.connection_error or ""))
             return result
@@ -153,7 +166,9 @@ async def _transaction(
     smtputf8: bool,
     pool: ConnectionPool | None,
     reused: bool,
-) -> DeliveryResult:
+) -> DeliveryResult | None:
+    """The transaction's result; None when the reused connection turned out stale (``SmtpStaleConnection``:
+    nothing was answered, so the caller may try another connection at once)."""
     def result(per_rcpt: dict[str, Reply], error: str | None = None) -> DeliveryResult:
         return DeliveryResult(
             mx_name,
@@ -169,6 +184,10 @@ async def _transaction(
 
     try:
         outcome = await client.send_message(mail_from, rcpts, data, smtputf8=smtputf8)
+    except SmtpStaleConnection as exc:
+        log.debug("pooled connection to %s dropped: %s", client.name, exc.text)
+        await client.aclose()
+        return None
     except SmtpError as exc:
         log.info("delivery to %s: %s", mx_name, exc.text)
         await client.aclose()
@@ -207,13 +226,19 @@ class ConnectionPool:
         return sum(len(v) for v in self._idle.values())
 
     async def acquire(self, key: PoolKey) -> SmtpClient | None:
-        """A live idle connection for ``key`` (checked with RSET), or None: open a new one."""
+        """A live idle connection for ``key`` (checked with RSET), or None: open a new one.
+
+        The RSET goes ahead of the next transaction in its pipelined group when the server offers
+        PIPELINING and said nothing while the connection was idle (``SmtpClient.defer_reset``); else it
+        is a round trip here, and a connection that fails it is dropped."""
         await self.prune()
         entries = self._idle.get(key)
         while entries:
             client = entries.pop().client  # the most recently used: the least likely to have timed out
             if not entries:
                 del self._idle[key]
+            if client.defer_reset():
+                return client
             try:
                 await client.reset()
             except SmtpError as exc:

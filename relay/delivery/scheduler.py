@@ -338,7 +338,9 @@ class Scheduler:
         st = msg.recipient(job.rcpt_id)
         if not _pending(st.state):
             return None
-        data = await trio.to_thread.run_sync(self._spool.read_data, job.queue_id)
+        data = self._spool.recent_data(job.queue_id)  # just accepted: still in memory, no disk read
+        if data is None:
+            data = await trio.to_thread.run_sync(self._spool.read_data, job.queue_id)
         env = msg.envelope
         # Null reverse-path stays null (a DSN); a forwarded reply keeps its SRS sender (RFC-style
         # SRS0, so the original sender can be reached and SPF passes); everything else gets VERP.

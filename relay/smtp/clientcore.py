@@ -201,6 +201,11 @@ class ClientConnection:
         """Commands sent and not yet answered, oldest first."""
         return tuple(p.command for p in self._pending)
 
+    @property
+    def unread(self) -> bool:
+        """Received input (or the end of it) that ``next_reply`` has not returned yet."""
+        return bool(self._lines.data or self._reply_lines or self._lines.eof)
+
     def receive_data(self, data: bytes | bytearray) -> None:
         """Feed received bytes; ``b""`` means the server closed its side."""
         if self.state is ClientState.TLS:

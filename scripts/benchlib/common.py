@@ -106,6 +106,9 @@ class RunResult:
     latencies: list[float] = field(default_factory=list)  # seconds, MAIL FROM -> 250 after the dot
     errors: list[str] = field(default_factory=list)
     cpu: float | None = None  # server CPU seconds during the run (its whole process tree)
+    # server CPU seconds from the start of the load until its queue was empty again: what accepting,
+    # signing and delivering the run's messages cost (``cpu`` stops with the load, delivery does not)
+    cpu_drained: float | None = None
     client_cpu: float | None = None  # load generator CPU seconds (all worker processes)
     window: float = 0.0  # seconds over which cpu/client_cpu/system_busy were taken (load + spawn)
     system_busy: float | None = None  # busy CPU seconds of the whole machine over ``window``
@@ -122,6 +125,13 @@ class RunResult:
     def _share(self, seconds: float | None) -> float | None:
         span = self.window or self.wall
         return None if seconds is None or span <= 0 else seconds / span
+
+    @property
+    def cpu_per_message(self) -> float | None:
+        """Server CPU seconds per accepted message, accept to delivered (``cpu_drained``)."""
+        if self.cpu_drained is None or self.accepted <= 0:
+            return None
+        return self.cpu_drained / self.accepted
 
     @property
     def cpu_share(self) -> float | None:

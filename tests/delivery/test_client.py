@@ -106,12 +106,14 @@ class Peer:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.buf = bytearray()
+        self.reads: list[bytes] = []  # what each receive returned (one write of the client arrives as one)
 
     async def line(self) -> bytes:
         while (end := self.buf.find(b"\n")) < 0:
             data = await self.stream.receive_some(65536)
             if not data:
                 raise EOFError
+            self.reads.append(data)
             self.buf += data
         line = bytes(self.buf[: end + 1])
         del self.buf[: end + 1]
@@ -151,17 +153,23 @@ async def scripted_server(script: Script) -> AsyncIterator[tuple[int, list[int]]
         nursery.cancel_scope.cancel()
 
 
-async def simple_session(peer: Peer, *, starttls: bool = False) -> None:
-    """A minimal lock-step receiver that accepts everything."""
+async def simple_session(peer: Peer, *, starttls: bool = False, pipelining: bool = False,
+                         messages: int | None = None) -> None:
+    """A minimal receiver that accepts everything; after ``messages`` messages it closes the connection
+    when the next command arrives, without a word (as a server whose idle timer just fired)."""
     await peer.say(b"220 fake.test ESMTP\r\n")
     while True:
         cmd = (await peer.line()).upper()
+        if messages is not None and messages <= 0:
+            return
         if cmd.startswith(b"EHLO"):
-            await peer.say(b"250-fake.test\r\n" + (b"250-STARTTLS\r\n" if starttls else b"") + b"250 8BITMIME\r\n")
+            await peer.say(b"250-fake.test\r\n" + (b"250-STARTTLS\r\n" if starttls else b"")
+                           + (b"250-PIPELINING\r\n" if pipelining else b"") + b"250 8BITMIME\r\n")
         elif cmd.startswith(b"DATA"):
             await peer.say(b"354 go ahead\r\n")
             await peer.until_dot()
             await peer.say(b"250 2.0.0 queued\r\n")
+            messages = None if messages is None else messages - 1
         elif cmd.startswith(b"QUIT"):
             await peer.say(b"221 2.0.0 bye\r\n")
             return
@@ -513,6 +521,45 @@ async def test_pool_drops_dead_connections(tmp_path: Path) -> None:
     # The sink shut down: its idle session got 421 and was closed.
     assert await pool.acquire(key) is None
     assert pool.idle() == 0
+
+
+@pytest.mark.trio
+async def test_reuse_check_rides_in_the_transactions_write() -> None:
+    """RFC 2920 §3.1: on a reused connection the RSET goes in one write with MAIL, RCPT and DATA."""
+    peers: list[Peer] = []
+
+    async def script(peer: Peer, n: int) -> None:
+        peers.append(peer)
+        await simple_session(peer, pipelining=True)
+
+    pool = ConnectionPool()
+    async with scripted_server(script) as (port, seen):
+        first = await send(port, pool=pool)
+        second = await send(port, ["b@dest.test"], pool=pool)
+        await pool.aclose()
+    assert (first.reused, second.reused, seen) == (False, True, [0])
+    assert second.per_rcpt == {"b@dest.test": Reply(250, "2.0.0", "queued")}
+    [peer] = peers
+    group = b"RSET\r\nMAIL FROM:<%s>\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n" % FROM.encode()
+    assert group in peer.reads, peer.reads
+
+
+@pytest.mark.trio
+async def test_a_pooled_connection_closed_at_reuse_gives_way_to_a_new_one() -> None:
+    """The server hangs up on the RSET ahead of the transaction: nothing was answered, so the message goes
+    through a new connection at once (not a deferral)."""
+
+    async def script(peer: Peer, n: int) -> None:
+        await simple_session(peer, pipelining=True, messages=1 if n == 0 else None)
+
+    pool = ConnectionPool()
+    async with scripted_server(script) as (port, seen):
+        first = await send(port, pool=pool)
+        second = await send(port, ["b@dest.test"], pool=pool)
+        await pool.aclose()
+    assert first.per_rcpt["a@dest.test"].code == 250
+    assert second.connection_error is None and second.per_rcpt == {"b@dest.test": Reply(250, "2.0.0", "queued")}
+    assert (second.reused, seen) == (False, [0, 1])
 
 
 @pytest.mark.trio

@@ -6,10 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from relay.config import Config
 from relay.delivery.prepare import Preparer
-from relay.mail.dkimkeys import SecretBox, new_domain_keys
+from relay.mail.dkimkeys import DomainKeys, SecretBox, new_domain_keys
 from relay.mail.operatorkey import OperatorKeys
 from relay.store import open_store
 from relay.store.aio import AsyncStore
@@ -58,3 +60,47 @@ async def test_forwarded_replies_are_arc_sealed_not_signed_as_ours(tmp_path: Pat
     assert b"ARC-Authentication-Results: i=1; relay.test;" in head
     assert signers(out) == []
     assert out.endswith(reply)
+
+
+def selectors(data: bytes) -> list[str]:
+    head = data.split(b"\r\n\r\n", 1)[0].decode().replace("\r\n\t", " ").replace("\r\n ", " ")
+    return re.findall(r"(?im)^DKIM-Signature:.*?\bs=([^;\s]+)", head)
+
+
+@pytest.mark.trio
+async def test_new_keys_of_a_domain_are_used_within_the_recheck_interval(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """Parsed keys are kept between messages, but a domain enrolled again with new keys (here, or by another
+    process: the store is the truth) is signed with them once the cached entry is re-checked (1 s)."""
+    cfg = Config(operator_domain="relay.test", state_dir=str(tmp_path), secret_key=SECRET, public_url="https://r.test")
+    store = AsyncStore(open_store("sqlite:///:memory:"))
+    await store.create_member(OWNER)
+    box = SecretBox(SECRET)
+
+    async def enroll(keys: DomainKeys) -> None:
+        await store.add_domain(OWNER, "owned.example", selector=keys.selector,
+                               rsa_private=box.encrypt(keys.rsa_private_pem),
+                               ed25519_private=box.encrypt(keys.ed25519_private_raw), verify_token="t",
+                               state="verified")
+
+    old, new = new_domain_keys("owned.example"), new_domain_keys("owned.example")
+    await enroll(old)
+    prepare = Preparer(cfg, store, OperatorKeys(tmp_path, SECRET))
+    env = Envelope("a@owned.example", ("x@dest.example",), OWNER, {"transactional": "1"}, 1.0)
+
+    async def member_selectors() -> list[str]:
+        return selectors(await prepare(env, 1, "x@dest.example", MESSAGE))[:-1]  # the last: the operator's
+
+    assert await member_selectors() == [old.selector + "r", old.selector + "e"]
+    first = await prepare._keys_for(OWNER, "owned.example")
+    mock_clock.jump(1.1)
+    assert await prepare._keys_for(OWNER, "owned.example") is first  # re-checked, row unchanged: not parsed again
+    await store.call(lambda s: s.release_domain("owned.example"))
+    await enroll(new)
+    assert await member_selectors() == [old.selector + "r", old.selector + "e"]  # within the second: cached
+    mock_clock.jump(1.1)
+    assert await member_selectors() == [new.selector + "r", new.selector + "e"]
+    await store.call(lambda s: s.release_domain("owned.example"))
+    mock_clock.jump(1.1)
+    assert await member_selectors() == []  # no keys any more: the operator's signature only

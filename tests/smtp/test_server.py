@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import pytest
 import trio
+import trio.testing
 
 from relay.smtp.limits import Limits
 from relay.smtp.reply import Reply
@@ -173,6 +174,52 @@ async def test_pipelining(handler: RecordingHandler) -> None:
         await client.aclose()
         await server.shutdown(grace=1)
     assert [m.rcpts for m in handler.messages] == [["b@example.org", "c@example.org"]]
+
+
+class _Writes(trio.abc.Stream):
+    """The server's side of an in-memory connection, keeping what each ``send_all`` wrote."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.trio
+async def test_replies_to_a_pipelined_group_leave_in_one_write(handler: RecordingHandler) -> None:
+    """RFC 2920 §3.1: the server may send the replies to a group together; one write is one syscall
+    (and one TLS record) instead of one per command. The 250 after the final dot goes out at once."""
+    from relay.smtp.server import handle_connection
+
+    client, server_side = trio.testing.memory_stream_pair()
+    server = _Writes(server_side)
+    await client.send_all(
+        b"EHLO client.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\n"
+        b"RCPT TO:<c@example.org>\r\nDATA\r\n"
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handle_connection, server, ("192.0.2.1", 1), plain_config(), handler)
+        raw = RawClient(client)
+        assert [(await raw.reply()).code for _ in range(6)] == [220, 250, 250, 250, 250, 354]
+        await client.send_all(b"Subject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+        assert [(await raw.reply()).code for _ in range(2)] == [250, 221]
+    greeting, group, queued, bye = server.writes
+    assert greeting.startswith(b"220 ")
+    # the EHLO reply (its last line "250 ..."), MAIL, two RCPT, DATA
+    assert group.startswith(b"250-relay.test") and group.count(b"\r\n250 ") == 4 and group.endswith(b".<CR><LF>\r\n")
+    assert queued.startswith(b"250 ") and bye.startswith(b"221 ")
 
 
 @pytest.mark.trio

@@ -186,3 +186,26 @@ async def test_big_messages_round_trip(tmp_path: Path) -> None:
         assert all(spool.read_data(a.queue_id) == data for a in accs)
         assert spool.stats().segments == 3
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_just_committed_messages_are_read_from_memory_while_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import spool.aio
+
+    monkeypatch.setattr(spool.aio, "RECENT_BYTES", 10)  # room for two 5-byte messages
+    s = Spool(tmp_path / "spool")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(s.run)
+        a, b = await s.commit([(envelope(1), b"first"), (envelope(1), b"secnd")])
+        assert (s.recent_data(a.queue_id), s.recent_data(b.queue_id)) == (b"first", b"secnd")
+        c = await s.accept(envelope(1), b"third")
+        assert s.recent_data(a.queue_id) is None  # the oldest gave way
+        assert s.read_data(a.queue_id) == b"first"  # and is read from disk
+        assert s.recent_data(c.queue_id) == b"third"
+        await s.transition([Transition(b.queue_id, r, State.SENT) for r in b.rcpt_ids])
+        assert s.recent_data(b.queue_id) is None  # finished: not held for anyone any more
+        big = await s.accept(envelope(1), b"x" * (spool.aio._RECENT_MESSAGE_BYTES + 1))
+        assert s.recent_data(big.queue_id) is None
+        nursery.cancel_scope.cancel()
