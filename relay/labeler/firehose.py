@@ -183,7 +183,13 @@ class Firehose:
             try:
                 async with trio.open_nursery() as nursery:
                     with trio.fail_after(30):
+                        # No queue between trio-websocket's reader and us (message_queue_size=0): when a
+                        # frame is over the cap, the library closes its receive channel and drops every
+                        # queued message, so a commit that arrived whole just before a hostile frame would
+                        # be lost (only a server that replays from our cursor would send it again). With a
+                        # hand-off, the reader reads the next frame only once we hold the previous one.
                         ws = await trio_websocket.wrap_client_stream(nursery, stream, host, resource,
+                                                                     message_queue_size=0,
                                                                      max_message_size=self.max_frame)
                     try:
                         await self._receive(ws, url)
