@@ -213,6 +213,7 @@ async def _policies(cfg: Config, domain: str, lookup: DnsLookup, context: ssl.SS
                     port: int) -> list[Check]:
     from relay.delivery.routing import Resolver
     from relay.delivery.tlspolicy import verified_context
+    from relay.egress import Egress
 
     ours = mx_host(cfg)
     checks: list[Check] = []
@@ -236,7 +237,7 @@ async def _policies(cfg: Config, domain: str, lookup: DnsLookup, context: ssl.SS
     elif sts_id is not None:
         resolver = Resolver(cfg.dns.nameservers or cfg.delivery.nameservers, lifetime=lookup.lifetime)
         try:
-            body = await fetch_policy(domain, addresses=resolver.addresses,
+            body = await fetch_policy(domain, egress=Egress.from_config(cfg, resolver=resolver),
                                       context=context or verified_context(cfg.delivery.tls_ca_file), port=port)
             policy = parse_policy(body, sts_id=sts_id)
         except StsError as exc:
