@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ import trio
 import trio_websocket
 from atproto import Client
 
+from relay.delivery.routing import Resolver
+from relay.egress import Egress
 from relay.labeler.conditions import ATTESTATION_COLLECTION
 from relay.labeler.firehose import Firehose, FrameError, decode_jetstream, decode_repos_frame
 from relay.store import open_store
@@ -25,6 +28,7 @@ from tests.e2e.relayproc import RelayProcess, make_tls
 from tests.labeler.conftest import DOMAIN, LABELER, query, wait_for, zone_lines
 from tests.localpds.fixture import LocalPds, local_pds, probe_tls
 from tests.peers.knot import KnotServer
+from tests.peers.knot import knot_fixture as knot_fixture  # registers the ``knot`` fixture
 
 __all__ = ["local_pds", "probe_tls"]  # session fixtures (start the local PDS once)
 
@@ -156,7 +160,7 @@ async def test_jetstream_client_survives_hostile_frames_and_resumes_from_its_cur
         url = f"ws://127.0.0.1:{server.port}/subscribe"
         # Every complete frame that arrived before the oversized one is handled (trio-websocket discards
         # its queued messages when it closes for size, so the client must not let any queue up).
-        firehose = Firehose(url, _BusyStore(store), on_member, max_frame=4096)
+        firehose = Firehose(url, _BusyStore(store), on_member, max_frame=4096, egress=Egress(allow_loopback=True))
         await nursery.start(firehose.run)
         with trio.fail_after(30):
             await two.wait()
@@ -166,6 +170,56 @@ async def test_jetstream_client_survives_hostile_frames_and_resumes_from_its_cur
     assert "cursor=12" in paths[1] and "cursor=12" in paths[2]  # resumed after the oversized frame and the junk
     assert await store.get_firehose_cursor(url) == 13
     await store.aclose()
+
+
+@pytest.mark.trio
+async def test_a_stream_host_on_a_private_address_is_refused_unconnected(
+        knot: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The firehose connects through relay.egress: a stream host resolving to 10.x, or to loopback without
+    ``[testing] allow_loopback_peers``, is refused before any connection, the reason logged, and the
+    client keeps backing off (no cursor, no frames)."""
+    import socket
+
+    listener = socket.socket()  # where a connection would land: nothing may knock
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    dns: KnotServer = knot({"private.test": ["fh A 10.0.0.1"], "loop.test": ["fh A 127.0.0.1"]})
+    egress = Egress(resolver=Resolver(dns.nameservers, lifetime=3))
+    store = AsyncStore(open_store(f"sqlite:///{tmp_path / 'relay.db'}"))
+    hoses = [Firehose(f"wss://fh.private.test:{port}/subscribe", store, print, egress=egress),
+             Firehose(f"wss://fh.loop.test:{port}/subscribe", store, print, egress=egress),
+             Firehose(f"ws://fh.loop.test:{port}/subscribe", store, print, egress=egress)]  # ws: not outside --dev
+    wanted = {"fh.private.test: refusing to connect (10.0.0.1 is private)",
+              "fh.loop.test: refusing to connect (127.0.0.1 is loopback)",
+              f"'ws://fh.loop.test:{port}/subscribe' must be wss://"}
+    all_logged = trio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            wanted.difference_update({w for w in wanted if w in record.getMessage()})
+            if not wanted:
+                all_logged.set()
+
+    watch = Watch()
+    logging.getLogger("relay.labeler.firehose").addHandler(watch)
+    try:
+        with caplog.at_level("WARNING", logger="relay.labeler.firehose"):
+            async with trio.open_nursery() as nursery:
+                for hose in hoses:
+                    await nursery.start(hose.run)
+                with trio.fail_after(10):
+                    await all_logged.wait()
+                nursery.cancel_scope.cancel()
+        assert [(h.connects, h.frames, h.cursor) for h in hoses] == [(0, 0, None)] * 3
+        assert any("outbound connection refused: fh.private.test" in r.getMessage() for r in caplog.records)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was made
+    finally:
+        logging.getLogger("relay.labeler.firehose").removeHandler(watch)
+        listener.close()
+        await store.aclose()
 
 
 def test_decoders_refuse_junk() -> None:
