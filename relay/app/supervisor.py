@@ -255,7 +255,7 @@ async def run_relay(
                 await root.start(labeler.run)
                 if cfg.labeler.firehose_url:
                     firehose = Firehose(cfg.labeler.firehose_url, store, labeler.request_check,
-                                        max_frame=cfg.labeler.firehose_max_frame)
+                                        max_frame=cfg.labeler.firehose_max_frame, egress=Egress.from_config(cfg))
                     await root.start(firehose.run)
             task_status.started(bound)
             _announce(cfg, bound, demo)

@@ -1,6 +1,6 @@
 """MTA-STS (RFC 8461): a recipient domain's promise that its MX hosts speak verified TLS.
 
-    sts = MtaSts(txt=DnsLookup(ns), addresses=resolver.addresses, context=verify_context())
+    sts = MtaSts(txt=DnsLookup(ns), egress=Egress.from_config(cfg), context=verify_context())
     found = await sts.policy("example.com")   # StsLookup(policy=StsPolicy | None, failure=None | (type, detail))
     found.policy.mode                          # "enforce" | "testing" | "none"
     found.policy.allows("mx1.example.com")     # §4.1 MX host matching
@@ -12,8 +12,9 @@ Discovery and caching (§3, §5.1):
   or the id changed.
 - The policy comes from ``https://mta-sts.<domain>/.well-known/mta-sts.txt`` only: certificate valid for
   that name (WebPKI), status 200, no redirects (§3.3), ``text/plain``, at most ``max_bytes`` octets,
-  everything within ``timeout`` seconds, connected to an address we resolved ourselves (no proxy, no
-  re-resolution) that the outbound address rule allows.
+  everything within ``timeout`` seconds, connected to an address resolved and allowed by the one outbound
+  address policy (relay.net.egress: no private, loopback or link-local address unless ``[testing]
+  allow_loopback_peers``), and to exactly that address (no proxy, no re-resolution).
 - A cached policy is used until its ``max_age`` runs out, even when the TXT record vanishes or a refetch
   fails (§5.1: that is what defeats an attacker who strips the record); the ``run`` service refreshes
   policies in the background before they expire. The cache is bounded (least recently used out) and
@@ -30,13 +31,14 @@ import re
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import h11
 import trio
 
+from relay.net.egress import Egress, EgressRefused
 from relay.store.rows import StsPolicyRow
 
 __all__ = ["MtaSts", "StsError", "StsLookup", "StsPolicy", "fetch_policy", "parse_policy", "parse_record"]
@@ -156,13 +158,10 @@ def parse_policy(body: bytes, *, sts_id: str = "", fetched_at: float = 0.0) -> S
 # ---- fetching -------------------------------------------------------------------------------------
 
 
-Addresses = Callable[[str], Awaitable[list[str]]]
-
-
 async def fetch_policy(
     domain: str,
     *,
-    addresses: Addresses,
+    egress: Egress,
     context: ssl.SSLContext,
     timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (a deadline for the whole fetch, passed on)
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -172,11 +171,11 @@ async def fetch_policy(
     host = f"mta-sts.{domain}"
     with trio.move_on_after(timeout) as scope:
         try:
-            found = await addresses(host)
-        except Exception as exc:  # the resolver's typed errors; any of them means "could not fetch"
-            raise StsError("sts-policy-fetch-error", f"looking up {host} failed: {exc}") from None
-        if not found:
-            raise StsError("sts-policy-fetch-error", f"{host} has no usable address")
+            # The policy host is the recipient domain's choice: only addresses the outbound policy allows.
+            found = await egress.resolve(host, port)
+        except EgressRefused as exc:
+            log.warning("MTA-STS policy fetch refused: %s", exc)
+            raise StsError("sts-policy-fetch-error", f"not fetching https://{host}{WELL_KNOWN}: {exc}") from None
         problem = ""
         for address in found[:4]:
             try:
@@ -270,7 +269,7 @@ class MtaSts:
     """Policies per recipient domain (see the module docstring); one per relay, owned by the transport."""
 
     txt: TxtSource
-    addresses: Addresses
+    egress: Egress
     context: ssl.SSLContext
     timeout: float = DEFAULT_TIMEOUT
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -324,7 +323,7 @@ class MtaSts:
                 return
             self.fetches += 1
             try:
-                body = await fetch_policy(domain, addresses=self.addresses, context=self.context,
+                body = await fetch_policy(domain, egress=self.egress, context=self.context,
                                           timeout=self.timeout, max_bytes=self.max_bytes, port=self.port)
                 entry.policy = parse_policy(body, sts_id=sts_id, fetched_at=self.wall())
                 await self._save(domain, entry.policy)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ipaddress
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from relay.delivery.dane import Dane, DaneHost
 from relay.delivery.mtasts import MtaSts, PolicyStore, StsPolicy
 from relay.delivery.routing import MxHost, Resolver, Route
 from relay.dns.checks import DnsLookup
+from relay.net.egress import Egress
 from relay.smtp.client import PeerCheck, TlsPolicy, opportunistic_context, verify_context
 
 if TYPE_CHECKING:
@@ -59,13 +59,9 @@ def tls_planner(cfg: Config, resolver: Resolver, recorder: Recorder | None = Non
     dane = Dane(delivery.nameservers) if level == "dane" else None
     sts = None
     if delivery.mta_sts:
-        async def addresses(host: str) -> list[str]:
-            # The policy host is a stranger's choice: only global addresses, unless tests allow loopback.
-            found = await resolver.addresses(host)
-            return [a for a in found if cfg.testing.allow_loopback_peers or ipaddress.ip_address(a).is_global]
-
-        sts = MtaSts(txt=DnsLookup(delivery.nameservers), addresses=addresses, context=verify,
-                     timeout=delivery.mta_sts_timeout, max_bytes=delivery.mta_sts_max_bytes,
+        # The policy host is a stranger's choice: resolved and allowed by the one outbound address policy.
+        sts = MtaSts(txt=DnsLookup(delivery.nameservers), egress=Egress.from_config(cfg, resolver=resolver),
+                     context=verify, timeout=delivery.mta_sts_timeout, max_bytes=delivery.mta_sts_max_bytes,
                      max_entries=delivery.mta_sts_cache_entries, store=store)
     default = TlsPolicy.OPPORTUNISTIC if level == "dane" else TlsPolicy(level)
     return TlsPlanner(default, dane=dane, sts=sts, verify=verify, recorder=recorder)

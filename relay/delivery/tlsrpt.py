@@ -40,6 +40,7 @@ import trio
 
 from relay.delivery.tlspolicy import PolicyRef
 from relay.dns.checks import DnsLookup
+from relay.net.egress import Egress
 from relay.net.fetch import METADATA_BYTES, fetch
 from relay.store.rows import InboundTlsReport, TlsRptCount
 
@@ -384,28 +385,11 @@ class TlsReporter:
 
 
 
-async def _public_https(url: str, *, allow_loopback: bool = False) -> None:
-    """Refuse an https rua whose host resolves to a non-global address (SSRF). The connection resolves
-    again (httpx), so this is a filter, not a pin; the relay-wide outbound address policy supersedes it."""
-    import ipaddress
-    import urllib.parse
-
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if not host:
-        raise ValueError(f"{url}: no host")
-    infos = await trio.socket.getaddrinfo(host, 443, type=trio.socket.SOCK_STREAM)
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_global and not (allow_loopback and address.is_loopback):
-            raise ValueError(f"{url}: {host} resolves to {address}, not a public address")
-
-
 def tls_reporter(cfg: Config, counter: TlsRptCounter, store: ReportStore, acceptor: Acceptor, *,
                  post_timeout: float = 30.0) -> TlsReporter:
     """The reporter the supervisor runs: mailto through ``acceptor`` (null sender, operator-signed),
-    https with a bounded POST."""
-    import httpx
-
+    https with a bounded POST through the outbound address policy (relay.net.egress)."""
+    egress = Egress.from_config(cfg)
 
     async def mailto(rcpt: str, data: bytes) -> None:
         await acceptor.accept(did=f"did:web:{cfg.operator_domain}", mail_from="", rcpts=[rcpt], data=data,
@@ -414,11 +398,13 @@ def tls_reporter(cfg: Config, counter: TlsRptCounter, store: ReportStore, accept
     async def post(url: str, body: bytes) -> None:
         # §5.4: POST the gzip report; any 2xx is success. No redirects, one overall deadline, and the
         # answer (a stranger's) read only up to a small cap. The URL is the destination's choice: it
-        # must not point the relay at its own network (loopback, private, link-local addresses).
+        # must not point the relay at its own network, so the pinned client of relay.net.egress resolves the
+        # host once, refuses loopback, private and link-local addresses (logging why) and connects to
+        # exactly the address it checked.
 
-        await _public_https(url, allow_loopback=cfg.testing.allow_loopback_peers)
+        egress.check_url(url, what="TLS report endpoint")
         with trio.fail_after(post_timeout):
-            async with httpx.AsyncClient(timeout=post_timeout, follow_redirects=False) as client:
+            async with egress.http_client(timeout=post_timeout) as client:
                 response = await fetch(client, "POST", url, max_bytes=METADATA_BYTES, what="TLS report endpoint",
                                        content=body, headers={"Content-Type": "application/tlsrpt+gzip",
                                                               "User-Agent": "atmosphere-relay (TLS-RPT)"})

@@ -18,7 +18,10 @@ The stream is a stranger's: frames are capped (``labeler.firehose_max_frame`` by
 connection), decoded in a worker thread (one at a time: a flood slows the stream, never the event loop),
 and a cheap byte search skips frames that cannot concern the collection. The cursor (the last ``seq``, or
 Jetstream ``time_us``) is saved every few seconds and sent on reconnect, so no commit is missed across a
-restart; reconnects back off exponentially (1 s doubling to 60 s, with jitter). Enrolled DIDs are
+restart; reconnects back off exponentially (1 s doubling to 60 s, with jitter). The connection goes
+through the one outbound address policy (relay.net.egress): the host is resolved once, private, loopback
+and link-local addresses are refused (loopback only with ``[testing] allow_loopback_peers``), ``ws://``
+only where egress allows ``http://``, and the TCP stream goes to exactly the checked address. Enrolled DIDs are
 re-read from the store every minute (a set bounded by the membership), so a stranger's commits cost no
 store reads.
 """
@@ -39,6 +42,7 @@ import trio
 import trio_websocket
 
 from relay.labeler.conditions import ATTESTATION_COLLECTION
+from relay.net.egress import Egress, EgressRefused
 
 __all__ = ["Firehose", "FrameError", "decode_jetstream", "decode_repos_frame"]
 
@@ -118,6 +122,7 @@ class Firehose:
     store: CursorStore
     on_member: Callable[[str], None]
     max_frame: int = 2 * 1024 * 1024
+    egress: Egress = field(default_factory=Egress)  # the strict policy unless the relay passes its own
     wall: Callable[[], float] = time.time
     # observable state, for tests and the console
     frames: int = 0
@@ -151,7 +156,7 @@ class Firehose:
                 try:
                     await self._session()
                     backoff = _BACKOFF_START  # a session that ended cleanly resets the backoff
-                except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
+                except (OSError, EgressRefused, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
                         trio_websocket.ConnectionTimeout, trio_websocket.DisconnectionTimeout, FrameError,
                         trio.BrokenResourceError, trio.TooSlowError) as exc:
                     log.warning("firehose %s: %s; reconnecting in %.0f s", self.url, exc, backoff)
@@ -171,10 +176,15 @@ class Firehose:
         host, port = parts.hostname or "", parts.port or (443 if secure else 80)
         resource = parts.path + (f"?{parts.query}" if parts.query else "")
         # Our own TCP (and TLS) stream under trio-websocket: it is closed here whatever happens (the
-        # library leaks the socket when a message exceeds max_message_size), and it is where an
-        # outbound address rule can pin the address.
+        # library leaks the socket when a message exceeds max_message_size), and it goes to the address
+        # relay.net.egress checked (wss is judged as https, ws as http).
+        try:
+            self.egress.check_url(urlunsplit(("https" if secure else "http", parts.netloc, parts.path, "", "")))
+        except EgressRefused:
+            raise EgressRefused(f"firehose URL {self.url!r} must be wss:// (ws:// only in --dev or to a "
+                                "loopback test peer)") from None
         with trio.fail_after(30):
-            tcp = await trio.open_tcp_stream(host, port)
+            tcp = await self._connect(host, port)
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
         try:
             if secure:
@@ -183,7 +193,13 @@ class Firehose:
             try:
                 async with trio.open_nursery() as nursery:
                     with trio.fail_after(30):
+                        # No queue between trio-websocket's reader and us (message_queue_size=0): when a
+                        # frame is over the cap, the library closes its receive channel and drops every
+                        # queued message, so a commit that arrived whole just before a hostile frame would
+                        # be lost (only a server that replays from our cursor would send it again). With a
+                        # hand-off, the reader reads the next frame only once we hold the previous one.
                         ws = await trio_websocket.wrap_client_stream(nursery, stream, host, resource,
+                                                                     message_queue_size=0,
                                                                      max_message_size=self.max_frame)
                     try:
                         await self._receive(ws, url)
@@ -199,6 +215,21 @@ class Firehose:
                 raise
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _connect(self, host: str, port: int) -> trio.SocketStream:
+        try:
+            addresses = await self.egress.resolve(host, port)
+        except EgressRefused as exc:
+            log.warning("outbound connection refused: %s", exc)
+            raise
+        last: OSError | None = None
+        for address in addresses:
+            try:
+                return await trio.open_tcp_stream(address, port)
+            except OSError as exc:
+                last = exc
+        assert last is not None
+        raise last
 
     async def _receive(self, ws: trio_websocket.WebSocketConnection, url: str) -> None:
         self.connects += 1

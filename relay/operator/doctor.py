@@ -43,6 +43,7 @@ from relay.dns.checks import DnsLookup, DnsLookupError, Status, check_domain
 from relay.dns.records import DnsRecord, dmarc_name, dmarc_value, mx_host
 from relay.mail.dkimkeys import split_txt
 from relay.mail.operatorkey import OperatorKeys
+from relay.net.egress import Egress
 
 if TYPE_CHECKING:
     from relay.config import Config
@@ -236,7 +237,7 @@ async def _policies(cfg: Config, domain: str, lookup: DnsLookup, context: ssl.SS
     elif sts_id is not None:
         resolver = Resolver(cfg.dns.nameservers or cfg.delivery.nameservers, lifetime=lookup.lifetime)
         try:
-            body = await fetch_policy(domain, addresses=resolver.addresses,
+            body = await fetch_policy(domain, egress=Egress.from_config(cfg, resolver=resolver),
                                       context=context or verified_context(cfg.delivery.tls_ca_file), port=port)
             policy = parse_policy(body, sts_id=sts_id)
         except StsError as exc:

@@ -214,3 +214,38 @@ def test_tlsa_matching_rules(peers: Peers) -> None:
     # An unknown matching type makes the record unusable, not a match.
     assert not Tlsa(3, 1, 7, b"x").usable
     assert TlsaSet("h", (Tlsa(3, 1, 1, b"\0" * 32),)).check([b"not a certificate"]) is not None
+
+
+@pytest.mark.trio
+async def test_a_usable_tlsa_set_takes_precedence_over_mta_sts(peers: Peers, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """RFC 8461 §2: a DNSSEC-secure destination with usable TLSA records is judged by DANE alone, even when
+    an MTA-STS ``enforce`` policy (cached, §5.1) lists none of its MX hosts; an insecure destination with
+    the same policy is held to it."""
+    import ssl
+
+    from relay.delivery.mtasts import MtaSts
+    from relay.delivery.routing import MxHost, Route
+    from relay.dns.checks import DnsLookup
+    from relay.store import open_store
+    from relay.store.aio import AsyncStore
+    from relay.store.rows import StsPolicyRow
+
+    ns = peers.unbound.nameservers
+    store = AsyncStore(open_store(f"sqlite:///{tmp_path / 'relay.db'}"))
+    try:
+        policy = "version: STSv1\r\nmode: enforce\r\nmx: mx.elsewhere.test\r\nmax_age: 86400\r\n"
+        for domain in ("ee.dane.test", "plain.test"):
+            await store.put_sts_policy(StsPolicyRow(domain, "1", policy, time.time(), time.time() + 86400))
+        sts = MtaSts(txt=DnsLookup(ns, lifetime=5), egress=Egress(resolver=Resolver(ns, lifetime=5)),
+                     context=ssl.create_default_context(), store=store)
+        assert await sts.load() == 2
+        planner = TlsPlanner(TlsPolicy.OPPORTUNISTIC, dane=Dane(ns, lifetime=5), sts=sts)
+        [dane] = await planner.plan(Route("ee.dane.test", [MxHost("mx-ee.dane.test", 10, ["127.0.0.1"])], 25))
+        assert (dane.label, dane.skip, dane.ref.kind, dane.policy) == ("DANE", None, "tlsa", TlsPolicy.VERIFY)
+        assert dane.peer_check is not None
+        [held] = await planner.plan(Route("plain.test", [MxHost("mx.plain.test", 10, ["127.0.0.1"])], 25))
+        assert held.label == "MTA-STS enforce" and held.ref.kind == "sts"
+        assert held.skip is not None and "does not list MX host mx.plain.test" in held.skip
+        assert sts.fetches == 0  # the cached policies decided; nothing was fetched
+    finally:
+        await store.aclose()

@@ -96,6 +96,8 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     zones = {d: ["@ MX 10 mx", "mx A 127.0.0.1", "mta-sts A 127.0.0.1", '_mta-sts TXT "v=STSv1; id=20261202"']
              for d in DOMAINS}
     zones["good.test"].append('_mta-sts TXT "some other text"')
+    zones["slow.test"] = ["mta-sts A 127.0.0.1", '_mta-sts TXT "v=STSv1; id=1"']
+    zones["private.test"] = ["@ MX 10 mx", "mx A 127.0.0.1", "mta-sts A 10.0.0.1", '_mta-sts TXT "v=STSv1; id=1"']
     server = _https(site, ca)
     knot = KnotServer(tmp_path_factory.mktemp("knot"), zones).start()
     sink = SmtpSink(tmp_path_factory.mktemp("sink")).start()
@@ -132,8 +134,8 @@ class Recorded:
 
 def _sts(peers: Peers, **kw: float) -> MtaSts:
     resolver = Resolver(peers.knot.nameservers, lifetime=3)
-    return MtaSts(txt=DnsLookup(peers.knot.nameservers, lifetime=3), addresses=resolver.addresses,
-                  context=peers.client_ca, port=peers.site.port, timeout=kw.get("timeout", 5.0),
+    return MtaSts(txt=DnsLookup(peers.knot.nameservers, lifetime=3),
+                  egress=Egress(allow_loopback=True, resolver=resolver), context=peers.client_ca, port=peers.site.port, timeout=kw.get("timeout", 5.0),
                   max_bytes=int(kw.get("max_bytes", 65536)), txt_interval=kw.get("txt_interval", 300.0))
 
 
@@ -265,20 +267,14 @@ async def test_expired_policy_is_dropped_and_refresh_refetches(peers: Peers) -> 
 
 
 @pytest.mark.trio
-async def test_a_server_that_never_answers_is_cut_off_by_the_deadline() -> None:
+async def test_a_server_that_never_answers_is_cut_off_by_the_deadline(peers: Peers) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
-
-    async def addresses(host: str) -> list[str]:
-        return ["127.0.0.1"]
-
-    class NoTxt:
-        async def txt(self, name: str) -> list[tuple[str, ...]]:
-            return [("v=STSv1; id=1",)]
-
-    sts = MtaSts(txt=NoTxt(), addresses=addresses, context=ssl.create_default_context(), port=port, timeout=0.5)
+    egress = Egress(allow_loopback=True, resolver=Resolver(peers.knot.nameservers, lifetime=3))
+    sts = MtaSts(txt=DnsLookup(peers.knot.nameservers, lifetime=3), egress=egress,
+                 context=ssl.create_default_context(), port=port, timeout=0.5)
     try:
         found = await sts.policy("slow.test")
     finally:
@@ -325,7 +321,8 @@ async def test_a_stored_policy_survives_a_restart_without_txt_or_https(peers: Pe
         first.store = store
         assert (await first.policy("good.test")).policy is not None
         # "Restart": a new cache, the TXT record stripped and the policy host unreachable (an attacker's view).
-        after = MtaSts(txt=NoRecord(), addresses=_nowhere, context=peers.client_ca, store=store)
+        nowhere = Egress(resolver=Resolver(peers.knot.nameservers, lifetime=3))  # loopback: refused
+        after = MtaSts(txt=NoRecord(), egress=nowhere, context=peers.client_ca, store=store)
         assert await after.load() == 1
         found = await after.policy("good.test")
         assert found.policy is not None and found.policy.mode == "enforce" and after.fetches == 0
@@ -339,5 +336,51 @@ class NoRecord:
         return []
 
 
-async def _nowhere(host: str) -> list[str]:
-    raise OSError("unreachable")
+
+@pytest.mark.trio
+async def test_a_policy_host_on_a_private_address_is_refused_unconnected(
+        peers: Peers, caplog: pytest.LogCaptureFixture) -> None:
+    """The planner the relay builds (``tls_planner``) fetches through relay.egress: a policy host that
+    resolves to 10.x, or to loopback without ``[testing] allow_loopback_peers``, is refused before any
+    connection, with the reason logged and reported (sts-policy-fetch-error); delivery goes on without."""
+    from relay.config import Config, DeliveryConfig, TestingConfig
+    from relay.delivery.tlspolicy import tls_planner
+
+    listener = socket.socket()  # where a connection would land: nothing may knock
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    ns = peers.knot.nameservers
+
+    def planner(loopback: bool) -> MtaSts:
+        cfg = Config(operator_domain="relay.test", state_dir="/nonexistent", secret_key=b"s" * 32, dev=False,
+                     delivery=DeliveryConfig(nameservers=ns), testing=TestingConfig(allow_loopback_peers=loopback))
+        sts = tls_planner(cfg, Resolver(ns, lifetime=3)).sts
+        assert sts is not None
+        sts.port, sts.context = listener.getsockname()[1], peers.client_ca
+        return sts
+
+    try:
+        sts = planner(loopback=False)
+        with caplog.at_level("WARNING", logger="relay.delivery.mtasts"):
+            private = await sts.policy("private.test")
+            loopback = await sts.policy("slow.test")  # mta-sts.slow.test is 127.0.0.1, our listener
+        for found, why in ((private, "10.0.0.1 is private"), (loopback, "127.0.0.1 is loopback")):
+            assert found.policy is None and found.failure is not None
+            assert found.failure.result_type == "sts-policy-fetch-error"
+            assert why in found.failure.detail and "refusing to connect" in found.failure.detail
+        logged = [r.getMessage() for r in caplog.records if "MTA-STS policy fetch refused" in r.getMessage()]
+        assert len(logged) == 2 and "mta-sts.private.test" in logged[0] and "127.0.0.1 is loopback" in logged[1]
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was made
+        # The same planner with the test setting does connect to the loopback host (the refusal above
+        # is the policy, not a broken fetch), and still refuses 10.0.0.1.
+        allowed = planner(loopback=True)
+        allowed.timeout = 0.5
+        assert "longer than" in ((await allowed.policy("slow.test")).failure or StsError("sts-policy-invalid", "")).detail
+        conn, _ = listener.accept()
+        conn.close()
+        assert "10.0.0.1 is private" in ((await allowed.policy("private.test")).failure or StsError(
+            "sts-policy-invalid", "")).detail
+    finally:
+        listener.close()

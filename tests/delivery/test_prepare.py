@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import dkim
 import pytest
 import trio
 import trio.testing
@@ -60,6 +61,17 @@ async def test_forwarded_replies_are_arc_sealed_not_signed_as_ours(tmp_path: Pat
     assert b"ARC-Authentication-Results: i=1; relay.test;" in head
     assert signers(out) == []
     assert out.endswith(reply)
+    # The seal verifies (dkimpy's arc_verify, RFC 8617 §5.2) against the operator key's published record.
+    record = OperatorKeys(tmp_path, SECRET).current().record("relay.test")
+    published = {record["name"].encode() + b".": record["value"].encode()}
+
+    def txt(name: bytes, timeout: int = 5) -> bytes | None:
+        return published.get(name if name.endswith(b".") else name + b".")
+
+    cv, _, comment = dkim.arc_verify(out, dnsfunc=txt)
+    assert cv == dkim.CV_Pass, comment
+    tampered = out.replace(b"Subject: hi", b"Subject: hi!")
+    assert dkim.arc_verify(tampered, dnsfunc=txt)[0] == dkim.CV_Fail
 
 
 def selectors(data: bytes) -> list[str]:

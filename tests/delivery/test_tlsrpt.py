@@ -197,14 +197,58 @@ async def test_daily_reports_go_to_each_rua_once(knot, collector, tmp_path: Path
         await store.aclose()
 
 
-@pytest.mark.trio
-async def test_https_rua_to_the_relays_own_network_is_refused() -> None:
-    from relay.delivery.tlsrpt import _public_https
+class _Mailbox:
+    """Stands where the relay's acceptor would: what the reporter queues for mailto: ruas."""
 
-    for url in ("https://127.0.0.1/tlsrpt", "https://10.1.2.3/r", "https://[::1]/r", "https://169.254.169.254/r"):
-        with pytest.raises(ValueError, match="not a public address"):
-            await _public_https(url)
-    await _public_https("https://127.0.0.1/tlsrpt", allow_loopback=True)  # tests' loopback peers only
+    def __init__(self) -> None:
+        self.queued: list[list[str]] = []
+
+    async def accept(self, *, did: str, mail_from: str, rcpts: list[str], data: bytes,
+                     attrs: dict[str, str]) -> None:
+        self.queued.append(rcpts)
+
+
+@pytest.mark.trio
+async def test_https_rua_to_the_relays_own_network_is_refused_unconnected(  # type: ignore[no-untyped-def]
+        knot, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The reporter the relay runs (``tls_reporter``) POSTs through relay.egress: an https rua whose host
+    resolves to 10.x, or to loopback without ``[testing] allow_loopback_peers``, is refused before any
+    connection, with the reason logged; the other rua (mailto) still gets the report."""
+    import socket
+
+    from relay.config import Config, DeliveryConfig
+    from relay.delivery.tlsrpt import tls_reporter
+
+    listener = socket.socket()  # where a connection would land: nothing may knock
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    dns: KnotServer = knot({
+        "sts.test": ['_smtp._tls TXT "v=TLSRPTv1; rua=https://rua.private.test/r,'
+                     f'https://rua.loop.test:{port}/r,mailto:tlsrpt@sts.test"'],
+        "private.test": ["rua A 10.0.0.1"], "loop.test": ["rua A 127.0.0.1"],
+    })
+    cfg = Config(operator_domain="relay.test", state_dir=str(tmp_path), secret_key=b"s" * 32, dev=False,
+                 delivery=DeliveryConfig(nameservers=dns.nameservers))
+    store = AsyncStore(open_store(f"sqlite:///{tmp_path / 'relay.db'}"))
+    mailbox = _Mailbox()
+    try:
+        reporter = tls_reporter(cfg, _counted(), store, mailbox, post_timeout=5)  # type: ignore[arg-type]
+        reporter.wall = lambda: NOON + 86400
+        with caplog.at_level("WARNING"):
+            assert await reporter.send_day(DAY) == 1  # the mailto one
+        assert mailbox.queued == [["tlsrpt@sts.test"]]
+        refused = [r.getMessage() for r in caplog.records if r.name == "relay.net.egress"]
+        assert any("rua.private.test: refusing to connect (10.0.0.1 is private)" in m for m in refused)
+        assert any("rua.loop.test: refusing to connect (127.0.0.1 is loopback)" in m for m in refused)
+        failed = [r.getMessage() for r in caplog.records if "TLS-RPT for sts.test to https://" in r.getMessage()]
+        assert len(failed) == 2
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was made
+    finally:
+        listener.close()
+        await store.aclose()
 
 
 def test_sessions_through_a_relayhost_are_not_counted() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from relay.config import Config, DnsConfig, SmtpConfig, TlsConfig
+from relay.config import Config, DnsConfig, SmtpConfig, TestingConfig, TlsConfig
 from relay.dns.checks import DnsLookup
 from relay.mail.operatorkey import OperatorKeys
 from relay.operator.doctor import diagnose
@@ -67,7 +67,8 @@ def _cert(ca: trustme.CA, tmp: Path, name: str, days: int) -> Path:
 def _config(state: Path, ns: tuple[str, ...], cert: Path | None) -> Config:
     tls = TlsConfig(str(cert), str(cert)) if cert else TlsConfig()
     return Config(operator_domain=DOMAIN, state_dir=str(state), secret_key=SECRET, smtp=SmtpConfig(hostname=DOMAIN),
-                  dns=DnsConfig(relay_ips=(IP,), nameservers=ns), tls=tls)
+                  dns=DnsConfig(relay_ips=(IP,), nameservers=ns), tls=tls,
+                  testing=TestingConfig(allow_loopback_peers=True))  # the policy server is on loopback
 
 
 def _good_zone(dkim_name: str, dkim_value: str) -> dict[str, list[str]]:
