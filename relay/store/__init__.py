@@ -11,6 +11,7 @@ import time
 
 from relay.store.base import (
     MAX_DOMAINS_PER_DID,
+    Clock,
     DomainLimitReached,
     DomainTaken,
     InvalidRow,
@@ -21,7 +22,7 @@ from relay.store.base import (
     StoreUnavailable,
     UnsupportedStore,
 )
-from relay.store.sqlite import Clock, SqliteStore
+from relay.store.sqlite import SqliteStore
 
 __all__ = [
     "MAX_DOMAINS_PER_DID",

@@ -4,47 +4,45 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import trio
 
 from relay.store import DomainTaken
 from relay.store.aio import AsyncStore
+from relay.store.base import Store
+from relay.store.db import Conn
 from relay.store.rows import StatusUpdate
-from relay.store.sqlite import SqliteStore
+from relay.store.sqlite import SqliteDatabase, SqliteStore, connect
 
 from .conftest import DID_A, DID_B, new_message
 
-T = TypeVar("T")
 
-
-class SpyStore(SqliteStore):
-    """Records the threads calls run on and the most calls seen running at once."""
+class SpyDatabase(SqliteDatabase):
+    """Records the threads store calls run on and the most calls seen running at once."""
 
     def __init__(self) -> None:
-        base = SqliteStore.open(":memory:")
-        super().__init__(base._conn)
+        super().__init__(connect(":memory:"))
         self.threads: set[int] = set()
         self.running = 0
         self.max_running = 0
         self._lock = threading.Lock()
 
-    def _track(self, fn: Callable[[], T]) -> T:
+    @contextmanager
+    def write(self) -> Iterator[Conn]:
         with self._lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
             self.threads.add(threading.get_ident())
         try:
             time.sleep(0.002)  # widen the window in which overlapping calls would show
-            return fn()
+            with super().write() as c:
+                yield c
         finally:
             with self._lock:
                 self.running -= 1
-
-    def create_member(self, did: str, handle: str | None = None):  # type: ignore[no-untyped-def]
-        return self._track(lambda: SqliteStore.create_member(self, did, handle))
 
 
 @pytest.mark.trio
@@ -82,8 +80,9 @@ async def test_store_errors_propagate() -> None:
 
 @pytest.mark.trio
 async def test_calls_run_in_a_worker_thread_one_at_a_time() -> None:
-    spy = SpyStore()
-    store = AsyncStore(spy)
+    spy = SpyDatabase()
+    store = AsyncStore(Store(spy))
+    spy.threads.clear()  # the migrations ran here, at construction
     async with trio.open_nursery() as nursery:
         for i in range(20):
             nursery.start_soon(store.create_member, f"did:plc:{i:024d}")

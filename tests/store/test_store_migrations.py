@@ -6,15 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from relay.store import SchemaTooNew, UnsupportedStore, open_store
+from relay.store import SchemaTooNew, StoreUnavailable, UnsupportedStore, open_store
 from relay.store.migrations import LATEST, MIGRATIONS, current_version, migrate, statements
-from relay.store.sqlite import SqliteStore, connect
+from relay.store.sqlite import SqliteDatabase, SqliteStore, connect
 
 from .conftest import Closer
 
 
 def _raw(path: str) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
+
+
+def _db(path: str) -> SqliteDatabase:
+    return SqliteDatabase(connect(path))
 
 
 def test_fresh_database_gets_every_version(db_path: str, closer: Closer) -> None:
@@ -26,14 +30,14 @@ def test_fresh_database_gets_every_version(db_path: str, closer: Closer) -> None
 
 def test_rerunning_migrations_is_a_noop(db_path: str, closer: Closer) -> None:
     SqliteStore.open(db_path).close()
-    conn = closer(_raw(db_path))
-    assert migrate(conn) == []
-    assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
+    db = closer(_db(db_path))
+    assert migrate(db) == []
+    assert closer(_raw(db_path)).execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
 
 
 def test_new_migration_applies_once_in_order(db_path: str, closer: Closer) -> None:
     SqliteStore.open(db_path).close()
-    conn = closer(_raw(db_path))
+    conn = closer(_db(db_path))
     extra = [
         *MIGRATIONS,
         (LATEST + 1, "CREATE TABLE future_example (uri TEXT PRIMARY KEY);\nCREATE INDEX l ON future_example(uri);"),
@@ -45,13 +49,14 @@ def test_new_migration_applies_once_in_order(db_path: str, closer: Closer) -> No
 
 def test_failed_migration_rolls_back_entirely(db_path: str, closer: Closer) -> None:
     SqliteStore.open(db_path).close()
-    conn = closer(_raw(db_path))
+    db = closer(_db(db_path))
     broken = [*MIGRATIONS, (LATEST + 1, "CREATE TABLE half (x INTEGER);\nTHIS IS NOT SQL;")]
-    with pytest.raises(sqlite3.OperationalError):
-        migrate(conn, broken)
-    assert current_version(conn) == LATEST
-    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchone() is None
-    assert not conn.in_transaction
+    with pytest.raises(StoreUnavailable, match="syntax error"):
+        migrate(db, broken)
+    assert current_version(db) == LATEST
+    assert not db.has_table("half")
+    with db.write() as c:  # nothing left open: the next transaction begins
+        c.execute("SELECT 1")
 
 
 def test_database_from_a_newer_build_is_refused(db_path: str, closer: Closer) -> None:
@@ -66,7 +71,7 @@ def test_two_processes_starting_at_once_migrate_once(db_path: str, closer: Close
 
     def opener() -> None:
         try:
-            connect(db_path).close()
+            SqliteStore.open(db_path).close()
         except BaseException as exc:
             errors.append(exc)
 
