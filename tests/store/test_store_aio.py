@@ -15,7 +15,7 @@ from relay.store.aio import AsyncStore
 from relay.store.base import Store
 from relay.store.db import Conn
 from relay.store.rows import StatusUpdate
-from relay.store.sqlite import SqliteDatabase, SqliteStore, connect
+from relay.store.sqlite import SqliteDatabase, connect
 
 from .conftest import DID_A, DID_B, new_message
 
@@ -46,8 +46,8 @@ class SpyDatabase(SqliteDatabase):
 
 
 @pytest.mark.trio
-async def test_async_methods_mirror_the_sync_store() -> None:
-    store = AsyncStore(SqliteStore.open(":memory:"))
+async def test_async_methods_mirror_the_sync_store(sync_store: Store) -> None:
+    store = AsyncStore(sync_store)
     await store.create_member(DID_A, "a.example.com")
     await store.add_domain(
         DID_A, "example.com", selector="atmosx", rsa_private=b"r", ed25519_private=b"e", verify_token="t"
@@ -64,12 +64,11 @@ async def test_async_methods_mirror_the_sync_store() -> None:
     assert await store.put_idempotent(DID_A, "k", request_hash="h", status_code=200, response_json="{}")
     stored = await store.get_idempotent(DID_A, "k")
     assert stored is not None and stored.status_code == 200
-    await store.aclose()
 
 
 @pytest.mark.trio
-async def test_store_errors_propagate() -> None:
-    store = AsyncStore(SqliteStore.open(":memory:"))
+async def test_store_errors_propagate(sync_store: Store) -> None:
+    store = AsyncStore(sync_store)
     await store.create_member(DID_A)
     await store.create_member(DID_B)
     kw = {"selector": "s", "rsa_private": b"r", "ed25519_private": b"e", "verify_token": "t"}
