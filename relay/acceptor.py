@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from relay import sendmeta
 from relay.errors import InsufficientStorage, QueueUnavailable
 from relay.eventbus import EventBus
 from relay.events import MessageAccepted
@@ -97,7 +98,9 @@ class Acceptor:
             if self.bus is not None:
                 self.bus.publish(MessageAccepted(
                     queue_id=result.queue_id, rcpt_ids=tuple(result.rcpt_ids), did=sub.did, sender=sub.mail_from,
-                    recipients=env.rcpts, size=len(sub.data), source=source))
+                    recipients=env.rcpts, size=len(sub.data), source=source,
+                    tags=tuple(sendmeta.tags_of(env.attrs.get("tags"))),
+                    metadata=sendmeta.metadata_of(env.attrs.get("metadata"))))
             out.append(Accepted(result.queue_id, tuple(result.rcpt_ids)))
         return out
 

@@ -1,6 +1,11 @@
 """Member authentication shared by SMTP AUTH and the HTTP API (DESIGN §3-4).
 
-Username is a DID or the handle of an enrolled DID; password is the API key.
+The user name is the DID, the member's handle, or one of its verified sending domains; the
+password is the API key. Clients that split ``user:password`` at the first colon (Postfix's
+``smtp_sasl_password_maps``, ``curl --user``, nodemailer 6.x inside ``@atproto/pds`` parsing an
+``smtp://did:plc:...:key@host`` URL) turn ``did:plc:abc`` + ``key`` into user ``did`` and password
+``plc:abc:key``; that shape is put back together (split at the last colon: API keys are base64url
+and a DID's method-specific id never ends in one). Docs lead with the domain form: no colon at all.
 The bcrypt check runs off the event loop and successful checks are cached
 (relay.apikey.ApiKeyCache), so a reconnecting client costs microseconds.
 
@@ -23,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from relay.address import is_did
+from relay.address import is_did, normalize_domain
 from relay.apikey import ApiKeyCache
 from relay.config import AuthConfig
 from relay.errors import AuthBusy, AuthFailed, AuthThrottled, InvalidDid, MemberSuspended
@@ -43,7 +48,12 @@ class Principal:
     handle: str | None
     domains: frozenset[str]  # verified domains: sending allowed
     pending: frozenset[str]  # enrolled, ownership not yet proven
+    categories: tuple[tuple[str, str], ...] = ()  # (domain, default category) where one is set
     key_hash: str = field(default="", repr=False, compare=False)  # the stored hash the key matched
+
+    def default_category(self, domain: str) -> str:
+        """The category for mail from ``domain`` that names none (``X-Atmos-Category``, ``category``)."""
+        return dict(self.categories).get(domain.lower(), "")
 
 
 class Authenticator:
@@ -57,28 +67,36 @@ class Authenticator:
         self._per_ip_concurrency = limits.per_ip_concurrency
         self._checking: dict[str, int] = {}  # bcrypt checks running or queued, per source_key
 
-    async def resolve_did(self, username: str) -> str:
-        """DID as given, or the DID enrolled under this handle."""
+    async def candidates(self, username: str) -> list[str]:
+        """The DIDs a user name may stand for: the DID itself, or the owner of a handle and of a
+        verified sending domain of that name (two members at most; the API key decides)."""
         username = username.strip()
         if username.startswith("did:"):
             if not is_did(username):
                 raise InvalidDid()
-            return username
-        member = await self._store.get_member_by_handle(username.lower().lstrip("@"))
-        if member is None:
-            raise AuthFailed()
-        return member.did
+            return [username]
+        name = username.lower().lstrip("@").rstrip(".")
+        return await self._store.call(partial(_dids_named, name))
 
     async def authenticate(self, username: str, api_key: str, *, peer: str = "") -> Principal:
         """``peer``: the client address (rate limits and logs)."""
+        username, api_key = unmangle(username, api_key)
         if self._ips.retry_after(peer) > 0:
             raise self._throttled(peer, username, self._ips.retry_after(peer), "address")
-        try:
-            did = await self.resolve_did(username)
-        except AuthFailed:
-            self._ips.take(peer)  # guessing handles costs like guessing keys
-            log.warning("auth failed: unknown handle %r peer=%s", username[:100], peer)
-            raise
+        candidates = await self.candidates(username)
+        if not candidates:
+            self._ips.take(peer)  # guessing names costs like guessing keys
+            log.warning("auth failed: unknown user name %r peer=%s", username[:100], peer)
+            raise AuthFailed()
+        for i, did in enumerate(candidates):
+            try:
+                return await self._principal(did, api_key, peer)
+            except AuthFailed:
+                if i == len(candidates) - 1:
+                    raise
+        raise AuthFailed()  # not reached: the loop returns or raises
+
+    async def _principal(self, did: str, api_key: str, peer: str) -> Principal:
         member, stored, domains = await self._store.call(partial(_lookup, did))
         if member is None or stored is None:
             self._ips.take(peer)
@@ -95,6 +113,7 @@ class Authenticator:
             handle=member.handle,
             domains=frozenset(d.domain for d in domains if d.state == "verified"),
             pending=frozenset(d.domain for d in domains if d.state != "verified"),
+            categories=tuple((d.domain, d.default_category) for d in domains if d.default_category),
             key_hash=stored,
         )
 
@@ -136,6 +155,25 @@ class Authenticator:
         log.warning("auth refused: too many attempts for this %s (%s) peer=%s, retry in %.0f s", what, who[:100],
                     peer, wait)
         return AuthThrottled(retry_after=max(1, round(wait + 0.5)))
+
+
+def unmangle(username: str, password: str) -> tuple[str, str]:
+    """Undo a split at the first colon: user ``did`` + ``plc:<id>:<key>`` -> ``did:plc:<id>``, ``<key>``."""
+    if username.strip().lower() != "did" or ":" not in password:
+        return username, password
+    rest, _, key = password.rpartition(":")
+    return f"did:{rest}", key
+
+
+def _dids_named(name: str, store: Store) -> list[str]:
+    out: list[str] = []
+    member = store.get_member_by_handle(name)
+    if member is not None:
+        out.append(member.did)
+    domain = store.get_domain(normalize_domain(name))
+    if domain is not None and domain.state == "verified" and domain.did not in out:
+        out.append(domain.did)
+    return out
 
 
 def _lookup(did: str, store: Store) -> tuple[Member | None, str | None, list[Domain]]:

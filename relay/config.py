@@ -52,6 +52,7 @@ class Addr:
 @dataclass(frozen=True, slots=True)
 class SmtpConfig:
     submission_addr: Addr = Addr("127.0.0.1", 2587)
+    submissions_addr: Addr = Addr("127.0.0.1", 2465)  # implicit TLS (RFC 8314 §3.3); production 0.0.0.0:465
     inbound_addr: Addr = Addr("127.0.0.1", 2525)
     hostname: str = ""  # banner/EHLO name; defaults to operator_domain
     max_connections: int = 2000
@@ -136,7 +137,9 @@ class LimitsConfig:
     relay_per_minute: int = 500
     warming_tiers: tuple[tuple[int, int, int], ...] = ((0, 5, 20), (7, 10, 50))  # (from day, hour, day)
     message_size: int = 25 * MiB
-    json_body: int = 1 * MiB
+    # /v1/send: attachments up to 10 MiB decoded (Postmark's limit); their base64 in JSON is 4/3 of that.
+    attachment_bytes: int = 10 * MiB
+    json_body: int = 14 * MiB
     recipients_per_message: int = 100
     header_size: int = 256 * 1024  # a header section longer than this is refused (552 5.3.4), never judged by a prefix
 
@@ -292,7 +295,7 @@ class Config:
 
 
 PRODUCTION_DEFAULTS: dict[str, Any] = {
-    "smtp": {"submission_addr": "0.0.0.0:587", "inbound_addr": "0.0.0.0:25"},
+    "smtp": {"submission_addr": "0.0.0.0:587", "submissions_addr": "0.0.0.0:465", "inbound_addr": "0.0.0.0:25"},
     "http": {"addr": "0.0.0.0:8080"},
 }
 _SECRET_KEYS = {"admin_token", "secret_key"}
@@ -368,6 +371,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("tls.key_file: tls.cert_file and tls.key_file go together")
     for key, value in (("limits.message_size", cfg.limits.message_size),
                        ("limits.json_body", cfg.limits.json_body),
+                       ("limits.attachment_bytes", cfg.limits.attachment_bytes),
                        ("limits.recipients_per_message", cfg.limits.recipients_per_message)):
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")

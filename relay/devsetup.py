@@ -55,6 +55,6 @@ def first_message_hint(cfg: Config, creds: dict[str, Any], http_url: str, submis
         f"       -d '{{\"from\":\"hello@{creds['domain']}\",\"to\":\"you@example.com\","
         "\"subject\":\"Hi\",\"text\":\"First message\"}'",
         f"  swaks --server {host} --port {port} --tls --auth PLAIN \\",
-        f"       --auth-user {creds['did']} --auth-password {creds['api_key']} \\",
+        f"       --auth-user {creds['domain']} --auth-password {creds['api_key']} \\",
         f"       --from hello@{creds['domain']} --to you@example.com",
     ])

@@ -94,6 +94,8 @@ class MessageAccepted(Event):
     recipients: tuple[str, ...]
     size: int
     source: str  # smtp | http | dsn | forward
+    tags: tuple[str, ...] = ()  # the sender's /v1/send tags and metadata (relay.sendmeta)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,8 @@ class Delivery(Event):
     reply: str
     tls: bool
     next_attempt_at: float | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

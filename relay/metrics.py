@@ -66,11 +66,16 @@ class RelayMetrics:
         # Contained faults by where they happened: a connection ended by an exception the protocol code
         # did not handle (web.server). Each one is a bug to read in the log; none of them stops the relay.
         self.faults: Counter[str] = Counter()
+        # SMTP refusals by (listener, reason): reasons are a closed set (relay.smtp.server, RelayError codes).
+        self.smtp_refusals: Counter[tuple[str, str]] = Counter()
 
     def observe_accept(self, source: str, recipients: int, seconds: float) -> None:
         self.accepted[source if source in SOURCES else "smtp"] += 1
         self.accepted_recipients += recipients
         self.accept_latency.observe(seconds)
+
+    def observe_refusal(self, listener: str, reason: str) -> None:
+        self.smtp_refusals[(listener, reason)] += 1
 
 
 __all__ = ["LATENCY_BUCKETS", "SOURCES", "Histogram", "RateWindow", "RelayMetrics"]

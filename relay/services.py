@@ -34,6 +34,7 @@ class Bound:
     (printed at start, written to state/run.json for `atmos admin`, shown on /docs and /account)."""
 
     submission: tuple[tuple[str, int], ...] = ()
+    submissions: tuple[tuple[str, int], ...] = ()  # implicit TLS (RFC 8314, port 465)
     http: tuple[str, ...] = ()
     capture: tuple[tuple[str, int], ...] = ()
     inbound: tuple[tuple[str, int], ...] = ()
@@ -41,8 +42,15 @@ class Bound:
 
     def as_json(self) -> str:
         return json.dumps({"dev": self.dev, "submission": [f"{h}:{p}" for h, p in self.submission],
+                           "submissions": [f"{h}:{p}" for h, p in self.submissions],
                            "http": list(self.http), "inbound": [f"{h}:{p}" for h, p in self.inbound],
                            "capture": [f"{h}:{p}" for h, p in self.capture]})
+
+    def smtp_ports(self, cfg: Config) -> tuple[int, int]:
+        """(STARTTLS submission, implicit TLS) ports as bound; the configured ones before binding."""
+        starttls = self.submission[0][1] if self.submission else cfg.smtp.submission_addr.port
+        implicit = self.submissions[0][1] if self.submissions else cfg.smtp.submissions_addr.port
+        return starttls, implicit
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,6 @@ class Services:
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
     labeler: Labeler | None = None  # serves did.json and labels; runs its checks only beside a verifier
     reputation: Reputation | None = None  # rate limits, suspension; None in tests that build Services bare
+    bound: Bound = field(default_factory=Bound)  # where the listeners are bound (real ports, also for port 0)
     webhooks: WebhookDispatcher | None = None  # member webhooks; PUT/DELETE /member/webhook call forget()
     oauth: OAuthClient | None = None  # sign-in with an atproto handle (/enroll); keys made before start
-    bound: Bound = field(default_factory=Bound)

@@ -10,24 +10,27 @@ import logging
 from relay.acceptor import Acceptor
 from relay.address import split_address
 from relay.auth import Authenticator, Principal
+from relay.category import TRANSACTIONAL
 from relay.errors import AuthRequired, InvalidRequest, KeyRegenerated, MemberSuspended, RelayError, SuppressedRecipient
+from relay.outbound import field_name, split_message
 from relay.reputation import Reputation
 from relay.sender import HEADER_LIMIT, check_header_from, check_sender, parse_headers
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
+from relay.smtp.trace import received
 from relay.store.aio import AsyncStore
 
 log = logging.getLogger("relay.submission")
-
-TRANSACTIONAL = frozenset({"transactional", "login-link", "password-reset", "mfa-otp", "verification"})
 
 
 class SubmissionHandler:
     def __init__(
         self, auth: Authenticator, store: AsyncStore, acceptor: Acceptor, *, reputation: Reputation | None = None,
         header_limit: int = HEADER_LIMIT,
+        hostname: str = "localhost",
     ) -> None:
         self._header_limit = header_limit  # limits.header_size
+        self._hostname = hostname  # the "by" of the Received: field
         self._auth = auth
         self._store = store
         self._acceptor = acceptor
@@ -64,6 +67,7 @@ class SubmissionHandler:
             reason = rep.suspension_reason(principal.did)
             raise MemberSuspended(f"member suspended: {reason}" if reason else None)
         check_sender(principal, address)
+        session.extra["smtputf8"] = "SMTPUTF8" in params
         return Reply(250, "2.1.0", "sender ok")
 
     async def on_rcpt(self, session: Session, address: str, params: dict[str, str]) -> Reply:
@@ -84,14 +88,15 @@ class SubmissionHandler:
         await self._key_still_current(principal)
         check_header_from(principal, data, self._header_limit)
         headers = parse_headers(data, self._header_limit)
-        category = headers.get("x-atmos-category", "").strip().lower()
+        assert session.mail_from is not None
+        category = headers.get("x-atmos-category", "").strip().lower() or principal.default_category(
+            _sender_domain(session))
         attrs = {
             "source": "smtp",
             "subject": headers.get("subject", ""),
             "category": category,
             "transactional": "1" if category in TRANSACTIONAL else "",
         }
-        assert session.mail_from is not None
         rcpts = list(session.rcpts)
         suppressed: list[str] = []
         if category not in TRANSACTIONAL:
@@ -103,6 +108,11 @@ class SubmissionHandler:
         rep = self._reputation
         # Checked again and counted in one step: other sessions may have used the budget since RCPT.
         grant = await rep.acquire(principal.did, _sender_domain(session), len(rcpts)) if rep is not None else None
+        # RFC 5321 §4.4: a trace field on every accepted message; Bcc: is for the envelope only
+        # (RFC 5322 §3.6.3: recipients listed there must not see each other), so it goes here.
+        trace = received(session, by=self._hostname, rcpts=rcpts, authenticated=True,
+                         smtputf8=session.extra.get("smtputf8") is True)
+        data = trace + without_bcc(data)
         try:
             accepted = await self._acceptor.accept(
                 did=principal.did, mail_from=session.mail_from, rcpts=rcpts, data=data, attrs=attrs
@@ -115,6 +125,14 @@ class SubmissionHandler:
         # After DATA one reply covers every recipient (RFC 5321 §4.1.1.4): suppressed ones are named here.
         note = f"; not sent to suppressed {', '.join(suppressed)}" if suppressed else ""
         return Reply(250, "2.0.0", f"queued as {ids}{note}")
+
+
+def without_bcc(data: bytes) -> bytes:
+    """The message without its Bcc: fields (the message itself, unchanged, when it has none)."""
+    fields, body = split_message(data)
+    if not any(field_name(f) == b"bcc" for f in fields):
+        return data
+    return b"".join(f for f in fields if field_name(f) != b"bcc") + body
 
 
 def _sender_domain(session: Session) -> str:

@@ -89,13 +89,15 @@ class _Listeners:
     are then known to everything constructed after, so nothing is corrected once it runs."""
 
     submission: list[trio.SocketListener]
+    submissions: list[trio.SocketListener]  # implicit TLS (RFC 8314, port 465)
     inbound: list[trio.SocketListener]
     capture: list[trio.SocketListener]
     http: socket.socket  # handed to hypercorn as fd://, which serves it
     http_urls: list[str]
 
     def bound(self, dev: bool) -> Bound:
-        return Bound(submission=_addresses(self.submission), inbound=_addresses(self.inbound),
+        return Bound(submission=_addresses(self.submission), submissions=_addresses(self.submissions),
+                     inbound=_addresses(self.inbound),
                      capture=_addresses(self.capture), http=tuple(self.http_urls), dev=dev)
 
 
@@ -120,12 +122,14 @@ def _bind_http(addr: Addr) -> tuple[socket.socket, str]:
 async def _bind(cfg: Config) -> _Listeners:
     sub, inb = cfg.smtp.submission_addr, cfg.smtp.inbound_addr
     submission = await trio.open_tcp_listeners(sub.port, host=sub.host or None)
+    subs = cfg.smtp.submissions_addr
+    submissions = await trio.open_tcp_listeners(subs.port, host=subs.host or None)
     inbound = await trio.open_tcp_listeners(inb.port, host=inb.host or None)
     capture = []
     if _dev_capture(cfg):
         capture = await trio.open_tcp_listeners(0, host="127.0.0.1")
     http, url = _bind_http(cfg.http.addr)
-    return _Listeners(submission, inbound, capture, http, [url])
+    return _Listeners(submission, submissions, inbound, capture, http, [url])
 
 
 def _dev_capture(cfg: Config) -> bool:
@@ -212,12 +216,15 @@ async def run_relay(
         services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys, auth=auth,
                             acceptor=acceptor, scheduler=scheduler, verifier=verifier, bus=bus, metrics=metrics,
                             labeler=labeler, reputation=reputation, webhooks=webhooks, oauth=oauth, bound=bound)
-        buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, both listeners together
-        smtp = SmtpServer(_submission_config(cfg, tls),
-                          SubmissionHandler(auth, store, acceptor, reputation=reputation,
-                                            header_limit=cfg.limits.header_size), buffers=buffers)
+        buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, all listeners together
+        # Ports 587 (STARTTLS) and 465 (implicit TLS, RFC 8314): one handler, the same AUTH and policy.
+        submission = SubmissionHandler(auth, store, acceptor, reputation=reputation,
+                                       header_limit=cfg.limits.header_size, hostname=cfg.banner_host)
+        smtp = SmtpServer(_submission_config(cfg, tls), submission, buffers=buffers, refusals=metrics)
+        smtps = SmtpServer(_submission_config(cfg, tls, implicit_tls=True), submission, buffers=buffers,
+                           refusals=metrics)
         inbound = make_inbound_server(cfg, InboundHandler(cfg, store, acceptor, reputation), ssl_context=tls,
-                                      buffers=buffers)
+                                      buffers=buffers, refusals=metrics)
 
         # 3. Start them in dependency order.
         async with trio.open_nursery() as root:
@@ -236,6 +243,7 @@ async def run_relay(
                 await root.start(tls_reporter(cfg, tls_counter, store, acceptor).run)
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
             await root.start(smtp.serve_listeners, listeners.submission)
+            await root.start(smtps.serve_listeners, listeners.submissions)
             await root.start(inbound.serve_listeners, listeners.inbound)
             http_stop, http_done = trio.Event(), trio.Event()
             await root.start(_serve_http, services, listeners.http, http_stop, http_done)
@@ -257,6 +265,7 @@ async def run_relay(
             with trio.move_on_after(cfg.smtp.shutdown_grace + 5):
                 async with trio.open_nursery() as closing:  # every listener closes at once
                     closing.start_soon(smtp.shutdown, cfg.smtp.shutdown_grace)
+                    closing.start_soon(smtps.shutdown, cfg.smtp.shutdown_grace)
                     closing.start_soon(inbound.shutdown, cfg.smtp.shutdown_grace)
                     # End every /admin/ws stream and give the handlers a moment to send their close frame (1001).
                     closing.start_soon(partial(bus.aclose, grace=1.0))
@@ -292,10 +301,11 @@ def _purge_oauth(s: Store, *, older_than: float) -> int:
     return s.purge_oauth_pending(older_than)
 
 
-def _submission_config(cfg: Config, tls: ssl.SSLContext) -> SmtpServerConfig:
-    addr = cfg.smtp.submission_addr
+def _submission_config(cfg: Config, tls: ssl.SSLContext, *, implicit_tls: bool = False) -> SmtpServerConfig:
+    addr = cfg.smtp.submissions_addr if implicit_tls else cfg.smtp.submission_addr
     return SmtpServerConfig(
         host=addr.host, port=addr.port, hostname=cfg.banner_host, ssl_context=tls,
+        implicit_tls=implicit_tls, name="submissions" if implicit_tls else "submission",
         require_tls_for_auth=True, require_auth=True,
         limits=Limits(max_message_size=cfg.limits.message_size, max_recipients=cfg.limits.recipients_per_message,
                       max_errors=cfg.smtp.error_limit, max_junk_commands=cfg.smtp.junk_command_limit),
@@ -353,6 +363,8 @@ def _announce(cfg: Config, bound: Bound, demo: dict[str, Any] | None) -> None:
     lines = [f"Atmosphere Relay ({'dev' if cfg.dev else 'production'}) state in {cfg.state_path.resolve()}"]
     for host, port in bound.submission:
         lines.append(f"  SMTP submission   {host}:{port}  (STARTTLS, then AUTH PLAIN/LOGIN)")
+    for host, port in bound.submissions:
+        lines.append(f"  SMTP submissions  {host}:{port}  (implicit TLS, RFC 8314; smtps://)")
     for host, port in bound.inbound:
         lines.append(f"  inbound SMTP      {host}:{port}  (bounces, complaints, replies to member domains)")
     for url in bound.http:

@@ -124,12 +124,14 @@ def to_webhook_events(event: Event) -> list[tuple[str, str, dict[str, Any]]]:
     match event:
         case MessageAccepted() if event.source in ("smtp", "http"):  # not the relay's own DSNs/forwards
             return [(event.did, "accepted", {"message_id": rid, "queue_id": event.queue_id, "recipient": rcpt,
-                                             "sender": event.sender, "source": event.source})
+                                             "sender": event.sender, "source": event.source,
+                                             "tags": list(event.tags), "metadata": event.metadata})
                     for rid, rcpt in zip(event.rcpt_ids, event.recipients, strict=False)]
         case Delivery() if event.state in _DELIVERY_TYPES:
             data: dict[str, Any] = {"message_id": event.rcpt_id, "queue_id": event.queue_id,
                                     "recipient": event.recipient, "attempts": event.attempts,
-                                    "mx_host": event.mx_host, "reply": event.reply, "tls": event.tls}
+                                    "mx_host": event.mx_host, "reply": event.reply, "tls": event.tls,
+                                    "tags": list(event.tags), "metadata": event.metadata}
             if event.state == "deferred":
                 data["next_attempt_at"] = event.next_attempt_at
             return [(event.did, _DELIVERY_TYPES[event.state], data)]

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from relay.errors import PayloadTooLarge, RelayError
 from relay.services import Services
 from relay.slots import Slots
-from web import admin, adminws, api, auth, forwardto, member, metrics, pages, unsubscribe, xrpc
+from web import admin, adminws, api, auth, forwardto, member, metrics, openapi, pages, unsubscribe, xrpc
 
 log = logging.getLogger("web")
 
@@ -37,6 +37,7 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(adminws.blueprint)
     app.register_blueprint(metrics.blueprint)
     app.register_blueprint(xrpc.blueprint)
+    app.register_blueprint(openapi.blueprint)
 
     @app.errorhandler(RelayError)
     async def relay_error(exc: RelayError) -> Response:

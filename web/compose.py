@@ -1,18 +1,26 @@
-"""Turn a validated /v1/send request into RFC 5322 / MIME bytes (RFC 2045-2047).
+"""Turn a validated /v1/send request into RFC 5322 / MIME bytes (RFC 2045-2047, 2183, 2231, 2387).
 
-``html`` makes multipart/alternative (RFC 2046 §5.1.4: plain first, richest last).
-Lines are CRLF-terminated, headers folded, non-ASCII text quoted-printable, so the
-result can go on the wire as-is. Tests parse the output back with the stdlib email package.
+Structure, outermost first (each level only when needed)::
+
+    multipart/mixed          the body, then the attachments (Content-Disposition: attachment)
+      multipart/related      the body, then inline parts referenced as cid: (RFC 2387)
+        multipart/alternative  text/plain, then text/html (RFC 2046 §5.1.4: plain first, richest last)
+
+Lines are CRLF-terminated, headers folded, non-ASCII text quoted-printable, attachments base64 in
+76-character lines (RFC 2045 §6.8), so the result can go on the wire as-is. Display names go out as
+``"Name" <addr>``, non-ASCII ones as RFC 2047 encoded words. ``bcc`` never becomes a header: it is
+only part of the envelope (RFC 5322 §3.6.3). Tests parse the output back with the stdlib email package.
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
 import secrets
 import time
 from dataclasses import dataclass, field
 from email.header import Header
-from email.utils import formatdate, make_msgid
+from email.utils import encode_rfc2231, formataddr, formatdate, make_msgid
 
 from relay.address import split_address
 
@@ -28,16 +36,50 @@ RESERVED = frozenset({
 
 
 @dataclass(frozen=True, slots=True)
+class Mailbox:
+    """RFC 5322 §3.4 name-addr or addr-spec: an optional display name and the address."""
+
+    address: str
+    name: str = ""
+
+    def header(self) -> str:
+        if not self.name:
+            return self.address
+        # formataddr quotes specials (RFC 5322 §3.2.3) and encodes non-ASCII names (RFC 2047 §5(3)).
+        return formataddr((self.name, self.address), charset="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content: bytes = field(repr=False)
+    content_type: str = "application/octet-stream"
+    content_id: str = ""  # set: an inline part of multipart/related, referenced as cid:<content_id>
+
+
+@dataclass(frozen=True, slots=True)
 class SendRequest:
-    sender: str
-    to: tuple[str, ...]
+    sender: Mailbox
+    to: tuple[Mailbox, ...]
     subject: str
     text: str | None
     html: str | None
-    reply_to: tuple[str, ...] = ()
+    reply_to: tuple[Mailbox, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     category: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    cc: tuple[Mailbox, ...] = ()
+    bcc: tuple[Mailbox, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+    tags: tuple[str, ...] = ()
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """The envelope: to, cc and bcc, each address once (RFC 5321 RCPT TO)."""
+        seen: dict[str, str] = {}
+        for box in (*self.to, *self.cc, *self.bcc):
+            seen.setdefault(box.address.lower(), box.address)
+        return tuple(seen.values())
 
 
 def compose(req: SendRequest, *, now: float | None = None) -> bytes:
@@ -45,30 +87,50 @@ def compose(req: SendRequest, *, now: float | None = None) -> bytes:
     the header registry made composing ~25x slower than everything else on the /v1/send path
     (scripts/bench profile), and the structure here is fixed and small."""
     headers = [
-        ("From", req.sender),
-        ("To", ", ".join(req.to)),
+        ("From", req.sender.header()),
+        ("To", ", ".join(m.header() for m in req.to)),
+    ]
+    if req.cc:
+        headers.append(("Cc", ", ".join(m.header() for m in req.cc)))
+    headers += [
         ("Subject", req.subject),
         ("Date", formatdate(time.time() if now is None else now, usegmt=True)),
-        ("Message-ID", make_msgid(domain=split_address(req.sender)[1])),
+        ("Message-ID", make_msgid(domain=split_address(req.sender.address)[1])),
     ]
     if req.reply_to:
-        headers.append(("Reply-To", ", ".join(req.reply_to)))
+        headers.append(("Reply-To", ", ".join(m.header() for m in req.reply_to)))
     headers.extend(req.headers)
     headers.append(("MIME-Version", "1.0"))
-    out = [_header(name, value) for name, value in headers]
+    head = "".join(_header(name, value) for name, value in headers)
+    inline = [a for a in req.attachments if a.content_id]
+    attached = [a for a in req.attachments if not a.content_id]
+    entity = _body(req)
+    if inline:
+        root_type = "multipart/alternative" if req.text is not None and req.html is not None else (
+            "text/html" if req.html is not None else "text/plain")
+        entity = _multipart(f'related; type="{root_type}"', [entity, *(_attachment(a) for a in inline)])
+    if attached:
+        entity = _multipart("mixed", [entity, *(_attachment(a) for a in attached)])
+    return (head + entity).encode("utf-8")
+
+
+def _body(req: SendRequest) -> str:
     if req.text is not None and req.html is not None:
-        # RFC 2046 §5.1.4: alternatives in increasing order of preference, plain text first.
-        boundary = "=_atmos_" + secrets.token_hex(12)
-        out.append(f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n')
-        for subtype, body in (("plain", req.text), ("html", req.html)):
-            out.append(f"--{boundary}\r\n{_part(subtype, body)}\r\n")
-        out.append(f"--{boundary}--\r\n")
-    elif req.text is not None:
-        out.append(_part("plain", req.text))
-    else:
-        assert req.html is not None
-        out.append(_part("html", req.html))
-    return "".join(out).encode("utf-8")
+        return _multipart("alternative", [_part("plain", req.text), _part("html", req.html)])
+    if req.text is not None:
+        return _part("plain", req.text)
+    assert req.html is not None
+    return _part("html", req.html)
+
+
+def _multipart(subtype: str, entities: list[str]) -> str:
+    """A multipart entity (headers + body) of already rendered entities (RFC 2046 §5.1.1)."""
+    boundary = "=_atmos_" + secrets.token_hex(12)  # random: cannot occur in the parts
+    out = [f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n']
+    for entity in entities:
+        out.append(f"--{boundary}\r\n{entity}\r\n")
+    out.append(f"--{boundary}--\r\n")
+    return "".join(out)
 
 
 def _header(name: str, value: str) -> str:
@@ -93,3 +155,22 @@ def _part(subtype: str, body: str) -> str:
         encoded, cte = binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii"), "quoted-printable"
     return (f"Content-Type: text/{subtype}; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
             + encoded.replace("\n", "\r\n"))
+
+
+def _param(name: str, value: str) -> str:
+    """A MIME parameter: quoted-string when ASCII (RFC 2045 §5.1), else RFC 2231 §4 ``name*=utf-8''…``."""
+    if value.isascii():
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'{name}="{escaped}"'
+    return f"{name}*={encode_rfc2231(value, 'utf-8')}"
+
+
+def _attachment(att: Attachment) -> str:
+    disposition = "inline" if att.content_id else "attachment"
+    lines = [f"Content-Type: {att.content_type}; {_param('name', att.filename)}",
+             f"Content-Disposition: {disposition}; {_param('filename', att.filename)}",
+             "Content-Transfer-Encoding: base64"]
+    if att.content_id:
+        lines.append(f"Content-ID: <{att.content_id}>")  # RFC 2392: cid:<content_id> in the HTML
+    body = base64.encodebytes(att.content).decode("ascii").replace("\n", "\r\n")
+    return "\r\n".join(lines) + "\r\n\r\n" + body

@@ -10,6 +10,10 @@ only its own data. Errors, each ``{"error", "code"}``:
     SERVICE_UNAVAILABLE 503 (the reputation service is not running or the store is down),
     NOT_FOUND 404 (GET/DELETE /member/webhook when none is registered).
 
+Default category: ``PUT /member/category`` ``{"domain": "…", "category": "transactional"}`` sets the
+category of mail from that domain that names none (``X-Atmos-Category`` / ``category``); ``""`` is bulk.
+A PDS, which cannot add headers, sets ``transactional`` so its resets never carry an unsubscribe link.
+
 Webhooks (relay.webhooks): ``PUT /member/webhook`` ``{"url": "https://…", "events": [...]}`` (events
 optional, default all of relay.webhooks.EVENT_TYPES) answers ``{url, events, secret}``; the ``whsec_``
 secret is shown only here and a new one is made on every PUT. The URL must be https; plain http is
@@ -26,6 +30,7 @@ from urllib.parse import urlsplit
 from quart import Blueprint, Response, jsonify, request
 
 from relay.address import normalize_domain, split_address
+from relay.category import is_transactional, parse_category
 from relay.dkimkeys import SecretBox
 from relay.egress import Egress, EgressRefused
 from relay.errors import DomainMismatch, InvalidRequest, MemberSuspended, QueueUnavailable, RelayError
@@ -39,6 +44,7 @@ from web.api import authenticate, read_json, reputation, services
 
 blueprint = Blueprint("member", __name__)
 FORWARD_FIELDS = frozenset({"domain", "forward_to"})
+CATEGORY_FIELDS = frozenset({"domain", "category"})
 WEBHOOK_FIELDS = frozenset({"url", "events"})
 
 
@@ -112,6 +118,31 @@ async def forward_to() -> Response:
     sent = await forwardto.after_change(svc, updated)
     return jsonify({"domain": updated.domain, "forward_to": updated.forward_to,
                     "confirmed": updated.forward_confirmed_at is not None, "confirmation_sent": sent})
+
+
+@blueprint.put("/member/category")
+async def default_category() -> Response:
+    """``{"domain", "category"}``: the category of mail from that domain that names none ("" = bulk)."""
+    svc, did = await _member(allow_suspended=False)
+    body = await read_json()
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object with domain and category")
+    unknown = sorted(set(body) - CATEGORY_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r} (allowed: domain, category)")
+    raw = body.get("domain")
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidRequest("domain: required, a string naming one of your sending domains")
+    if "category" not in body:
+        raise InvalidRequest("category: required (e.g. transactional, or \"\" for bulk)")
+    category = parse_category(body["category"])
+    domain = normalize_domain(raw)
+    row = await svc.store.get_domain(domain)
+    if row is None or row.did != did:
+        raise DomainMismatch(f"domain: {domain} is not enrolled under {did}")
+    updated = await svc.store.set_default_category(domain, category)
+    return jsonify({"domain": updated.domain, "category": updated.default_category,
+                    "transactional": is_transactional(updated.default_category)})
 
 
 @blueprint.put("/member/webhook")

@@ -82,6 +82,12 @@ class RelayCollector:
         faults.add_metric(["http_connection"], metrics.faults.get("http_connection", 0))
         faults.add_metric(["status_writer"], services.writer.stats.quarantined)
         yield faults
+        refusals = CounterMetricFamily("atmos_smtp_refusals_total",
+                                       "SMTP commands, messages and connections refused, by listener and reason.",
+                                       labels=["listener", "reason"])
+        for (listener, reason), n in sorted(metrics.smtp_refusals.items()):
+            refusals.add_metric([listener, reason], n)
+        yield refusals
         hist = metrics.accept_latency
         cumulative, running = [], 0
         for bound, n in zip(hist.bounds, hist.counts, strict=True):

@@ -22,9 +22,10 @@ from quart import Blueprint, Response, current_app, render_template, request
 
 from relay.admin import verify_token
 from relay.apikey import generate_api_key
+from relay.category import TRANSACTIONAL, parse_category
 from relay.dkimkeys import SecretBox, new_domain_keys
 from relay.dns.checks import DomainReport
-from relay.dns.records import DnsRecord
+from relay.dns.records import DnsRecord, records_for
 from relay.dns.verifier import check_once, expected_records
 from relay.errors import RelayError
 from relay.identity import IdentityError
@@ -33,10 +34,13 @@ from relay.services import Services
 from relay.slots import Slots, SlotsFull
 from relay.store.base import MAX_DOMAINS_PER_DID, DomainLimitReached, DomainTaken, StoreError
 from relay.store.rows import MESSAGE_STATUSES, Domain
+from relay.webhooks import EVENT_TYPES
 from web import forwardto
 from web import session as sessions
+from web.api import BATCH_MAX
 from web.auth import oauth_client
 from web.member import _parse_forward
+from web.openapi import ERRORS
 
 log = logging.getLogger("web.pages")
 blueprint = Blueprint("pages", __name__)
@@ -63,7 +67,7 @@ async def _csrf_failed(exc: sessions.CsrfFailed) -> tuple[str, int]:
 def submission_port(svc: Services) -> int:
     """The port members submit to: the one the relay bound (the configured one, or the kernel's pick
     for port 0), not a hard-coded 587."""
-    return svc.bound.submission[0][1] if svc.bound.submission else svc.cfg.smtp.submission_addr.port
+    return svc.bound.smtp_ports(svc.cfg)[0]
 
 
 async def _page(template: str, **ctx: Any) -> str:
@@ -105,9 +109,54 @@ async def home() -> str:
     return await _page("home.html")
 
 
+#: /docs/<guide>: (template, title), in the order the index lists them.
+GUIDES: dict[str, tuple[str, str]] = {
+    "api": ("docs_api.html", "HTTP API"),
+    "smtp": ("docs_smtp.html", "SMTP settings"),
+    "dns": ("docs_dns.html", "DNS records"),
+    "warming": ("docs_warming.html", "Warming and rate limits"),
+    "forwarding": ("docs_forwarding.html", "Reply forwarding"),
+    "bounces": ("docs_bounces.html", "Bounces and suppression"),
+    "labels": ("docs_labels.html", "Labels"),
+    "troubleshooting": ("docs_troubleshooting.html", "Troubleshooting"),
+}
+
+
+def docs_context(svc: Services) -> dict[str, Any]:
+    """What the guides show, from the running relay: bound ports, host names, limits, error codes.
+
+    Dev shows the loopback address it is bound to; production the operator's public names.
+    """
+    cfg = svc.cfg
+    port_587, port_465 = svc.bound.smtp_ports(cfg)
+    if cfg.dev and svc.bound.submission:
+        smtp_host = svc.bound.submission[0][0]
+    else:
+        smtp_host = cfg.smtp.hostname or cfg.operator_domain
+    example = records_for("your-domain.example", did="did:plc:your-did", verify_token="<token from your domain page>",
+                          selector="atmos", rsa_txt="v=DKIM1; k=rsa; p=<your RSA key>",
+                          ed25519_txt="v=DKIM1; k=ed25519; p=<your Ed25519 key>", cfg=cfg)
+    return {
+        "public_url": cfg.public_url, "smtp_host": smtp_host, "smtp_port": port_587,
+        "smtps_port": port_465, "limits": cfg.limits, "suspension": cfg.suspension, "guides": GUIDES,
+        "errors": ERRORS, "transactional": sorted(TRANSACTIONAL), "example_records": example,
+        "mx_host": cfg.dns.mx_host or cfg.operator_domain, "batch_max": BATCH_MAX,
+        "labeler_did": cfg.labeler.did or "did:web:" + (urllib.parse.urlsplit(cfg.public_url).hostname or ""),
+        "event_types": EVENT_TYPES,
+    }
+
+
 @blueprint.get("/docs")
 async def docs() -> str:
-    return await _page("docs.html")
+    return await _page("docs.html", **docs_context(_svc()))
+
+
+@blueprint.get("/docs/<guide>")
+async def docs_guide(guide: str) -> tuple[str, int] | str:
+    if guide not in GUIDES:
+        return await _not_found()
+    template, title = GUIDES[guide]
+    return await _page(template, title=title, **docs_context(_svc()))
 
 
 # -- sign-in -------------------------------------------------------------------------------------
@@ -332,6 +381,7 @@ async def account() -> str | Response:
         messages=rows, statuses=MESSAGE_STATUSES, status=status_filter or "", next_before=next_before,
         suppressions=await svc.store.list_suppressions(did), has_key=await svc.store.get_api_key_hash(did) is not None,
         notice=request.args.get("notice", ""), labels=await _current_labels(svc, did),
+        transactional_categories=sorted(TRANSACTIONAL),
     )
 
 
@@ -380,6 +430,22 @@ async def set_forward() -> tuple[str, int] | str | Response:
     else:
         notice = f"Replies to {domain} now go to {target}."
     return _redirect("/account?notice=" + urllib.parse.quote(notice), 303)
+
+
+@blueprint.post("/account/category")
+async def set_category() -> tuple[str, int] | str | Response:
+    form = await _form()
+    found = await _own_domain(str(form.get("domain", "")))
+    if found is None:
+        return await _not_found()
+    _, row = found
+    try:
+        category = parse_category(str(form.get("category", "")))
+    except RelayError as exc:
+        return await _page("error.html", title="Category not changed", message=str(exc)), 400
+    await _svc().store.set_default_category(row.domain, category)
+    return _redirect("/account?notice=" + urllib.parse.quote(
+        f"Mail from {row.domain} without X-Atmos-Category is now {category or 'bulk'}."), 303)
 
 
 @blueprint.post("/account/suppressions/remove")

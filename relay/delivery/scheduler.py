@@ -38,6 +38,7 @@ from typing import Protocol
 
 import trio
 
+from relay import sendmeta
 from relay.delivery import verp
 from relay.delivery.congestion import next_window
 from relay.delivery.dsn import FailedRecipient, build_dsn
@@ -366,7 +367,9 @@ class Scheduler:
         self._tell_reputation(env, job, decision, result)
         self._publish(Delivery(queue_id=job.queue_id, rcpt_id=job.rcpt_id, did=env.did, recipient=job.rcpt,
                                domain=job.domain, state=decision.state, attempts=attempts, mx_host=result.mx_host,
-                               reply=result.outcome.text, tls=result.tls, next_attempt_at=decision.next_attempt_at))
+                               reply=result.outcome.text, tls=result.tls, next_attempt_at=decision.next_attempt_at,
+                               tags=tuple(sendmeta.tags_of(env.attrs.get("tags"))),
+                               metadata=sendmeta.metadata_of(env.attrs.get("metadata"))))
         if decision.state == "deferred" and decision.next_attempt_at is not None:
             self._push(decision.next_attempt_at, job.queue_id)
             self._wakeup.set()

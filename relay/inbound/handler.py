@@ -56,9 +56,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from email.header import decode_header, make_header
-from email.utils import format_datetime
 from typing import Literal
 
 from relay.acceptor import Acceptor, Submission
@@ -74,6 +72,7 @@ from relay.inbound.reports import ReportReader
 from relay.ratelimit import TokenBuckets
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
+from relay.smtp.trace import received
 from relay.store.aio import AsyncStore
 from relay.store.base import Store, StoreError
 from relay.store.rows import Domain, MessageRow, StatusUpdate
@@ -103,7 +102,6 @@ FORWARD_MARK = "X-Atmos-Forwarded"
 # Local-part characters that route mail elsewhere on some MTAs (percent hack, UUCP bang paths,
 # nested "@", quoting and escapes): refused whatever the domain.
 _ROUTING_CHARS = re.compile(r"[%!@\"\\\s]")
-_EHLO_SAFE = re.compile(r"[^A-Za-z0-9.\-\[\]:_]")
 _ROUTES = "inbound.routes"
 _TXNS = "inbound.transactions"
 
@@ -595,17 +593,10 @@ class InboundHandler:
 
     def _trace(self, session: Session, rcpts: Iterable[str]) -> bytes:
         """RFC 5321 §4.4 trace field plus our forwarding mark, prepended to forwarded mail."""
-        helo = _EHLO_SAFE.sub("", session.ehlo or "")[:255] or "unknown"
-        ip = session.peer[0] or "unknown"
-        literal = f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
-        protocol = "ESMTPS" if session.tls else "ESMTP"
         rcpt_list = list(rcpts)
-        target = f" for <{rcpt_list[0]}>" if len(rcpt_list) == 1 else ""
-        date = format_datetime(datetime.fromtimestamp(self._now(), UTC))
-        received = f"Received: from {helo} ({literal})\r\n\tby {self.hostname} (Atmosphere Relay) with {protocol}" \
-                   f"{target};\r\n\t{date}\r\n"
+        trace = received(session, by=self.hostname, rcpts=rcpt_list, authenticated=False, now=self._now())
         mark = f"{FORWARD_MARK}: {', '.join(f'<{r}>' for r in rcpt_list)[:900]}\r\n"
-        return (received + mark).encode("utf-8")
+        return trace + mark.encode("utf-8")
 
 
 def _looks_like_verp(address: str, domain: str) -> bool:

@@ -19,7 +19,7 @@ import ssl
 from relay.config import Config
 from relay.smtp.handler import SessionHandler
 from relay.smtp.limits import Limits
-from relay.smtp.server import BufferBudget, SmtpServer, SmtpServerConfig
+from relay.smtp.server import BufferBudget, RefusalCounter, SmtpServer, SmtpServerConfig
 
 
 def inbound_server_config(
@@ -43,6 +43,7 @@ def inbound_server_config(
         gate_time=cfg.smtp.pre_mail_time,
         session_time=cfg.smtp.session_time,
         shutdown_grace=cfg.smtp.shutdown_grace,
+        name="inbound",
     )
 
 
@@ -54,6 +55,7 @@ def make_inbound_server(
     host: str | None = None,
     port: int | None = None,
     buffers: BufferBudget | None = None,
+    refusals: RefusalCounter | None = None,
 ) -> SmtpServer:
     config = inbound_server_config(cfg, ssl_context=ssl_context, host=host, port=port)
-    return SmtpServer(config, handler, buffers=buffers)
+    return SmtpServer(config, handler, buffers=buffers, refusals=refusals)

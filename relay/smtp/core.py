@@ -152,6 +152,7 @@ class ServerConnection:
         hostname: str,
         limits: Limits | None = None,
         tls_available: bool = False,
+        tls_active: bool = False,
         auth_enabled: bool = True,
         require_tls_for_auth: bool = True,
         require_auth: bool = False,
@@ -163,7 +164,7 @@ class ServerConnection:
         self.require_tls_for_auth = require_tls_for_auth
         self.require_auth = require_auth
         self.state = State.GREETING
-        self.tls_active = False
+        self.tls_active = tls_active  # True from the start under implicit TLS (RFC 8314 §3.3)
         self.authenticated = False
         self.ehlo_name: str | None = None
         self.recipients = 0  # accepted RCPTs in the current transaction

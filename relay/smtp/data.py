@@ -1,16 +1,20 @@
 """The DATA phase: find the end of the message, unstuff dots, enforce limits. Pure.
 
-RFC 5321 §4.1.1.4: only ``CRLF . CRLF`` ends the data. A bare LF or bare CR
-anywhere in the data is never a line end (that ambiguity is what SMTP smuggling
-exploits: ``\\n.\\n``, ``\\r\\n.\\n``, ``\\r.\\r``...); such a message is rejected
-after the real end, like Postfix's ``smtpd_forbid_bare_newline = reject``.
+RFC 5321 §4.1.1.4: only ``CRLF . CRLF`` ends the data. A bare LF never ends it
+(that ambiguity is what SMTP smuggling exploits: ``\\n.\\n``, ``\\r\\n.\\n``...),
+but it does end a content line: such lines are normalized to CRLF, as Postfix 3.9
+does by default (``smtpd_forbid_bare_newline = normalize``), so ``curl -T`` of a
+file with Unix line ends works and a ``\\n.\\n`` in it stays message text (the
+delivery client dot-stuffs it again on the way out). A bare CR is never a line
+end either and has no such reading: a message with one is rejected after the
+real end (``\\r.\\r`` and friends).
 
 Input is processed in blocks of complete lines with C-level bytes operations
 (``find``, ``count``, ``replace``, ``split``), never byte by byte. Memory stays
 bounded: the message is kept only while within ``max_size``, and an unfinished
 line is kept only up to ``max_line`` octets.
 
-Verdicts, first match wins: bare CR/LF -> 550 5.6.11, too big -> 552 5.3.4
+Verdicts, first match wins: bare CR -> 550 5.6.11, too big -> 552 5.3.4
 (RFC 1870 §6.3, after the final dot), text line over ``max_line`` -> 500 5.5.6
 (§4.5.3.1.6). Each flag only grows and is computed exactly, so the verdict does
 not depend on how the bytes were chunked.
@@ -21,7 +25,7 @@ from __future__ import annotations
 from relay.smtp.events import MessageComplete, ProtocolError
 from relay.smtp.reply import Reply
 
-BARE_NEWLINE = Reply(550, "5.6.11", "bare CR or LF not allowed in message data, use CRLF")
+BARE_NEWLINE = Reply(550, "5.6.11", "bare CR not allowed in message data, use CRLF")
 TOO_BIG = Reply(552, "5.3.4", "message exceeds fixed maximum message size")
 LINE_TOO_LONG = Reply(500, "5.5.6", "message line too long (RFC 5321 limit is 1000 octets)")
 
@@ -29,7 +33,8 @@ LINE_TOO_LONG = Reply(500, "5.5.6", "message line too long (RFC 5321 limit is 10
 class DataReader:
     """Consumes message bytes from a buffer until ``CRLF.CRLF``."""
 
-    __slots__ = ("_crlf_start", "_max_line", "_max_size", "_parts", "_size", "bare", "held", "long_line", "too_big")
+    __slots__ = ("_crlf_start", "_line_start", "_max_line", "_max_size", "_parts", "_size", "bare", "held",
+                 "long_line", "normalized", "too_big")
 
     def __init__(self, *, max_size: int, max_line: int) -> None:
         self._max_size = max_size
@@ -40,7 +45,9 @@ class DataReader:
         # The next buffered byte starts a line that follows a CRLF; true at the start,
         # since the DATA command line ended in CRLF.
         self._crlf_start = True
-        self.bare = False
+        self._line_start = True  # the next buffered byte starts a line (after CRLF or a bare LF)
+        self.bare = False  # a bare CR was seen: the message is refused
+        self.normalized = False  # some line ended in a bare LF (now CRLF)
         self.too_big = False
         self.long_line = False
 
@@ -61,6 +68,7 @@ class DataReader:
             self._take(block)
             del buf[: last_lf + 1]
             self._crlf_start = block.endswith(b"\r\n")
+            self._line_start = True
         if len(buf) >= self._max_line:
             self._drop_partial(buf)
         return False
@@ -85,20 +93,23 @@ class DataReader:
         """Account for complete lines (``part`` ends in LF, or is empty)."""
         if self.bare or not part:
             return
-        lines = part.split(b"\r\n")  # the last item is b"" (part ends in CRLF) unless bare
-        crlf = len(lines) - 1
-        if part.count(b"\n") != crlf or part.count(b"\r") != crlf:
+        crlf = part.count(b"\r\n")
+        if part.count(b"\r") != crlf:  # a CR not followed by LF
             self.bare = True
             self._parts.clear()
             self.held = 0
             return
+        if part.count(b"\n") != crlf:  # bare LF line ends: normalize (no bare CR is left to confuse)
+            self.normalized = True
+            part = part.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        lines = part.split(b"\r\n")  # the last item is b"" (part ends in CRLF)
         if self.too_big:
             return
         if not self.long_line and len(part) > self._max_line:
             # Only a part longer than one full line can hold an over-long line.
             self.long_line = max(map(len, lines)) > self._max_line - 2
         # §4.5.2: a line starting with "." lost its first dot on the way in.
-        body = part[1:] if self._crlf_start and part.startswith(b".") else part
+        body = part[1:] if self._line_start and part.startswith(b".") else part
         self._add(body.replace(b"\r\n.", b"\r\n"))
 
     def _drop_partial(self, buf: bytearray) -> None:
@@ -114,8 +125,8 @@ class DataReader:
             self._parts.clear()
             self.held = 0
         elif not self.bare and not self.too_big:
-            self._add(piece[1:] if self._crlf_start and piece.startswith(b".") else piece)
-        self._crlf_start = False
+            self._add(piece[1:] if self._line_start and piece.startswith(b".") else piece)
+        self._crlf_start = self._line_start = False
 
     def _add(self, body: bytes) -> None:
         self._size += len(body)

@@ -26,7 +26,11 @@ class Session:
 
     peer: tuple[str, int]
     tls: bool = False
+    tls_version: str = ""  # e.g. "TLSv1.3", for the Received: field (relay.smtp.trace)
+    tls_cipher: str = ""
+    tls_bits: int = 0
     ehlo: str | None = None
+    extended: bool = True  # EHLO (not HELO): the Received: protocol is ESMTP
     did: str | None = None  # set by on_auth on success
     mail_from: str | None = None  # "" for the null reverse-path <>
     rcpts: list[str] = field(default_factory=list)

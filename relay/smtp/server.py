@@ -39,13 +39,13 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import trio
 
 from relay.errors import RelayError
 from relay.ratelimit import source_key
-from relay.smtp.core import COMMAND_STATES, ServerConnection, State
+from relay.smtp.core import COMMAND_STATES, TOO_MANY_ERRORS, ServerConnection, State
 from relay.smtp.events import (
     NEED_DATA,
     AuthChallenge,
@@ -89,6 +89,18 @@ LOCAL_ERROR = Reply(451, "4.3.0", "local error, try again later")
 _COMMITTED_REPLY_WAIT = 10.0  # seconds a durable message's 250 may take to write, even on shutdown
 _TLS_FAILED = Reply(421, "4.7.0", "TLS handshake failed")  # never sent: the channel is unusable
 
+#: Refusals the core and the listener decide, by (code, enhanced code), for the /metrics reason label;
+#: a RelayError from a hook is labelled with its own code, anything else ``smtp_<code>``.
+_REFUSAL_REASONS = {
+    (500, "5.5.2"): "syntax", (500, "5.5.6"): "line_too_long", (501, "5.5.4"): "syntax",
+    (501, "5.5.2"): "auth_syntax", (501, "5.0.0"): "auth_cancelled", (502, "5.5.1"): "not_implemented",
+    (503, "5.5.1"): "bad_sequence", (504, "5.5.4"): "auth_mechanism", (530, "5.7.0"): "auth_required",
+    (535, "5.7.8"): "auth_failed", (550, "5.6.11"): "bare_cr", (552, "5.3.4"): "message_too_big",
+    (452, "4.5.3"): "too_many_recipients", (421, "4.7.0"): "closed", (554, "5.5.0"): "starttls_injection",
+    (553, "5.1.3"): "bad_recipient", (451, "4.3.0"): "local_error", (451, "4.3.1"): "no_buffer_space",
+    (421, "4.4.2"): "time_limit",
+}
+
 # Errors from accept() that mean "out of resources", not "listener broken" (as trio.serve_listeners).
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
@@ -99,6 +111,7 @@ class SmtpServerConfig:
     port: int = 0
     hostname: str = "localhost"  # banner and EHLO name
     ssl_context: ssl.SSLContext | None = None  # None: STARTTLS not offered
+    implicit_tls: bool = False  # RFC 8314 §3.3 (port 465): TLS from the first byte, no STARTTLS
     require_tls_for_auth: bool = True  # AUTH before STARTTLS -> 530 5.7.0
     require_auth: bool = False  # submission: MAIL before AUTH -> 530 5.7.0
     auth_enabled: bool = True  # False on port 25: AUTH -> 502, not advertised
@@ -112,10 +125,17 @@ class SmtpServerConfig:
     gate_time: float = 120.0  # AUTH / first MAIL must come within this many seconds of connecting
     session_time: float = 3600.0  # a whole session, however busy
     shutdown_grace: float = 10.0
+    name: str = "smtp"  # the listener in refusal logs and the /metrics label: submission, submissions, inbound
 
     def gate_reply(self) -> Reply:
         what = "authentication" if self.require_auth else "a mail transaction"
         return Reply(421, "4.7.0", f"{what} required within {self.gate_time:.0f} s, closing connection")
+
+
+class RefusalCounter(Protocol):
+    """Where refusals are counted (relay.metrics.RelayMetrics)."""
+
+    def observe_refusal(self, listener: str, reason: str) -> None: ...
 
 
 class BufferBudget:
@@ -164,13 +184,14 @@ async def handle_connection(
     *,
     drain: Drain | None = None,
     buffers: BufferBudget | None = None,
+    refusals: RefusalCounter | None = None,
 ) -> None:
     """Run one SMTP session on ``stream`` until it ends; closes the stream.
 
     Never raises for peer or handler misbehaviour; only ``trio.Cancelled``.
     """
     budget = buffers or BufferBudget(1 << 62)
-    await _Connection(stream, peer, config, handler, drain or Drain(), budget).run()
+    await _Connection(stream, peer, config, handler, drain or Drain(), budget, refusals).run()
 
 
 class _Connection:
@@ -182,8 +203,11 @@ class _Connection:
         handler: SessionHandler,
         drain: Drain,
         buffers: BufferBudget,
+        refusals: RefusalCounter | None = None,
     ) -> None:
         self.stream = stream
+        self.refusals = refusals
+        self._reason: str | None = None  # the RelayError code behind the last hook's reply
         self.config = config
         self.handler = handler
         self.drain = drain
@@ -191,7 +215,8 @@ class _Connection:
         self.conn = ServerConnection(
             hostname=config.hostname,
             limits=config.limits,
-            tls_available=config.ssl_context is not None,
+            tls_available=config.ssl_context is not None and not config.implicit_tls,
+            tls_active=config.implicit_tls,
             auth_enabled=config.auth_enabled,
             require_tls_for_auth=config.require_tls_for_auth,
             require_auth=config.require_auth,
@@ -207,6 +232,8 @@ class _Connection:
     async def run(self) -> None:
         log.debug("connect from %s", self.session.peer)
         try:
+            if self.config.implicit_tls and not await self._handshake():
+                return
             await self._greet()
             while self.conn.state is not State.CLOSED:
                 await self._step()
@@ -232,6 +259,8 @@ class _Connection:
                 "on_connect", lambda: self.handler.on_connect(self.session), self.config.command_timeout
             )
         self._out += self.conn.send(greeting or Reply(220, None, f"{self.config.hostname} ESMTP ready"))
+        if greeting is not None and greeting.code >= 400 and greeting is not SHUTTING_DOWN:
+            self._refused(None, greeting)  # the session itself was refused (RFC 5321 §3.1: 554)
 
     async def _step(self) -> None:
         state = self.conn.state
@@ -246,9 +275,12 @@ class _Connection:
             return
         if isinstance(event, ConnectionClosed):
             return
+        self._reason = None
         reply = await self._answer(event)
         self._out += self.conn.send(reply)
         self._record(event, reply)
+        if reply.code >= 400:
+            self._refused(event, reply)
         self._charge()  # before the flush: the message's bytes are free once it is answered
         if isinstance(event, MessageComplete) and reply.code < 300:
             await self._flush_committed()
@@ -353,6 +385,14 @@ class _Connection:
     async def _start_tls(self) -> None:
         """RFC 3207: the 220 is out; the handshake runs on the raw stream."""
         await self._flush()
+        if await self._handshake():
+            self.conn.tls_started()
+            self.session.ehlo = self.session.did = None  # RFC 3207 §4.2
+        else:
+            self.conn.close(_TLS_FAILED)  # close quietly: the channel is neither TLS nor plaintext
+
+    async def _handshake(self) -> bool:
+        """The TLS handshake on the raw stream (after STARTTLS, or at connect for RFC 8314 §3.3)."""
         assert self.config.ssl_context is not None
         tls = trio.SSLStream(self.stream, self.config.ssl_context, server_side=True, https_compatible=True)
         with trio.move_on_after(self.config.command_timeout):
@@ -360,14 +400,14 @@ class _Connection:
                 await tls.do_handshake()
             except trio.BrokenResourceError as exc:
                 log.debug("TLS handshake with %s failed: %s", self.session.peer, exc.__cause__ or exc)
-            else:
-                _quickack(self.stream)
-                self.stream = tls
-                self.conn.tls_started()
-                self.session.tls = True
-                self.session.ehlo = self.session.did = None  # RFC 3207 §4.2
-                return
-        self.conn.close(_TLS_FAILED)  # close quietly: the channel is neither TLS nor plaintext
+                return False
+            _quickack(self.stream)
+            self.stream = tls
+            self.session.tls = True
+            _note_tls(self.session, tls)
+            return True
+        log.debug("TLS handshake with %s timed out", self.session.peer)
+        return False
 
     # ---- events -> replies -------------------------------------------------------------
 
@@ -418,6 +458,7 @@ class _Connection:
             with scope:
                 return await call()
         except RelayError as exc:
+            self._reason = exc.code.lower()
             return exc.smtp_reply
         except Exception:
             log.exception("handler %s failed (peer %s)", name, self.session.peer)
@@ -426,12 +467,23 @@ class _Connection:
         log.error("handler %s timed out after %.0f s (peer %s)", name, seconds, self.session.peer)
         return LOCAL_ERROR
 
+    def _refused(self, event: Event | None, reply: Reply) -> None:
+        """Every refused command or transaction: one log line and one count (listener, reason)."""
+        reason = self._reason or ("too_many_errors" if reply == TOO_MANY_ERRORS else _REFUSAL_REASONS.get(
+            (reply.code, reply.enhanced or ""), f"smtp_{reply.code}"))
+        what = "message" if isinstance(event, MessageComplete) else (
+            "connection" if event is None else type(event).__name__.lower())
+        log.info("refused %s on %s from %s did=%s: %d %s %s", what, self.config.name, self.session.peer[0],
+                 self.session.did or "-", reply.code, reply.enhanced or "", reply.text)
+        if self.refusals is not None:
+            self.refusals.observe_refusal(self.config.name, reason)
+
     def _record(self, event: Event, reply: Reply) -> None:
         """Keep the Session in step with what the core accepted."""
         session = self.session
         if 200 <= reply.code < 300:
             if isinstance(event, Ehlo):
-                session.ehlo = event.name
+                session.ehlo, session.extended = event.name, event.extended
             elif isinstance(event, MailFrom):
                 session.mail_from, session.rcpts = event.address, []
                 self._mailed = True
@@ -447,10 +499,11 @@ class SmtpServer:
     """Listeners plus sessions, with graceful shutdown (see the module docstring)."""
 
     def __init__(self, config: SmtpServerConfig, handler: SessionHandler, *,
-                 buffers: BufferBudget | None = None) -> None:
+                 buffers: BufferBudget | None = None, refusals: RefusalCounter | None = None) -> None:
         self.config = config
         self.handler = handler
         self.buffers = buffers or BufferBudget(1 << 62)
+        self.refusals = refusals  # /metrics: refusals by listener and reason
         self._per_ip: dict[str, int] = {}  # open sessions per source_key (anvil)
         self._refusing: set[str] = set()  # keys refused since their last session ended: logged once
         self._drain = Drain()
@@ -517,7 +570,7 @@ class SmtpServer:
             peer = _peer(stream)
             key = source_key(peer[0])
             if self._active >= self.config.max_connections:
-                log.warning("refusing %s: %d sessions open", peer, self._active)
+                log.warning("refusing %s on %s: %d sessions open", peer, self.config.name, self._active)
                 sessions.start_soon(self._refuse, stream, TOO_MANY_CONNECTIONS)
             elif self._per_ip.get(key, 0) >= self.config.max_connections_per_ip:
                 if key not in self._refusing:  # a flood must not become a flood of log lines
@@ -532,7 +585,7 @@ class SmtpServer:
     async def _session(self, stream: trio.abc.Stream, peer: Address, key: str) -> None:
         try:
             await handle_connection(stream, peer, self.config, self.handler, drain=self._drain,
-                                    buffers=self.buffers)
+                                    buffers=self.buffers, refusals=self.refusals)
         except Exception:  # a bug in this layer must not take the listener down
             log.exception("session with %s crashed", peer)
         finally:
@@ -545,6 +598,9 @@ class SmtpServer:
                 self._drained.set()
 
     async def _refuse(self, stream: trio.abc.Stream, reply: Reply) -> None:
+        if self.refusals is not None:
+            reason = "too_many_connections" if reply is TOO_MANY_CONNECTIONS else "too_many_from_address"
+            self.refusals.observe_refusal(self.config.name, reason)
         with trio.move_on_after(5):
             try:
                 await stream.send_all(reply.to_bytes())
@@ -601,6 +657,14 @@ async def _close_listeners(listeners: Sequence[trio.abc.Listener[trio.abc.Stream
     with trio.CancelScope(shield=True):
         for listener in listeners:
             await listener.aclose()
+
+
+def _note_tls(session: Session, tls: trio.SSLStream[trio.abc.Stream]) -> None:
+    """What the handshake agreed, for the Received: field (relay.smtp.trace)."""
+    session.tls_version = tls.version() or ""
+    cipher = tls.cipher()
+    if cipher is not None:
+        session.tls_cipher, session.tls_bits = cipher[0], int(cipher[2])
 
 
 def _quickack(stream: trio.abc.Stream) -> None:

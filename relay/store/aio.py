@@ -66,6 +66,7 @@ class AsyncStore:
     domains_for = _op(Store.domains_for)
     set_domain_state = _op(Store.set_domain_state)
     set_forward_to = _op(Store.set_forward_to)
+    set_default_category = _op(Store.set_default_category)
 
     # API keys
     set_api_key_hash = _op(Store.set_api_key_hash)

@@ -111,8 +111,8 @@ Clock = Callable[[], float]
 
 _INSERT_MESSAGE = """
 INSERT INTO messages (id, queue_id, did, from_domain, mail_from, recipient, subject, category, source,
-                      status, attempts, last_reply, next_attempt_at, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      status, attempts, last_reply, next_attempt_at, created_at, updated_at, tags, metadata)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO NOTHING
 """
 # ON CONFLICT (id) rather than INSERT OR IGNORE: OR IGNORE would also silently skip CHECK failures.
@@ -371,6 +371,12 @@ class Store:
                 " THEN forward_confirmed_at ELSE NULL END, forward_to = ? WHERE domain = ?",
                 (forward_to or None, forward_to or None, domain),
             )
+            return _domain(_updated(c, cur, domain))
+
+    def set_default_category(self, domain: str, category: str) -> Domain:
+        domain = normalize_domain(domain)
+        with self._db.write() as c:
+            cur = c.execute("UPDATE domains SET default_category = ? WHERE domain = ?", (category, domain))
             return _domain(_updated(c, cur, domain))
 
     def confirm_forward_to(self, domain: str, forward_to: str, at: float) -> Domain | None:
@@ -917,7 +923,7 @@ def _insert_messages(c: Conn, rows: Sequence[MessageRow]) -> int:
     params = [
         (r.id, r.queue_id, r.did, r.from_domain, display_text(r.mail_from), display_text(r.recipient),
          display_text(r.subject), r.category, r.source, r.status, r.attempts, display_text(r.last_reply),
-         r.next_attempt_at, r.created_at, r.updated_at)
+         r.next_attempt_at, r.created_at, r.updated_at, r.tags, r.metadata)
         for r in rows
     ]  # fmt: skip
     return c.executemany(_INSERT_MESSAGE, params)

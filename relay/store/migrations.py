@@ -210,6 +210,14 @@ CREATE TABLE oauth_pending (
 ) WITHOUT ROWID;
 """
 
+# Version 9 (issue 18): a per-domain default category (mail without X-Atmos-Category, e.g. a PDS's
+# password resets, can be transactional), and the tags/metadata a sender attached on /v1/send (JSON text).
+_V9 = """
+ALTER TABLE domains ADD COLUMN default_category TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN tags TEXT NOT NULL DEFAULT '';
+ALTER TABLE messages ADD COLUMN metadata TEXT NOT NULL DEFAULT '';
+"""
+
 # Abuse resistance (issue 15): complaints de-duplicated per recipient id (the VERP address names
 # one recipient of one message); reports nobody can be held to, kept for the operator; forward-to
 # confirmation; per-day counters (forwards per member, delivery reports per SRS0 address);
@@ -323,10 +331,11 @@ MIGRATIONS: list[tuple[int, str]] = [
     (5, _V5),
     (7, _V7),
     (8, _V8),
+    (9, _V9),
     (10, _V10),
 ]
 
-LATEST = MIGRATIONS[-1][0]
+LATEST = max(version for version, _ in MIGRATIONS)
 
 _BOOTSTRAP = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"

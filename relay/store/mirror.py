@@ -141,6 +141,8 @@ def rows_for(queue_id: int, ids: Iterable[int], env: Envelope) -> list[MessageRo
             subject=env.attrs.get("subject", "")[:300],
             category=env.attrs.get("category", ""),
             source="http" if env.attrs.get("source") == "http" else "smtp",
+            tags=env.attrs.get("tags", ""),  # the sender's /v1/send tags and metadata (relay.sendmeta)
+            metadata=env.attrs.get("metadata", ""),
             status="accepted",
             attempts=0,
             last_reply="",

@@ -48,6 +48,7 @@ class Domain:
     forward_to: str | None = None
     created_at: float = 0.0
     verified_at: float | None = None  # first successful ownership check; kept across re-checks
+    default_category: str = ""  # X-Atmos-Category for mail from this domain that names none
     forward_confirmed_at: float | None = None  # forward_to proved by the link mailed to it; None: replies refused
     claim: bool = False  # a competing pending claim (domain_claims), not the domain's own row
 
@@ -76,6 +77,8 @@ class MessageRow:
     attempts: int = 0
     last_reply: str | None = None
     next_attempt_at: float | None = None
+    tags: str = ""  # JSON array of the sender's tags (/v1/send), "" when none
+    metadata: str = ""  # JSON object of the sender's metadata, "" when none
 
 
 @dataclass(frozen=True, slots=True)

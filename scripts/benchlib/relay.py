@@ -59,6 +59,7 @@ state_dir = "{self.base / "state"}"
 
 [smtp]
 submission_addr = "127.0.0.1:0"
+submissions_addr = "127.0.0.1:0"
 inbound_addr = "127.0.0.1:0"
 # Every bench client is 127.0.0.1: the per-address budgets are lifted so the bench measures capacity.
 max_connections_per_ip = {BIG}

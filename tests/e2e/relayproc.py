@@ -49,6 +49,7 @@ class RelayProcess:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     submission: tuple[str, int] = ("", 0)
+    submissions: tuple[str, int] = ("", 0)  # implicit TLS (port 465 in production)
     inbound: tuple[str, int] = ("", 0)
     http: str = ""
     output: list[str] = field(default_factory=list)
@@ -65,7 +66,7 @@ class RelayProcess:
     def write_config(self) -> None:
         self.config_path.write_text(
             f'operator_domain = "relay.test"\nstate_dir = "{self.state_dir}"\n'
-            '[smtp]\nsubmission_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\n'
+            '[smtp]\nsubmission_addr = "127.0.0.1:0"\nsubmissions_addr = "127.0.0.1:0"\ninbound_addr = "127.0.0.1:0"\n'
             f'shutdown_grace = {self.shutdown_grace}\n' + self.smtp_toml + '[http]\naddr = "127.0.0.1:0"\n'
             + ("" if self.dev else f'[tls]\ncert_file = "{self.tls.cert}"\nkey_file = "{self.tls.key}"\n')
             + self.limits_toml()
@@ -122,6 +123,8 @@ class RelayProcess:
                 host, _, port = ready["submission"][0].rpartition(":")
                 self.submission = (host, int(port))
                 self.http = ready["http"][0]
+                shost, _, sport = ready["submissions"][0].rpartition(":")
+                self.submissions = (shost, int(sport))
                 if ready.get("inbound"):
                     ihost, _, iport = ready["inbound"][0].rpartition(":")
                     self.inbound = (ihost, int(iport))

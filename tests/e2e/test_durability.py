@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from relay.outbound import split_message
 from spool import SpoolLog
 from tests.e2e.conftest import message
 from tests.e2e.relayproc import RelayProcess, TLSFiles
@@ -122,7 +123,10 @@ def verify(relay: RelayProcess, acked: dict[str, bytes]) -> None:
         else:
             copies = by_mid.get(key, [])
             assert len(copies) == 1, f"acknowledged {key}: {len(copies)} copies in the spool"
-            assert copies[0] == sent, f"{key} differs from what was acknowledged"
+            # The relay prepends its Received: field (RFC 5321 §4.4); the rest is byte for byte what was sent.
+            fields, body = split_message(copies[0])
+            assert fields[0].startswith(b"Received: from "), key
+            assert b"".join(fields[1:]) + body == sent, f"{key} differs from what was acknowledged"
     ids = [q.queue_id for q in log.live()]
     assert len(ids) == len(set(ids))
 

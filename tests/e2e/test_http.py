@@ -15,7 +15,7 @@ from spool import SpoolLog
 from tests.e2e.conftest import Member
 from tests.e2e.relayproc import RelayProcess
 
-EXTRA_TOML = "[limits]\nrecipients_per_message = 3\n"
+EXTRA_TOML = "[limits]\nrecipients_per_message = 3\njson_body = 1048576\n"
 
 
 def auth(member: Member) -> dict[str, str]:
@@ -105,7 +105,7 @@ def test_not_json(relay: RelayProcess, member: Member) -> None:
     assert "JSON" in r.json()["error"]
 
 
-def test_body_over_1mib_is_413(relay: RelayProcess, member: Member) -> None:
+def test_body_over_json_body_limit_is_413(relay: RelayProcess, member: Member) -> None:
     r = post(relay, auth(member), body(member, text="x" * (1024 * 1024 + 10)))
     assert r.status_code == 413 and r.json()["code"] == "PAYLOAD_TOO_LARGE"
 

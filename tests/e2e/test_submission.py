@@ -167,7 +167,7 @@ def test_suppressed_recipient_is_550_571(relay: RelayProcess, member: Member, cl
     s.close()
 
 
-def test_bare_lf_smuggling_rejected(relay: RelayProcess, member: Member, client_ctx: ssl.SSLContext) -> None:
+def test_bare_lf_smuggling_stays_text(relay: RelayProcess, member: Member, client_ctx: ssl.SSLContext) -> None:
     s = connect(relay, client_ctx)
     s.login(member.did, member.key)
     s.mail(f"a@{member.domain}")
@@ -176,11 +176,13 @@ def test_bare_lf_smuggling_rejected(relay: RelayProcess, member: Member, client_
     body = message(f"a@{member.domain}", "x@example.org", subject="smuggle")
     smuggled = b"\n.\nMAIL FROM:<ceo@bank.example>\r\nRCPT TO:<v@example.org>\r\nDATA\r\nevil\r\n"
     s.send(body + smuggled + b"\r\n.\r\n")
-    code, _ = s.getreply()
-    assert code >= 500
+    code, text = s.getreply()
+    assert code == 250, text  # one message (bare LFs normalized), ended only by the real CRLF.CRLF
     code, _ = s.noop()
     assert code == 250  # the smuggled commands were never executed as commands
     s.close()
+    queue = relay.admin("queue", "list")
+    assert not any(q.get("sender") == "ceo@bank.example" for q in queue)
 
 
 def test_pipelining_in_one_write(relay: RelayProcess, member: Member, client_ctx: ssl.SSLContext) -> None:

@@ -44,6 +44,7 @@ discard   unix  -       -       n       -       -       discard
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 """
 
 
@@ -107,6 +108,7 @@ class BouncingPostfix:
         self.hostname = hostname
         self.port = 0
         self.started = False
+        self.extra_main = ""  # main.cf lines appended last (Postfix: a later entry overrides an earlier one)
 
     def start(self) -> None:
         b = self.base
@@ -146,7 +148,7 @@ biff = no
 append_dot_mydomain = no
 smtp_connect_timeout = 5s
 delay_warning_time = 0
-""")
+""" + self.extra_main)
         (self.conf / "master.cf").write_text(f"127.0.0.1:{self.port} inet n - n - - smtpd\n" + _MASTER_TAIL)
         res = subprocess.run([self.postfix, "-c", str(self.conf), "start"], capture_output=True, text=True,
                              timeout=60, check=False)

@@ -86,6 +86,9 @@ const pds = await PDS.fromEnv({
   modServiceUrl: stubUrl,
   modServiceDid: 'did:example:mod',
   crawlers: [],
+  // Mail through a relay when the test gives one (issue 18): the PDS's own nodemailer transport.
+  ...(process.env.PDS_EMAIL_SMTP_URL ? { emailSmtpUrl: process.env.PDS_EMAIL_SMTP_URL } : {}),
+  ...(process.env.PDS_EMAIL_FROM_ADDRESS ? { emailFromAddress: process.env.PDS_EMAIL_FROM_ADDRESS } : {}),
 })
 await pds.start()
 const tStarted = Date.now()

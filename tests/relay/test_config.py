@@ -16,10 +16,12 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_dev_defaults_match_design(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, f'state_dir = "{tmp_path}/state"\n'), dev=True, env={})
     assert cfg.smtp.submission_addr == Addr("127.0.0.1", 2587)
+    assert cfg.smtp.submissions_addr == Addr("127.0.0.1", 2465)
     assert cfg.smtp.inbound_addr == Addr("127.0.0.1", 2525)
     assert cfg.http.addr == Addr("127.0.0.1", 8080)
     assert cfg.limits.message_size == 25 * 1024 * 1024
-    assert cfg.limits.json_body == 1024 * 1024
+    assert cfg.limits.json_body == 14 * 1024 * 1024  # 10 MiB of attachments in base64, plus the text
+    assert cfg.limits.attachment_bytes == 10 * 1024 * 1024
     assert cfg.store_url == f"sqlite:///{tmp_path}/state/relay.db"
     assert cfg.public_url == "http://127.0.0.1:8080"
 
@@ -48,6 +50,7 @@ def test_production_needs_secrets_and_tls(tmp_path: Path) -> None:
         load(path, dev=False, env={})
     cfg = load(path, dev=False, env=ENV)
     assert cfg.smtp.submission_addr == Addr("0.0.0.0", 587)
+    assert cfg.smtp.submissions_addr == Addr("0.0.0.0", 465)
     assert cfg.smtp.inbound_addr == Addr("0.0.0.0", 25)
 
 

@@ -8,6 +8,7 @@ from relay.smtp.core import ServerConnection, State
 from relay.smtp.data import DataReader
 from relay.smtp.events import NEED_DATA, ConnectionClosed, Event, MailFrom, MessageComplete, ProtocolError
 from relay.smtp.limits import Limits
+from relay.smtp.reply import Reply
 from tests.smtp.harness import events, in_data
 
 
@@ -72,29 +73,52 @@ def test_smuggling_vectors_never_end_data(vector: bytes, chunking: str) -> None:
     wire = b"Subject: hi\r\n\r\nbody" + vector + smuggled + b"\r\n.\r\n"
     conn = in_data()
     chunks = [wire] if chunking == "whole" else bytewise(wire)
-    event = finish(conn, *chunks)
-    assert isinstance(event, ProtocolError)
-    assert (event.reply.code, event.reply.enhanced) == (550, "5.6.11")
-    conn.send(event.reply)
+    event = finish(conn, *chunks)  # exactly one event, after the real CRLF.CRLF
+    if b"\r" in vector.replace(b"\r\n", b""):
+        # A bare CR has no reading as a line end: refused.
+        assert isinstance(event, ProtocolError)
+        assert (event.reply.code, event.reply.enhanced) == (550, "5.6.11")
+    else:
+        # Bare LFs are normalized line ends; the would-be commands stay message text.
+        assert isinstance(event, MessageComplete)
+        assert b"\n" not in event.data.replace(b"\r\n", b"")
+        assert b"MAIL FROM:<admin@victim.example>\r\n" in event.data
+    conn.send(event.reply if isinstance(event, ProtocolError) else Reply(250, "2.0.0", "ok"))
     assert conn.state is State.READY
     assert conn.next_event() is NEED_DATA  # nothing smuggled became a command
 
 
-BARE = [b"a\nb\r\n.\r\n", b"a\rb\r\n.\r\n", b"a\r\r\n.\r\n", b"\n.\r\n\r\n.\r\n"]
+@pytest.mark.parametrize(
+    ("wire", "stored"),
+    [
+        (b"a\nb\r\n.\r\n", b"a\r\nb\r\n"),
+        (b"\n.\r\n\r\n.\r\n", b"\r\n\r\n\r\n"),  # "\n.\r\n" is no terminator: "." is a stuffed empty line
+        (b"x\n.\nsmuggled\n\r\n.\r\n", b"x\r\n\r\nsmuggled\r\n\r\n"),
+        # curl -T of an LF file: curl appends CRLF.CRLF after the last LF.
+        (b"l1\nl2\n..dot\n\r\n.\r\n", b"l1\r\nl2\r\n.dot\r\n\r\n"),
+    ],
+)
+@pytest.mark.parametrize("chunking", ["whole", "bytewise"])
+def test_bare_lf_lines_are_normalized(wire: bytes, stored: bytes, chunking: str) -> None:
+    event = message(*([wire] if chunking == "whole" else bytewise(wire)))
+    assert event == MessageComplete(stored)
 
 
-@pytest.mark.parametrize("data", BARE, ids=repr)
-def test_bare_cr_or_lf_anywhere_is_rejected(data: bytes) -> None:
+BARE_CR = [b"a\rb\r\n.\r\n", b"a\r\r\n.\r\n", b"a\n\rb\r\n.\r\n"]
+
+
+@pytest.mark.parametrize("data", BARE_CR, ids=repr)
+def test_bare_cr_anywhere_is_rejected(data: bytes) -> None:
     event = message(data)
     assert isinstance(event, ProtocolError) and event.reply.code == 550
 
 
-def test_bare_lf_reply_only_after_real_end() -> None:
+def test_bare_lf_terminator_is_not_the_end() -> None:
     conn = in_data()
     conn.receive_data(b"x\n.\n")
     assert conn.next_event() is NEED_DATA
     conn.receive_data(b"more\r\n.\r\nNOOP\r\n")
-    assert isinstance(conn.next_event(), ProtocolError)
+    assert conn.next_event() == MessageComplete(b"x\r\n\r\nmore\r\n")
 
 
 def test_commands_pipelined_after_final_dot() -> None:

@@ -98,16 +98,17 @@ MAX_SIZE, MAX_LINE = 60, 20
 
 
 def reference(stream: bytes) -> tuple[MessageComplete | ProtocolError, bytes] | None:
-    """Slow and obvious: find CRLF.CRLF (with a virtual CRLF before the data), then judge."""
+    """Slow and obvious: find CRLF.CRLF (with a virtual CRLF before the data), then judge.
+
+    Bare CR anywhere: refused; bare LF: a line end like CRLF (Postfix ``normalize``)."""
     s = b"\r\n" + stream
     end = s.find(b"\r\n.\r\n")
     if end < 0:
         return None
     raw, rest = s[2 : end + 2], s[end + 5 :]
-    crlf = raw.count(b"\r\n")
-    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+    if raw.count(b"\r") != raw.count(b"\r\n"):
         return ProtocolError(BARE_NEWLINE), rest
-    lines = raw.split(b"\r\n")[:-1]
+    lines = raw.replace(b"\r\n", b"\n").split(b"\n")[:-1]  # a bare LF is a (normalized) line end
     body = b"".join((line[1:] if line.startswith(b".") else line) + b"\r\n" for line in lines)
     if len(body) > MAX_SIZE:
         return ProtocolError(TOO_BIG), rest

@@ -176,7 +176,7 @@ async def test_pipelining(handler: RecordingHandler) -> None:
 
 
 @pytest.mark.trio
-async def test_bare_lf_smuggling_is_rejected(handler: RecordingHandler) -> None:
+async def test_bare_lf_smuggling_stays_message_text(handler: RecordingHandler) -> None:
     async with trio.open_nursery() as nursery:
         server, address = await start(nursery, plain_config(), handler)
         client = await greeted(address)
@@ -186,9 +186,26 @@ async def test_bare_lf_smuggling_is_rejected(handler: RecordingHandler) -> None:
             b"Subject: x\r\n\r\nhello\n.\nMAIL FROM:<admin@victim.example>\r\n"
             b"RCPT TO:<x@victim.example>\r\nDATA\r\nforged\r\n.\r\nQUIT\r\n"
         )
+        accepted = await client.reply()
+        assert accepted.code == 250  # one message, ended by the real CRLF.CRLF
+        assert (await client.reply()).code == 221  # the very next reply: nothing was smuggled
+        await client.aclose()
+        await server.shutdown(grace=1)
+    assert [m.rcpts for m in handler.messages] == [["b@example.org"]]
+    assert b"hello\r\n\r\nMAIL FROM:<admin@victim.example>\r\nRCPT TO" in handler.messages[0].data
+
+
+@pytest.mark.trio
+async def test_bare_cr_smuggling_is_rejected(handler: RecordingHandler) -> None:
+    async with trio.open_nursery() as nursery:
+        server, address = await start(nursery, plain_config(), handler)
+        client = await greeted(address)
+        await client.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        assert [(await client.reply()).code for _ in range(3)] == [250, 250, 354]
+        await client.send(b"Subject: x\r\n\r\nhello\r.\rMAIL FROM:<admin@victim.example>\r\n.\r\nQUIT\r\n")
         rejected = await client.reply()
         assert (rejected.code, rejected.enhanced) == (550, "5.6.11")
-        assert (await client.reply()).code == 221  # the very next reply: nothing was smuggled
+        assert (await client.reply()).code == 221
         await client.aclose()
         await server.shutdown(grace=1)
     assert handler.messages == []
@@ -387,3 +404,68 @@ async def test_data_buffers_are_capped_relay_wide(handler: RecordingHandler) -> 
         for client in (first, second, third):
             await client.aclose()
         await server.shutdown(grace=1)
+
+# ---- implicit TLS (RFC 8314 §3.3) and refusal counting --------------------------------------
+
+
+class Refusals:
+    def __init__(self) -> None:
+        self.counted: list[tuple[str, str]] = []
+
+    def observe_refusal(self, listener: str, reason: str) -> None:
+        self.counted.append((listener, reason))
+
+
+def send_over_implicit_tls(port: int, ctx: ssl.SSLContext) -> tuple[bool, str]:
+    with smtplib.SMTP_SSL("127.0.0.1", port, context=ctx, timeout=10) as smtp:
+        smtp.ehlo("client.example")
+        offered_starttls = smtp.has_extn("starttls")
+        smtp.login(USER, PASSWORD)
+        smtp.sendmail("a@example.com", ["b@example.org"], MESSAGE)
+        return offered_starttls, smtp.esmtp_features.get("auth", "")
+
+
+@pytest.mark.trio
+async def test_implicit_tls_greets_only_after_the_handshake(tls: Contexts, handler: RecordingHandler) -> None:
+    async with trio.open_nursery() as nursery:
+        server, (_, port) = await start(nursery, submission(tls, implicit_tls=True, name="submissions"), handler)
+        offered_starttls, auth = await in_thread(send_over_implicit_tls, port, tls[1])
+        await server.shutdown(grace=1)
+    assert not offered_starttls and "PLAIN" in auth  # already TLS: no STARTTLS, AUTH at once
+    (stored,) = handler.messages
+    assert stored.did == USER and stored.data == MESSAGE
+
+
+@pytest.mark.trio
+async def test_implicit_tls_plaintext_client_gets_no_banner(tls: Contexts, handler: RecordingHandler) -> None:
+    async with trio.open_nursery() as nursery:
+        server, address = await start(nursery, submission(tls, implicit_tls=True), handler)
+        client = await RawClient.connect(address)
+        await client.send(b"EHLO plain.example\r\n")
+        assert await client.at_eof()  # the handshake failed on our bytes: closed, no SMTP reply ever
+        await client.aclose()
+        await server.shutdown(grace=1)
+    assert handler.messages == []
+
+
+@pytest.mark.trio
+async def test_refusals_are_counted_by_listener_and_reason(handler: RecordingHandler,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    refusals = Refusals()
+    caplog.set_level(logging.INFO, logger="relay.smtp")
+    async with trio.open_nursery() as nursery:
+        server = SmtpServer(plain_config(name="inbound"), handler, refusals=refusals)
+        (address,) = await nursery.start(server.serve)
+        client = await RawClient.connect(address)
+        assert (await client.reply()).code == 220
+        await client.send(b"MAIL FROM:<a@example.com>\r\n")  # before EHLO
+        assert (await client.reply()).code == 503
+        await client.send(b"EHLO c.example\r\nAUTH PLAIN " + b64plain(USER, "wrong") + b"\r\nQUIT\r\n")
+        assert [(await client.reply()).code for _ in range(3)] == [250, 535, 221]
+        await client.aclose()
+        await server.shutdown(grace=1)
+    assert refusals.counted == [("inbound", "bad_sequence"), ("inbound", "auth_failed")]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert lines[0].startswith("refused protocolerror on inbound from 127.0.0.1 did=-: 503 5.5.1")
+    assert lines[1].startswith("refused credentials on inbound from 127.0.0.1 did=-: 535 5.7.8")
+    assert len(lines) == 2  # once each

@@ -1,7 +1,10 @@
+import base64
 import email
 from email import policy
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.errors import InvalidRequest
 from web.compose import compose
@@ -20,7 +23,25 @@ def parse(**changes: object) -> object:
     [
         ({"from": None}, "from: required"),
         ({"from": 5}, "from: must be a string"),
-        ({"from": "Bob <b@example.com>"}, "from: give a bare address"),
+        ({"from": "Bob <nope>"}, "from:"),
+        ({"from": "Bob <a@x.org> <b@x.org>"}, "from:"),
+        ({"cc": ["ok@x.org", "bad"]}, r"cc\[1\]"),
+        ({"bcc": 7}, "bcc: must be a string or an array"),
+        ({"to": ["a@x.org", "b@x.org"], "cc": "c@x.org", "bcc": "d@x.org"}, "at most 3 recipients"),
+        ({"attachments": {"filename": "a"}}, "attachments: must be an array"),
+        ({"attachments": [{"filename": "a.txt"}]}, r"attachments\[0\]\.content: required"),
+        ({"attachments": [{"filename": "a.txt", "content": "!!!"}]}, r"attachments\[0\]\.content: not valid base64"),
+        ({"attachments": [{"content": "aGk="}]}, r"attachments\[0\]\.filename"),
+        ({"attachments": [{"filename": "a", "content": "aGk=", "contentType": "nope"}]}, r"attachments\[0\]\.contentType"),
+        ({"attachments": [{"filename": "a", "content": "aGk=", "contentId": "a b"}]}, r"attachments\[0\]\.contentId"),
+        ({"attachments": [{"filename": "a", "content": "aGk=", "size": 2}]}, r"attachments\[0\]\.size: unknown"),
+        ({"tags": "t"}, "tags: must be an array"),
+        ({"tags": ["ok", "not ok"]}, r"tags\[1\]"),
+        ({"tags": [str(i) for i in range(11)]}, "tags: at most 10"),
+        ({"metadata": ["x"]}, "metadata: must be an object"),
+        ({"metadata": {"k": 1}}, r"metadata\.k"),
+        ({"metadata": {"bad key": "v"}}, r"metadata\.bad key"),
+        ({"headers": {"Cc": "x@x.org"}}, "reserved header"),
         ({"from": "nope"}, "from:"),
         ({"to": None}, "to: required"),
         ({"to": []}, "to: at least one"),
@@ -99,3 +120,72 @@ def test_compose_html_only_and_long_custom_header() -> None:
     assert msg.get_content_type() == "text/html"
     assert msg["X-Long"] == long and msg["X-Uni"] == "naïve"
     assert all(len(line) <= 78 for line in raw.split(b"\r\n\r\n")[0].split(b"\r\n"))
+
+
+def test_display_names_cc_bcc_and_encoded_words() -> None:
+    req = parse(**{"from": "Ann Example <hello@mail.example.com>", "to": ['"Doe, John" <a@example.org>'],
+                   "cc": "Zoë Ünïcode <c@example.org>", "bcc": ["hidden@example.org"],
+                   "replyTo": "Support <r@mail.example.com>"})
+    raw = compose(req)  # type: ignore[arg-type]
+    assert raw.split(b"\r\n\r\n")[0].isascii()  # non-ASCII names are RFC 2047 words
+    assert b"=?utf-8?" in raw
+    assert b"hidden@example.org" not in raw and b"Bcc" not in raw
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert msg["From"].addresses[0].display_name == "Ann Example"
+    assert msg["To"].addresses[0].display_name == "Doe, John"
+    assert msg["Cc"].addresses[0].display_name == "Zoë Ünïcode"
+    assert msg["Reply-To"].addresses[0].addr_spec == "r@mail.example.com"
+    assert req.recipients == ("a@example.org", "c@example.org", "hidden@example.org")  # type: ignore[attr-defined]
+
+
+def test_attachments_mixed_and_inline_related() -> None:
+    pdf = bytes(range(256)) * 40
+    logo = b"\x89PNG fake"
+    req = parse(html='<img src="cid:logo1">', attachments=[
+        {"filename": "report.pdf", "content": base64.b64encode(pdf).decode(), "contentType": "application/pdf"},
+        {"filename": "logo.png", "content": base64.b64encode(logo).decode(), "contentId": "logo1"},
+        {"filename": "naïve résumé.txt", "content": base64.b64encode(b"hi").decode()},
+    ])
+    raw = compose(req)  # type: ignore[arg-type]
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))  # RFC 5322 §2.1.1
+    assert max(len(line) for line in raw.split(b"\r\n") if line.startswith(b"AAECAwQF")) == 76  # RFC 2045 §6.8
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert msg.get_content_type() == "multipart/mixed"
+    related, report, resume = list(msg.iter_parts())
+    assert related.get_content_type() == "multipart/related"
+    alternative, inline = list(related.iter_parts())
+    assert [p.get_content_type() for p in alternative.iter_parts()] == ["text/plain", "text/html"]
+    assert inline["Content-ID"] == "<logo1>" and inline.get_content_disposition() == "inline"
+    assert inline.get_content() == logo
+    assert report.get_filename() == "report.pdf" and report.get_content() == pdf
+    assert report.get_content_disposition() == "attachment"
+    assert resume.get_filename() == "naïve résumé.txt" and resume.get_content_type() == "text/plain"
+
+
+def test_attachment_total_size_limit_is_413() -> None:
+    from relay.errors import PayloadTooLarge
+    body = {**BASE, "attachments": [{"filename": "big.bin", "content": base64.b64encode(b"x" * 101).decode()}]}
+    with pytest.raises(PayloadTooLarge, match="attachments"):
+        parse_send_request(body, max_recipients=3, max_attachment_bytes=100)
+
+
+def test_tags_and_metadata_kept() -> None:
+    req = parse(tags=["welcome", "welcome", "v2"], metadata={"user_id": "42"})
+    assert req.tags == ("welcome", "v2")  # type: ignore[attr-defined]
+    assert req.metadata == (("user_id", "42"),)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80), st.text(alphabet=st.characters(codec="utf-8"), max_size=40))
+def test_any_address_string_is_refused_by_name_or_composes_without_injection(value: str, name: str) -> None:
+    for candidate in (value, f"{name} <{value}>", f'"{name}" <a@example.org>'):
+        try:
+            req = parse(to=[candidate], cc=candidate)
+        except InvalidRequest as exc:
+            assert str(exc).startswith(("to[0]", "cc[0]", "to:", "cc:")), str(exc)
+            continue
+        raw = compose(req)  # type: ignore[arg-type]
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        names = [line.split(b":", 1)[0].lower() for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
+        assert names.count(b"to") == 1 and names.count(b"cc") == 1 and b"bcc" not in names  # no header injected
+        assert b"\n" not in raw.replace(b"\r\n", b"")

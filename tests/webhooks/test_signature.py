@@ -42,3 +42,17 @@ def test_stale_timestamp_is_refused() -> None:
     assert not verify_signature(secret, header, BODY, now=NOW + 301)
     assert not verify_signature(secret, header, BODY, now=NOW - 301)  # from the future
     assert verify_signature(secret, header, BODY, tolerance=3600, now=NOW + 301)
+
+
+def test_accepted_and_delivery_events_carry_tags_and_metadata() -> None:
+    from relay.events import Delivery, MessageAccepted
+    from relay.webhooks import to_webhook_events
+
+    accepted = MessageAccepted(queue_id=1, rcpt_ids=(11,), did="did:plc:x", sender="a@x.org", recipients=("r@y.org",),
+                               size=10, source="http", tags=("welcome",), metadata={"user_id": "42"})
+    ((_, kind, data),) = to_webhook_events(accepted)
+    assert kind == "accepted" and data["tags"] == ["welcome"] and data["metadata"] == {"user_id": "42"}
+    delivery = Delivery(queue_id=1, rcpt_id=11, did="did:plc:x", recipient="r@y.org", domain="y.org", state="sent",
+                        attempts=1, mx_host="mx", reply="250 ok", tls=True, tags=("welcome",), metadata={"k": "v"})
+    ((_, kind, data),) = to_webhook_events(delivery)
+    assert kind == "delivered" and data["tags"] == ["welcome"] and data["metadata"] == {"k": "v"}
