@@ -84,13 +84,13 @@ class PostgresServer:
         initdb = postgres_bin("initdb")
         postgres = postgres_bin("postgres")
         subprocess.run([*self._as, initdb, "-D", str(self.data), "-U", _USER, "--auth=trust", "--no-locale",
-                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True, cwd=self.base)
         self.port = _free_port()
         settings = {**_SETTINGS, "port": str(self.port), "unix_socket_directories": str(self.base)}
         args = [a for k, v in settings.items() for a in ("-c", f"{k}={v}")]
         log = open(self.log_path, "wb")  # noqa: SIM115  (closed with the process, in stop)
         self.proc = subprocess.Popen([*self._as, postgres, "-D", str(self.data), *args], stdout=log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, cwd=self.base)  # a directory its user may enter
         log.close()
         deadline = time.monotonic() + _READY_TIMEOUT
         while True:
