@@ -88,3 +88,29 @@ async def test_calls_run_in_a_worker_thread_one_at_a_time() -> None:
     assert len(await store.list_members()) == 20
     assert spy.max_running == 1
     assert threading.get_ident() not in spy.threads
+
+
+@pytest.mark.trio
+async def test_at_most_the_backends_concurrency_runs_at_once(sync_store: Store, backend: str) -> None:
+    """One call at a time on SQLite's single connection; up to the pool's size on PostgreSQL."""
+    store = AsyncStore(sync_store)
+    running = peak = 0
+    lock = threading.Lock()
+
+    def slow_read(s: Store) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            s.list_members()
+            time.sleep(0.05)
+        finally:
+            with lock:
+                running -= 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(store.call, slow_read)
+    assert peak <= sync_store.concurrency
+    assert (peak == 1) if backend == "sqlite" else (peak > 1)
