@@ -1,7 +1,7 @@
 """The relay's store: members, domains, keys, message status (DESIGN §4).
 
-``open_store(url)`` returns a synchronous ``Store`` (the admin CLI uses it as
-is); the relay wraps it in ``relay.store.aio.AsyncStore`` and batches status
+``open_store(url)`` returns a synchronous ``Store`` on SQLite or PostgreSQL (the
+admin CLI uses it as is); the relay wraps it in ``relay.store.aio.AsyncStore`` and batches status
 writes through ``relay.store.writer.StatusWriter``.
 """
 
@@ -11,6 +11,7 @@ import time
 
 from relay.store.base import (
     MAX_DOMAINS_PER_DID,
+    Clock,
     DomainLimitReached,
     DomainTaken,
     InvalidRow,
@@ -21,7 +22,7 @@ from relay.store.base import (
     StoreUnavailable,
     UnsupportedStore,
 )
-from relay.store.sqlite import Clock, SqliteStore
+from relay.store.sqlite import SqliteStore
 
 __all__ = [
     "MAX_DOMAINS_PER_DID",
@@ -43,7 +44,8 @@ _SQLITE = "sqlite:///"
 def open_store(url: str, *, busy_timeout: float = 5.0, clock: Clock = time.time) -> Store:
     """Open (creating and migrating) the store named by ``url``.
 
-    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``.
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``;
+    ``postgresql://user:password@host:port/dbname`` (libpq's URI: any of its parameters may follow).
     """
     if url.startswith(_SQLITE):
         path = url[len(_SQLITE) :]
@@ -51,5 +53,7 @@ def open_store(url: str, *, busy_timeout: float = 5.0, clock: Clock = time.time)
             raise UnsupportedStore(f"store URL {url!r} names no file")
         return SqliteStore.open(path, busy_timeout=busy_timeout, clock=clock)
     if url.startswith(("postgresql://", "postgres://")):
-        raise UnsupportedStore("PostgreSQL store not available in this build")
+        from relay.store.postgres import PostgresStore  # psycopg is loaded only by those who use it
+
+        return PostgresStore.open(url, busy_timeout=busy_timeout, clock=clock)
     raise UnsupportedStore(f"unsupported store URL {url!r} (expected sqlite:///path or postgresql://...)")

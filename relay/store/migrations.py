@@ -1,10 +1,17 @@
-"""Versioned schema migrations for the SQLite store.
+"""Versioned schema migrations of the store, one list for every backend.
 
 ``MIGRATIONS`` is append-only: never edit a released entry, add a new version.
-Each one runs in its own ``BEGIN IMMEDIATE`` transaction together with its
-``schema_version`` row, so a crash leaves either all of it or none of it, and
-two processes starting at once (server + ``atmos admin``) cannot both apply it:
-the second waits on the write lock, then sees the version already recorded.
+Each one runs in its own write transaction (relay.store.db.Database.write)
+together with its ``schema_version`` row, so a crash leaves either all of it or
+none of it, and two processes starting at once (server + ``atmos admin``, two
+nodes) cannot both apply it: the second waits on the write lock, then sees the
+version already recorded.
+
+The DDL is written for SQLite, in the subset a backend can translate word by
+word (relay.store.postgres: INTEGER PRIMARY KEY [AUTOINCREMENT] -> identity,
+INTEGER -> BIGINT, REAL -> DOUBLE PRECISION, BLOB -> BYTEA; COLLATE NOCASE and
+WITHOUT ROWID dropped, the store lower-cases what it compares). Keep new
+migrations in that subset: plain CREATE TABLE / INDEX and ALTER TABLE ADD COLUMN.
 
 Version 2: rate counters (48 h retention) and reputation counters (bounces, complaints,
 deliveries; hourly aggregates kept 15 days) for relay.reputation.
@@ -16,7 +23,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from relay.store.base import SchemaTooNew
+from relay.store.db import Database
+from relay.store.errors import SchemaTooNew
 
 _V1 = """
 CREATE TABLE members (
@@ -334,8 +342,8 @@ _BOOTSTRAP = (
 )
 
 
-def current_version(conn: sqlite3.Connection) -> int:
-    return max(_applied(conn), default=0)
+def current_version(db: Database) -> int:
+    return max(_applied(db), default=0)
 
 
 def statements(sql: str) -> list[str]:
@@ -352,43 +360,37 @@ def statements(sql: str) -> list[str]:
     return out
 
 
-def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] = MIGRATIONS) -> list[int]:
+def migrate(db: Database, migrations: list[tuple[int, str]] = MIGRATIONS) -> list[int]:
     """Apply pending migrations in order; return the versions applied (empty: already current).
 
-    ``conn`` must be in autocommit mode (isolation_level=None): transactions are explicit here.
     A current database is only read, so opening it never waits for another process's writer.
     """
     known = {v for v, _ in migrations}
-    applied_before = _applied(conn)
+    applied_before = _applied(db)
     newest = max(applied_before, default=0)
     if newest > max(known, default=0):
         raise SchemaTooNew(f"database schema version {newest} is newer than this build ({max(known)})")
     if known <= applied_before:
         return []
-    conn.execute(_BOOTSTRAP)
-    return [version for version, sql in sorted(migrations) if _apply(conn, version, sql)]
+    with db.write() as c:  # under the write lock: PostgreSQL's CREATE IF NOT EXISTS is not safe in a race
+        c.execute(db.ddl(_BOOTSTRAP))
+    return [version for version, sql in sorted(migrations) if _apply(db, version, sql)]
 
 
-def _applied(conn: sqlite3.Connection) -> set[int]:
-    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
-    if exists.fetchone() is None:
+def _applied(db: Database) -> set[int]:
+    if not db.has_table("schema_version"):
         return set()
-    return {int(row[0]) for row in conn.execute("SELECT version FROM schema_version")}
+    with db.read() as c:
+        return {int(row["version"]) for row in c.execute("SELECT version FROM schema_version").fetchall()}
 
 
-def _apply(conn: sqlite3.Connection, version: int, sql: str) -> bool:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+def _apply(db: Database, version: int, sql: str) -> bool:
+    """One migration and its schema_version row in one transaction (DDL is transactional in both)."""
+    with db.write() as c:
         # Re-checked under the write lock: another process may have applied it meanwhile.
-        if conn.execute("SELECT 1 FROM schema_version WHERE version = ?", (version,)).fetchone():
-            conn.execute("ROLLBACK")
+        if c.execute("SELECT 1 FROM schema_version WHERE version = ?", (version,)).fetchone():
             return False
         for statement in statements(sql):
-            conn.execute(statement)
-        conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time()))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+            c.execute(db.ddl(statement))
+        c.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, time.time()))
     return True

@@ -23,8 +23,8 @@ def env(**attrs: str) -> Envelope:
 
 
 @pytest.mark.trio
-async def test_a_crash_before_the_writer_flushed_is_replayed_at_start(tmp_path: Path) -> None:
-    store = AsyncStore(open_store(f"sqlite:///{tmp_path / 'relay.db'}"))
+async def test_a_crash_before_the_writer_flushed_is_replayed_at_start(tmp_path: Path, store_url: str) -> None:
+    store = AsyncStore(open_store(store_url))
     # First life: the writer never runs (the process dies before it flushes anything).
     lost = StatusWriter(store)
     async with trio.open_nursery() as nursery:
@@ -59,10 +59,10 @@ async def test_a_crash_before_the_writer_flushed_is_replayed_at_start(tmp_path: 
 
 
 @pytest.mark.trio
-async def test_delivery_outcomes_are_counted_once_with_the_status(tmp_path: Path) -> None:
+async def test_delivery_outcomes_are_counted_once_with_the_status(tmp_path: Path, store_url: str) -> None:
     """Issue 14: bounce counters lived in memory for 2 s after the outcome. Now they are written with
     the status, in the same transaction as the store mark: a replay after a crash counts them once."""
-    store = AsyncStore(open_store(f"sqlite:///{tmp_path / 'relay.db'}"))
+    store = AsyncStore(open_store(store_url))
     lost = StatusWriter(store)
     async with trio.open_nursery() as nursery:
         spool = Spool(tmp_path / "spool", mirror=StatusMirror(lost, count_outcomes=True, store_mark=(0, 0)))

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from relay.store import DomainLimitReached, DomainTaken, InvalidRow, NotFound
-from relay.store.sqlite import SqliteStore
+from relay.store.base import Store
 
-from .conftest import DID_A, DID_B, FakeClock, add_domain
+from .conftest import DID_A, DID_B, FakeClock, Opener, add_domain
 
 DID_C = "did:web:example.org"
 
 
-def test_create_member_is_idempotent(store: SqliteStore, clock: FakeClock) -> None:
+def test_create_member_is_idempotent(store: Store, clock: FakeClock) -> None:
     first = store.create_member(DID_A, "Alice.Example.COM")
     clock.advance(10)
     again = store.create_member(DID_A)
@@ -25,7 +23,7 @@ def test_create_member_is_idempotent(store: SqliteStore, clock: FakeClock) -> No
     assert store.list_members() == [first]
 
 
-def test_create_member_upserts_the_handle(store: SqliteStore, clock: FakeClock) -> None:
+def test_create_member_upserts_the_handle(store: Store, clock: FakeClock) -> None:
     store.create_member(DID_A, "old.example.com")
     clock.advance(5)
     updated = store.create_member(DID_A, "new.example.com")
@@ -34,14 +32,14 @@ def test_create_member_upserts_the_handle(store: SqliteStore, clock: FakeClock) 
     assert store.get_member_by_handle("old.example.com") is None
 
 
-def test_handle_lookup_is_case_insensitive(store: SqliteStore) -> None:
+def test_handle_lookup_is_case_insensitive(store: Store) -> None:
     store.create_member(DID_A, "alice.example.com")
     found = store.get_member_by_handle("@ALICE.Example.com")
     assert found is not None and found.did == DID_A
     assert store.get_member_by_handle("bob.example.com") is None
 
 
-def test_a_handle_moves_to_the_did_that_claims_it_last(store: SqliteStore) -> None:
+def test_a_handle_moves_to_the_did_that_claims_it_last(store: Store) -> None:
     store.create_member(DID_A, "shared.example.com")
     store.create_member(DID_B, "Shared.example.com")
     owner = store.get_member_by_handle("shared.example.com")
@@ -50,7 +48,7 @@ def test_a_handle_moves_to_the_did_that_claims_it_last(store: SqliteStore) -> No
     assert previous is not None and previous.handle is None
 
 
-def test_get_and_list_members(store: SqliteStore, clock: FakeClock) -> None:
+def test_get_and_list_members(store: Store, clock: FakeClock) -> None:
     assert store.get_member(DID_A) is None
     a = store.create_member(DID_A)
     clock.advance(1)
@@ -59,7 +57,7 @@ def test_get_and_list_members(store: SqliteStore, clock: FakeClock) -> None:
     assert store.list_members() == [a, b]
 
 
-def test_suspend_and_reactivate(store: SqliteStore) -> None:
+def test_suspend_and_reactivate(store: Store) -> None:
     store.create_member(DID_A)
     suspended = store.set_member_status(DID_A, "suspended", "bounce rate 9% over 24 h")
     assert suspended.status == "suspended"
@@ -68,7 +66,7 @@ def test_suspend_and_reactivate(store: SqliteStore) -> None:
     assert active.status == "active" and active.suspension_reason is None
 
 
-def test_member_status_errors(store: SqliteStore) -> None:
+def test_member_status_errors(store: Store) -> None:
     with pytest.raises(NotFound):
         store.set_member_status(DID_A, "suspended", "x")
     store.create_member(DID_A)
@@ -79,7 +77,7 @@ def test_member_status_errors(store: SqliteStore) -> None:
 # -- domains ----------------------------------------------------------------------------------
 
 
-def test_add_domain_stores_a_pending_lowercase_domain(store: SqliteStore, clock: FakeClock) -> None:
+def test_add_domain_stores_a_pending_lowercase_domain(store: Store, clock: FakeClock) -> None:
     store.create_member(DID_A)
     d = add_domain(store, DID_A, "Mail.Example.COM.")
     assert d.domain == "mail.example.com"
@@ -91,19 +89,19 @@ def test_add_domain_stores_a_pending_lowercase_domain(store: SqliteStore, clock:
     assert store.get_domain("other.example.com") is None
 
 
-def test_operator_enrollment_can_add_a_verified_domain(store: SqliteStore, clock: FakeClock) -> None:
+def test_operator_enrollment_can_add_a_verified_domain(store: Store, clock: FakeClock) -> None:
     store.create_member(DID_A)
     d = add_domain(store, DID_A, "example.com", state="verified")
     assert (d.state, d.verified_at) == ("verified", clock.now)
 
 
-def test_domain_repr_hides_key_material(store: SqliteStore) -> None:
+def test_domain_repr_hides_key_material(store: Store) -> None:
     store.create_member(DID_A)
     d = add_domain(store, DID_A, "example.com")
     assert "ciphertext" not in repr(d)
 
 
-def test_at_most_two_domains_per_did(store: SqliteStore) -> None:
+def test_at_most_two_domains_per_did(store: Store) -> None:
     store.create_member(DID_A)
     add_domain(store, DID_A, "one.example")
     add_domain(store, DID_A, "two.example")
@@ -113,7 +111,7 @@ def test_at_most_two_domains_per_did(store: SqliteStore) -> None:
     assert [d.domain for d in store.domains_for(DID_A)] == ["one.example", "two.example"]
 
 
-def test_a_verified_domain_of_another_did_is_taken(store: SqliteStore) -> None:
+def test_a_verified_domain_of_another_did_is_taken(store: Store) -> None:
     store.create_member(DID_A)
     store.create_member(DID_B)
     add_domain(store, DID_A, "example.com", state="verified")
@@ -123,7 +121,7 @@ def test_a_verified_domain_of_another_did_is_taken(store: SqliteStore) -> None:
     assert store.domains_for(DID_B) == []
 
 
-def test_pending_claims_compete_and_the_first_proof_wins(store: SqliteStore) -> None:
+def test_pending_claims_compete_and_the_first_proof_wins(store: Store) -> None:
     """A squatter's pending claim never locks the real owner out (issue 15)."""
     for did in (DID_A, DID_B, DID_C):
         store.create_member(did)
@@ -140,7 +138,7 @@ def test_pending_claims_compete_and_the_first_proof_wins(store: SqliteStore) -> 
         add_domain(store, DID_C, "example.com")
 
 
-def test_the_domains_own_pending_row_proving_first_drops_the_claims(store: SqliteStore) -> None:
+def test_the_domains_own_pending_row_proving_first_drops_the_claims(store: Store) -> None:
     store.create_member(DID_A)
     store.create_member(DID_B)
     add_domain(store, DID_A, "example.com")
@@ -151,9 +149,9 @@ def test_the_domains_own_pending_row_proving_first_drops_the_claims(store: Sqlit
         store.promote_claim("example.com", DID_B)
 
 
-def test_pending_claims_expire_and_release_frees_a_domain(tmp_path: Path) -> None:
+def test_pending_claims_expire_and_release_frees_a_domain(open_backend: Opener) -> None:
     now = [1_000_000.0]
-    store = SqliteStore.open(str(tmp_path / "db"), clock=lambda: now[0])
+    store = open_backend(clock=lambda: now[0])
     for did in (DID_A, DID_B, DID_C):
         store.create_member(did)
     add_domain(store, DID_A, "example.com")
@@ -168,10 +166,9 @@ def test_pending_claims_expire_and_release_frees_a_domain(tmp_path: Path) -> Non
     assert store.release_domain("example.com") == 1
     assert store.get_domain("example.com") is None
     add_domain(store, DID_A, "example.com")  # free again
-    store.close()
 
 
-def test_re_adding_own_domain_returns_it_unchanged_even_at_the_limit(store: SqliteStore) -> None:
+def test_re_adding_own_domain_returns_it_unchanged_even_at_the_limit(store: Store) -> None:
     store.create_member(DID_A)
     first = add_domain(store, DID_A, "one.example")
     add_domain(store, DID_A, "two.example")
@@ -179,12 +176,12 @@ def test_re_adding_own_domain_returns_it_unchanged_even_at_the_limit(store: Sqli
     assert again == first
 
 
-def test_add_domain_needs_a_member(store: SqliteStore) -> None:
+def test_add_domain_needs_a_member(store: Store) -> None:
     with pytest.raises(NotFound):
         add_domain(store, DID_C, "example.com")
 
 
-def test_set_domain_state_keeps_first_verification_time(store: SqliteStore, clock: FakeClock) -> None:
+def test_set_domain_state_keeps_first_verification_time(store: Store, clock: FakeClock) -> None:
     store.create_member(DID_A)
     add_domain(store, DID_A, "example.com")
     verified = store.set_domain_state("example.com", state="verified")
@@ -201,21 +198,21 @@ def test_set_domain_state_keeps_first_verification_time(store: SqliteStore, cloc
     assert (again.state, again.dkim_state, again.verified_at) == ("verified", "verified", first_time)
 
 
-def test_set_dkim_state_alone(store: SqliteStore) -> None:
+def test_set_dkim_state_alone(store: Store) -> None:
     store.create_member(DID_A)
     add_domain(store, DID_A, "example.com")
     d = store.set_domain_state("example.com", None, "verified")
     assert (d.state, d.dkim_state, d.verified_at) == ("pending", "verified", None)
 
 
-def test_set_forward_to(store: SqliteStore) -> None:
+def test_set_forward_to(store: Store) -> None:
     store.create_member(DID_A)
     add_domain(store, DID_A, "example.com")
     assert store.set_forward_to("example.com", "me@inbox.example").forward_to == "me@inbox.example"
     assert store.set_forward_to("example.com", None).forward_to is None
 
 
-def test_domain_mutators_on_unknown_domain(store: SqliteStore) -> None:
+def test_domain_mutators_on_unknown_domain(store: Store) -> None:
     with pytest.raises(NotFound):
         store.set_domain_state("nope.example", state="verified")
     with pytest.raises(NotFound):
@@ -225,7 +222,7 @@ def test_domain_mutators_on_unknown_domain(store: SqliteStore) -> None:
 # -- API keys ---------------------------------------------------------------------------------
 
 
-def test_api_key_hash_set_replace_get(store: SqliteStore) -> None:
+def test_api_key_hash_set_replace_get(store: Store) -> None:
     store.create_member(DID_A)
     assert store.get_api_key_hash(DID_A) is None
     store.set_api_key_hash(DID_A, "$2b$04$first")

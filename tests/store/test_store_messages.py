@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 
 from relay.store import InvalidRow
-from relay.store.base import MESSAGE_RETENTION
+from relay.store.base import MESSAGE_RETENTION, Store
 from relay.store.rows import NewAttempt, StatusUpdate
-from relay.store.sqlite import SqliteStore
 
 from .conftest import DID_A, DID_B, FakeClock, new_message
 
 T0 = 1_700_000_000.0
 
 
-def test_insert_and_get(store: SqliteStore) -> None:
+def test_insert_and_get(store: Store) -> None:
     assert store.insert_messages([new_message(1), new_message(2, category="login-link", source="http")]) == 2
     m = store.get_message(2)
     assert m is not None
@@ -25,7 +24,7 @@ def test_insert_and_get(store: SqliteStore) -> None:
     assert store.get_message(99) is None
 
 
-def test_replayed_inserts_are_harmless(store: SqliteStore) -> None:
+def test_replayed_inserts_are_harmless(store: Store) -> None:
     store.insert_messages([new_message(1)])
     store.update_statuses([StatusUpdate(1, "sent", at=T0 + 5, attempts=1, last_reply="250 ok")])
     assert store.insert_messages([new_message(1), new_message(2)]) == 1  # spool recovery replay
@@ -33,13 +32,13 @@ def test_replayed_inserts_are_harmless(store: SqliteStore) -> None:
     assert m is not None and m.status == "sent"
 
 
-def test_invalid_rows_are_refused_not_ignored(store: SqliteStore) -> None:
+def test_invalid_rows_are_refused_not_ignored(store: Store) -> None:
     with pytest.raises(InvalidRow):
         store.insert_messages([new_message(1), new_message(2, status="lost")])
     assert store.get_message(1) is None  # the whole transaction rolled back
 
 
-def test_update_statuses(store: SqliteStore) -> None:
+def test_update_statuses(store: Store) -> None:
     store.insert_messages([new_message(1), new_message(2)])
     n = store.update_statuses(
         [
@@ -63,7 +62,7 @@ def test_update_statuses(store: SqliteStore) -> None:
     assert (m1.status, m1.attempts, m1.last_reply, m1.next_attempt_at) == ("held", 1, "451 try later", None)
 
 
-def test_list_messages_filters_and_pages(store: SqliteStore) -> None:
+def test_list_messages_filters_and_pages(store: Store) -> None:
     store.insert_messages([new_message(i, did=DID_A if i % 2 else DID_B) for i in range(1, 11)])
     store.update_statuses([StatusUpdate(i, "sent", at=T0 + 1) for i in (1, 2, 3)])
     assert [m.id for m in store.list_messages()] == list(range(10, 0, -1))
@@ -76,14 +75,14 @@ def test_list_messages_filters_and_pages(store: SqliteStore) -> None:
     assert [m.id for m in page2] == [6, 5, 4, 3]
 
 
-def test_counts_by_status_lists_every_status(store: SqliteStore) -> None:
+def test_counts_by_status_lists_every_status(store: Store) -> None:
     assert store.counts_by_status() == {"accepted": 0, "deferred": 0, "sent": 0, "bounced": 0, "held": 0}
     store.insert_messages([new_message(i) for i in range(5)])
     store.update_statuses([StatusUpdate(0, "bounced", at=T0), StatusUpdate(1, "sent", at=T0)])
     assert store.counts_by_status() == {"accepted": 3, "deferred": 0, "sent": 1, "bounced": 1, "held": 0}
 
 
-def test_attempts(store: SqliteStore) -> None:
+def test_attempts(store: Store) -> None:
     store.insert_messages([new_message(1)])
     store.add_attempts(
         [
@@ -100,7 +99,7 @@ def test_attempts(store: SqliteStore) -> None:
     assert store.attempts_for(2)[0].mx_host is None
 
 
-def test_apply_batch_mixes_ops_in_one_transaction(store: SqliteStore) -> None:
+def test_apply_batch_mixes_ops_in_one_transaction(store: Store) -> None:
     store.apply_batch(
         [
             new_message(1),
@@ -117,7 +116,7 @@ def test_apply_batch_mixes_ops_in_one_transaction(store: SqliteStore) -> None:
     assert store.get_message(3) is None
 
 
-def test_purge_drops_old_terminal_rows_and_their_attempts(store: SqliteStore) -> None:
+def test_purge_drops_old_terminal_rows_and_their_attempts(store: Store) -> None:
     now = T0 + MESSAGE_RETENTION + 1000
     store.insert_messages([new_message(i) for i in range(1, 6)])
     store.update_statuses(
@@ -140,7 +139,7 @@ def test_purge_drops_old_terminal_rows_and_their_attempts(store: SqliteStore) ->
 # -- suppressions -----------------------------------------------------------------------------
 
 
-def test_suppressions(store: SqliteStore, clock: FakeClock) -> None:
+def test_suppressions(store: Store, clock: FakeClock) -> None:
     assert store.add_suppression(DID_A, "User@Dest.Example", "unsubscribe") is True
     clock.advance(1)
     assert store.add_suppression(DID_A, "user@dest.example", "hard-bounce") is False  # first reason kept
@@ -160,13 +159,13 @@ def test_suppressions(store: SqliteStore, clock: FakeClock) -> None:
 # -- idempotency ------------------------------------------------------------------------------
 
 
-def test_idempotency_accepts_an_explicit_time(store: SqliteStore) -> None:
+def test_idempotency_accepts_an_explicit_time(store: Store) -> None:
     assert store.put_idempotent(DID_A, "k", "h", 200, "{}", 123.0)
     stored = store.get_idempotent(DID_A, "k")
     assert stored is not None and stored.created_at == 123.0
 
 
-def test_idempotency_first_response_wins_and_purges(store: SqliteStore, clock: FakeClock) -> None:
+def test_idempotency_first_response_wins_and_purges(store: Store, clock: FakeClock) -> None:
     assert store.get_idempotent(DID_A, "k1") is None
     assert store.put_idempotent(DID_A, "k1", request_hash="h1", status_code=200, response_json='{"a":1}')
     assert not store.put_idempotent(DID_A, "k1", request_hash="h2", status_code=500, response_json="{}")
@@ -183,10 +182,6 @@ def test_idempotency_first_response_wins_and_purges(store: SqliteStore, clock: F
     assert store.get_idempotent(DID_A, "k2") is not None
 
 
-def test_an_id_beyond_sqlite_integers_is_no_message(tmp_path: object) -> None:
+def test_an_id_beyond_64_bit_integers_is_no_message(store: Store) -> None:
     """An id from a URL (``/v1/messages/99999999999999999999999``) is no row, not an OverflowError (a 500)."""
-    from relay.store.sqlite import SqliteStore
-
-    store = SqliteStore.open(":memory:")
     assert store.get_message(10**23) is None and store.attempts_for(-(10**23)) == []
-    store.close()

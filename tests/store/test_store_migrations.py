@@ -1,72 +1,83 @@
 from __future__ import annotations
 
-import sqlite3
+import socket
 import threading
+import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from relay.store import SchemaTooNew, UnsupportedStore, open_store
+from relay.store import SchemaTooNew, StoreUnavailable, UnsupportedStore, open_store
+from relay.store.db import Database
 from relay.store.migrations import LATEST, MIGRATIONS, current_version, migrate, statements
-from relay.store.sqlite import SqliteStore, connect
+from relay.store.sqlite import connect
 
-from .conftest import Closer
-
-
-def _raw(path: str) -> sqlite3.Connection:
-    return sqlite3.connect(path, isolation_level=None)
+from .conftest import Closer, database
 
 
-def test_fresh_database_gets_every_version(db_path: str, closer: Closer) -> None:
-    with closer(SqliteStore.open(db_path)) as s:
+def _versions(db: Database) -> list[int]:
+    with db.read() as c:
+        return [int(r["version"]) for r in c.execute("SELECT version FROM schema_version ORDER BY version").fetchall()]
+
+
+def test_fresh_database_gets_every_version(fresh_url: str, closer: Closer) -> None:
+    with closer(open_store(fresh_url)) as s:
         assert s.schema_version() == LATEST
-    rows = closer(_raw(db_path)).execute("SELECT version FROM schema_version ORDER BY version").fetchall()
-    assert [r[0] for r in rows] == [v for v, _ in MIGRATIONS]
+    assert _versions(closer(database(fresh_url))) == [v for v, _ in sorted(MIGRATIONS)]
 
 
-def test_rerunning_migrations_is_a_noop(db_path: str, closer: Closer) -> None:
-    SqliteStore.open(db_path).close()
-    conn = closer(_raw(db_path))
-    assert migrate(conn) == []
-    assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
+def test_rerunning_migrations_is_a_noop(fresh_url: str, closer: Closer) -> None:
+    open_store(fresh_url).close()
+    db = closer(database(fresh_url))
+    assert migrate(db) == []
+    assert len(_versions(db)) == len(MIGRATIONS)
 
 
-def test_new_migration_applies_once_in_order(db_path: str, closer: Closer) -> None:
-    SqliteStore.open(db_path).close()
-    conn = closer(_raw(db_path))
+def test_new_migration_applies_once_in_order(fresh_url: str, closer: Closer) -> None:
+    open_store(fresh_url).close()
+    db = closer(database(fresh_url))
     extra = [
         *MIGRATIONS,
-        (LATEST + 1, "CREATE TABLE future_example (uri TEXT PRIMARY KEY);\nCREATE INDEX l ON future_example(uri);"),
+        (LATEST + 1, "CREATE TABLE future_example (uri TEXT PRIMARY KEY, n INTEGER, at REAL, b BLOB)"
+                     " WITHOUT ROWID;\nCREATE INDEX l ON future_example(uri);"),
     ]
-    assert migrate(conn, extra) == [LATEST + 1]
-    assert migrate(conn, extra) == []
-    assert current_version(conn) == LATEST + 1
+    assert migrate(db, extra) == [LATEST + 1]
+    assert migrate(db, extra) == []
+    assert current_version(db) == LATEST + 1
+    with db.write() as c:  # the translated types take what the SQLite ones take
+        c.execute("INSERT INTO future_example (uri, n, at, b) VALUES (?, ?, ?, ?)", ("u", 1 << 40, 0.5, b"\0x"))
+    with db.read() as c:
+        row = c.execute("SELECT * FROM future_example").fetchone()
+    assert row is not None and dict(row) == {"uri": "u", "n": 1 << 40, "at": 0.5, "b": b"\0x"}
 
 
-def test_failed_migration_rolls_back_entirely(db_path: str, closer: Closer) -> None:
-    SqliteStore.open(db_path).close()
-    conn = closer(_raw(db_path))
+def test_failed_migration_rolls_back_entirely(fresh_url: str, closer: Closer) -> None:
+    open_store(fresh_url).close()
+    db = closer(database(fresh_url))
     broken = [*MIGRATIONS, (LATEST + 1, "CREATE TABLE half (x INTEGER);\nTHIS IS NOT SQL;")]
-    with pytest.raises(sqlite3.OperationalError):
-        migrate(conn, broken)
-    assert current_version(conn) == LATEST
-    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchone() is None
-    assert not conn.in_transaction
+    with pytest.raises((StoreUnavailable, psycopg.ProgrammingError), match="syntax error"):
+        migrate(db, broken)
+    assert current_version(db) == LATEST
+    assert not db.has_table("half")
+    with db.write() as c:  # nothing left open: the next transaction begins
+        c.execute("SELECT 1")
 
 
-def test_database_from_a_newer_build_is_refused(db_path: str, closer: Closer) -> None:
-    SqliteStore.open(db_path).close()
-    closer(_raw(db_path)).execute("INSERT INTO schema_version VALUES (?, 0)", (LATEST + 5,))
+def test_database_from_a_newer_build_is_refused(fresh_url: str, closer: Closer) -> None:
+    open_store(fresh_url).close()
+    with closer(database(fresh_url)).write() as c:
+        c.execute("INSERT INTO schema_version VALUES (?, 0)", (LATEST + 5,))
     with pytest.raises(SchemaTooNew, match="newer than this build"):
-        closer(SqliteStore.open(db_path))
+        closer(open_store(fresh_url))
 
 
-def test_two_processes_starting_at_once_migrate_once(db_path: str, closer: Closer) -> None:
+def test_two_processes_starting_at_once_migrate_once(fresh_url: str, closer: Closer) -> None:
     errors: list[BaseException] = []
 
     def opener() -> None:
         try:
-            connect(db_path).close()
+            open_store(fresh_url).close()
         except BaseException as exc:
             errors.append(exc)
 
@@ -76,12 +87,10 @@ def test_two_processes_starting_at_once_migrate_once(db_path: str, closer: Close
     for t in threads:
         t.join()
     assert errors == []
-    assert closer(_raw(db_path)).execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == len(
-        MIGRATIONS
-    )
+    assert _versions(closer(database(fresh_url))) == [v for v, _ in sorted(MIGRATIONS)]
 
 
-def test_connection_settings(db_path: str, closer: Closer) -> None:
+def test_sqlite_connection_settings(db_path: str, closer: Closer) -> None:
     conn = closer(connect(db_path))
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
@@ -108,9 +117,18 @@ def test_open_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert absolute.exists()
 
 
-def test_open_store_rejects_postgres_and_unknown_urls() -> None:
-    with pytest.raises(UnsupportedStore, match="PostgreSQL store not available in this build"):
-        open_store("postgresql://relay@db/relay")
+def test_an_unreachable_postgresql_server_is_unavailable_and_its_password_never_shown() -> None:
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="cannot open store") as caught:
+        open_store(f"postgresql://relay:s3cret@127.0.0.1:{port}/relay", busy_timeout=0.5)
+    assert "s3cret" not in str(caught.value) and "relay:***@127.0.0.1" in str(caught.value)
+    assert time.monotonic() - started < 5
+
+
+def test_open_store_rejects_unknown_urls() -> None:
     with pytest.raises(UnsupportedStore, match="unsupported store URL"):
         open_store("mysql://x")
     with pytest.raises(UnsupportedStore):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 
 from relay.accept import sendmeta
-from relay.store.base import NotFound
-from relay.store.sqlite import SqliteStore
+from relay.store.base import NotFound, Store
 from tests.store.conftest import DID_A, add_domain, new_message
 
 
-def test_default_category_round_trips(store: SqliteStore) -> None:
+def test_default_category_round_trips(store: Store) -> None:
     store.create_member(DID_A)
     assert add_domain(store, DID_A, "mail.example.com").default_category == ""
     assert store.set_default_category("MAIL.example.com", "transactional").default_category == "transactional"
@@ -20,7 +19,7 @@ def test_default_category_round_trips(store: SqliteStore) -> None:
         store.set_default_category("nope.example", "transactional")
 
 
-def test_tags_and_metadata_are_stored_with_the_row(store: SqliteStore) -> None:
+def test_tags_and_metadata_are_stored_with_the_row(store: Store) -> None:
     attrs = sendmeta.attrs(["welcome", "v2"], {"user_id": "42"})
     store.insert_messages([new_message(11, tags=attrs["tags"], metadata=attrs["metadata"]), new_message(12)])
     row = store.get_message(11)

@@ -11,8 +11,8 @@ import trio.lowlevel
 
 from relay.store import StoreUnavailable
 from relay.store.aio import AsyncStore
+from relay.store.base import Store
 from relay.store.rows import NewAttempt, StatusUpdate, WriteOp
-from relay.store.sqlite import SqliteStore
 from relay.store.writer import StatusWriter
 
 from .conftest import new_message
@@ -21,8 +21,8 @@ from .conftest import new_message
 class CountingStore(AsyncStore):
     """Counts apply_batch transactions; can fail the first few as if the disk were locked."""
 
-    def __init__(self, fail_first: int = 0) -> None:
-        super().__init__(SqliteStore.open(":memory:"))
+    def __init__(self, store: Store, fail_first: int = 0) -> None:
+        super().__init__(store)
         self.batches: list[int] = []
         self.fail_first = fail_first
         self.committed = trio.Event()
@@ -37,8 +37,8 @@ class CountingStore(AsyncStore):
 
 
 @pytest.mark.trio
-async def test_many_ops_become_few_transactions() -> None:
-    store = CountingStore()
+async def test_many_ops_become_few_transactions(sync_store: Store) -> None:
+    store = CountingStore(sync_store)
     writer = StatusWriter(store, max_batch=500, max_delay=60)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
@@ -53,8 +53,8 @@ async def test_many_ops_become_few_transactions() -> None:
 
 
 @pytest.mark.trio
-async def test_one_message_rows_are_submitted_together() -> None:
-    store = CountingStore()
+async def test_one_message_rows_are_submitted_together(sync_store: Store) -> None:
+    store = CountingStore(sync_store)
     writer = StatusWriter(store, max_delay=60)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
@@ -66,8 +66,8 @@ async def test_one_message_rows_are_submitted_together() -> None:
 
 
 @pytest.mark.trio
-async def test_ops_arriving_over_time_share_a_batch_until_flush() -> None:
-    store = CountingStore()
+async def test_ops_arriving_over_time_share_a_batch_until_flush(sync_store: Store) -> None:
+    store = CountingStore(sync_store)
     writer = StatusWriter(store, max_delay=60)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
@@ -86,8 +86,8 @@ async def test_ops_arriving_over_time_share_a_batch_until_flush() -> None:
 
 
 @pytest.mark.trio
-async def test_max_delay_commits_without_a_flush() -> None:
-    store = CountingStore()
+async def test_max_delay_commits_without_a_flush(sync_store: Store) -> None:
+    store = CountingStore(sync_store)
     writer = StatusWriter(store, max_delay=0.01)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
@@ -99,8 +99,8 @@ async def test_max_delay_commits_without_a_flush() -> None:
 
 
 @pytest.mark.trio
-async def test_submit_returns_once_committed() -> None:
-    store = CountingStore()
+async def test_submit_returns_once_committed(sync_store: Store) -> None:
+    store = CountingStore(sync_store)
     writer = StatusWriter(store, max_delay=60)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
@@ -110,8 +110,8 @@ async def test_submit_returns_once_committed() -> None:
 
 
 @pytest.mark.trio
-async def test_backlog_past_the_limit_is_reported_not_refused(caplog: pytest.LogCaptureFixture) -> None:
-    store = CountingStore()
+async def test_backlog_past_the_limit_is_reported_not_refused(sync_store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    store = CountingStore(sync_store)
     writer = StatusWriter(store, backlog_limit=3, max_delay=60)
     with caplog.at_level(logging.WARNING, logger="relay.store.writer"):
         for i in range(5):  # the writer is not running: as if the store were stuck
@@ -127,8 +127,8 @@ async def test_backlog_past_the_limit_is_reported_not_refused(caplog: pytest.Log
 
 
 @pytest.mark.trio
-async def test_aclose_commits_what_is_queued_then_run_returns() -> None:
-    store = CountingStore()
+async def test_aclose_commits_what_is_queued_then_run_returns(sync_store: Store) -> None:
+    store = CountingStore(sync_store)
     writer = StatusWriter(store, max_delay=60)
     for i in range(10):
         writer.submit_nowait(new_message(i))
@@ -141,8 +141,8 @@ async def test_aclose_commits_what_is_queued_then_run_returns() -> None:
 
 
 @pytest.mark.trio
-async def test_unavailable_store_is_retried_until_the_batch_commits(autojump_clock: trio.abc.Clock) -> None:
-    store = CountingStore(fail_first=3)
+async def test_unavailable_store_is_retried_until_the_batch_commits(sync_store: Store, autojump_clock: trio.abc.Clock) -> None:
+    store = CountingStore(sync_store, fail_first=3)
     writer = StatusWriter(store, max_delay=60)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
@@ -155,8 +155,8 @@ async def test_unavailable_store_is_retried_until_the_batch_commits(autojump_clo
 
 
 @pytest.mark.trio
-async def test_an_invalid_op_does_not_sink_its_batch(caplog: pytest.LogCaptureFixture) -> None:
-    store = CountingStore()
+async def test_an_invalid_op_does_not_sink_its_batch(sync_store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    store = CountingStore(sync_store)
     writer = StatusWriter(store, max_delay=60)
     with caplog.at_level(logging.ERROR, logger="relay.store.writer"):
         async with trio.open_nursery() as nursery:
@@ -180,9 +180,9 @@ class BuggyStore(CountingStore):
 
 @pytest.mark.trio
 async def test_an_op_the_store_cannot_take_is_quarantined_and_the_writer_goes_on(
-    caplog: pytest.LogCaptureFixture,
+    sync_store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = BuggyStore()
+    store = BuggyStore(sync_store)
     writer = StatusWriter(store, max_delay=60)
     with caplog.at_level(logging.ERROR, logger="relay.store.writer"):
         async with trio.open_nursery() as nursery:
@@ -198,10 +198,10 @@ async def test_an_op_the_store_cannot_take_is_quarantined_and_the_writer_goes_on
 
 
 @pytest.mark.trio
-async def test_8bit_subject_is_stored_for_display() -> None:
+async def test_8bit_subject_is_stored_for_display(sync_store: Store) -> None:
     """A Latin-1 ``Subject: café`` reaches the store as a lone surrogate (surrogateescape): the row
     holds U+FFFD instead, and the writer does not stop (issue 13: it ended the root nursery)."""
-    store = CountingStore()
+    store = CountingStore(sync_store)
     writer = StatusWriter(store, max_delay=60)
     subject = b"caf\xe9 \xc3\xa9t\xc3\xa9".decode("utf-8", "surrogateescape")
     async with trio.open_nursery() as nursery:
