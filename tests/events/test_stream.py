@@ -20,13 +20,16 @@ from trio_websocket import open_websocket_url
 
 from relay.accept.acceptor import Acceptor
 from relay.app.services import Services
-from relay.config import Config
+from relay.config import Config, LimitsConfig, SuspensionConfig
 from relay.delivery.retry import Outcome, OutcomeKind
 from relay.delivery.scheduler import AttemptResult, Scheduler, SchedulerConfig
 from relay.events import (
     Command,
+    ComplaintReceived,
     Delivery,
+    DomainWarming,
     Heartbeat,
+    MemberSuspended,
     MessageAccepted,
     QueueChanged,
     QueueDepth,
@@ -42,9 +45,12 @@ from relay.operator.eventstream import (
     execute,
     handle_frame,
     queue_view,
+    reputation_hooks,
     run_publisher,
+    warming_state,
 )
 from relay.operator.metrics import RelayMetrics
+from relay.reputation import Reputation
 from relay.store.aio import AsyncStore
 from relay.store.mirror import StatusMirror
 from relay.store.sqlite import SqliteStore
@@ -264,3 +270,29 @@ async def test_unknown_queue_id_and_no_scheduler(rig: Rig) -> None:
     result = await execute(dataclasses.replace(rig.services, scheduler=None),
                            Command(id="q", action="pause", target="x.example"))
     assert not result.ok and "not running" in result.message
+
+
+@pytest.mark.trio
+async def test_warming_and_hooks_from_the_reputation_service(rig: Rig) -> None:
+    # Through the AsyncStore, as the relay writes: its one worker thread owns the connection, so no
+    # write from the Trio thread can meet a transaction the writer task holds open on it.
+    for domain, state in (("mail.stream.example", "verified"), ("pending.stream.example", "pending")):
+        await rig.services.store.add_domain(DID, domain, selector="atmosabc", rsa_private=b"r",
+                                            ed25519_private=b"e", verify_token="tok", state=state)
+    rep = Reputation(rig.services.store, LimitsConfig(warming_tiers=((0, 3, 5), (7, 10, 50))), SuspensionConfig(),
+                     **reputation_hooks(rig.bus))
+    rep.consume(DID, "mail.stream.example", 2)
+    services = dataclasses.replace(rig.services, reputation=rep)
+    [warming] = await warming_state(services)  # pending domains cannot send: not listed
+    assert warming == DomainWarming(domain="mail.stream.example", did=DID, day=0, tier="day 0-6", hourly_used=2,
+                                    hourly_limit=3, daily_used=2, daily_limit=5)
+    assert (await build_snapshot(services)).warming == (warming,)
+
+    with rig.bus.subscribe() as sub:
+        assert rep.on_suspended is not None and rep.on_complaint is not None
+        rep.on_suspended(DID, "bounces 9 % over 24 h")
+        rep.on_complaint(DID, "abuse")
+        with trio.fail_after(30):
+            got = [await sub.__anext__(), await sub.__anext__()]
+    assert got == [MemberSuspended(did=DID, reason="bounces 9 % over 24 h", automatic=True),
+                   ComplaintReceived(did=DID, recipient=None, feedback_type="abuse")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import smtplib
 import ssl
@@ -430,11 +431,15 @@ async def test_data_buffers_are_capped_relay_wide(handler: RecordingHandler) -> 
             assert (await client.command(b"RCPT TO:<b@example.org>")).code == 250
             assert (await client.command(b"DATA")).code == 354
         line = b"x" * 998 + b"\r\n"
-        await first.send(line * 120)  # 120 kB held: over the budget, in DATA
+        # 120 kB held: over the budget, in DATA. The server closes as soon as it holds too much, so
+        # the end of this write may meet a closed socket (whether it does depends on scheduling and
+        # socket buffers); the 421 was written before the close and is read below either way.
+        with contextlib.suppress(trio.BrokenResourceError):
+            await first.send(line * 120)
         reply = await first.reply()
         assert (reply.code, reply.enhanced) == (421, "4.3.1")
         assert await first.at_eof()
-        with trio.fail_after(5):
+        with trio.fail_after(30):  # a deadline only for a hang: generous on a loaded machine
             while budget.used:  # noqa: ASYNC110 (the closed session gives its share back)
                 await trio.sleep(0.01)
         await second.send(line * 50 + b".\r\n")  # within the budget: delivered
