@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -65,14 +66,14 @@ class Preparer:
                                      authserv_id=self._cfg.banner_host)
             return await trio.to_thread.run_sync(seal)  # dkimpy is pure Python: off the event loop
         if env.attrs.get("dsn") or env.attrs.get("forward") or not env.mail_from:
-            return sign(data, [operator])  # the relay's own mail (DSNs, forwarded replies): operator key only
+            return await _signed(data, [operator])  # the relay's own mail (DSNs, forwarded replies): operator key only
         member_domain = domain_of(env.mail_from)
         transactional = env.attrs.get("transactional") == "1"
         url = None if transactional else unsubscribe_url(
             self._cfg.public_url, make_token(self._cfg.secret_key, env.did, rcpt))
         out = rewrite(data, did=env.did, category=env.attrs.get("category", ""), transactional=transactional,
                       member_domain=member_domain, unsubscribe_url=url)
-        return sign(out, [*await self._keys_for(env.did, member_domain), operator])
+        return await _signed(out, [*await self._keys_for(env.did, member_domain), operator])
 
     def forget(self, domain: str) -> None:
         """Drop cached keys (after a key change)."""
@@ -117,3 +118,15 @@ class Preparer:
                     self._operator_pem = current.rsa_private_pem
                 self._operator_checked = now
             return self._operator_key
+
+
+# Hashing and canonicalizing the body (RFC 6376 §3.4) costs ~linear time in its size: a 10 MiB message
+# would hold the event loop for a good part of a second, so big ones are signed in a worker thread.
+# Small ones stay here: a thread hop costs more than signing a few KiB.
+_THREAD_SIGN_BYTES = 128 << 10
+
+
+async def _signed(data: bytes, keys: Sequence[SigningKey]) -> bytes:
+    if len(data) < _THREAD_SIGN_BYTES:
+        return sign(data, keys)
+    return await trio.to_thread.run_sync(sign, data, keys)

@@ -75,7 +75,7 @@ def healthy(relay: RelayProcess) -> None:
 
 def served(relay: RelayProcess, listener: str = "submission", source: str = "127.0.0.9") -> None:
     """Another client, from another address, gets a normal session."""
-    c = Raw(relay.accept.submission if listener == "submission" else relay.inbound, source=source)
+    c = Raw(relay.submission if listener == "submission" else relay.inbound, source=source)
     try:
         assert c.reply()[0] == 220
         assert c.cmd(b"EHLO other.example")[0] == 250
@@ -95,11 +95,11 @@ def poll(condition: Callable[[], bool], deadline: float = 20.0) -> None:
 
 
 def test_connections_per_ip_then_421(relay: RelayProcess) -> None:
-    mine = [Raw(relay.accept.submission, source="127.0.0.2") for _ in range(6)]
+    mine = [Raw(relay.submission, source="127.0.0.2") for _ in range(6)]
     try:
         for c in mine:
             assert c.reply()[0] == 220
-        extra = Raw(relay.accept.submission, source="127.0.0.2")
+        extra = Raw(relay.submission, source="127.0.0.2")
         code, text = extra.reply()
         assert code == 421 and "4.7.0 too many connections from your address" in text
         assert extra.eof()
@@ -112,7 +112,7 @@ def test_connections_per_ip_then_421(relay: RelayProcess) -> None:
             c.close()
 
     def slot_free() -> bool:
-        c = Raw(relay.accept.submission, source="127.0.0.2")
+        c = Raw(relay.submission, source="127.0.0.2")
         try:
             return c.reply()[0] == 220
         finally:
@@ -126,7 +126,7 @@ def test_connections_per_ip_then_421(relay: RelayProcess) -> None:
 
 @pytest.mark.parametrize("listener", ["submission", "inbound"])
 def test_idle_before_the_gate_is_closed(relay: RelayProcess, listener: str) -> None:
-    c = Raw(relay.accept.submission if listener == "submission" else relay.inbound, source="127.0.0.3")
+    c = Raw(relay.submission if listener == "submission" else relay.inbound, source="127.0.0.3")
     assert c.reply()[0] == 220
     assert c.cmd(b"EHLO idle.example")[0] == 250
     code, text = c.reply()  # unsolicited, after pre_auth_timeout / pre_mail_timeout
@@ -138,7 +138,7 @@ def test_idle_before_the_gate_is_closed(relay: RelayProcess, listener: str) -> N
 
 
 def test_noop_forever_before_auth_ends_at_pre_auth_time(relay: RelayProcess) -> None:
-    c = Raw(relay.accept.submission, source="127.0.0.3")
+    c = Raw(relay.submission, source="127.0.0.3")
     assert c.reply()[0] == 220
     assert c.cmd(b"EHLO noop.example")[0] == 250
     end = time.monotonic() + 30

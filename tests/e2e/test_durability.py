@@ -190,7 +190,7 @@ def test_sigterm_closes_listeners_idle_sessions_get_421(tmp_path: Path, tls_file
     relay = RelayProcess(base=tmp_path, tls=tls_files)
     relay.enroll(DID, DOMAIN)
     relay.start()
-    idle = socket.create_connection(relay.accept.submission, timeout=10)
+    idle = socket.create_connection(relay.submission, timeout=10)
     assert idle.recv(1024).startswith(b"220")
     idle.sendall(b"EHLO idle.test\r\n")
     time.sleep(0.2)
@@ -202,7 +202,7 @@ def test_sigterm_closes_listeners_idle_sessions_get_421(tmp_path: Path, tls_file
             rest += chunk
     assert rest.startswith(b"421"), rest
     with pytest.raises(OSError):
-        socket.create_connection(relay.accept.submission, timeout=2)
+        socket.create_connection(relay.submission, timeout=2)
 
 
 def test_idempotency_key_replays_after_kill9(tmp_path: Path, tls_files: TLSFiles) -> None:

@@ -53,7 +53,7 @@ def test_console_drives_the_real_relay(tmp_path: Path) -> None:
                 await wait_for(pilot, lambda: "deferred" in screen_text(app), within=15, what="the deferral")
                 await pilot.press("h")
                 await wait_for(pilot, lambda: "held" in screen_text(app), within=10, what="the hold")
-                shown = await asyncio.to_thread(relay.members.admin, "queue", "show", str(rid))
+                shown = await asyncio.to_thread(relay.admin, "queue", "show", str(rid))
                 assert shown["queued"]["recipients"][0]["state"] == "held"
 
                 await pilot.press("5")  # members: the suspended one awaits review
