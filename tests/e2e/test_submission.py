@@ -215,7 +215,7 @@ def test_suspended_member_gets_521(relay: RelayProcess, client_ctx: ssl.SSLConte
 def test_swaks_client(relay: RelayProcess, member: Member) -> None:
     swaks = require("swaks")
     res = subprocess.run(
-        [swaks, "--server", relay.submission[0], "--port", str(relay.accept.submission[1]), "--tls",
+        [swaks, "--server", relay.submission[0], "--port", str(relay.submission[1]), "--tls",
          "--auth", "PLAIN", "--auth-user", member.did, "--auth-password", member.key,
          "--from", f"swaks@{member.domain}", "--to", "someone@example.org",
          "--h-From", f"<swaks@{member.domain}>", "--h-Subject", "from swaks"],
@@ -225,7 +225,7 @@ def test_swaks_client(relay: RelayProcess, member: Member) -> None:
 
 
 def test_garbage_never_leaks_a_traceback(relay: RelayProcess) -> None:
-    with socket.create_connection(relay.accept.submission, timeout=10) as sock:
+    with socket.create_connection(relay.submission, timeout=10) as sock:
         sock.recv(1024)
         sock.sendall(b"\xff\xfe\x00garbage\r\nEHLO x\r\nMAIL FROM:<<<>>>\r\n" + b"A" * 600 + b"\r\nQUIT\r\n")
         data = b""
