@@ -93,4 +93,4 @@ async def admit(
     return Admission(accepted, suppressed, result.ids, grant.headers if grant is not None else {})
 
 
-__all__ = ["Admission", "admit", "end_if_regenerated", "suppression_flags"]
+__all__ = ["Admission", "Build", "admit", "end_if_regenerated", "suppression_flags"]
