@@ -14,12 +14,13 @@ from quart import Blueprint, Response, current_app, jsonify, request
 
 from relay.accept import sendmeta
 from relay.accept.category import is_transactional
+from relay.accept.intake import admit
 from relay.accept.sender import check_sender, header_section
 from relay.app.services import Services
 from relay.errors import AuthRequired, InvalidDid, InvalidRequest, PayloadTooLarge, RelayError
 from relay.members.auth import Principal
 from relay.operator.health import refusals
-from relay.reputation import Grant, RateLimitExceeded, Reputation
+from relay.reputation import RateLimitExceeded, Reputation
 from relay.store.base import StoreError
 from relay.store.mirror import IDEMPOTENCY_KEY, REJECTED, REQUEST_HASH, send_response
 from spool import SpoolError
@@ -162,44 +163,29 @@ async def send_one(
     sender_domain = check_sender(principal, req.sender.address, what="from")
     category = req.category or principal.default_category(sender_domain)
     transactional = is_transactional(category)
-    rcpts = req.recipients  # to + cc + bcc: bcc only in the envelope, never a header
-    accepted_rcpts: list[str] = []
-    rejected: list[dict[str, Any]] = []
-    suppressed = [False] * len(rcpts) if transactional else await svc.store.call(
-        lambda s: [s.is_suppressed(principal.did, r) for r in rcpts])
-    for rcpt, is_suppressed in zip(rcpts, suppressed, strict=True):
-        if is_suppressed:
-            rejected.append({"recipient": rcpt, "reason": "suppressed recipient", "code": "SUPPRESSED"})
-        else:
-            accepted_rcpts.append(rcpt)
-    rep = reputation(svc)
-    headers: dict[str, str] = {}
-    if not accepted_rcpts:
-        if rep is not None:
-            headers = await rep.limiter.headers(principal.did, sender_domain)
-        return send_response([], [], rejected), headers, False
-    data = await trio.to_thread.run_sync(compose, req) if req.attachments else compose(req)
-    if len(data) > limits.message_size:
-        raise PayloadTooLarge("composed message larger than the message size limit")
-    header_section(data, limits.header_size)  # 400 HEADER_TOO_LARGE past limits.header_size
-    attrs = {"source": "http", "subject": req.subject, "category": category,
-             "transactional": "1" if transactional else "", **sendmeta.attrs(req.tags, dict(req.metadata))}
-    if idempotency is not None:
-        attrs |= {IDEMPOTENCY_KEY: idempotency[0], REQUEST_HASH: idempotency[1],
-                  REJECTED: json.dumps(rejected, separators=(",", ":"))}
-    # Warming and rate caps (DESIGN §6): checked and counted at once; given back if the accept fails.
-    grant: Grant | None = None
-    if rep is not None:
-        grant = await rep.acquire(principal.did, sender_domain, len(accepted_rcpts))
-        headers = grant.headers
-    try:
-        result = await svc.acceptor.accept(did=principal.did, mail_from=req.sender.address, rcpts=accepted_rcpts,
-                                           data=data, attrs=attrs)
-    except BaseException:
-        if rep is not None and grant is not None:
-            rep.release(grant)
-        raise
-    return send_response(accepted_rcpts, result.ids, rejected), headers, True
+
+    async def build(rcpts: list[str], suppressed: list[str]) -> tuple[bytes, dict[str, str]]:
+        data = await trio.to_thread.run_sync(compose, req) if req.attachments else compose(req)
+        if len(data) > limits.message_size:
+            raise PayloadTooLarge("composed message larger than the message size limit")
+        header_section(data, limits.header_size)  # 400 HEADER_TOO_LARGE past limits.header_size
+        attrs = {"source": "http", "subject": req.subject, "category": category,
+                 "transactional": "1" if transactional else "", **sendmeta.attrs(req.tags, dict(req.metadata))}
+        if idempotency is not None:
+            attrs |= {IDEMPOTENCY_KEY: idempotency[0], REQUEST_HASH: idempotency[1],
+                      REJECTED: json.dumps(_rejected(suppressed), separators=(",", ":"))}
+        return data, attrs
+
+    # The recipients are to + cc + bcc: bcc only in the envelope, never a header.
+    admission = await admit(svc.store, svc.acceptor, reputation(svc), principal, mail_from=req.sender.address,
+                            sender_domain=sender_domain, rcpts=req.recipients, transactional=transactional,
+                            build=build)
+    body = send_response(admission.accepted, admission.ids, _rejected(admission.suppressed))
+    return body, admission.headers, bool(admission.ids)
+
+
+def _rejected(suppressed: list[str]) -> list[dict[str, Any]]:
+    return [{"recipient": r, "reason": "suppressed recipient", "code": "SUPPRESSED"} for r in suppressed]
 
 
 @blueprint.post("/v1/send/batch")

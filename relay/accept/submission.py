@@ -9,9 +9,10 @@ import logging
 
 from relay.accept.acceptor import Acceptor
 from relay.accept.category import TRANSACTIONAL
+from relay.accept.intake import admit, end_if_regenerated, suppression_flags
 from relay.accept.sender import HEADER_LIMIT, check_header_from, check_sender, parse_headers
 from relay.address import split_address
-from relay.errors import AuthRequired, InvalidRequest, KeyRegenerated, MemberSuspended, RelayError, SuppressedRecipient
+from relay.errors import AuthRequired, InvalidRequest, MemberSuspended, RelayError, SuppressedRecipient
 from relay.mail.outbound import field_name, split_message
 from relay.members.auth import Authenticator, Principal
 from relay.reputation import Reputation
@@ -51,7 +52,7 @@ class SubmissionHandler:
     async def _key_still_current(self, principal: Principal) -> None:
         """A regenerated key ends the sessions that authenticated with the old one, in every process
         (the stored hash is the truth; ``atmos admin`` or another node may have changed it)."""
-        _end_if_regenerated(principal, await self._store.get_api_key_hash(principal.did))
+        end_if_regenerated(principal, await self._store.get_api_key_hash(principal.did))
 
     async def on_mail(self, session: Session, address: str, params: dict[str, str]) -> Reply:
         principal = _principal(session)
@@ -83,56 +84,39 @@ class SubmissionHandler:
 
     async def on_message(self, session: Session, data: bytes) -> Reply:
         principal = _principal(session)
-        # One store hop for the key check and every recipient's suppression flag (a hop costs the event
-        # loop a thread wake-up per message); the flags are not used when the mail is transactional.
-        stored_hash, flags = await self._store.call(lambda s: (
-            s.get_api_key_hash(principal.did), [s.is_suppressed(principal.did, r) for r in session.rcpts]))
-        _end_if_regenerated(principal, stored_hash)
+        # The key check and every recipient's suppression flag in one store hop, before the headers are
+        # read (the category is only known then; the flags are not used when the mail is transactional).
+        flags = await suppression_flags(self._store, principal, session.rcpts, recheck_key=True)
+        assert session.mail_from is not None
+        mail_from, sender_domain = session.mail_from, _sender_domain(session)
         check_header_from(principal, data, self._header_limit)
         headers = parse_headers(data, self._header_limit)
-        assert session.mail_from is not None
-        category = headers.get("x-atmos-category", "").strip().lower() or principal.default_category(
-            _sender_domain(session))
+        category = headers.get("x-atmos-category", "").strip().lower() or principal.default_category(sender_domain)
         attrs = {
             "source": "smtp",
             "subject": headers.get("subject", ""),
             "category": category,
             "transactional": "1" if category in TRANSACTIONAL else "",
         }
-        rcpts = list(session.rcpts)
-        suppressed: list[str] = []
-        if category not in TRANSACTIONAL:
-            suppressed = [r for r, flag in zip(rcpts, flags, strict=True) if flag]
-            rcpts = [r for r, flag in zip(rcpts, flags, strict=True) if not flag]
-        if not rcpts:
+
+        async def build(rcpts: list[str], suppressed: list[str]) -> tuple[bytes, dict[str, str]]:
+            # RFC 5321 §4.4: a trace field on every accepted message; Bcc: is for the envelope only
+            # (RFC 5322 §3.6.3: recipients listed there must not see each other), so it goes here.
+            trace = received(session, by=self._hostname, rcpts=rcpts, authenticated=True,
+                             smtputf8=session.extra.get("smtputf8") is True)
+            return trace + without_bcc(data), attrs
+
+        admission = await admit(
+            self._store, self._acceptor, self._reputation, principal, mail_from=mail_from,
+            sender_domain=sender_domain, rcpts=session.rcpts, transactional=category in TRANSACTIONAL,
+            build=build, flags=flags)
+        if not admission.ids:
             raise SuppressedRecipient()
-        rep = self._reputation
-        # Checked again and counted in one step: other sessions may have used the budget since RCPT.
-        grant = await rep.acquire(principal.did, _sender_domain(session), len(rcpts)) if rep is not None else None
-        # RFC 5321 §4.4: a trace field on every accepted message; Bcc: is for the envelope only
-        # (RFC 5322 §3.6.3: recipients listed there must not see each other), so it goes here.
-        trace = received(session, by=self._hostname, rcpts=rcpts, authenticated=True,
-                         smtputf8=session.extra.get("smtputf8") is True)
-        data = trace + without_bcc(data)
-        try:
-            accepted = await self._acceptor.accept(
-                did=principal.did, mail_from=session.mail_from, rcpts=rcpts, data=data, attrs=attrs
-            )
-        except BaseException:
-            if rep is not None and grant is not None:
-                rep.release(grant)
-            raise
-        ids = ",".join(str(i) for i in accepted.ids)
+        ids = ",".join(str(i) for i in admission.ids)
         # After DATA one reply covers every recipient (RFC 5321 §4.1.1.4): suppressed ones are named here.
+        suppressed = admission.suppressed
         note = f"; not sent to suppressed {', '.join(suppressed)}" if suppressed else ""
         return Reply(250, "2.0.0", f"queued as {ids}{note}")
-
-
-def _end_if_regenerated(principal: Principal, stored_hash: str | None) -> None:
-    """``KeyRegenerated`` (421) when the stored hash is no longer the one the session authenticated with."""
-    if stored_hash != principal.key_hash:
-        log.info("did=%s: API key regenerated, ending a session that used the old one", principal.did)
-        raise KeyRegenerated()
 
 
 def without_bcc(data: bytes) -> bytes:

@@ -7,9 +7,10 @@ store in batches (hourly aggregates, ``relay.store`` tables ``send_counters``, `
 - Accept path: ``acquire``/``release``/``check`` (relay.reputation.limiter) and ``is_suspended`` (an
   in-memory view of suspended members, refreshed from the store every few seconds and at once when
   this process suspends someone or sees a member authenticate as active).
-- Outcomes: the scheduler calls the synchronous ``sent``/``bounced`` (the ``DeliveryEvents`` protocol);
-  the inbound listener awaits ``bounce``/``complaint`` (relay.inbound's ``InboundEvents``; the same as
-  ``record_bounce``/``record_complaint``). A complainer joins the member's suppression list. After
+- Outcomes, one method per event and caller: the scheduler calls the synchronous ``sent``/``bounced``
+  (the ``DeliveryEvents`` protocol: never blocks, the follow-up is queued); the inbound listener awaits
+  ``bounce``/``complaint`` (relay.inbound's ``InboundEvents``: the follow-up is done before it replies).
+  Both kinds of bounce count once per recipient id. A complainer joins the member's suppression list. After
   each bounce or complaint the member's standing over ``[suspension] window`` is judged
   (relay.reputation.suspension); over the threshold, the member is suspended in the store with the
   reason, which the next AUTH, HTTP request or MAIL FROM refuses. With ``suppress_hard_bounces``,
@@ -238,22 +239,22 @@ class Reputation:
         except trio.WouldBlock:
             log.error("reputation follow-up queue full: bounce of %s for %s counted but not judged", recipient, did)
 
-    # -- outcomes: awaited by the inbound listener ----------------------------------------------
+    # -- outcomes: relay.inbound's InboundEvents protocol, awaited ("" for unknown values) -------
 
-    async def record_bounce(
-        self, did: str, rcpt_id: int | None, recipient: str, klass: str, diagnostic: str, *, domain: str | None = None
+    async def bounce(
+        self, did: str, rcpt_id: int, recipient: str, klass: str, diagnostic: str, *, domain: str | None = None
     ) -> None:
-        """A bounce (DSN on port 25, or a failed delivery). The sending domain is looked up from the
-        message row of ``rcpt_id`` unless given. A second report for the same ``rcpt_id`` is ignored."""
+        """A bounce (DSN on port 25). The sending domain is looked up from the message row of ``rcpt_id``
+        unless given. A second report for the same ``rcpt_id`` (also one ``bounced`` counted) is ignored."""
         klass = normalize_class(klass)
         if domain is None:
-            row = await self._store.get_message(rcpt_id) if rcpt_id is not None else None
+            row = await self._store.get_message(rcpt_id)
             domain = row.from_domain if row is not None and row.did == did else ""
         if self._count_bounce(did, domain, rcpt_id, klass):
             await self._follow_up(_FollowUp(did, recipient, klass, diagnostic))
 
-    async def record_complaint(
-        self, did: str, recipient: str | None, feedback_type: str, message_id: str | None, *, domain: str | None = None
+    async def complaint(
+        self, did: str, recipient: str, feedback_type: str, message_id: str, *, domain: str | None = None
     ) -> None:
         """An ARF complaint (RFC 5965) attributed to ``did``. The sending domain, unless given, is taken
         from the Message-ID's right-hand side when it is one of the member's domains, or the member's only
@@ -269,15 +270,7 @@ class Reputation:
             await self._store.add_suppression(did, recipient, f"complaint ({feedback})")
         await self._judge(did)
 
-    # -- outcomes: relay.inbound's InboundEvents protocol ("" for unknown values) ---------------
-
-    async def bounce(self, did: str, rcpt_id: int, recipient: str, klass: str, diagnostic: str) -> None:
-        await self.record_bounce(did, rcpt_id, recipient, klass, diagnostic)
-
-    async def complaint(self, did: str, recipient: str, feedback_type: str, message_id: str) -> None:
-        await self.record_complaint(did, recipient or None, feedback_type, message_id or None)
-
-    async def _complaint_domain(self, did: str, message_id: str | None) -> str:
+    async def _complaint_domain(self, did: str, message_id: str) -> str:
         domains = [d.domain for d in await self._store.domains_for(did)]
         if message_id and "@" in message_id:
             right = message_id.strip().strip("<>").rpartition("@")[2].lower()
@@ -294,14 +287,13 @@ class Reputation:
         if kind != "sent":
             self._note_recent(did, b, kind, n)
 
-    def _count_bounce(self, did: str, domain: str, rcpt_id: int | None, klass: str, *, stored: bool = False) -> bool:
+    def _count_bounce(self, did: str, domain: str, rcpt_id: int, klass: str, *, stored: bool = False) -> bool:
         """``stored``: the store already has the counter (the status mirror wrote it); note it in memory only."""
-        if rcpt_id is not None:
-            if rcpt_id in self._seen:
-                return False
-            self._seen[rcpt_id] = None
-            if len(self._seen) > _SEEN_BOUNCES:
-                self._seen.popitem(last=False)
+        if rcpt_id in self._seen:
+            return False
+        self._seen[rcpt_id] = None
+        if len(self._seen) > _SEEN_BOUNCES:
+            self._seen.popitem(last=False)
         if stored:
             self._note_recent(did, hour_bucket(self._clock()), "bounce", 1)
         else:

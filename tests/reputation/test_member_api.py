@@ -111,7 +111,7 @@ async def test_deliverability(env: Env) -> None:
     env.rep.sent(DID, DOMAIN, 1)
     env.rep.sent(DID, DOMAIN, 2)
     env.rep.bounced(DID, DOMAIN_2, 3, "x@dest.example", "mailbox-full", "552")
-    await env.rep.record_complaint(DID, None, "abuse", None, domain=DOMAIN)
+    await env.rep.complaint(DID, "", "abuse", "", domain=DOMAIN)
     env.rep.sent(DID_B, DOMAIN_B, 4)  # someone else's
     status, body = await answer(await env.client.get("/member/deliverability", headers=auth()))
     assert status == 200, body

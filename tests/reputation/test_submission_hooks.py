@@ -9,15 +9,17 @@ import pytest
 import trio
 
 from relay.accept.acceptor import Accepted, Acceptor
+from relay.accept.intake import Admission, Build, admit
 from relay.accept.submission import SubmissionHandler
 from relay.config import LimitsConfig, SuspensionConfig
-from relay.errors import InsufficientStorage, KeyRegenerated, MemberSuspended, RateLimited
+from relay.errors import InsufficientStorage, KeyRegenerated, MemberSuspended, PayloadTooLarge, RateLimited
 from relay.members.apikey import ApiKeyCache
 from relay.members.auth import Authenticator, Principal
 from relay.reputation import Reputation
 from relay.smtp.handler import Session
 from relay.store.aio import AsyncStore
 from relay.store.mirror import StatusMirror
+from relay.store.sqlite import SqliteStore
 from relay.store.writer import StatusWriter
 from spool import Spool
 from tests.reputation.conftest import DID, DOMAIN, KEY_HASH, T0, trio_clock
@@ -146,4 +148,46 @@ async def test_a_regenerated_key_ends_sessions_that_used_the_old_one(store: Asyn
         assert (ended.value.smtp_reply.code, ended.value.smtp_reply.enhanced) == (421, "4.7.0")
         with pytest.raises(KeyRegenerated):
             await handler.on_message(s, MESSAGE)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_the_shared_pipeline_filters_suppressed_recipients_and_counts_only_what_it_spools(
+    store: AsyncStore, sync_store: SqliteStore, tmp_path: Path
+) -> None:
+    """relay.accept.intake.admit, behind port 587 and /v1/send alike."""
+    rep = Reputation(store, LimitsConfig(warming_tiers=((0, 5, 5),)), SuspensionConfig(), clock=trio_clock(T0 + 60))
+    await rep.load()
+    sync_store.add_suppression(DID, "gone@dest.example", "complaint (abuse)")
+    async with trio.open_nursery() as nursery:
+        spool = Spool(tmp_path / "spool")
+        await nursery.start(spool.run)
+        writer = StatusWriter(store)
+        await nursery.start(writer.run)
+        acceptor = Acceptor(spool, writer)
+        built: list[tuple[list[str], list[str]]] = []
+
+        async def build(accepted: list[str], suppressed: list[str]) -> tuple[bytes, dict[str, str]]:
+            built.append((accepted, suppressed))
+            return MESSAGE, {"source": "test"}
+
+        async def too_large(accepted: list[str], suppressed: list[str]) -> tuple[bytes, dict[str, str]]:
+            raise PayloadTooLarge("too large")
+
+        async def run(rcpts: list[str], *, transactional: bool = False, make: Build = build) -> Admission:
+            return await admit(store, acceptor, rep, PRINCIPAL, mail_from=f"a@{DOMAIN}", sender_domain=DOMAIN,
+                               rcpts=rcpts, transactional=transactional, build=make)
+
+        news = await run(["gone@dest.example", "here@dest.example"])
+        assert (news.accepted, news.suppressed, len(news.ids)) == (["here@dest.example"], ["gone@dest.example"], 1)
+        assert news.headers["RateLimit-Remaining"] == "4"
+        reset = await run(["gone@dest.example"], transactional=True)  # a password reset still goes out
+        assert (reset.accepted, reset.suppressed, len(reset.ids)) == (["gone@dest.example"], [], 1)
+        assert built == [(["here@dest.example"], ["gone@dest.example"]), (["gone@dest.example"], [])]
+        nothing = await run(["gone@dest.example"])  # nothing spooled, nothing counted, nothing built
+        assert (nothing.accepted, nothing.ids, len(built)) == ([], (), 2)
+        assert nothing.headers["RateLimit-Remaining"] == "3"
+        with pytest.raises(PayloadTooLarge):  # the message's own errors come before any counting
+            await run(["here@dest.example"], make=too_large)
+        assert (await rep.limiter.headers(DID, DOMAIN))["RateLimit-Remaining"] == "3"
         nursery.cancel_scope.cancel()

@@ -71,10 +71,10 @@ async def test_bounces_over_the_rate_suspend_the_member(store: AsyncStore, sync_
     rep.consume(DID, DOMAIN, 30)
     rep.consume(DID, DOMAIN_2, 10)
     for i in range(2):
-        await rep.record_bounce(DID, 100 + i, f"u{i}@dest.example", "hard", "550 5.1.1 no such user", domain=DOMAIN)
-    await rep.record_bounce(DID, 100, "u0@dest.example", "hard", "duplicate report", domain=DOMAIN)  # ignored
+        await rep.bounce(DID, 100 + i, f"u{i}@dest.example", "hard", "550 5.1.1 no such user", domain=DOMAIN)
+    await rep.bounce(DID, 100, "u0@dest.example", "hard", "duplicate report", domain=DOMAIN)  # ignored
     assert not rep.is_suspended(DID) and rep.standing(DID) == (40, 2, 0)
-    await rep.record_bounce(DID, 102, "u2@dest.example", "policy", "554 5.7.1 blocked", domain=DOMAIN_2)
+    await rep.bounce(DID, 102, "u2@dest.example", "policy", "554 5.7.1 blocked", domain=DOMAIN_2)
     reason = "automatic: 3 bounces in 24 h of 40 sends (7.5% > 5%)"
     assert rep.is_suspended(DID) and rep.suspension_reason(DID) == reason
     member = sync_store.get_member(DID)
@@ -89,10 +89,10 @@ async def test_minimum_volume(store: AsyncStore, sync_store: SqliteStore) -> Non
     await rep.load()
     rep.consume(DID, DOMAIN, 19)
     for i in range(10):
-        await rep.record_bounce(DID, i, f"u{i}@dest.example", "hard", "550", domain=DOMAIN)
+        await rep.bounce(DID, i, f"u{i}@dest.example", "hard", "550", domain=DOMAIN)
     assert not rep.is_suspended(DID)
     rep.consume(DID, DOMAIN, 1)  # the 20th send: the next event is judged on 20 sends
-    await rep.record_complaint(DID, None, "abuse", None)
+    await rep.complaint(DID, "", "abuse", "")
     assert rep.suspension_reason(DID) == "automatic: 10 bounces in 24 h of 20 sends (50% > 5%)"
 
 
@@ -103,7 +103,7 @@ async def test_one_complaint_in_twenty_sends(store: AsyncStore, sync_store: Sqli
     complaints: list[str] = []
     rep.on_complaint = lambda did, kind: complaints.append(kind)
     rep.consume(DID, DOMAIN, 20)
-    await rep.record_complaint(DID, "x@dest.example", "Abuse", "<abc@news.example.com>")
+    await rep.complaint(DID, "x@dest.example", "Abuse", "<abc@news.example.com>")
     assert rep.suspension_reason(DID) == "automatic: 1 complaint in 24 h of 20 sends (5% > 0.08%)"
     assert complaints == ["abuse"]
     await rep.flush()
@@ -116,11 +116,11 @@ async def test_old_events_leave_the_window(store: AsyncStore, autojump_clock: tr
     rep = rep_for(store)
     await rep.load()
     rep.consume(DID, DOMAIN, 40)
-    await rep.record_bounce(DID, 1, "a@dest.example", "hard", "550", domain=DOMAIN)
-    await rep.record_bounce(DID, 2, "b@dest.example", "hard", "550", domain=DOMAIN)
+    await rep.bounce(DID, 1, "a@dest.example", "hard", "550", domain=DOMAIN)
+    await rep.bounce(DID, 2, "b@dest.example", "hard", "550", domain=DOMAIN)
     await trio.sleep(24 * HOUR)  # those sends and bounces are now outside the 24 h window
     rep.consume(DID, DOMAIN, 20)
-    await rep.record_bounce(DID, 3, "c@dest.example", "hard", "550", domain=DOMAIN)
+    await rep.bounce(DID, 3, "c@dest.example", "hard", "550", domain=DOMAIN)
     assert rep.standing(DID) == (20, 1, 0) and not rep.is_suspended(DID)
 
 
@@ -137,18 +137,18 @@ async def test_is_suspended_follows_the_store_and_a_lift_forgives_old_events(
 
     rep.consume(DID, DOMAIN, 20)
     for i in range(3):
-        await rep.record_bounce(DID, i, f"u{i}@dest.example", "hard", "550", domain=DOMAIN)
+        await rep.bounce(DID, i, f"u{i}@dest.example", "hard", "550", domain=DOMAIN)
     assert rep.is_suspended(DID)
     sync_store.set_member_status(DID, "active")  # the operator reviews and lifts it
     await rep.refresh()
     assert not rep.is_suspended(DID)
-    await rep.record_bounce(DID, 9, "u9@dest.example", "hard", "550", domain=DOMAIN)
+    await rep.bounce(DID, 9, "u9@dest.example", "hard", "550", domain=DOMAIN)
     assert not rep.is_suspended(DID)  # the old bounces (and this hour) no longer count
     await trio.sleep(HOUR)
     rep.consume(DID, DOMAIN, 20)
-    await rep.record_bounce(DID, 10, "u10@dest.example", "hard", "550", domain=DOMAIN)
+    await rep.bounce(DID, 10, "u10@dest.example", "hard", "550", domain=DOMAIN)
     assert not rep.is_suspended(DID)
-    await rep.record_bounce(DID, 11, "u11@dest.example", "hard", "550", domain=DOMAIN)
+    await rep.bounce(DID, 11, "u11@dest.example", "hard", "550", domain=DOMAIN)
     assert rep.suspension_reason(DID) == "automatic: 2 bounces in 24 h of 20 sends (10% > 5%)"
     rep.note_member_status(DID, "active")  # e.g. a successful AUTH read it from the store
     assert not rep.is_suspended(DID)
@@ -181,13 +181,13 @@ async def test_delivery_events_are_sync_and_hard_bounces_suppressed(store: Async
 
 
 @pytest.mark.trio
-async def test_record_bounce_finds_the_sending_domain(store: AsyncStore, sync_store: SqliteStore) -> None:
+async def test_bounce_finds_the_sending_domain(store: AsyncStore, sync_store: SqliteStore) -> None:
     sync_store.insert_messages([MessageRow(id=77, queue_id=7, did=DID, from_domain=DOMAIN_2, mail_from=f"a@{DOMAIN_2}",
                                            recipient="r@dest.example", source="http", created_at=T0, updated_at=T0)])
     rep = rep_for(store)
     await rep.load()
-    await rep.record_bounce(DID, 77, "r@dest.example", "Soft", "4.4.1 timeout")
-    await rep.record_bounce(DID_B, 78, "s@dest.example", "hard", "no row for this id")
+    await rep.bounce(DID, 77, "r@dest.example", "Soft", "4.4.1 timeout")
+    await rep.bounce(DID_B, 78, "s@dest.example", "hard", "no row for this id")
     await rep.flush()
     rows = sync_store.reputation_counts_since(0)
     assert sorted((r.did, r.domain, r.klass) for r in rows) == [(DID, DOMAIN_2, "soft"), (DID_B, "", "hard")]
@@ -244,3 +244,18 @@ async def test_inbound_events_protocol(store: AsyncStore, sync_store: SqliteStor
     # no message row for rcpt 5, and two domains with no Message-ID to tell: the domain is unknown ("")
     assert got == [("", "bounce", "hard"), ("", "complaint", "abuse"), ("", "complaint", "other"),
                    (DOMAIN_2, "complaint", "abuse")]
+
+
+@pytest.mark.trio
+async def test_a_failed_delivery_and_its_dsn_count_as_one_bounce(store: AsyncStore, sync_store: SqliteStore) -> None:
+    """The scheduler's ``bounced`` and the inbound ``bounce`` of the same recipient id are one event."""
+    rep = rep_for(store)
+    await rep.load()
+    rep.consume(DID, DOMAIN, 100)
+    rep.bounced(DID, DOMAIN, 7, "a@dest.example", "hard", "550 5.1.1 (delivery)")
+    await rep.bounce(DID, 7, "a@dest.example", "hard", "550 5.1.1 (the DSN)", domain=DOMAIN)
+    await rep.bounce(DID, 8, "b@dest.example", "soft", "451 4.4.1", domain=DOMAIN)
+    rep.bounced(DID, DOMAIN, 8, "b@dest.example", "soft", "451 4.4.1 (again)")
+    assert rep.standing(DID) == (100, 2, 0)
+    await rep.flush()
+    assert sync_store.member_totals(DID)["bounce"] == 2
