@@ -26,6 +26,8 @@ import email.utils
 import re
 from dataclasses import dataclass, field
 
+from relay.mail.headers import header_size
+
 _FEEDBACK_TYPE = re.compile(rb"message/feedback-report", re.IGNORECASE)
 _RENAMED = "text/x-atmos-feedback-report"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -79,10 +81,7 @@ def parse_arf(data: bytes) -> ArfReport:
 
 
 def _header_section(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        end = data.find(b"\n\n")
-    return data if end < 0 else data[: end + 2]
+    return data[: header_size(data)]
 
 
 def _parse(data: bytes) -> ArfReport:
