@@ -45,6 +45,7 @@ from email.utils import format_datetime
 from typing import Literal
 
 from relay.mail.headers import header_size
+from relay.mail.parsing import parse_untrusted
 
 Action = Literal["failed", "delayed"]
 
@@ -416,12 +417,7 @@ def parse_dsn(data: bytes) -> ParsedDsn:
     Raises ``DsnParseError`` (a ``ValueError``), and nothing else, when there
     is no such part or the bytes cannot be parsed at all.
     """
-    try:
-        return _parse(data)
-    except DsnParseError:
-        raise
-    except Exception as exc:  # hostile input must not crash the inbound path
-        raise DsnParseError(f"cannot parse as a DSN: {type(exc).__name__}: {exc}") from exc
+    return parse_untrusted(_parse, data, DsnParseError, "a DSN")
 
 
 def _parse(data: bytes) -> ParsedDsn:

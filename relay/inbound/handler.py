@@ -71,6 +71,7 @@ from relay.inbound.bounces import Bounce
 from relay.inbound.reports import ReportReader
 from relay.mail.headers import CRLF, header_size
 from relay.mail.headers import fields as header_fields
+from relay.mail.parsing import report_type
 from relay.net.ratelimit import TokenBuckets
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
@@ -612,12 +613,7 @@ def _take_daily(store: Store, *, scope: str, key: str, day: int, cap: int) -> bo
 
 def _is_delivery_report(data: bytes) -> bool:
     """RFC 3464 §2 / RFC 6522: top-level ``multipart/report; report-type=delivery-status``."""
-    try:
-        msg = email.message_from_bytes(_header_section(data[:256 * 1024]), policy=email.policy.compat32)
-    except Exception:
-        return False
-    return msg.get_content_type() == "multipart/report" and \
-        str(msg.get_param("report-type", "")).lower() == "delivery-status"
+    return report_type(data) == "delivery-status"
 
 
 _AUTH_RESULTS = re.compile(rb"^authentication-results:[ \t]*([^;\s]+)", re.IGNORECASE)
