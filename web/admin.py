@@ -15,11 +15,11 @@ from quart import Blueprint, Response, jsonify, request
 
 from relay.app.services import Services
 from relay.errors import AuthFailed, AuthRequired, InvalidRequest
+from relay.operator.eventstream import CommandError, UnknownMessage, destination_command, queue_command
 from spool import QueuedMessage
 from web.api import services
 
 blueprint = Blueprint("admin", __name__)
-ACTIONS = ("retry", "hold", "release", "delete")
 
 
 def require_admin() -> Services:
@@ -92,27 +92,23 @@ async def queue_show(queue_id: int) -> Response:
 @blueprint.post("/admin/api/queue/<int:queue_id>/<action>")
 async def queue_action(queue_id: int, action: str) -> Response:
     svc = require_admin()
-    if action not in ACTIONS:
-        raise InvalidRequest(f"action: expected one of {', '.join(ACTIONS)}, got {action!r}")
-    if svc.scheduler is None:
-        raise InvalidRequest("delivery is not running on this relay")
-    if svc.spool.get(queue_id) is None:
+    try:
+        changed = await queue_command(svc, action, queue_id)
+    except UnknownMessage:
         return _not_found(queue_id)
-    method = {"retry": svc.scheduler.retry_now, "hold": svc.scheduler.hold,
-              "release": svc.scheduler.release, "delete": svc.scheduler.delete}[action]
-    changed = await method(queue_id)
+    except CommandError as exc:
+        raise InvalidRequest(str(exc)) from None
     return jsonify({"queue_id": queue_id, "action": action, "changed": changed})
 
 
 @blueprint.post("/admin/api/destinations/<domain>/<action>")
 async def destination_action(domain: str, action: str) -> Response:
     svc = require_admin()
-    if action not in ("pause", "resume"):
-        raise InvalidRequest(f"action: expected pause or resume, got {action!r}")
-    if svc.scheduler is None:
-        raise InvalidRequest("delivery is not running on this relay")
-    svc.scheduler.pause(domain, action == "pause")
-    return jsonify({"domain": domain.lower(), "paused": action == "pause"})
+    try:
+        normalized = destination_command(svc, action, domain)
+    except CommandError as exc:
+        raise InvalidRequest(str(exc)) from None
+    return jsonify({"domain": normalized, "paused": action == "pause"})
 
 
 def _stats(svc: Services) -> dict[str, Any]:

@@ -22,14 +22,14 @@ from quart import Blueprint, Response, current_app, render_template, request
 
 from relay.accept.category import TRANSACTIONAL, parse_category
 from relay.app.services import Services
-from relay.dns.challenge import verify_token
 from relay.dns.checks import DomainReport
 from relay.dns.records import DnsRecord, records_for
 from relay.dns.verifier import check_once, expected_records
 from relay.errors import RelayError
 from relay.identity import IdentityError
-from relay.mail.dkimkeys import SecretBox, new_domain_keys
+from relay.mail.dkimkeys import new_domain_keys
 from relay.members.apikey import generate_api_key
+from relay.members.enrolment import enroll_domain
 from relay.members.webhooks import EVENT_TYPES
 from relay.net.slots import Slots, SlotsFull
 from relay.oauth import OAuthError
@@ -264,22 +264,9 @@ async def add_domain() -> tuple[str, int] | Response:
 
 
 async def _create_domain(svc: Services, did: str, domain: str) -> None:
-    """As ``atmos admin enroll``: fresh DKIM keys (encrypted at rest), the DID-bound challenge token."""
-    existing = await svc.store.get_domain(domain)
-    if existing is not None and (existing.did == did or existing.state == "verified"):
-        if existing.did != did:
-            raise DomainTaken(domain)
-        return
-    if any(d.domain == domain for d in await svc.store.domains_for(did)):
-        return  # this DID already holds a (competing) pending claim
-    # Pending under another DID (perhaps a squatter): a competing claim; the first DNS proof wins.
+    """As ``atmos admin enroll`` (relay.members.enrolment): a pending domain, or a competing claim."""
     keys = await trio.to_thread.run_sync(new_domain_keys, domain)
-    box = SecretBox(svc.cfg.secret_key)
-    await svc.store.add_domain(did=did, domain=domain, selector=keys.selector,
-                               rsa_private=box.encrypt(keys.rsa_private_pem),
-                               ed25519_private=box.encrypt(keys.ed25519_private_raw),
-                               verify_token=verify_token(svc.cfg.secret_key, did), state="pending",
-                               claim_ttl=svc.cfg.dns.pending_claim_ttl)
+    await svc.store.call(enroll_domain, svc.cfg, did, domain, keys)
 
 
 async def _own_domain(domain: str) -> tuple[sessions.Session, Domain] | None:

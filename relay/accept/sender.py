@@ -13,7 +13,7 @@ from email.utils import getaddresses
 
 from relay.address import split_address
 from relay.errors import DomainMismatch, HeaderTooLarge, InvalidRequest
-from relay.mail.outbound import split_message
+from relay.mail import headers
 from relay.mail.text import display_text
 from relay.members.auth import Principal
 
@@ -36,10 +36,10 @@ def check_sender(principal: Principal, address: str, *, what: str = "MAIL FROM")
 
 
 def header_section(data: bytes, limit: int = HEADER_LIMIT) -> bytes:
-    """The whole header section (RFC 5322 §2.1, up to the first empty line, CRLF-terminated);
-    HeaderTooLarge when it is longer than ``limit`` bytes. The search is bounded by the limit."""
-    end = data.find(b"\r\n\r\n", 0, limit + 4)
-    size = end + 2 if end >= 0 else len(data)
+    """The whole header section (RFC 5322 §2.1, up to the first empty line, CRLF-terminated; see
+    ``relay.mail.headers``); HeaderTooLarge when it is longer than ``limit`` bytes. The search is
+    bounded by the limit."""
+    size = headers.header_size(data, limit)
     if size > limit:
         raise HeaderTooLarge(f"header section too large (over {limit} bytes; limits.header_size)")
     return data[:size]
@@ -52,10 +52,8 @@ def header_fields(data: bytes, limit: int = HEADER_LIMIT) -> list[tuple[str, str
     CPU under load (scripts/bench profile) and policy needs only names and raw values.
     Raises HeaderTooLarge for a header section over ``limit``.
     """
-    head = header_section(data, limit)
-    fields, _ = split_message(head + b"\r\n")
     out = []
-    for raw in fields:
+    for raw in headers.fields(header_section(data, limit)):
         name, sep, value = raw.partition(b":")
         if not sep:
             continue

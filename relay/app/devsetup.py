@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Config
-from relay.mail.dkimkeys import SecretBox, new_domain_keys
-from relay.members.apikey import generate_api_key, hash_api_key
+from relay.mail.dkimkeys import new_domain_keys
+from relay.members.enrolment import enroll_domain, issue_api_key
 from relay.store.base import Store
 
 DEMO_DID = "did:plc:devdemoaaaaaaaaaaaaaaaaa"
@@ -29,16 +29,9 @@ def ensure_demo_member(cfg: Config, store: Store) -> dict[str, Any]:
     if path.exists() and store.get_member(DEMO_DID) is not None:
         creds: dict[str, Any] = json.loads(path.read_text())
         return creds
-    store.create_member(DEMO_DID, "demo.localhost")
-    if store.get_domain(DEMO_DOMAIN) is None:
-        keys = new_domain_keys(DEMO_DOMAIN)
-        box = SecretBox(cfg.secret_key)
-        store.add_domain(did=DEMO_DID, domain=DEMO_DOMAIN, selector=keys.selector,
-                         rsa_private=box.encrypt(keys.rsa_private_pem),
-                         ed25519_private=box.encrypt(keys.ed25519_private_raw),
-                         verify_token="dev", state="verified")
-    key = generate_api_key()
-    store.set_api_key_hash(DEMO_DID, hash_api_key(key))
+    # An earlier run's domain keeps its keys (the fresh ones are then unused: a first run only).
+    enroll_domain(store, cfg, DEMO_DID, DEMO_DOMAIN, new_domain_keys(DEMO_DOMAIN), handle=DEMO_DOMAIN, vouched=True)
+    key = issue_api_key(store, DEMO_DID)
     creds = {"did": DEMO_DID, "domain": DEMO_DOMAIN, "api_key": key}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -47,7 +47,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import verification
 
-from relay.delivery.routing import parse_nameserver
+from relay.net.resolver import parse_nameserver, stub_resolver
 
 __all__ = ["Dane", "DaneHost", "Tlsa", "TlsaSet", "dnssec_nameservers_problem"]
 
@@ -57,7 +57,6 @@ _MATCHING = (0, 1, 2)
 _MAX_CACHE = 10_000
 _CACHE_TTL = 300.0  # cap on reusing an answer, whatever its TTL
 _MAX_RECORDS = 32  # TLSA records looked at per host (a hostile zone could publish thousands)
-_PER_TRY_TIMEOUT = 2.0
 
 
 def dnssec_nameservers_problem(nameservers: Sequence[str]) -> str | None:
@@ -206,14 +205,7 @@ class Dane:
         problem = dnssec_nameservers_problem(nameservers)
         if problem is not None:
             raise ValueError(problem)
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [parse_nameserver(ns) for ns in nameservers]
-        resolver.search = []
-        resolver.use_search_by_default = False
-        resolver.domain = dns.name.root
-        resolver.cache = None
-        resolver.lifetime = lifetime
-        resolver.timeout = min(_PER_TRY_TIMEOUT, lifetime)
+        resolver = stub_resolver(dns.asyncresolver.Resolver, nameservers, lifetime=lifetime)
         # RFC 6840 §5.7: AD in the query asks for the AD bit in the answer; DO (RFC 3225) as Postfix does.
         resolver.flags = dns.flags.RD | dns.flags.AD
         resolver.use_edns(0, dns.flags.DO, 1232)

@@ -44,6 +44,9 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Literal
 
+from relay.mail.headers import header_size
+from relay.mail.parsing import parse_untrusted
+
 Action = Literal["failed", "delayed"]
 
 _STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}\Z", re.ASCII)
@@ -174,14 +177,11 @@ def build_dsn(
 
 
 def _header_section(original: bytes) -> bytes:
-    """The header section alone (RFC 5322 §2.1), CRLF line endings, ending in CRLF."""
-    lines = _LINE_BREAK.split(original.decode("latin-1"))
-    kept: list[str] = []
-    for line in lines:
-        if line == "":  # the empty line that ends the header section: the body follows
-            break
-        kept.append(line)
-    return ("".join(line + "\r\n" for line in kept)).encode("latin-1")
+    """The header section alone (RFC 5322 §2.1), CRLF line endings, ending in CRLF. Every bare CR or LF
+    becomes a line end first: the returned part (RFC 6522) must be CRLF text, whatever was stored."""
+    text = _LINE_BREAK.sub("\r\n", original.decode("latin-1")).encode("latin-1")
+    head = text[: header_size(text)]
+    return head if not head or head.endswith(b"\r\n") else head + b"\r\n"
 
 
 def _digest(
@@ -417,12 +417,7 @@ def parse_dsn(data: bytes) -> ParsedDsn:
     Raises ``DsnParseError`` (a ``ValueError``), and nothing else, when there
     is no such part or the bytes cannot be parsed at all.
     """
-    try:
-        return _parse(data)
-    except DsnParseError:
-        raise
-    except Exception as exc:  # hostile input must not crash the inbound path
-        raise DsnParseError(f"cannot parse as a DSN: {type(exc).__name__}: {exc}") from exc
+    return parse_untrusted(_parse, data, DsnParseError, "a DSN")
 
 
 def _parse(data: bytes) -> ParsedDsn:

@@ -27,7 +27,6 @@ call, after the cache, so load still spreads over equal MXs (RFC 5321 §5.1).
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,6 +42,8 @@ import dns.rdatatype
 import dns.rdtypes.ANY.MX
 import dns.resolver
 import trio
+
+from relay.net.resolver import ip_text, parse_nameserver, parse_port, stub_resolver
 
 if TYPE_CHECKING:
     from relay.config import DeliveryConfig
@@ -67,7 +68,6 @@ DEFAULT_CACHE_TTL = 300.0  # cap on how long a positive answer is reused, whatev
 DEFAULT_NEGATIVE_TTL = 60.0  # cap on how long a permanent negative answer is reused
 DEFAULT_MAX_MX_HOSTS = 10  # RFC 5321 §5.1 lets a client limit the hosts it tries; Postfix resolves 5
 _MAX_CACHE_ENTRIES = 10_000
-_PER_TRY_TIMEOUT = 2.0  # one UDP attempt; dnspython retries within the lifetime
 
 _RNG = random.Random()
 
@@ -149,19 +149,6 @@ class Relayhost:
     mx_lookup: bool  # False for "[host]" (Postfix) and for IP literals
 
 
-def _parse_port(text: str, what: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"{what}: port {text!r} is not a number from 1 to 65535")
-    return int(text)
-
-
-def _ip(text: str) -> str | None:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
-
-
 def parse_relayhost(text: str, *, default_port: int = 25) -> Relayhost:
     """``host``, ``host:port``, ``[host]``, ``[host]:port``, ``[2001:db8::1]:port`` (or ``[IPv6:...]``).
 
@@ -185,8 +172,8 @@ def parse_relayhost(text: str, *, default_port: int = 25) -> Relayhost:
         rest, mx_lookup = colon + port_text, True
     if rest and not rest.startswith(":"):
         raise ValueError(f"relayhost {text!r}: expected ':port' after the host")
-    port = _parse_port(rest[1:], f"relayhost {text!r}") if rest else default_port
-    literal = _ip(host)
+    port = parse_port(rest[1:], f"relayhost {text!r}") if rest else default_port
+    literal = ip_text(host)
     if literal is not None:
         return Relayhost(literal, port, mx_lookup=False)
     if ":" in host:
@@ -198,27 +185,6 @@ def parse_relayhost(text: str, *, default_port: int = 25) -> Relayhost:
     if len(name.labels) < 2:
         raise ValueError(f"relayhost {text!r}: the host name is empty")
     return Relayhost(_display(name), port, mx_lookup)
-
-
-def parse_nameserver(text: str) -> dns.nameserver.Do53Nameserver:
-    """``192.0.2.53``, ``192.0.2.53:5353``, ``2001:db8::53`` or ``[2001:db8::53]:5353`` (plain DNS, RFC 1035)."""
-    s = text.strip()
-    port = 53
-    if s.startswith("["):
-        host, _, rest = s[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"nameserver {text!r}: expected ':port' after ']'")
-            port = _parse_port(rest[1:], f"nameserver {text!r}")
-    elif s.count(":") == 1:
-        host, _, port_text = s.partition(":")
-        port = _parse_port(port_text, f"nameserver {text!r}")
-    else:
-        host = s
-    address = _ip(host)
-    if address is None:
-        raise ValueError(f"nameserver {text!r}: {host!r} is not an IP address")
-    return dns.nameserver.Do53Nameserver(address, port)
 
 
 # ---- internal lookup results (immutable, so they can be cached and shared) ------------------------
@@ -293,7 +259,7 @@ def _special_addresses(name: dns.name.Name) -> tuple[tuple[str, ...], tuple[str,
     text = _display(name)
     if text == "localhost" or text.endswith(".localhost"):
         return ("127.0.0.1",), ("::1",)
-    literal = _ip(text)
+    literal = ip_text(text)
     if literal is None:
         return None
     return ((literal,), ()) if ":" not in literal else ((), (literal,))
@@ -318,22 +284,9 @@ class Resolver:
         negative_ttl: float = DEFAULT_NEGATIVE_TTL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if nameservers:
-            resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = [parse_nameserver(ns) for ns in nameservers]
-        else:
-            try:
-                resolver = dns.asyncresolver.Resolver(configure=True)
-            except dns.resolver.NoResolverConfiguration:
-                # No usable /etc/resolv.conf: every lookup fails as a temporary error naming the cause,
-                # so mail waits in the queue instead of the relay refusing to start.
-                resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.search = []
-        resolver.use_search_by_default = False
-        resolver.domain = dns.name.root
-        resolver.cache = None  # this class caches whole routes instead
-        resolver.lifetime = lifetime
-        resolver.timeout = min(_PER_TRY_TIMEOUT, lifetime)
+        # No usable /etc/resolv.conf: every lookup fails as a temporary error naming the cause, so mail
+        # waits in the queue instead of the relay refusing to start. This class caches whole routes.
+        resolver = stub_resolver(dns.asyncresolver.Resolver, nameservers, lifetime=lifetime)
         self._resolver = resolver
         self.lifetime = lifetime
         self.prefer_ipv6 = prefer_ipv6
@@ -574,7 +527,7 @@ def _address_literal(domain: str) -> str | None:
     inner = domain[1:-1]
     if inner[:5].lower() == "ipv6:":
         inner = inner[5:]
-    return _ip(inner)
+    return ip_text(inner)
 
 
 def _build(result: _Hosts, rng: random.Random, prefer_ipv6: bool) -> list[MxHost]:
@@ -635,7 +588,7 @@ async def _via_relayhost(domain: str, relayhost: str, resolver: Resolver, port: 
     except ValueError as exc:
         # A configuration mistake, not the recipient's: keep the mail queued and say why.
         raise TemporaryDnsError(domain, f"delivery.relayhost is invalid: {exc}") from None
-    if _ip(relay.host) is not None:
+    if ip_text(relay.host) is not None:
         return Route(domain, [MxHost(relay.host, 0, [relay.host])], relay.port, relayhost=relayhost)
     name = dns.name.from_text(relay.host)
     result = await (resolver._mx(name) if relay.mx_lookup else resolver._host(name))

@@ -44,6 +44,7 @@ from relay.delivery.congestion import next_window
 from relay.delivery.dsn import FailedRecipient, build_dsn
 from relay.delivery.retry import DEFAULT_POLICY, Decision, Outcome, OutcomeKind, RetryPolicy, decide
 from relay.events import Delivery, Event, MessageAccepted, QueueChanged
+from relay.mail.headers import header_size
 from relay.operator.eventbus import EventBus
 from relay.reputation import DeliveryEvents, classify_status
 from relay.store.mirror import STATUS_NOTE
@@ -452,5 +453,4 @@ def _pending(state: State) -> bool:
 
 
 def _headers(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[: end + 2]
+    return data[: header_size(data)]

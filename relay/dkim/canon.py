@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from relay.mail import headers
+
 CRLF = b"\r\n"
 _WSP = b" \t"
 _TAB_TO_SP = bytes.maketrans(b"\t", b" ")
@@ -44,22 +46,8 @@ def split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     line without a colon is kept as a field with that whole line as its name and an empty value:
     it cannot match a name we sign, and the message is passed on unchanged.
     """
-    if message.startswith(CRLF):
-        return [], message[2:]
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        block, body = message.removesuffix(CRLF), b""
-    else:
-        block, body = message[:end], message[end + 4 :]
-    fields: list[tuple[bytes, bytes]] = []
-    for line in block.split(CRLF):
-        if line[:1] in (b" ", b"\t") and fields:  # RFC 5322 §2.2.3: a folded continuation line
-            name, value = fields[-1]
-            fields[-1] = (name, value + CRLF + line)
-        else:
-            name, _, value = line.partition(b":")
-            fields.append((name, value))
-    return fields, body
+    fields, body = headers.split(message)  # the relay's one splitter: CRLF line ends only
+    return [(name, value) for name, _, value in (f.partition(b":") for f in fields)], body
 
 
 def relaxed_header(name: bytes, value: bytes) -> bytes:

@@ -27,7 +27,7 @@ import dns.rdatatype
 import dns.resolver
 import trio
 
-from relay.delivery.routing import parse_nameserver
+from relay.net.resolver import stub_resolver
 
 if TYPE_CHECKING:
     from relay.config import Config
@@ -48,14 +48,7 @@ class DkimResult:
 
 class DkimVerifier:
     def __init__(self, nameservers: Sequence[str] = (), *, timeout: float = 5.0, concurrency: int = 2) -> None:
-        resolver = dns.resolver.Resolver(configure=not nameservers)
-        if nameservers:
-            resolver.nameservers = [parse_nameserver(ns) for ns in nameservers]
-        resolver.search = []
-        resolver.use_search_by_default = False
-        resolver.lifetime = timeout
-        resolver.timeout = min(2.0, timeout)
-        self._resolver = resolver
+        self._resolver = stub_resolver(dns.resolver.Resolver, nameservers, lifetime=timeout)  # dkimpy: threads
         self.timeout = timeout
         self._limiter = trio.CapacityLimiter(concurrency)
 

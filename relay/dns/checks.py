@@ -48,9 +48,9 @@ import dns.reversename
 import trio
 
 from relay.address import normalize_domain
-from relay.delivery.routing import parse_nameserver
 from relay.dns.records import CHALLENGE_PREFIX, DnsRecord, RecordKind
 from relay.mail.dkimkeys import zone_txt
+from relay.net.resolver import stub_resolver
 
 if TYPE_CHECKING:
     from relay.config import Config
@@ -73,7 +73,6 @@ DEFAULT_LIFETIME = 5.0
 SPF_LOOKUP_LIMIT = 10  # RFC 7208 §4.6.4
 _MAX_DEPTH = 10  # include/redirect nesting followed (loops hit the lookup limit long before)
 _COUNT_CAP = 100  # stop counting SPF lookups here (the record is far over the limit anyway)
-_PER_TRY_TIMEOUT = 2.0
 
 
 # ---- lookups ------------------------------------------------------------------------------------
@@ -110,20 +109,7 @@ class DnsLookup:
     """
 
     def __init__(self, nameservers: Sequence[str] = (), *, lifetime: float = DEFAULT_LIFETIME) -> None:
-        if nameservers:
-            resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = [parse_nameserver(ns) for ns in nameservers]
-        else:
-            try:
-                resolver = dns.asyncresolver.Resolver(configure=True)
-            except dns.resolver.NoResolverConfiguration:
-                resolver = dns.asyncresolver.Resolver(configure=False)  # every lookup fails, naming why
-        resolver.search = []
-        resolver.use_search_by_default = False
-        resolver.domain = dns.name.root
-        resolver.cache = None
-        resolver.lifetime = lifetime
-        resolver.timeout = min(_PER_TRY_TIMEOUT, lifetime)
+        resolver = stub_resolver(dns.asyncresolver.Resolver, nameservers, lifetime=lifetime)
         self._resolver = resolver
         self.lifetime = lifetime
         self.queries = 0  # lookups started, for tests and metrics

@@ -26,7 +26,7 @@ import trio
 
 from relay.dns.checks import DnsLookup
 from relay.net.egress import Egress, EgressRefused
-from relay.net.fetch import DOCUMENT_BYTES, METADATA_BYTES, FetchError, fetch, get_json
+from relay.net.fetch import DOCUMENT_BYTES, METADATA_BYTES, FetchError, fetch, get_object
 
 if TYPE_CHECKING:
     from relay.config import Config
@@ -191,14 +191,10 @@ class DidResolver:
                     pass
         try:
             async with self._http() as client:
-                status, doc = await get_json(client, url, max_bytes=self._max_bytes, what="DID document")
+                doc = await get_object(client, url, max_bytes=self._max_bytes, what="DID document")
         except FetchError as exc:
             raise DidNotFound(f"{did}: {exc}") from None
-        if status != 200:
-            raise DidNotFound(f"{did}: no DID document (HTTP {status} from {url})")
-        if doc is None:
-            raise DidNotFound(f"{did}: the DID document is not JSON")
-        if not isinstance(doc, dict) or doc.get("id") != did:
+        if doc.get("id") != did:
             raise DidNotFound(f"{did}: the DID document names a different id")
         return doc
 

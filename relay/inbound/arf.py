@@ -26,6 +26,8 @@ import email.utils
 import re
 from dataclasses import dataclass, field
 
+from relay.mail.parsing import parse_untrusted, report_type
+
 _FEEDBACK_TYPE = re.compile(rb"message/feedback-report", re.IGNORECASE)
 _RENAMED = "text/x-atmos-feedback-report"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -61,28 +63,11 @@ class ArfReport:
 
 def is_arf(data: bytes) -> bool:
     """A cheap check on the top-level Content-Type: multipart/report; report-type=feedback-report."""
-    try:
-        msg = email.message_from_bytes(_header_section(data), policy=email.policy.compat32)
-    except Exception:
-        return False
-    return msg.get_content_type() == "multipart/report" and \
-        str(msg.get_param("report-type", "")).lower() == "feedback-report"
+    return report_type(data) == "feedback-report"
 
 
 def parse_arf(data: bytes) -> ArfReport:
-    try:
-        return _parse(data)
-    except ArfParseError:
-        raise
-    except Exception as exc:  # hostile input must not crash the inbound path
-        raise ArfParseError(f"cannot parse as an ARF report: {type(exc).__name__}: {exc}") from exc
-
-
-def _header_section(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        end = data.find(b"\n\n")
-    return data if end < 0 else data[: end + 2]
+    return parse_untrusted(_parse, data, ArfParseError, "an ARF report")
 
 
 def _parse(data: bytes) -> ArfReport:

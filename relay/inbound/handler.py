@@ -69,6 +69,9 @@ from relay.inbound import InboundEvents, srs
 from relay.inbound.arf import ArfParseError, ArfReport
 from relay.inbound.bounces import Bounce
 from relay.inbound.reports import ReportReader
+from relay.mail.headers import CRLF, header_size
+from relay.mail.headers import fields as header_fields
+from relay.mail.parsing import report_type
 from relay.net.ratelimit import TokenBuckets
 from relay.smtp.handler import Session
 from relay.smtp.reply import Reply
@@ -610,12 +613,7 @@ def _take_daily(store: Store, *, scope: str, key: str, day: int, cap: int) -> bo
 
 def _is_delivery_report(data: bytes) -> bool:
     """RFC 3464 §2 / RFC 6522: top-level ``multipart/report; report-type=delivery-status``."""
-    try:
-        msg = email.message_from_bytes(_header_section(data[:256 * 1024]), policy=email.policy.compat32)
-    except Exception:
-        return False
-    return msg.get_content_type() == "multipart/report" and \
-        str(msg.get_param("report-type", "")).lower() == "delivery-status"
+    return report_type(data) == "delivery-status"
 
 
 _AUTH_RESULTS = re.compile(rb"^authentication-results:[ \t]*([^;\s]+)", re.IGNORECASE)
@@ -623,27 +621,17 @@ _AUTH_RESULTS = re.compile(rb"^authentication-results:[ \t]*([^;\s]+)", re.IGNOR
 
 def _without_our_results(data: bytes, authserv_id: str) -> bytes:
     """``data`` without Authentication-Results fields naming our authserv-id (RFC 8601 §5: a forgery)."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return data
     ours = authserv_id.lower().encode()
-    out: list[bytes] = []
-    dropping = False
-    for line in data[: end + 2].split(b"\r\n")[:-1]:
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                out.append(line)
-            continue
-        m = _AUTH_RESULTS.match(line)
-        dropping = m is not None and m.group(1).lower() == ours
-        if not dropping:
-            out.append(line)
-    return b"\r\n".join(out) + b"\r\n" + data[end + 2 :]
+    size = header_size(data)
+    fields = header_fields(data[:size])
+    kept = [f for f in fields if (m := _AUTH_RESULTS.match(f)) is None or m.group(1).lower() != ours]
+    if len(kept) == len(fields):
+        return data
+    return b"".join(f + CRLF for f in kept) + data[size:]
 
 
 def _header_section(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[: end + 2]
+    return data[: header_size(data)]
 
 
 def _looping(data: bytes) -> bool:

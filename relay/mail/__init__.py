@@ -1,1 +1,2 @@
-"""Mail itself: header rewriting and splitting, unsubscribe links, DKIM key material, header text."""
+"""Mail itself: the header splitter (``headers``), header rewriting, unsubscribe links, DKIM key
+material, header text."""

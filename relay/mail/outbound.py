@@ -20,6 +20,9 @@ import time
 import uuid
 from email.utils import formatdate
 
+from relay.mail.headers import CRLF, fields, header_size
+from relay.mail.headers import field_name as field_name  # still imported from here by the accept path
+
 # Removed from every member message: the relay's own attribution and instructions.
 _ALWAYS_REMOVED = frozenset({b"x-atmos-member-did", b"feedback-id", b"x-atmos-category"})
 # Removed from bulk mail, where the relay supplies its own one-click pair.
@@ -27,20 +30,11 @@ _BULK_REMOVED = frozenset({b"list-unsubscribe", b"list-unsubscribe-post"})
 
 
 def split_message(data: bytes) -> tuple[list[bytes], bytes]:
-    """Header fields (each with its folded continuation lines, CRLF-terminated) and the rest."""
-    end = data.find(b"\r\n\r\n")
-    head, body = (data[: end + 2], data[end + 2 :]) if end >= 0 else (data, b"")
-    fields: list[bytes] = []
-    for line in head.split(b"\r\n")[:-1] if head.endswith(b"\r\n") else head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line + b"\r\n"  # RFC 5322 §2.2.3 folding
-        else:
-            fields.append(line + b"\r\n")
-    return fields, body
-
-
-def field_name(field: bytes) -> bytes:
-    return field.split(b":", 1)[0].strip().lower()
+    """Header fields (each with its folded continuation lines, CRLF-terminated) and the rest, from the
+    empty line on: ``b"".join(fields) + rest`` is ``data`` again when it has an empty line. The cut is
+    ``relay.mail.headers``'; this is the shape that rewrites a message field by field."""
+    size = header_size(data)
+    return [f + CRLF for f in fields(data[:size])], data[size:]
 
 
 def feedback_id(did: str, category: str, member_domain: str) -> str:

@@ -18,12 +18,11 @@ from typing import Any
 
 from relay.address import is_did, is_domain, normalize_domain
 from relay.config import Addr, Config
-from relay.dns.challenge import verify_token
 from relay.dns.checks import DnsLookup
 from relay.dns.verifier import UnknownDomain, check_once, expected_records
 from relay.mail.dkimkeys import SecretBox, SecretBoxError, new_domain_keys, public_records
 from relay.mail.operatorkey import OperatorKeys
-from relay.members.apikey import generate_api_key, hash_api_key
+from relay.members.enrolment import enroll_domain, issue_api_key
 from relay.operator.doctor import diagnose
 from relay.store import open_store
 from relay.store.base import DomainLimitReached, DomainTaken, Store
@@ -122,46 +121,25 @@ def enroll(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         raise AdminError(f"--did: {did!r} is not a did:plc or did:web identifier")
     if not is_domain(domain):
         raise AdminError(f"--domain: {args.domain!r} is not a valid domain name")
+    keys = new_domain_keys(domain)
     store = _store(cfg)
     try:
-        store.create_member(did, args.handle.lower().lstrip("@") if args.handle else None)
-        existing = store.get_domain(domain)
-        if existing is not None and existing.did != did and existing.state == "verified":
+        try:
+            done = enroll_domain(store, cfg, did, domain, keys, vouched=args.skip_dns,
+                                 handle=args.handle.lower().lstrip("@") if args.handle else None)
+        except DomainLimitReached:
+            raise AdminError(f"--domain: {did} already has the maximum of 2 sending domains") from None
+        except DomainTaken:
             raise AdminError(f"--domain: {domain} is already enrolled by another member "
-                             f"(atmos admin domain release {domain} first)")
-        mine = next((d for d in store.domains_for(did) if d.domain == domain), None)
-        keys = new_domain_keys(domain)
-        box = SecretBox(cfg.secret_key)
-        token = verify_token(cfg.secret_key, did)
-        if mine is None or (mine.claim and args.skip_dns):
-            # A domain another DID holds only pending: a competing claim, or (--skip-dns, the operator
-            # vouching for this DID) the domain itself, and the pending claimants lose it.
-            try:
-                store.add_domain(did=did, domain=domain, selector=mine.selector if mine else keys.selector,
-                                 rsa_private=mine.rsa_private if mine else box.encrypt(keys.rsa_private_pem),
-                                 ed25519_private=mine.ed25519_private if mine else
-                                 box.encrypt(keys.ed25519_private_raw),
-                                 verify_token=token, state="verified" if args.skip_dns else "pending",
-                                 claim_ttl=cfg.dns.pending_claim_ttl)
-            except DomainLimitReached:
-                raise AdminError(f"--domain: {did} already has the maximum of 2 sending domains") from None
-            except DomainTaken:
-                raise AdminError(f"--domain: {domain} is already enrolled by another member") from None
-        elif args.skip_dns:
-            store.set_domain_state(domain, "verified")
-        row = next((d for d in store.domains_for(did) if d.domain == domain), None)
-        assert row is not None
-        existing = mine
-        api_key = None
-        if args.new_key or store.get_api_key_hash(did) is None:
-            api_key = generate_api_key()
-            store.set_api_key_hash(did, hash_api_key(api_key))
+                             f"(atmos admin domain release {domain} first)") from None
+        row = done.row
+        api_key = issue_api_key(store, did) if args.new_key or store.get_api_key_hash(did) is None else None
         return {
             "did": did, "domain": domain, "state": row.state, "api_key": api_key,
             "records": [r.to_json() for r in expected_records(row, cfg, cfg.secret_key)],
             "api_key_note": None if api_key else "member already has an API key (use --new-key to replace it)",
-            "dkim": _dkim_records(cfg, row.selector, domain, row) if existing else keys.records(),
-            "challenge": {"name": f"_atmos-challenge.{domain}", "type": "TXT", "value": f"atmos-verify={token}"},
+            "dkim": keys.records() if done.fresh else _dkim_records(cfg, row.selector, domain, row),
+            "challenge": {"name": f"_atmos-challenge.{domain}", "type": "TXT", "value": f"atmos-verify={done.token}"},
         }
     finally:
         store.close()

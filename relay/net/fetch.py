@@ -82,4 +82,18 @@ async def get_json(client: httpx.AsyncClient, url: str, *, max_bytes: int, what:
         return resp.status_code, None
 
 
-__all__ = ["DOCUMENT_BYTES", "METADATA_BYTES", "FetchError", "Fetched", "fetch", "get_json"]
+async def get_object(client: httpx.AsyncClient, url: str, *, max_bytes: int, what: str,
+                     **kw: Any) -> dict[str, Any]:
+    """GET, capped, a document that must be a JSON object served with HTTP 200 (a DID document, OAuth
+    metadata); FetchError names what is wrong otherwise."""
+    status, body = await get_json(client, url, max_bytes=max_bytes, what=what, **kw)
+    if status != 200:
+        raise FetchError(f"no {what} at {url} (HTTP {status})")
+    if body is None:
+        raise FetchError(f"the {what} at {url} is not JSON")
+    if not isinstance(body, dict):
+        raise FetchError(f"the {what} at {url} is not a JSON object")
+    return body
+
+
+__all__ = ["DOCUMENT_BYTES", "METADATA_BYTES", "FetchError", "Fetched", "fetch", "get_json", "get_object"]

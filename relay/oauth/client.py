@@ -31,7 +31,7 @@ from joserfc.jwk import ECKey
 
 from relay.identity import Identity, IdentityError, IdentityResolver, check_url
 from relay.net.egress import Egress
-from relay.net.fetch import METADATA_BYTES, Fetched, FetchError, fetch, get_json
+from relay.net.fetch import METADATA_BYTES, Fetched, FetchError, fetch, get_object
 from relay.oauth.keys import ClientKeys
 from relay.store.aio import AsyncStore
 
@@ -280,17 +280,10 @@ class OAuthClient:
         self._check(url, what)
         try:
             async with self._http() as client:
-                status, body = await get_json(client, url, headers={"accept": "application/json"},
-                                              max_bytes=self.max_bytes, what=what)
+                return await get_object(client, url, headers={"accept": "application/json"},
+                                        max_bytes=self.max_bytes, what=what)
         except FetchError as exc:
             raise OAuthError(str(exc)) from None
-        if status != 200:
-            raise OAuthError(f"{what}: HTTP {status} from {url}")
-        if body is None:
-            raise OAuthError(f"{what} at {url} is not JSON")
-        if not isinstance(body, dict):
-            raise OAuthError(f"{what} at {url} is not a JSON object")
-        return body
 
     # -- tokens, DPoP, client assertions ---------------------------------------------------------
 

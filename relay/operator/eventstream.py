@@ -6,6 +6,9 @@
   runs a reputation service; a ``Heartbeat`` (with the dropped-subscriber count) every 5 s.
 - ``execute(services, command)`` / ``handle_frame(services, text)``: the console's commands (the same
   ones ``POST /admin/api/command`` takes), answered by a ``CommandResult``; never raises for bad input.
+- ``queue_command`` / ``destination_command``: the queue and destination actions themselves, also behind
+  ``POST /admin/api/queue/<id>/<action>`` and ``/admin/api/destinations/<domain>/<action>`` (one set of
+  checks and error texts; ``UnknownMessage`` is the HTTP 404).
 - ``reputation_hooks(bus)``: the reputation service's hooks that put automatic suspensions and complaints
   onto the bus.
 
@@ -244,8 +247,16 @@ def _sample(services: OperatorView, now: float) -> None:
 
 # ---- commands ---------------------------------------------------------------------------------------
 
+QUEUE_ACTIONS = ("retry", "hold", "release", "delete")
+DESTINATION_ACTIONS = ("pause", "resume")
+
+
 class CommandError(ValueError):
     """A command that cannot be carried out; its text goes back in the CommandResult."""
+
+
+class UnknownMessage(CommandError):
+    """The target queue id is not in the spool (HTTP renders it 404)."""
 
 
 def parse_command(text: str | bytes) -> Command:
@@ -315,28 +326,46 @@ async def execute(services: OperatorView, command: Command) -> CommandResult:
 
 async def _execute(services: OperatorView, command: Command) -> str:
     action, target = command.action, command.target.strip()
-    if action in ("retry", "hold", "release", "delete"):
-        scheduler = _scheduler(services)
+    if action in QUEUE_ACTIONS:
+        _scheduler(services)  # "not running" before "bad target", as the console has always been told
         try:
             queue_id = int(target)
         except ValueError:
             raise CommandError(f"target: expected a queue id, got {target!r}") from None
-        if services.spool.get(queue_id) is None:
-            raise CommandError(f"no queued message {queue_id}")
-        method = {"retry": scheduler.retry_now, "hold": scheduler.hold, "release": scheduler.release,
-                  "delete": scheduler.delete}[action]
-        changed = await method(queue_id)  # the scheduler publishes QueueChanged
+        changed = await queue_command(services, action, queue_id)
         return f"{action} {queue_id}: {changed} recipient{'s' if changed != 1 else ''} changed"
     if action in ("suspend", "unsuspend"):
         if not is_did(target):
             raise CommandError(f"target: expected a DID, got {target!r}")
         return await _member_status(services, target, action == "suspend", command.reason.strip())
-    # pause | resume
-    domain = normalize_domain(target)
+    domain = destination_command(services, action, target)
+    return f"{'paused' if action == 'pause' else 'resumed'} delivery to {domain}"
+
+
+async def queue_command(services: OperatorView, action: str, queue_id: int) -> int:
+    """``retry | hold | release | delete`` of one queued message: the number of recipients changed. The
+    one implementation behind /admin/ws, ``POST /admin/api/command`` and ``POST /admin/api/queue/...``;
+    UnknownMessage when the spool has no such message, CommandError for anything else wrong."""
+    if action not in QUEUE_ACTIONS:
+        raise CommandError(f"action: expected one of {', '.join(QUEUE_ACTIONS)}, got {action!r}")
+    scheduler = _scheduler(services)
+    if services.spool.get(queue_id) is None:
+        raise UnknownMessage(f"no queued message {queue_id}")
+    method = {"retry": scheduler.retry_now, "hold": scheduler.hold, "release": scheduler.release,
+              "delete": scheduler.delete}[action]
+    return await method(queue_id)  # the scheduler publishes QueueChanged
+
+
+def destination_command(services: OperatorView, action: str, target: str) -> str:
+    """``pause | resume`` delivery to a destination domain: the normalized domain. CommandError when the
+    action or the domain is not one."""
+    if action not in DESTINATION_ACTIONS:
+        raise CommandError(f"action: expected one of {', '.join(DESTINATION_ACTIONS)}, got {action!r}")
+    domain = normalize_domain(target.strip())
     if not is_domain(domain):
         raise CommandError(f"target: expected a destination domain, got {target!r}")
     _scheduler(services).pause(domain, action == "pause")  # the scheduler publishes QueueChanged
-    return f"{'paused' if action == 'pause' else 'resumed'} delivery to {domain}"
+    return domain
 
 
 def _scheduler(services: OperatorView) -> Scheduler:
@@ -381,13 +410,18 @@ def reputation_hooks(bus: EventBus) -> ReputationHooks:
 
 
 __all__ = [
+    "DESTINATION_ACTIONS",
+    "QUEUE_ACTIONS",
     "CommandError",
     "OperatorView",
     "QueueView",
     "ReputationHooks",
+    "UnknownMessage",
     "build_snapshot",
+    "destination_command",
     "execute",
     "handle_frame",
+    "queue_command",
     "queue_view",
     "reputation_hooks",
     "run_publisher",

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -270,6 +271,37 @@ async def test_unknown_queue_id_and_no_scheduler(rig: Rig) -> None:
     result = await execute(dataclasses.replace(rig.services, scheduler=None),
                            Command(id="q", action="pause", target="x.example"))
     assert not result.ok and "not running" in result.message
+
+
+@pytest.mark.trio
+async def test_http_queue_routes_and_commands_answer_alike(rig: Rig) -> None:
+    """POST /admin/api/queue/... and /destinations/... run the console's commands: the same checks (a
+    destination must be a domain), the same texts."""
+    base = rig.url.replace("ws://", "http://").removesuffix("/admin/ws")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    queue_id = await rig.accept("x@dest.example")
+    await until(lambda: rig.services.spool.get(queue_id).recipient(queue_id).state is State.DEFERRED)  # type: ignore[union-attr]
+    async with httpx.AsyncClient(base_url=base, headers=auth, timeout=10) as http:
+        for domain in ("not a domain", "a..b", "-x.example"):
+            r = await http.post(f"/admin/api/destinations/{domain}/pause")
+            command = await execute(rig.services, Command(id="d", action="pause", target=domain))
+            assert r.status_code == 400 and r.json()["code"] == "INVALID_REQUEST", (domain, r.text)
+            assert not command.ok and r.json()["error"] == command.message == \
+                f"target: expected a destination domain, got {domain!r}"
+        assert rig.services.scheduler is not None and rig.services.scheduler.paused_destinations == ()
+        r = await http.post("/admin/api/destinations/Dest.Example./pause")
+        assert r.status_code == 200 and r.json() == {"domain": "dest.example", "paused": True}
+        assert rig.services.scheduler.paused_destinations == ("dest.example",)
+        r = await http.post("/admin/api/destinations/dest.example/explode")
+        assert r.status_code == 400 and "expected one of pause, resume" in r.json()["error"]
+        r = await http.post("/admin/api/queue/424242/retry")
+        command = await execute(rig.services, Command(id="q", action="retry", target="424242"))
+        assert r.status_code == 404 and r.json()["error"] == command.message == "no queued message 424242"
+        r = await http.post(f"/admin/api/queue/{queue_id}/pause")
+        assert r.status_code == 400 and r.json()["error"] == \
+            "action: expected one of retry, hold, release, delete, got 'pause'"
+        r = await http.post(f"/admin/api/queue/{queue_id}/hold")
+        assert r.status_code == 200 and r.json() == {"queue_id": queue_id, "action": "hold", "changed": 1}
 
 
 @pytest.mark.trio
