@@ -13,7 +13,8 @@ from relay.accept.intake import admit, end_if_regenerated, suppression_flags
 from relay.accept.sender import HEADER_LIMIT, check_header_from, check_sender, parse_headers
 from relay.address import split_address
 from relay.errors import AuthRequired, InvalidRequest, MemberSuspended, RelayError, SuppressedRecipient
-from relay.mail.outbound import field_name, split_message
+from relay.mail.headers import field_name
+from relay.mail.outbound import split_message
 from relay.members.auth import Authenticator, Principal
 from relay.reputation import Reputation
 from relay.smtp.handler import Session

@@ -20,8 +20,7 @@ import time
 import uuid
 from email.utils import formatdate
 
-from relay.mail.headers import CRLF, fields, header_size
-from relay.mail.headers import field_name as field_name  # still imported from here by the accept path
+from relay.mail.headers import CRLF, field_name, fields, header_size
 
 # Removed from every member message: the relay's own attribution and instructions.
 _ALWAYS_REMOVED = frozenset({b"x-atmos-member-did", b"feedback-id", b"x-atmos-category"})
