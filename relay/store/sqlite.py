@@ -40,7 +40,7 @@ def connect(path: str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")  # persistent in the file; 'memory' for :memory:
+        _wal(conn, busy_timeout)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
     except BaseException as exc:
@@ -49,6 +49,24 @@ def connect(path: str, *, busy_timeout: float = 5.0) -> sqlite3.Connection:
             raise StoreUnavailable(f"cannot open store {path}: {exc}") from exc
         raise
     return conn
+
+
+def _wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """``PRAGMA journal_mode = WAL`` (persistent in the file; 'memory' for :memory:). Switching a fresh file
+    needs an exclusive lock, and SQLite answers "database is locked" at once, without its busy handler,
+    while another process is doing the same (several relays or `atmos admin` starting together): retry
+    within the busy timeout."""
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _private(path: str) -> None:
