@@ -58,6 +58,7 @@ log = logging.getLogger("relay.events")
 
 if TYPE_CHECKING:
     from relay.accept.acceptor import Acceptor
+    from relay.config import Config
     from relay.operator.metrics import RelayMetrics
     from relay.reputation import Reputation
     from relay.store.aio import AsyncStore
@@ -66,8 +67,10 @@ if TYPE_CHECKING:
 
 class OperatorView(Protocol):
     """What the operator plane reads of the running relay. ``relay.app.services.Services`` is one; naming
-    only these here keeps this module (and the metrics beside it) free of the wiring."""
+    only these here keeps this module (and the metrics and health beside it) free of the wiring."""
 
+    @property
+    def cfg(self) -> Config: ...
     @property
     def store(self) -> AsyncStore: ...
     @property

@@ -10,7 +10,7 @@ monitor that stops sending must still see the relay recover.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -18,32 +18,13 @@ from relay.store.base import StoreError
 from spool import SpoolError
 
 if TYPE_CHECKING:
-    from relay.accept.acceptor import Acceptor
-    from relay.config import Config
-    from relay.store.aio import AsyncStore
-    from relay.store.writer import StatusWriter
-    from spool import Spool
-
-
-class Relay(Protocol):
-    """What the health answer reads of the running relay (relay.app.services.Services is one)."""
-
-    @property
-    def cfg(self) -> Config: ...
-    @property
-    def store(self) -> AsyncStore: ...
-    @property
-    def spool(self) -> Spool: ...
-    @property
-    def writer(self) -> StatusWriter: ...
-    @property
-    def acceptor(self) -> Acceptor: ...
+    from relay.operator.eventstream import OperatorView  # what it reads of the running relay
 
 STORE_PROBE_TIMEOUT = 2.0  # seconds for one cheap read; slower than this is "not answering"
 RECENT = 30.0
 
 
-async def refusals(services: Relay) -> list[str]:
+async def refusals(services: OperatorView) -> list[str]:
     """Why mail is being refused now; empty when the relay takes mail."""
     reasons: list[str] = []
     writer = services.writer
@@ -69,7 +50,7 @@ async def refusals(services: Relay) -> list[str]:
     return reasons
 
 
-async def _probe_store(services: Relay) -> list[str]:
+async def _probe_store(services: OperatorView) -> list[str]:
     with trio.move_on_after(STORE_PROBE_TIMEOUT):
         try:
             await services.store.schema_version()
