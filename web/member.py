@@ -125,11 +125,7 @@ async def default_category() -> Response:
     """``{"domain", "category"}``: the category of mail from that domain that names none ("" = bulk)."""
     svc, did = await _member(allow_suspended=False)
     body = await read_json()
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object with domain and category")
-    unknown = sorted(set(body) - CATEGORY_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r} (allowed: domain, category)")
+    body = _json_object(body, CATEGORY_FIELDS, "domain and category", "domain, category")
     raw = body.get("domain")
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidRequest("domain: required, a string naming one of your sending domains")
@@ -185,12 +181,18 @@ def _not_found() -> Response:
     return resp
 
 
-def _parse_webhook(body: Any, egress: Egress) -> tuple[str, tuple[str, ...]]:
+def _json_object(body: Any, fields: frozenset[str], shape: str, allowed: str) -> dict[str, Any]:
+    """``body`` as a JSON object of only ``fields``; 400 naming the shape or the first unknown field."""
     if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object with url and optional events")
-    unknown = sorted(set(body) - WEBHOOK_FIELDS)
+        raise InvalidRequest(f"request body must be a JSON object with {shape}")
+    unknown = sorted(set(body) - fields)
     if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r} (allowed: url, events)")
+        raise InvalidRequest(f"unknown field {unknown[0]!r} (allowed: {allowed})")
+    return body
+
+
+def _parse_webhook(body: Any, egress: Egress) -> tuple[str, tuple[str, ...]]:
+    body = _json_object(body, WEBHOOK_FIELDS, "url and optional events", "url, events")
     url = body.get("url")
     if not isinstance(url, str) or not url.strip():
         raise InvalidRequest("url: required, an https:// URL")
@@ -232,11 +234,7 @@ def _literal(host: str) -> str | None:
 
 
 def _parse_forward(body: Any) -> tuple[str, str | None]:
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object with domain and forward_to")
-    unknown = sorted(set(body) - FORWARD_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r} (allowed: domain, forward_to)")
+    body = _json_object(body, FORWARD_FIELDS, "domain and forward_to", "domain, forward_to")
     domain = body.get("domain")
     if not isinstance(domain, str) or not domain.strip():
         raise InvalidRequest("domain: required, a string naming one of your sending domains")
