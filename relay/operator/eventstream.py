@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 import trio
 
 from relay.address import is_did, is_domain, normalize_domain
+from relay.cluster.commands import NodeUnavailable, forward
+from relay.cluster.identity import NodeIdentity, owner
 from relay.delivery.scheduler import Scheduler
 from relay.events import (
     ACTIONS,
@@ -87,6 +89,8 @@ class OperatorView(Protocol):
     def metrics(self) -> RelayMetrics: ...
     @property
     def reputation(self) -> Reputation | None: ...
+    @property
+    def node(self) -> NodeIdentity: ...
 
 
 QUEUE_STATES = ("accepted", "deferred", "held")  # wire names; a released recipient is "accepted" again
@@ -348,7 +352,39 @@ async def _execute(services: OperatorView, command: Command) -> str:
 async def queue_command(services: OperatorView, action: str, queue_id: int) -> int:
     """``retry | hold | release | delete`` of one queued message: the number of recipients changed. The
     one implementation behind /admin/ws, ``POST /admin/api/command`` and ``POST /admin/api/queue/...``;
-    UnknownMessage when the spool has no such message, CommandError for anything else wrong."""
+    UnknownMessage when the spool has no such message, CommandError for anything else wrong. A message
+    of another node's range is acted on by that node (relay.cluster.commands)."""
+    if action not in QUEUE_ACTIONS:
+        raise CommandError(f"action: expected one of {', '.join(QUEUE_ACTIONS)}, got {action!r}")
+    if queue_id < 1 or services.node.owns(queue_id):
+        return await _local_queue_command(services, action, queue_id)
+    try:
+        ok, result = await forward(services.store, owner(queue_id), action, str(queue_id),
+                                   live_within=services.cfg.node.lease_ttl)
+    except NodeUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        answer = json.loads(result)
+        if ok:
+            return int(answer["changed"])
+        text = str(answer["error"])
+    except (ValueError, KeyError, TypeError):
+        raise CommandError(f"{action} {queue_id}: the owning node answered {result!r}") from None
+    raise (UnknownMessage if answer.get("unknown") else CommandError)(text)
+
+
+async def node_command(services: OperatorView, action: str, target: str) -> tuple[bool, str]:
+    """A queue action another node left for this one (relay.cluster.node.Node.serve_commands)."""
+    try:
+        changed = await _local_queue_command(services, action, int(target))
+    except UnknownMessage as exc:
+        return False, json.dumps({"error": str(exc), "unknown": True})
+    except (CommandError, ValueError, StoreError, SpoolError) as exc:
+        return False, json.dumps({"error": str(exc), "unknown": False})
+    return True, json.dumps({"changed": changed})
+
+
+async def _local_queue_command(services: OperatorView, action: str, queue_id: int) -> int:
     if action not in QUEUE_ACTIONS:
         raise CommandError(f"action: expected one of {', '.join(QUEUE_ACTIONS)}, got {action!r}")
     scheduler = _scheduler(services)
