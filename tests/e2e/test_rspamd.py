@@ -4,7 +4,7 @@ The relay (``atmos serve``) routes by Knot to an smtp-sink; the delivered bytes 
 (tests/peers/rspamd.py: a private namespace, DNS answered only by a Knot serving the same records) as if
 they came from the relay's public address 192.0.2.10 (documentation range: only DNS records name it,
 nothing is sent there). Two messages the relay sends: one submitted over SMTP by a mail client, one made
-by /v1/send with HTML, non-ASCII text and a PDF attachment. Each must pass DKIM (all three signatures), SPF
+by /v1/send with HTML, non-ASCII text, a PDF and a text attachment. Each must pass DKIM (all three), SPF
 and DMARC, and no header or MIME rule may fire. And one the relay forwards: a reply from an outside sender
 (example.org, DKIM-signed with its own key) to the member's domain, forwarded by the inbound listener to the
 member's confirmed forward-to with SRS and an ARC set sealed with the operator key (RFC 8617): ARC must
