@@ -3,7 +3,8 @@
 - ``build_snapshot(services)``: what a fresh /admin/ws client receives first.
 - ``run_publisher(services)``: the root-nursery task that, every second, samples throughput and (while
   anyone listens) publishes ``QueueDepth`` and ``Throughput``; ``Warming`` every 10 s when the relay
-  runs a reputation service; a ``Heartbeat`` (with the dropped-subscriber count) every 5 s.
+  runs a reputation service; ``Nodes`` (every node of the relay) every 2 s; a ``Heartbeat`` (with the
+  dropped-subscriber count) every 5 s.
 - ``execute(services, command)`` / ``handle_frame(services, text)``: the console's commands (the same
   ones ``POST /admin/api/command`` takes), answered by a ``CommandResult``; never raises for bad input.
 - ``queue_command`` / ``destination_command``: the queue and destination actions themselves, also behind
@@ -32,6 +33,7 @@ import trio
 from relay.address import is_did, is_domain, normalize_domain
 from relay.cluster.commands import NodeUnavailable, forward
 from relay.cluster.identity import NodeIdentity, owner
+from relay.cluster.status import JOBS_LEASE, node_view
 from relay.delivery.scheduler import Scheduler
 from relay.events import (
     ACTIONS,
@@ -43,6 +45,8 @@ from relay.events import (
     Heartbeat,
     MemberSuspended,
     MemberUnsuspended,
+    NodeInfo,
+    Nodes,
     QueueDepth,
     QueuedItem,
     SchemaError,
@@ -194,6 +198,19 @@ def _warming(did: str, domain: str, windows: list[Any], age: int) -> DomainWarmi
                          daily_used=md.used if md else 0, daily_limit=md.limit if md else 0)
 
 
+async def node_infos(services: OperatorView) -> tuple[NodeInfo, ...]:
+    """Every node as the store has it (relay.cluster.status); empty when the store does not answer."""
+    try:
+        rows, holder = await services.store.call(lambda s: (s.list_nodes(), s.lease_holder(JOBS_LEASE)))
+    except StoreError as exc:
+        log.warning("node list not available: %s", exc)
+        return ()
+    return tuple(NodeInfo(node=v["node"], state=v["state"], jobs=v["jobs"], heartbeat_age=v["heartbeat_age_seconds"],
+                          queue_messages=v.get("queue_messages", 0), in_flight=v.get("in_flight", 0),
+                          accepted=v.get("accepted", 0), delivered=v.get("delivered", 0))
+                 for v in node_view(rows, holder, time.time(), services.cfg.node.lease_ttl))
+
+
 async def build_snapshot(services: OperatorView) -> Snapshot:
     view = queue_view(services.spool, services.scheduler, limit=SNAPSHOT_ITEMS)
     accepted_per_s, delivered_per_s = services.metrics.throughput.rates()
@@ -209,6 +226,7 @@ async def build_snapshot(services: OperatorView) -> Snapshot:
         warming=await warming_state(services), suspended=suspended,
         paused_destinations=scheduler.paused_destinations if scheduler is not None else (),
         accepted_per_s=accepted_per_s, delivered_per_s=delivered_per_s,
+        node=services.node.name, nodes=await node_infos(services),
     )
 
 
@@ -216,11 +234,11 @@ async def build_snapshot(services: OperatorView) -> Snapshot:
 
 async def run_publisher(
     services: OperatorView, *, tick: float = 1.0, heartbeat_every: float = 5.0, warming_every: float = 10.0,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    nodes_every: float = 2.0, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     bus = services.bus
     started = trio.current_time()
-    last_heartbeat = last_warming = started
+    last_heartbeat = last_warming = last_nodes = started
     task_status.started()
     deadline = started
     while True:
@@ -237,6 +255,9 @@ async def run_publisher(
                 if now - last_warming >= warming_every and services.reputation is not None:
                     last_warming = now
                     bus.publish(Warming(domains=await warming_state(services)))
+                if now - last_nodes >= nodes_every:
+                    last_nodes = now
+                    bus.publish(Nodes(nodes=await node_infos(services)))
             if now - last_heartbeat >= heartbeat_every:
                 last_heartbeat = now
                 bus.publish(Heartbeat(dropped_subscribers=bus.dropped))
