@@ -33,7 +33,7 @@ import trio
 from relay.address import is_did, is_domain, normalize_domain
 from relay.cluster.commands import NodeUnavailable, forward
 from relay.cluster.identity import NodeIdentity, owner
-from relay.cluster.status import JOBS_LEASE, node_view
+from relay.cluster.status import JOBS_LEASE, node_state, node_view
 from relay.delivery.scheduler import Scheduler
 from relay.events import (
     ACTIONS,
@@ -366,7 +366,7 @@ async def _execute(services: OperatorView, command: Command) -> str:
         if not is_did(target):
             raise CommandError(f"target: expected a DID, got {target!r}")
         return await _member_status(services, target, action == "suspend", command.reason.strip())
-    domain = destination_command(services, action, target)
+    domain = await destination_everywhere(services, action, target)
     return f"{'paused' if action == 'pause' else 'resumed'} delivery to {domain}"
 
 
@@ -395,7 +395,12 @@ async def queue_command(services: OperatorView, action: str, queue_id: int) -> i
 
 
 async def node_command(services: OperatorView, action: str, target: str) -> tuple[bool, str]:
-    """A queue action another node left for this one (relay.cluster.node.Node.serve_commands)."""
+    """A queue or destination action another node left for this one (relay.cluster.node.Node.serve_commands)."""
+    if action in DESTINATION_ACTIONS:
+        try:
+            return True, json.dumps({"domain": destination_command(services, action, target)})
+        except CommandError as exc:
+            return False, json.dumps({"error": str(exc), "unknown": False})
     try:
         changed = await _local_queue_command(services, action, int(target))
     except UnknownMessage as exc:
@@ -425,6 +430,21 @@ def destination_command(services: OperatorView, action: str, target: str) -> str
     if not is_domain(domain):
         raise CommandError(f"target: expected a destination domain, got {target!r}")
     _scheduler(services).pause(domain, action == "pause")  # the scheduler publishes QueueChanged
+    return domain
+
+
+async def destination_everywhere(services: OperatorView, action: str, target: str) -> str:
+    """``pause | resume`` on this node at once, and on every other running node (each has its own
+    scheduler) through the commands it polls: in effect cluster-wide within a second. The domain."""
+    domain = destination_command(services, action, target)
+    try:
+        rows = await services.store.list_nodes()
+        now = time.time()
+        for row in rows:
+            if row.number != services.node.number and node_state(row, now, services.cfg.node.lease_ttl) == "running":
+                await services.store.add_node_command(row.number, action, domain)
+    except StoreError as exc:  # this node is paused; say the others may not be
+        raise CommandError(f"{action} {domain}: done on node {services.node.name} only ({exc})") from None
     return domain
 
 
@@ -479,6 +499,7 @@ __all__ = [
     "UnknownMessage",
     "build_snapshot",
     "destination_command",
+    "destination_everywhere",
     "execute",
     "handle_frame",
     "queue_command",

@@ -147,6 +147,12 @@ def test_two_machines_on_one_postgresql(tmp_path: Path, tls_files: TLSFiles, pos
                                                           "node": "beta-1"}
             assert eventually(lambda: stored_status(b.http, on_a) == "held", "the hold, seen from B")
             assert queue_action(b.http, on_a, "release")["changed"] == 1
+            # Pausing a destination on one machine pauses it on every running node.
+            r = httpx.post(f"{a.http}/admin/api/destinations/Example.org/pause", headers=ADMIN, timeout=10)
+            assert r.status_code == 200 and r.json()["domain"] == "example.org", r.text
+            assert eventually(lambda: "example.org" in httpx.get(f"{b.http}/admin/api/queue", headers=ADMIN,
+                                                                  timeout=10).json()["stats"]["paused_destinations"],
+                              "the pause on machine B")
             # /metrics on either machine shows both nodes.
             metrics = httpx.get(f"{b.http}/metrics", timeout=10).text
             assert 'atmos_node_up{node="alpha-1"} 1.0' in metrics and 'atmos_node_up{node="beta-1"} 1.0' in metrics
