@@ -208,6 +208,7 @@ class AuthConfig:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     url: str = ""  # default sqlite:///<state_dir>/relay.db
+    pool_size: int = 4  # PostgreSQL connections per node (every node of every machine holds its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +431,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("identity.handle_resolver_url: required when identity.handle_resolution = well-known-at")
     _validate_spool(cfg.spool)
     _validate_node(cfg.node)
+    if not 1 <= cfg.store.pool_size <= 64:
+        raise ConfigError(f"store.pool_size: 1 to 64, got {cfg.store.pool_size}")
     if cfg.suspension.min_complaints < 1:
         raise ConfigError(f"suspension.min_complaints: must be at least 1, got {cfg.suspension.min_complaints}")
     for i, source in enumerate(cfg.inbound.fbl_sources):

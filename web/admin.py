@@ -17,7 +17,7 @@ from relay.app.services import Services
 from relay.cluster.identity import owner
 from relay.cluster.status import JOBS_LEASE, node_view, totals
 from relay.errors import AuthFailed, AuthRequired, InvalidRequest
-from relay.operator.eventstream import CommandError, UnknownMessage, destination_command, queue_command
+from relay.operator.eventstream import CommandError, UnknownMessage, destination_everywhere, queue_command
 from spool import QueuedMessage
 from web.api import services
 
@@ -122,7 +122,7 @@ async def queue_action(queue_id: int, action: str) -> Response:
 async def destination_action(domain: str, action: str) -> Response:
     svc = require_admin()
     try:
-        normalized = destination_command(svc, action, domain)
+        normalized = await destination_everywhere(svc, action, domain)
     except CommandError as exc:
         raise InvalidRequest(str(exc)) from None
     return jsonify({"domain": normalized, "paused": action == "pause"})
@@ -134,7 +134,8 @@ def _stats(svc: Services) -> dict[str, Any]:
                            "bytes": st.bytes, "segments": st.segments}
     if svc.scheduler is not None:
         out.update(in_flight=svc.scheduler.in_flight, delivered=svc.scheduler.delivered,
-                   deferred=svc.scheduler.deferred, bounced=svc.scheduler.bounced)
+                   deferred=svc.scheduler.deferred, bounced=svc.scheduler.bounced,
+                   paused_destinations=list(svc.scheduler.paused_destinations))
     return out
 
 

@@ -98,7 +98,7 @@ async def run_relay(
     (a parent does that once for all its nodes)."""
     await trio.to_thread.run_sync(make_dirs, cfg.state_path)  # durable names, before anything goes in
     cfg.make_state_dir()  # 0700, an existing state dir tightened too (store, spool, secrets live there)
-    sync_store = open_store(cfg.store_url)
+    sync_store = open_store(cfg.store_url, pool_size=cfg.store.pool_size)
     store = AsyncStore(sync_store)
     try:
         # 1. Bind every listener and do the blocking set-up work (key generation, the dev TLS cert and
