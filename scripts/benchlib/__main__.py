@@ -14,6 +14,9 @@ Scenarios (``--only`` names):
           STARTTLS+AUTH reuse generator to 1 destination domain, then spread over 50 (d0..d49.example);
           fresh relay / fresh Postfix instance and a fresh dumping smtp-sink per run (see delivery.py).
   idle    RSS with 1,000 idle connections to the SMTP port (greeting read, then held).
+  nodes   two `atmos serve --workers 1` on one PostgreSQL, the reuse load split over both (nodes.py).
+
+The relay runs its default number of nodes (one per core; ``--workers N`` sets it) unless said otherwise.
 
 msg/s = accepted messages / wall time of the load phase; latency = MAIL FROM -> 250 after the final dot
 (HTTP: request -> 200), measured in the generator. CPU ms/msg = the server's process-tree CPU time from the
@@ -43,7 +46,7 @@ from pathlib import Path
 
 from tests.peers.ports import free_port
 
-from . import delivery, httpgen, idle, smtpgen, smtpsource
+from . import delivery, httpgen, idle, nodes, smtpgen, smtpsource
 from .common import (
     MAIL_FROM,
     RCPT_TO,
@@ -61,7 +64,7 @@ from .relay import BENCH_DID, RelayPeer, RelayStartError
 from .sink import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("steps", "plain", "tls", "reuse", "http", "delivery", "idle")
+SCENARIOS = ("steps", "plain", "tls", "reuse", "http", "delivery", "idle", "nodes")
 DELIVERY_DOMAINS = (1, 50)
 CONC = 20
 IDLE_CONNECTIONS = 1000
@@ -113,6 +116,7 @@ class Bench:
         self.rows: list[Row] = []
         self.delivery_rows: list[delivery.DeliveryRow] = []
         self.idle_lines: list[str] = []
+        self.node_lines: list[str] = []
         self.step_lines: list[str] = []
         self.background: float | None = None
 
@@ -149,7 +153,7 @@ class Bench:
             log(f"smtp-sink for the relay did not start ({exc}); its mail will wait in its queue")
             self.relay_sink = None
             relayhost = f"[127.0.0.1]:{free_port()}"
-        self.relay = RelayPeer(ROOT, self.work / "relay", cert, key, relayhost=relayhost)
+        self.relay = RelayPeer(ROOT, self.work / "relay", cert, key, relayhost=relayhost, workers=self.args.workers)
         try:
             self.relay.start()
             self.relay.enroll()
@@ -666,6 +670,13 @@ class Bench:
                 "one STARTTLS+AUTH session, step by step (ms; median of 20 sequential sessions, concurrency 1):",
             ]
             out += ["  " + line for line in self.step_lines]
+        if self.node_lines:
+            reuse_row = next((r for r in self.rows if r.name == "reuse"), None)
+            if reuse_row is not None and reuse_row.postfix:
+                pfx = median_run(reuse_row.postfix)
+                if not pfx.skipped:
+                    self.node_lines.append(f"Postfix, same load on one machine (reuse row): {pfx.rate:.1f} msg/s")
+            out += ["", *self.node_lines]
         if self.idle_lines:
             out += ["", f"idle: {IDLE_CONNECTIONS} concurrent idle connections to the SMTP port"]
             out += ["  " + line for line in self.idle_lines]
@@ -698,6 +709,9 @@ class Bench:
                 self.delivery_scenario()
             if "idle" in self.only:
                 self.idle_memory()
+            if "nodes" in self.only and self.relay is not None and self.cert_key is not None:
+                self.node_lines = nodes.run(ROOT, self.work, *self.cert_key, conc=self.conc,
+                                            duration=self.plan.duration, runs=self.plan.runs)
         finally:
             self.stop_peers()
             if self.args.keep:
@@ -718,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="NAME", help=f"comma-separated subset of: {names}")
     parser.add_argument("--no-relay", action="store_true", help="measure Postfix alone (checks the bench itself)")
     parser.add_argument("--conc", type=int, default=CONC, help=f"concurrent clients (default {CONC})")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="the relay's nodes (atmos serve --workers; default: its own, one per core)")
     parser.add_argument("--keep", action="store_true", help="keep the temp work dir (configs, logs, queues)")
     parser.add_argument("--workdir", default=None, help="parent of the temp work dir (default: system temp)")
     args = parser.parse_args(argv)

@@ -32,8 +32,11 @@ class RelayStartError(RuntimeError):
 
 
 class RelayPeer:
-    def __init__(self, root: Path, base: Path, cert: Path, key: Path, *, relayhost: str) -> None:
-        """``relayhost``: ``[127.0.0.1]:PORT`` of the bench's sink (required: never the system resolver + MX)."""
+    def __init__(self, root: Path, base: Path, cert: Path, key: Path, *, relayhost: str, workers: int | None = None,
+                 store_url: str = "", node_name: str = "bench", env: dict[str, str] | None = None) -> None:
+        """``relayhost``: ``[127.0.0.1]:PORT`` of the bench's sink (required: never the system resolver + MX).
+        ``workers``: ``--workers`` (None: the relay's default, one node per core); ``store_url``: a shared
+        store (the two-node row's PostgreSQL); ``env``: another peer's secrets (nodes of one relay)."""
         if not relayhost.startswith("[127.0.0.1]:"):
             raise ValueError(f"bench relayhost must be a bracketed loopback address, got {relayhost!r}")
         self.root = root
@@ -46,7 +49,9 @@ class RelayPeer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready: dict[str, Any] = {}
         self.api_key = ""
-        self.env = dict(os.environ, ATMOS_ADMIN_TOKEN=secrets.token_hex(16), ATMOS_SECRET_KEY=secrets.token_hex(16))
+        self.workers, self.store_url, self.node_name = workers, store_url, node_name
+        self.env = env or dict(os.environ, ATMOS_ADMIN_TOKEN=secrets.token_hex(16),
+                               ATMOS_SECRET_KEY=secrets.token_hex(16))
         self.env.pop("ATMOS_LOG_LEVEL", None)
 
     def atmos(self) -> list[str]:
@@ -103,7 +108,10 @@ nameservers = ["{self.dead_dns}"]
 
 [identity]
 plc_url = "http://{self.dead_dns}"
-""")
+
+[node]
+name = "{self.node_name}"
+""" + (f'\n[store]\nurl = "{self.store_url}"\n' if self.store_url else ""))
 
     def _log_text(self) -> str:
         try:
@@ -113,7 +121,8 @@ plc_url = "http://{self.dead_dns}"
 
     def start(self, timeout: float = 60.0) -> None:
         self.write_config()
-        cmd = [*self.atmos(), "serve", "--config", str(self.config)]
+        cmd = [*self.atmos(), "serve", "--config", str(self.config),
+               *(["--workers", str(self.workers)] if self.workers else [])]
         with open(self.logfile, "wb") as out:
             self.proc = subprocess.Popen(
                 cmd, cwd=self.base, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -170,9 +179,16 @@ plc_url = "http://{self.dead_dns}"
         return dict(doc.get("stats") or {})
 
     def live_messages(self) -> int | None:
-        """Messages still in the spool (``/healthz``, cheap); None when the relay does not answer."""
+        """Messages still in every node's spool (their heartbeats, ``/admin/api/nodes``: each node has its
+        own spool, and /healthz answers for one); None when the relay does not answer. An empty answer is
+        read again after a heartbeat, as a node's figure may be that old."""
+        headers = {"Authorization": f"Bearer {self.env['ATMOS_ADMIN_TOKEN']}"}
         try:
-            return int(self._get("/healthz", {}, 5.0)["spool"]["liveMessages"])
+            left = int(self._get("/admin/api/nodes", headers, 5.0)["totals"]["queue_messages"])
+            if left == 0:
+                time.sleep(1.2)
+                left = int(self._get("/admin/api/nodes", headers, 5.0)["totals"]["queue_messages"])
+            return left
         except (OSError, ValueError, KeyError, TypeError, urllib.error.URLError):
             return None
 
