@@ -393,6 +393,7 @@ class Reputation:
         for d in domains:
             start = d.verified_at or d.created_at
             self.limiter.set_domain_start(d.domain, start)
+            await self.limiter.refresh(did, d.domain)  # every node's units, not only this one's
             wins = self.limiter.windows_for(did, d.domain, start, now)
             entries.append(report.domain_budget(d, wins, now, age_days(start, now)))
         sends, bounces, complaints = self.standing(did)
