@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
 import tomllib
 import types
@@ -207,6 +208,7 @@ class AuthConfig:
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     url: str = ""  # default sqlite:///<state_dir>/relay.db
+    pool_size: int = 4  # PostgreSQL connections per node (every node of every machine holds its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,19 @@ class SpoolConfig:
     # Disk space preallocated for transitions (spool/RESERVE): given up when the disk fills, so the
     # outcome of a finished delivery can still be recorded; deliveries pause until it is back.
     reserve_bytes: int = 8 * MiB
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """This machine's relay processes (relay.cluster): each is a node with its own spool and scheduler."""
+
+    # The machine's name among the nodes sharing the store; worker i is node "<name>-<i>", its spool
+    # <state_dir>/spool/<name>-<i>. Default: the host name. Start a machine under a dead one's name
+    # (with its state_dir/spool copied over) to adopt that machine's queue.
+    name: str = ""
+    workers: int = 0  # processes on this machine; 0: one per core (``atmos serve --workers N`` overrides)
+    heartbeat: float = 1.0  # seconds between a node's heartbeats (the operator plane's view of it)
+    lease_ttl: float = 10.0  # cluster-wide jobs move to another node this long after their holder died
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +280,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
     testing: TestingConfig = field(default_factory=TestingConfig)
@@ -414,6 +430,9 @@ def _validate(cfg: Config) -> None:
     if cfg.identity.handle_resolution == "well-known-at" and not cfg.identity.handle_resolver_url:
         raise ConfigError("identity.handle_resolver_url: required when identity.handle_resolution = well-known-at")
     _validate_spool(cfg.spool)
+    _validate_node(cfg.node)
+    if not 1 <= cfg.store.pool_size <= 64:
+        raise ConfigError(f"store.pool_size: 1 to 64, got {cfg.store.pool_size}")
     if cfg.suspension.min_complaints < 1:
         raise ConfigError(f"suspension.min_complaints: must be at least 1, got {cfg.suspension.min_complaints}")
     for i, source in enumerate(cfg.inbound.fbl_sources):
@@ -447,6 +466,16 @@ _POSITIVE = {
     "auth": {"per_ip_per_minute", "per_ip_burst", "per_ip_concurrency", "per_did_per_minute", "per_did_burst",
              "bcrypt_threads"},
 }
+
+
+def _validate_node(node: NodeConfig) -> None:
+    if node.name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", node.name):
+        raise ConfigError(f"node.name: letters, digits, '.', '_' and '-' (at most 63), got {node.name!r}")
+    if not 0 <= node.workers <= 256:
+        raise ConfigError(f"node.workers: 0 (one per core) to 256, got {node.workers}")
+    if node.heartbeat <= 0 or node.lease_ttl < 3 * node.heartbeat:
+        raise ConfigError(f"node.lease_ttl ({node.lease_ttl}) must be at least three node.heartbeat "
+                          f"({node.heartbeat}) intervals")
 
 
 def _validate_spool(spool: SpoolConfig) -> None:

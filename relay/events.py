@@ -70,6 +70,20 @@ class QueuedItem:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One node of the relay as its last heartbeat told (relay.cluster.status)."""
+
+    node: str
+    state: str  # running | stopped | silent
+    jobs: bool  # runs the cluster's periodic jobs
+    heartbeat_age: float
+    queue_messages: int = 0
+    in_flight: int = 0
+    accepted: int = 0
+    delivered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot(Event):
     type: ClassVar[str] = "snapshot"
     queue_by_state: dict[str, int] = field(default_factory=dict)
@@ -82,6 +96,8 @@ class Snapshot(Event):
     paused_destinations: tuple[str, ...] = ()
     accepted_per_s: float = 0.0
     delivered_per_s: float = 0.0
+    node: str = ""  # the node this stream comes from; the queue figures above are its own
+    nodes: tuple[NodeInfo, ...] = ()  # every node of the relay
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +214,14 @@ class Throughput(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Nodes(Event):
+    """Every node of the relay, every few seconds (the operator plane across nodes, issue 17)."""
+
+    type: ClassVar[str] = "nodes"
+    nodes: tuple[NodeInfo, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat(Event):
     type: ClassVar[str] = "heartbeat"
     dropped_subscribers: int = 0
@@ -227,11 +251,11 @@ ACTIONS = ("retry", "hold", "release", "delete", "suspend", "unsuspend", "pause"
 EVENTS: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (Snapshot, MessageAccepted, Delivery, QueueChanged, QueueDepth, Warming, MemberSuspended,
-                MemberUnsuspended, ComplaintReceived, TlsReportReceived, Unsubscribed, Throughput, Heartbeat, Command,
-                CommandResult)
+                MemberUnsuspended, ComplaintReceived, TlsReportReceived, Unsubscribed, Throughput, Nodes, Heartbeat,
+                Command, CommandResult)
 }
 _NESTED: dict[str, type[Any]] = {"queue": QueuedItem, "warming": DomainWarming, "domains": DomainWarming,
-                                 "suspended": SuspendedMember}
+                                 "suspended": SuspendedMember, "nodes": NodeInfo}
 
 
 def encode(event: Event, *, ts: float | None = None) -> str:

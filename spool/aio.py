@@ -104,6 +104,7 @@ class Spool:
         reserve_bytes: int = 0,
         mirror: Mirror | None = None,
         store_mark: Position | None = None,
+        first_id: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -116,6 +117,7 @@ class Spool:
         self._reserve_bytes = reserve_bytes
         self._mirror = mirror
         self._store_mark = store_mark
+        self._first_id = first_id  # the node's queue-id range (relay.cluster.identity)
         self._mirrored = trio.Event()  # set after each commit told the mirror something
         self._relief = trio.Event()  # set while the spool is not living off its disk reserve
         self._relief.set()
@@ -134,6 +136,7 @@ class Spool:
         opened = functools.partial(
             SpoolLog.open, self.directory, segment_bytes=self._segment_bytes, max_bytes=self._max_bytes,
             store_mark=self._store_mark, mirrored=self._mirror is not None, reserve_bytes=self._reserve_bytes,
+            first_id=self._first_id,
         )
         spool_log = await trio.to_thread.run_sync(opened)
         self._log = spool_log

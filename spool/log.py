@@ -95,6 +95,7 @@ class SpoolLog:
         store_mark: Position | None = None,
         mirrored: bool = False,
         reserve_bytes: int = 0,
+        first_id: int = 1,
     ) -> None:
         """Use ``SpoolLog.open`` or ``SpoolLog.open_readonly``."""
         if segment_bytes <= HEADER_SIZE:
@@ -124,7 +125,10 @@ class SpoolLog:
         self._poisoned = False  # never append to the current segment again (failed fdatasync or undo)
         self._closed = False
         self._key: RecordKey | None = None  # the MAC key of new records; loaded (or created) at open
-        self.next_id = 1
+        # Ids are handed out from here up: several nodes sharing one store each number from their own
+        # range (relay.cluster.identity), so a queue id names one message across the cluster.
+        self._first_id = first_id
+        self.next_id = first_id
         self.commits = 0
         self.appends = 0
         self.report: RecoveryReport
@@ -141,6 +145,7 @@ class SpoolLog:
         store_mark: Position | None = None,
         mirrored: bool = False,
         reserve_bytes: int = 0,
+        first_id: int = 1,
     ) -> SpoolLog:
         """Lock the directory, recover (truncate, quarantine, compact) and get ready to append.
 
@@ -148,7 +153,7 @@ class SpoolLog:
         past ``store_mark`` (everything when the mark is None or lies beyond the log).
         """
         self = cls(directory, segment_bytes=segment_bytes, max_bytes=max_bytes, readonly=False,
-                   store_mark=store_mark, mirrored=mirrored, reserve_bytes=reserve_bytes)
+                   store_mark=store_mark, mirrored=mirrored, reserve_bytes=reserve_bytes, first_id=first_id)
         try:
             self._open_writable()
         except OSError as exc:
@@ -219,7 +224,7 @@ class SpoolLog:
     def _adopt(self, sizes: dict[int, int], next_id: int) -> None:
         self._sizes = dict(sizes)
         self._bytes = sum(sizes.values())
-        self.next_id = next_id
+        self.next_id = max(next_id, self._first_id)
         self._index.freed.clear()
 
     def _report(self, found: Scan, compacted: int, started: float) -> RecoveryReport:

@@ -32,6 +32,8 @@ from relay.events import (
     MemberSuspended,
     MemberUnsuspended,
     MessageAccepted,
+    NodeInfo,
+    Nodes,
     QueueChanged,
     QueueDepth,
     QueuedItem,
@@ -99,6 +101,8 @@ class State:
     delivered_per_s: float = 0.0
     dropped_subscribers: int = 0
     last_heartbeat: float | None = None
+    node: str = ""  # the node this console's stream comes from
+    nodes: tuple[NodeInfo, ...] = ()  # every node of the relay (relay.cluster)
     # the console's own memory, kept across snapshots
     accepted_history: tuple[float, ...] = ()
     delivered_history: tuple[float, ...] = ()
@@ -144,6 +148,8 @@ class State:
                     f"TLS to {event.policy_domain}: {event.successes} sessions ok{failed}")
             case Throughput():
                 return state._rates(event.accepted_per_s, event.delivered_per_s)
+            case Nodes():
+                return dataclasses.replace(state, nodes=tuple(event.nodes))
             case Heartbeat():
                 return dataclasses.replace(state, dropped_subscribers=event.dropped_subscribers, last_heartbeat=now)
             case _:  # Command, CommandResult, unknown (None): nothing to remember
@@ -156,7 +162,8 @@ class State:
             self, has_snapshot=True, queue=queue, queue_by_state=dict(snap.queue_by_state),
             queue_by_destination=dict(snap.queue_by_destination), in_flight=snap.in_flight,
             oldest_deferred=snap.oldest_deferred, warming=tuple(snap.warming), suspended=tuple(snap.suspended),
-            paused_destinations=tuple(snap.paused_destinations), attempts=attempts)
+            paused_destinations=tuple(snap.paused_destinations), attempts=attempts, node=snap.node,
+            nodes=tuple(snap.nodes))
         return state._rates(snap.accepted_per_s, snap.delivered_per_s)
 
     def _rates(self, accepted: float, delivered: float) -> State:

@@ -14,8 +14,10 @@ from typing import Any
 from quart import Blueprint, Response, jsonify, request
 
 from relay.app.services import Services
+from relay.cluster.identity import owner
+from relay.cluster.status import JOBS_LEASE, node_view, totals
 from relay.errors import AuthFailed, AuthRequired, InvalidRequest
-from relay.operator.eventstream import CommandError, UnknownMessage, destination_command, queue_command
+from relay.operator.eventstream import CommandError, UnknownMessage, destination_everywhere, queue_command
 from spool import QueuedMessage
 from web.api import services
 
@@ -51,7 +53,20 @@ async def queue_list() -> Response:
     items = [queued_json(m, now) for m in svc.spool.live()]
     if state:
         items = [i for i in items if any(r["state"] == state for r in i["recipients"])]
-    return jsonify({"messages": items, "stats": _stats(svc)})
+    return jsonify({"node": svc.node.name, "messages": items, "stats": _stats(svc)})
+
+
+@blueprint.get("/admin/api/nodes")
+async def nodes() -> Response:
+    """Every node of the relay (relay.cluster.status), with the running ones' totals."""
+    svc = require_admin()
+    view = await node_list(svc)
+    return jsonify({"node": svc.node.name, "nodes": view, "totals": totals(view)})
+
+
+async def node_list(svc: Services) -> list[dict[str, Any]]:
+    rows, holder = await svc.store.call(lambda s: (s.list_nodes(), s.lease_holder(JOBS_LEASE)))
+    return node_view(rows, holder, time.time(), svc.cfg.node.lease_ttl)
 
 
 @blueprint.get("/admin/api/tls-reports")
@@ -86,7 +101,9 @@ async def queue_show(queue_id: int) -> Response:
                                    "outcome": a.outcome} for a in attempts]})
     if msg is None and not rows:
         return _not_found(queue_id)
-    return jsonify({"queued": queued_json(msg, time.time()) if msg else None, "store": rows})
+    # "queued": this node's spool view; null for a message another node holds (relay.cluster.identity).
+    return jsonify({"node": svc.node.name, "owner": owner(queue_id),
+                    "queued": queued_json(msg, time.time()) if msg else None, "store": rows})
 
 
 @blueprint.post("/admin/api/queue/<int:queue_id>/<action>")
@@ -98,14 +115,14 @@ async def queue_action(queue_id: int, action: str) -> Response:
         return _not_found(queue_id)
     except CommandError as exc:
         raise InvalidRequest(str(exc)) from None
-    return jsonify({"queue_id": queue_id, "action": action, "changed": changed})
+    return jsonify({"queue_id": queue_id, "action": action, "changed": changed, "node": svc.node.name})
 
 
 @blueprint.post("/admin/api/destinations/<domain>/<action>")
 async def destination_action(domain: str, action: str) -> Response:
     svc = require_admin()
     try:
-        normalized = destination_command(svc, action, domain)
+        normalized = await destination_everywhere(svc, action, domain)
     except CommandError as exc:
         raise InvalidRequest(str(exc)) from None
     return jsonify({"domain": normalized, "paused": action == "pause"})
@@ -117,7 +134,8 @@ def _stats(svc: Services) -> dict[str, Any]:
                            "bytes": st.bytes, "segments": st.segments}
     if svc.scheduler is not None:
         out.update(in_flight=svc.scheduler.in_flight, delivered=svc.scheduler.delivered,
-                   deferred=svc.scheduler.deferred, bounced=svc.scheduler.bounced)
+                   deferred=svc.scheduler.deferred, bounced=svc.scheduler.bounced,
+                   paused_destinations=list(svc.scheduler.paused_destinations))
     return out
 
 

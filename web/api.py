@@ -309,7 +309,7 @@ async def healthz() -> Response:
     while it refuses it (relay.operator.health), so a load balancer or monitor learns the truth."""
     svc = services()
     reasons = await refusals(svc)
-    body: dict[str, Any] = {"status": "refusing" if reasons else "ok"}
+    body: dict[str, Any] = {"status": "refusing" if reasons else "ok", "node": svc.node.name}
     if reasons:
         body["reasons"] = reasons
     try:

@@ -6,8 +6,9 @@ Structure, outermost first (each level only when needed)::
       multipart/related      the body, then inline parts referenced as cid: (RFC 2387)
         multipart/alternative  text/plain, then text/html (RFC 2046 §5.1.4: plain first, richest last)
 
-Lines are CRLF-terminated, headers folded, non-ASCII text quoted-printable, attachments base64 in
-76-character lines (RFC 2045 §6.8), so the result can go on the wire as-is. Display names go out as
+Lines are CRLF-terminated, headers folded, non-ASCII text quoted-printable, text attachments as text
+(7bit or quoted-printable, base64 only when shorter), other attachments base64 in 76-character lines
+(RFC 2045 §6.8), so the result can go on the wire as-is. Display names go out as
 ``"Name" <addr>``, non-ASCII ones as RFC 2047 encoded words. ``bcc`` never becomes a header: it is
 only part of the envelope (RFC 5322 §3.6.3). Tests parse the output back with the stdlib email package.
 """
@@ -167,10 +168,45 @@ def _param(name: str, value: str) -> str:
 
 def _attachment(att: Attachment) -> str:
     disposition = "inline" if att.content_id else "attachment"
-    lines = [f"Content-Type: {att.content_type}; {_param('name', att.filename)}",
+    cte, body = _attachment_body(att)
+    ctype = att.content_type
+    if _is_text(ctype) and not att.content.isascii() and _utf8(att.content):
+        # The API takes no media type parameters, and text without one is US-ASCII (RFC 2046 §4.1.2).
+        ctype += "; charset=utf-8"
+    lines = [f"Content-Type: {ctype}; {_param('name', att.filename)}",
              f"Content-Disposition: {disposition}; {_param('filename', att.filename)}",
-             "Content-Transfer-Encoding: base64"]
+             f"Content-Transfer-Encoding: {cte}"]
     if att.content_id:
         lines.append(f"Content-ID: <{att.content_id}>")  # RFC 2392: cid:<content_id> in the HTML
-    body = base64.encodebytes(att.content).decode("ascii").replace("\n", "\r\n")
     return "\r\n".join(lines) + "\r\n\r\n" + body
+
+
+def _attachment_body(att: Attachment) -> tuple[str, str]:
+    """The Content-Transfer-Encoding and the encoded body (CRLF line breaks) of an attachment.
+
+    Text (``text/*``) goes as text: its line breaks become CRLF, its canonical form (RFC 2046 §4.1.1);
+    then 7bit when it already is (RFC 2045 §2.7: no NUL, no bare CR, lines of at most 998 octets), else
+    quoted-printable (RFC 2045 §6.7: each line on its own, so a bare CR is encoded, never taken for a
+    line break), unless base64 is shorter (mostly non-ASCII text, which quoted-printable triples).
+    Base64 text that need not be is a spam sign to receivers (Rspamd's MIME_BASE64_TEXT).
+    Everything else is base64 (RFC 2045 §6.8)."""
+    b64 = base64.encodebytes(att.content).decode("ascii").replace("\n", "\r\n")
+    if not _is_text(att.content_type):
+        return "base64", b64
+    lines = att.content.replace(b"\r\n", b"\n").split(b"\n")
+    if att.content.isascii() and all(b"\r" not in line and b"\0" not in line and len(line) <= 998 for line in lines):
+        return "7bit", "\r\n".join(line.decode("ascii") for line in lines)
+    qp = "\r\n".join(binascii.b2a_qp(line).decode("ascii").replace("\n", "\r\n") for line in lines)
+    return ("quoted-printable", qp) if len(qp) <= len(b64) else ("base64", b64)
+
+
+def _is_text(content_type: str) -> bool:
+    return content_type.lower().startswith("text/")
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from quart import Blueprint, Response
 
+from relay.cluster.status import totals
 from relay.operator.eventstream import QUEUE_STATES, OperatorView, queue_view
 from relay.operator.metrics import SOURCES
+from relay.store.base import StoreError
+from web.admin import node_list
 from web.api import services as current_services
 
 blueprint = Blueprint("metrics", __name__)
@@ -31,8 +35,9 @@ blueprint = Blueprint("metrics", __name__)
 class RelayCollector:
     """A prometheus_client collector over one running relay's services (read at each scrape)."""
 
-    def __init__(self, services: OperatorView) -> None:
+    def __init__(self, services: OperatorView, nodes: list[dict[str, Any]] | None = None) -> None:
         self.services = services
+        self.nodes = nodes or []  # relay.cluster.status.node_view, read from the store before the scrape
 
     def collect(self) -> Iterator[Metric]:
         services = self.services
@@ -97,12 +102,35 @@ class RelayCollector:
         yield HistogramMetricFamily("atmos_accept_latency_seconds",
                                     "From accept to durable in the spool (group commit).",
                                     buckets=cumulative, sum_value=hist.sum)
+        yield from self._cluster()
+
+    def _cluster(self) -> Iterator[Metric]:
+        """Every node as its last heartbeat reported it, and the running ones' totals: the figures above
+        are this node's own (the one that answered the scrape, label ``node`` of ``atmos_node_info``)."""
+        info = GaugeMetricFamily("atmos_node_info", "The node that answered this scrape.", labels=["node"])
+        info.add_metric([self.services.node.name], 1)
+        yield info
+        up = GaugeMetricFamily("atmos_node_up", "1 while the node's heartbeat is current.", labels=["node"])
+        age = GaugeMetricFamily("atmos_node_heartbeat_age_seconds", "Seconds since the node's last heartbeat.",
+                                labels=["node"])
+        queue = GaugeMetricFamily("atmos_node_queue_messages", "Live messages in the node's spool (last heartbeat).",
+                                  labels=["node"])
+        for n in self.nodes:
+            up.add_metric([n["node"]], 1 if n["state"] == "running" else 0)
+            age.add_metric([n["node"]], n["heartbeat_age_seconds"])
+            queue.add_metric([n["node"]], n.get("queue_messages", 0))
+        yield from (up, age, queue)
+        sums = totals(self.nodes)
+        yield GaugeMetricFamily("atmos_cluster_queue_messages", "Live messages in every running node's spool.",
+                                value=sums["queue_messages"])
+        yield GaugeMetricFamily("atmos_cluster_nodes_running", "Nodes whose heartbeat is current.",
+                                value=sums["nodes_running"])
 
 
-def render(services: OperatorView) -> str:
+def render(services: OperatorView, nodes: list[dict[str, Any]] | None = None) -> str:
     """The relay's metrics in the Prometheus text format 0.0.4 (``CONTENT_TYPE``)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(services))
+    registry.register(RelayCollector(services, nodes))
     return generate_latest(registry).decode()
 
 
@@ -112,4 +140,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_lates
 
 @blueprint.get("/metrics")
 async def metrics() -> Response:
-    return Response(render(current_services()), content_type=CONTENT_TYPE)
+    svc = current_services()
+    try:
+        nodes = await node_list(svc)
+    except StoreError:
+        nodes = []  # the store's trouble shows on /healthz; this node's own figures still answer
+    return Response(render(svc, nodes), content_type=CONTENT_TYPE)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -54,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the relay", parents=[COMMON])
     serve.add_argument("--log-level", default=os.environ.get("ATMOS_LOG_LEVEL", "INFO"))
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="relay processes (nodes) on this machine sharing the listeners; default "
+                            "node.workers, else one per core (--dev: 1)")
     console = sub.add_parser("console", help="the operator console (TUI)")
     console.add_argument("--url", default="ws://127.0.0.1:8080/admin/ws")
     console.add_argument("--token", default=os.environ.get("ATMOS_ADMIN_TOKEN", ""))
@@ -66,12 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
-            logging.basicConfig(level=args.log_level.upper(),
-                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-            cfg = config_from_args(args)
-            from relay.app.supervisor import serve_forever
-
-            return serve_forever(cfg)
+            return serve(args, sys.argv[1:] if argv is None else list(argv))
         if args.command == "console":
             try:
                 from tui.app import run_console  # Textual (asyncio) is loaded only for the console
@@ -92,6 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except admin.AdminError as exc:
         print(f"atmos: {exc}", file=sys.stderr)
         return 1
+
+
+def serve(args: argparse.Namespace, argv: list[str]) -> int:
+    cfg = config_from_args(args)
+    from relay.app.supervisor import serve  # Trio, the web app: loaded only to serve
+
+    return serve(cfg, workers=args.workers, argv=argv, log_level=args.log_level)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 
 from relay.accept.acceptor import Acceptor
+from relay.cluster.identity import NodeIdentity
+from relay.cluster.node import Node
 from relay.config import Config
 from relay.delivery.scheduler import Scheduler
 from relay.dns.verifier import DomainVerifier
@@ -39,9 +41,12 @@ class Bound:
     capture: tuple[tuple[str, int], ...] = ()
     inbound: tuple[tuple[str, int], ...] = ()
     dev: bool = False  # started with --dev: `atmos admin` reads this to load the config the same way
+    node: str = ""  # the node that bound them (relay.cluster); a --workers parent names all of its own
+    nodes: tuple[str, ...] = ()
 
     def as_json(self) -> str:
-        return json.dumps({"dev": self.dev, "submission": [f"{h}:{p}" for h, p in self.submission],
+        return json.dumps({"dev": self.dev, "node": self.node, "nodes": list(self.nodes or (self.node,)),
+                           "submission": [f"{h}:{p}" for h, p in self.submission],
                            "submissions": [f"{h}:{p}" for h, p in self.submissions],
                            "http": list(self.http), "inbound": [f"{h}:{p}" for h, p in self.inbound],
                            "capture": [f"{h}:{p}" for h, p in self.capture]})
@@ -73,3 +78,6 @@ class Services:
     bound: Bound = field(default_factory=Bound)  # where the listeners are bound (real ports, also for port 0)
     webhooks: WebhookDispatcher | None = None  # member webhooks; PUT/DELETE /member/webhook call forget()
     oauth: OAuthClient | None = None  # sign-in with an atproto handle (/enroll); keys made before start
+    # This process among the relay's nodes (relay.cluster).
+    node: NodeIdentity = field(default_factory=lambda: NodeIdentity("local", 1))
+    cluster: Node | None = None  # heartbeat, jobs lease; None in tests that build Services bare

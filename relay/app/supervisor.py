@@ -22,14 +22,15 @@ exits 0.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
+import os
 import signal
 import socket
 import ssl
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -38,10 +39,15 @@ from hypercorn.config import Config as HypercornConfig
 
 from relay.accept.acceptor import Acceptor
 from relay.accept.submission import SubmissionHandler
-from relay.app import devsetup
+from relay.app.listeners import Sockets, inherited
 from relay.app.services import Bound, Services
+from relay.app.startup import announce_ready, as_running, dev_capture, prepare_state
 from relay.app.tlscert import server_context
-from relay.config import Addr, Config
+from relay.cluster.identity import machine_name, worker_name
+from relay.cluster.layout import adopt_legacy_spool
+from relay.cluster.node import Node, register
+from relay.cluster.workers import NODE_ENV, READY_ENV, default_workers, serve_workers
+from relay.config import Config
 from relay.delivery.client import ConnectionPool
 from relay.delivery.congestion import HostHealth
 from relay.delivery.prepare import Preparer
@@ -67,7 +73,7 @@ from relay.net.egress import Egress
 from relay.oauth import client_from_config
 from relay.oauth.client import PENDING_TTL
 from relay.operator.eventbus import EventBus
-from relay.operator.eventstream import reputation_hooks, run_publisher
+from relay.operator.eventstream import node_command, reputation_hooks, run_publisher
 from relay.operator.metrics import RelayMetrics
 from relay.reputation import Reputation
 from relay.smtp.limits import Limits
@@ -83,97 +89,43 @@ from spool.segment import make_dirs
 log = logging.getLogger("relay.app.supervisor")
 
 
-@dataclass(slots=True)
-class _Listeners:
-    """Every listening socket, bound before any service is built: their real ports (port 0 in tests)
-    are then known to everything constructed after, so nothing is corrected once it runs."""
-
-    submission: list[trio.SocketListener]
-    submissions: list[trio.SocketListener]  # implicit TLS (RFC 8314, port 465)
-    inbound: list[trio.SocketListener]
-    capture: list[trio.SocketListener]
-    http: socket.socket  # handed to hypercorn as fd://, which serves it
-    http_urls: list[str]
-
-    def bound(self, dev: bool) -> Bound:
-        return Bound(submission=_addresses(self.submission), submissions=_addresses(self.submissions),
-                     inbound=_addresses(self.inbound),
-                     capture=_addresses(self.capture), http=tuple(self.http_urls), dev=dev)
-
-
-def _addresses(listeners: list[trio.SocketListener]) -> tuple[tuple[str, int], ...]:
-    return tuple((str(sock[0]), int(sock[1])) for sock in (lst.socket.getsockname() for lst in listeners))
-
-
-def _bind_http(addr: Addr) -> tuple[socket.socket, str]:
-    """What hypercorn's own bind does (config._create_sockets), done here so the port is known first."""
-    sock = socket.socket(socket.AF_INET6 if ":" in addr.host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((addr.host, addr.port))
-    except OSError:
-        sock.close()
-        raise
-    host, port = sock.getsockname()[:2]
-    return sock, f"http://{Addr(host, port)}"
-
-
-async def _bind(cfg: Config) -> _Listeners:
-    sub, inb = cfg.smtp.submission_addr, cfg.smtp.inbound_addr
-    submission = await trio.open_tcp_listeners(sub.port, host=sub.host or None)
-    subs = cfg.smtp.submissions_addr
-    submissions = await trio.open_tcp_listeners(subs.port, host=subs.host or None)
-    inbound = await trio.open_tcp_listeners(inb.port, host=inb.host or None)
-    capture = []
-    if _dev_capture(cfg):
-        capture = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    http, url = _bind_http(cfg.http.addr)
-    return _Listeners(submission, submissions, inbound, capture, http, [url])
-
-
-def _dev_capture(cfg: Config) -> bool:
-    """Dev without a relayhost: everything goes to the built-in capture sink, so a newcomer sees
-    send -> deliver offline."""
-    return cfg.dev and not cfg.delivery.relayhost and cfg.delivery.capture
-
-
-def _as_running(cfg: Config, listeners: _Listeners) -> Config:
-    """The config with the public URL that names the HTTP port really bound (port 0 in tests), so links
-    in mail, the OAuth client id and the labeler's DID document are right from the start."""
-    if cfg.http.addr.port == 0 and cfg.public_url.endswith(":0"):
-        return dataclasses.replace(cfg, public_url=listeners.http_urls[0])
-    return cfg
-
-
 async def run_relay(
-    cfg: Config, shutdown: trio.Event, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED
+    cfg: Config, shutdown: trio.Event, *, sockets: Sockets | None = None, node_name: str = "",
+    announce: bool = True, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """One node. ``sockets``: listeners bound by a ``--workers`` parent (else bound here); ``node_name``:
+    the node's name (default ``<node.name>-1``); ``announce``: print the URLs and write state/run.json
+    (a parent does that once for all its nodes)."""
     await trio.to_thread.run_sync(make_dirs, cfg.state_path)  # durable names, before anything goes in
     cfg.make_state_dir()  # 0700, an existing state dir tightened too (store, spool, secrets live there)
-    sync_store = open_store(cfg.store_url)
+    sync_store = open_store(cfg.store_url, pool_size=cfg.store.pool_size)
     store = AsyncStore(sync_store)
     try:
         # 1. Bind every listener and do the blocking set-up work (key generation, the dev TLS cert and
         #    demo member's bcrypt hash) in worker threads, before anything serves.
-        listeners = await _bind(cfg)
-        cfg = _as_running(cfg, listeners)
-        bound = listeners.bound(cfg.dev)
+        if sockets is None:
+            sockets = Sockets.bind(cfg, capture=dev_capture(cfg))
+        identity = await register(store, node_name or worker_name(machine_name(cfg.node.name), 1))
+        await trio.to_thread.run_sync(adopt_legacy_spool, cfg.state_path, identity)
+        listeners = sockets.listeners()
+        bound = sockets.bound(cfg.dev, identity.name)
+        cfg = as_running(cfg, bound)
+        demo = await store.call(partial(prepare_state, cfg))
         tls = await trio.to_thread.run_sync(server_context, cfg)
         operator = OperatorKeys(cfg.state_path, cfg.secret_key)
-        await trio.to_thread.run_sync(operator.current)  # created on first start, before any delivery
         labeler_key = await trio.to_thread.run_sync(LabelerKey.load_or_create, labeler_key_path(cfg))
         oauth = await trio.to_thread.run_sync(partial(client_from_config, cfg, store=store))
-        demo = await store.call(partial(devsetup.ensure_demo_member, cfg)) if cfg.dev else None
 
         # 2. Construct every service, then freeze Services: nothing is attached to a running service.
         writer = StatusWriter(store)
         # The store mirrors the spool (relay.store.mirror): recovery replays to it whatever it had
         # not durably seen, and compaction never deletes what it has not seen yet.
-        mark = await store.spool_mark()
-        spool = Spool(cfg.state_path / "spool", segment_bytes=cfg.spool.segment_bytes,
+        # Each node has its own spool and its own ids (relay.cluster.identity) and mark in the store.
+        mark = await store.spool_mark(identity.number)
+        spool = Spool(identity.spool_dir(cfg.state_path), segment_bytes=cfg.spool.segment_bytes,
                       max_bytes=cfg.spool.max_bytes or None, reserve_bytes=cfg.spool.reserve_bytes,
-                      mirror=StatusMirror(writer, count_outcomes=True, store_mark=mark), store_mark=mark)
+                      mirror=StatusMirror(writer, count_outcomes=True, store_mark=mark, node=identity.number),
+                      store_mark=mark, first_id=identity.first_id)
         keys = ApiKeyCache(bcrypt_threads=cfg.auth.bcrypt_threads, bcrypt_queue=cfg.auth.bcrypt_queue)
         # The operator event stream: made before its publishers (acceptor, scheduler), which never wait on it.
         bus, metrics = EventBus(), RelayMetrics()
@@ -213,9 +165,22 @@ async def run_relay(
         labeler = Labeler(store, cfg, labeler_key, verifier=verifier)
         if verifier is not None:
             verifier.on_change = labeler.on_domain_change  # (before either starts) DNS changes re-label at once
+        firehose = None
+        if verifier is not None and cfg.labeler.firehose_url:
+            firehose = Firehose(cfg.labeler.firehose_url, store, labeler.request_check,
+                                max_frame=cfg.labeler.firehose_max_frame, egress=Egress.from_config(cfg))
+        node = Node(store, identity, cfg.node, partial(_node_stats, spool, scheduler, acceptor))
         services = Services(cfg=cfg, store=store, spool=spool, writer=writer, keys=keys, auth=auth,
                             acceptor=acceptor, scheduler=scheduler, verifier=verifier, bus=bus, metrics=metrics,
-                            labeler=labeler, reputation=reputation, webhooks=webhooks, oauth=oauth, bound=bound)
+                            labeler=labeler, reputation=reputation, webhooks=webhooks, oauth=oauth, bound=bound,
+                            node=identity, cluster=node)
+        # Once per cluster, on the node holding the jobs lease (relay.cluster.node): the periodic
+        # re-checks, the firehose, retention, and the webhook outbox's deliveries.
+        jobs: list[Callable[[], Awaitable[None]]] = [partial(_retention, store), webhooks.deliver]
+        if verifier is not None:
+            jobs += [verifier.run, labeler.run]
+        if firehose is not None:
+            jobs.append(firehose.run)
         buffers = BufferBudget(cfg.smtp.data_buffer_bytes)  # DATA held in memory, all listeners together
         # Ports 587 (STARTTLS) and 465 (implicit TLS, RFC 8314): one handler, the same AUTH and policy.
         submission = SubmissionHandler(auth, store, acceptor, reputation=reputation,
@@ -231,34 +196,31 @@ async def run_relay(
             await root.start(writer.run)  # before the spool: its recovery replays to the store through it
             await root.start(spool.run)  # recovery first; the spool logs its own report
             await root.start(reputation.run)  # rate counters and suspensions, loaded before any accept
+            await root.start(node.run)  # registered above; heartbeats, the jobs lease
             if sink is not None:
-                await root.start(partial(sink.serve, listeners.capture))
+                await root.start(partial(sink.serve, listeners["capture"]))
             await root.start(pool.run)
             if planner.sts is not None:
                 await root.start(planner.sts.run)  # MTA-STS policies refreshed in the background
             await root.start(scheduler.run)
-            await root.start(webhooks.run)  # member webhooks, off the event bus
+            await root.start(partial(webhooks.run, deliver=False))  # events into the outbox (jobs deliver)
+            await root.start(node.serve_commands, partial(node_command, services))  # other nodes' asks
             if tls_reports:
                 # Dev without test nameservers sends no DNS queries out, so no TLS reports either.
                 await root.start(tls_reporter(cfg, tls_counter, store, acceptor).run)
             await root.start(run_publisher, services)  # QueueDepth, Throughput, Warming, Heartbeat
-            await root.start(smtp.serve_listeners, listeners.submission)
-            await root.start(smtps.serve_listeners, listeners.submissions)
-            await root.start(inbound.serve_listeners, listeners.inbound)
+            await root.start(smtp.serve_listeners, listeners["submission"])
+            await root.start(smtps.serve_listeners, listeners["submissions"])
+            await root.start(inbound.serve_listeners, listeners["inbound"])
             http_stop, http_done = trio.Event(), trio.Event()
-            await root.start(_serve_http, services, listeners.http, http_stop, http_done)
+            await root.start(_serve_http, services, sockets.http, http_stop, http_done)
             run_file = cfg.state_path / "run.json"
-            run_file.write_text(bound.as_json())  # lets `atmos admin` find a relay bound to port 0
-            root.start_soon(_retention, store)
-            if verifier is not None:
-                await root.start(verifier.run)
-                await root.start(labeler.run)
-                if cfg.labeler.firehose_url:
-                    firehose = Firehose(cfg.labeler.firehose_url, store, labeler.request_check,
-                                        max_frame=cfg.labeler.firehose_max_frame, egress=Egress.from_config(cfg))
-                    await root.start(firehose.run)
+            if announce:
+                run_file.write_text(bound.as_json())  # lets `atmos admin` find a relay bound to port 0
+            await root.start(partial(node.while_leading, *jobs))
             task_status.started(bound)
-            _announce(cfg, bound, demo)
+            if announce:
+                announce_ready(cfg, bound, demo)
             await shutdown.wait()
             log.info("shutting down: closing listeners")
             http_stop.set()  # hypercorn stops accepting at once; requests in progress run on
@@ -275,7 +237,8 @@ async def run_relay(
             with trio.move_on_after(5):
                 await pool.aclose()
             await writer.flush()
-            run_file.unlink(missing_ok=True)
+            if announce:
+                run_file.unlink(missing_ok=True)
             root.cancel_scope.cancel()
     finally:
         sync_store.close()
@@ -289,12 +252,21 @@ async def _retention(store: AsyncStore, every: float = 3600.0) -> None:
             purged = await store.purge(now)
             await store.purge_idempotent(now - 24 * 3600)
             await store.purge_web_sessions(now)
+            await store.call(Store.purge_node_commands, now - 24 * 3600)
             await store.call(partial(_purge_oauth, older_than=now - PENDING_TTL))
             if purged:
                 log.info("retention: purged %d terminal message rows", purged)
         except Exception:
             log.exception("retention purge failed; will try again")
         await trio.sleep(every)
+
+
+def _node_stats(spool: Spool, scheduler: Scheduler, acceptor: Acceptor) -> dict[str, Any]:
+    """What this node's heartbeat tells the others (``atmos admin nodes``, /metrics, the console)."""
+    st = spool.stats()
+    return {"pid": os.getpid(), "queue_messages": st.live_messages, "queue_recipients": st.live_recipients,
+            "spool_bytes": st.bytes, "accepted": acceptor.accepted_messages, "in_flight": scheduler.in_flight,
+            "delivered": scheduler.delivered, "deferred": scheduler.deferred, "bounced": scheduler.bounced}
 
 
 def _purge_oauth(s: Store, *, older_than: float) -> int:
@@ -340,11 +312,16 @@ async def _serve_http(
         done.set()
 
 
-async def _main(cfg: Config) -> None:
+async def _main(cfg: Config, sockets: Sockets | None, node_name: str, ready_fd: int | None) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, shutdown)
-        await nursery.start(run_relay, cfg, shutdown)
+        bound = await nursery.start(partial(run_relay, cfg, shutdown, sockets=sockets, node_name=node_name,
+                                            announce=ready_fd is None))
+        if ready_fd is not None:  # a --workers parent waits for this line (relay.cluster.workers)
+            with contextlib.suppress(OSError):  # a parent that stopped listening: serve on regardless
+                os.write(ready_fd, bound.as_json().encode() + b"\n")
+            os.close(ready_fd)
         await shutdown.wait()
         # run_relay returns after its graceful shutdown; then stop the signal watcher.
     log.info("stopped")
@@ -358,35 +335,11 @@ async def _watch_signals(shutdown: trio.Event) -> None:
             return
 
 
-def _announce(cfg: Config, bound: Bound, demo: dict[str, Any] | None) -> None:
-    http_url = bound.http[0] if bound.http else ""
-    lines = [f"Atmosphere Relay ({'dev' if cfg.dev else 'production'}) state in {cfg.state_path.resolve()}"]
-    for host, port in bound.submission:
-        lines.append(f"  SMTP submission   {host}:{port}  (STARTTLS, then AUTH PLAIN/LOGIN)")
-    for host, port in bound.submissions:
-        lines.append(f"  SMTP submissions  {host}:{port}  (implicit TLS, RFC 8314; smtps://)")
-    for host, port in bound.inbound:
-        lines.append(f"  inbound SMTP      {host}:{port}  (bounces, complaints, replies to member domains)")
-    for url in bound.http:
-        lines.append(f"  HTTP API          {url}/v1/send   health {url}/healthz   metrics {url}/metrics")
-        lines.append(f"  web pages         {url}/enroll   {url}/account   {url}/docs")
-        ws = url.replace("http://", "ws://").replace("https://", "wss://")
-        token = (f"$(cat {cfg.state_path / 'secrets' / 'admin_token'})" if cfg.dev else "$ATMOS_ADMIN_TOKEN")
-        lines.append(f"  operator console  atmos console --url {ws}/admin/ws --token {token}")
-    for host, port in bound.capture:
-        lines.append(f"  capture sink      {host}:{port}  (dev: all outbound mail lands in "
-                     f"{cfg.state_path / 'captured'})")
-    if demo is not None and bound.submission and http_url:
-        host, port = bound.submission[0]
-        lines.append(devsetup.first_message_hint(cfg, demo, http_url, f"{host}:{port}"))
-    print("\n".join(lines), flush=True)
-    print("ATMOS_READY " + bound.as_json(), flush=True)
-    log.info("ready: %s", bound.as_json())
-
-
-def serve_forever(cfg: Config) -> int:
+def serve_forever(cfg: Config, *, sockets: Sockets | None = None, node_name: str = "",
+                  ready_fd: int | None = None) -> int:
+    """One node in this process; ``sockets``/``node_name``/``ready_fd`` when started by a --workers parent."""
     try:
-        trio.run(_main, cfg)
+        trio.run(_main, cfg, sockets, node_name, ready_fd)
     except KeyboardInterrupt:
         pass
     except (OSError, SpoolError, BaseExceptionGroup) as exc:
@@ -410,4 +363,21 @@ def _first_oserror(exc: BaseException) -> OSError | SpoolError | None:
     return None
 
 
-__all__ = ["Bound", "partial", "run_relay", "serve_forever"]
+__all__ = ["Bound", "partial", "run_relay", "serve", "serve_forever"]
+
+
+def serve(cfg: Config, *, workers: int | None, argv: Sequence[str], log_level: str) -> int:
+    """``atmos serve``: one node in this process, or a parent of ``workers`` node processes
+    (relay.cluster.workers); a node started by such a parent finds its sockets and name in the
+    environment."""
+    node = os.environ.get(NODE_ENV, "")
+    logging.basicConfig(level=log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s {node + ' ' if node else ''}%(name)s: %(message)s")
+    sockets = inherited()
+    if sockets is not None:
+        return serve_forever(cfg, sockets=sockets, node_name=node, ready_fd=int(os.environ[READY_ENV]))
+    count = workers if workers is not None else default_workers(cfg)
+    if not 1 <= count <= 256:
+        print(f"atmos serve: --workers: 1 to 256, got {count}", file=sys.stderr)
+        return 2
+    return serve_forever(cfg) if count == 1 else serve_workers(cfg, count, argv)

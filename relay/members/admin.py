@@ -13,10 +13,10 @@ import json
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from relay.address import is_did, is_domain, normalize_domain
+from relay.cluster.status import JOBS_LEASE, node_view
 from relay.config import Addr, Config
 from relay.dns.checks import DnsLookup
 from relay.dns.verifier import UnknownDomain, check_once, expected_records
@@ -84,6 +84,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     doctor = parser(asub, "doctor", help="check the operator's own DNS, TLS-RPT/MTA-STS and certificate")
     doctor.add_argument("--json", action="store_true")
 
+    nodes = parser(asub, "nodes", help="the relay's nodes: state, last heartbeat, queue depth, the jobs lease")
+    nodes.add_argument("--json", action="store_true")
+
     queue = parser(asub, "queue", help="the spool")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     qlist = parser(qsub, "list")
@@ -101,7 +104,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
         return 0 if report.ok else 1
     handlers = {"enroll": enroll, "members": members, "queue": queue, "dkim": dkim, "domain": domain_cmd,
-                "reports": reports_cmd}
+                "reports": reports_cmd, "nodes": nodes_cmd}
     result = handlers[args.admin_command](cfg, args)
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))
@@ -228,6 +231,14 @@ def members(cfg: Config, args: argparse.Namespace) -> Any:
         store.close()
 
 
+def nodes_cmd(cfg: Config, args: argparse.Namespace) -> Any:
+    store = _store(cfg)
+    try:
+        return node_view(store.list_nodes(), store.lease_holder(JOBS_LEASE), time.time(), cfg.node.lease_ttl)
+    finally:
+        store.close()
+
+
 def queue(cfg: Config, args: argparse.Namespace) -> Any:
     if args.queue_command == "show":
         return _relay_api(cfg, args.url, "GET", f"/admin/api/queue/{args.queue_id}")
@@ -235,15 +246,14 @@ def queue(cfg: Config, args: argparse.Namespace) -> Any:
         return _relay_api(cfg, args.url, "POST", f"/admin/api/queue/{args.queue_id}/{args.queue_command}")
     from spool import SpoolLog
 
-    spool_dir = cfg.state_path / "spool"
-    if not Path(spool_dir).exists():
-        return []
-    log = SpoolLog.open_readonly(spool_dir)
+    root = cfg.state_path / "spool"
+    # Every node of this machine has its own spool directory (relay.cluster.layout).
+    spools = sorted(d for d in root.iterdir() if d.is_dir() and d.name != "quarantine") if root.is_dir() else []
     now = time.time()
     out = []
-    for msg in log.live():
+    for spool_dir, msg in ((d, m) for d in spools for m in SpoolLog.open_readonly(d).live()):
         out.append({
-            "queue_id": msg.queue_id, "did": msg.envelope.did, "from": msg.envelope.mail_from,
+            "queue_id": msg.queue_id, "node": spool_dir.name, "did": msg.envelope.did, "from": msg.envelope.mail_from,
             "recipients": [{"id": rid, "address": rcpt, "state": msg.rcpt_state(rid)}
                            for rid, rcpt in zip(msg.rcpt_ids, msg.envelope.rcpts, strict=True)],
             "arrival": msg.envelope.arrival, "age_seconds": round(now - msg.envelope.arrival, 1),

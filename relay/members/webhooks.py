@@ -180,13 +180,21 @@ class WebhookDispatcher:
         self._wake = trio.Event()
         self.sent = self.failed = self.dropped = 0  # counters since start
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout)
-        async with self.egress.http_client(timeout=timeout) as client, \
-                trio.open_nursery() as nursery:
-            nursery.start_soon(self._dispatch, client, nursery)
+    async def run(self, *, deliver: bool = True,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bus events into the outbox; with ``deliver``, also the delivery lanes (``deliver``)."""
+        async with trio.open_nursery() as nursery:
+            if deliver:
+                nursery.start_soon(self.deliver)
             await nursery.start(self._listen)
             task_status.started()
+
+    async def deliver(self) -> None:
+        """POST what the outbox holds, forever. Every node fills the outbox with its own events; one node
+        of a cluster delivers them (relay.cluster.node.Node.while_leading), so none is POSTed twice."""
+        timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout)
+        async with self.egress.http_client(timeout=timeout) as client, trio.open_nursery() as nursery:
+            await self._dispatch(client, nursery)
 
     async def _listen(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         started = False

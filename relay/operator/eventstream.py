@@ -3,7 +3,8 @@
 - ``build_snapshot(services)``: what a fresh /admin/ws client receives first.
 - ``run_publisher(services)``: the root-nursery task that, every second, samples throughput and (while
   anyone listens) publishes ``QueueDepth`` and ``Throughput``; ``Warming`` every 10 s when the relay
-  runs a reputation service; a ``Heartbeat`` (with the dropped-subscriber count) every 5 s.
+  runs a reputation service; ``Nodes`` (every node of the relay) every 2 s; a ``Heartbeat`` (with the
+  dropped-subscriber count) every 5 s.
 - ``execute(services, command)`` / ``handle_frame(services, text)``: the console's commands (the same
   ones ``POST /admin/api/command`` takes), answered by a ``CommandResult``; never raises for bad input.
 - ``queue_command`` / ``destination_command``: the queue and destination actions themselves, also behind
@@ -30,6 +31,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 import trio
 
 from relay.address import is_did, is_domain, normalize_domain
+from relay.cluster.commands import NodeUnavailable, forward
+from relay.cluster.identity import NodeIdentity, owner
+from relay.cluster.status import JOBS_LEASE, node_state, node_view
 from relay.delivery.scheduler import Scheduler
 from relay.events import (
     ACTIONS,
@@ -41,6 +45,8 @@ from relay.events import (
     Heartbeat,
     MemberSuspended,
     MemberUnsuspended,
+    NodeInfo,
+    Nodes,
     QueueDepth,
     QueuedItem,
     SchemaError,
@@ -87,6 +93,8 @@ class OperatorView(Protocol):
     def metrics(self) -> RelayMetrics: ...
     @property
     def reputation(self) -> Reputation | None: ...
+    @property
+    def node(self) -> NodeIdentity: ...
 
 
 QUEUE_STATES = ("accepted", "deferred", "held")  # wire names; a released recipient is "accepted" again
@@ -190,6 +198,19 @@ def _warming(did: str, domain: str, windows: list[Any], age: int) -> DomainWarmi
                          daily_used=md.used if md else 0, daily_limit=md.limit if md else 0)
 
 
+async def node_infos(services: OperatorView) -> tuple[NodeInfo, ...]:
+    """Every node as the store has it (relay.cluster.status); empty when the store does not answer."""
+    try:
+        rows, holder = await services.store.call(lambda s: (s.list_nodes(), s.lease_holder(JOBS_LEASE)))
+    except StoreError as exc:
+        log.warning("node list not available: %s", exc)
+        return ()
+    return tuple(NodeInfo(node=v["node"], state=v["state"], jobs=v["jobs"], heartbeat_age=v["heartbeat_age_seconds"],
+                          queue_messages=v.get("queue_messages", 0), in_flight=v.get("in_flight", 0),
+                          accepted=v.get("accepted", 0), delivered=v.get("delivered", 0))
+                 for v in node_view(rows, holder, time.time(), services.cfg.node.lease_ttl))
+
+
 async def build_snapshot(services: OperatorView) -> Snapshot:
     view = queue_view(services.spool, services.scheduler, limit=SNAPSHOT_ITEMS)
     accepted_per_s, delivered_per_s = services.metrics.throughput.rates()
@@ -205,6 +226,7 @@ async def build_snapshot(services: OperatorView) -> Snapshot:
         warming=await warming_state(services), suspended=suspended,
         paused_destinations=scheduler.paused_destinations if scheduler is not None else (),
         accepted_per_s=accepted_per_s, delivered_per_s=delivered_per_s,
+        node=services.node.name, nodes=await node_infos(services),
     )
 
 
@@ -212,11 +234,11 @@ async def build_snapshot(services: OperatorView) -> Snapshot:
 
 async def run_publisher(
     services: OperatorView, *, tick: float = 1.0, heartbeat_every: float = 5.0, warming_every: float = 10.0,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    nodes_every: float = 2.0, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     bus = services.bus
     started = trio.current_time()
-    last_heartbeat = last_warming = started
+    last_heartbeat = last_warming = last_nodes = started
     task_status.started()
     deadline = started
     while True:
@@ -233,6 +255,9 @@ async def run_publisher(
                 if now - last_warming >= warming_every and services.reputation is not None:
                     last_warming = now
                     bus.publish(Warming(domains=await warming_state(services)))
+                if now - last_nodes >= nodes_every:
+                    last_nodes = now
+                    bus.publish(Nodes(nodes=await node_infos(services)))
             if now - last_heartbeat >= heartbeat_every:
                 last_heartbeat = now
                 bus.publish(Heartbeat(dropped_subscribers=bus.dropped))
@@ -341,14 +366,51 @@ async def _execute(services: OperatorView, command: Command) -> str:
         if not is_did(target):
             raise CommandError(f"target: expected a DID, got {target!r}")
         return await _member_status(services, target, action == "suspend", command.reason.strip())
-    domain = destination_command(services, action, target)
+    domain = await destination_everywhere(services, action, target)
     return f"{'paused' if action == 'pause' else 'resumed'} delivery to {domain}"
 
 
 async def queue_command(services: OperatorView, action: str, queue_id: int) -> int:
     """``retry | hold | release | delete`` of one queued message: the number of recipients changed. The
     one implementation behind /admin/ws, ``POST /admin/api/command`` and ``POST /admin/api/queue/...``;
-    UnknownMessage when the spool has no such message, CommandError for anything else wrong."""
+    UnknownMessage when the spool has no such message, CommandError for anything else wrong. A message
+    of another node's range is acted on by that node (relay.cluster.commands)."""
+    if action not in QUEUE_ACTIONS:
+        raise CommandError(f"action: expected one of {', '.join(QUEUE_ACTIONS)}, got {action!r}")
+    if queue_id < 1 or services.node.owns(queue_id):
+        return await _local_queue_command(services, action, queue_id)
+    try:
+        ok, result = await forward(services.store, owner(queue_id), action, str(queue_id),
+                                   live_within=services.cfg.node.lease_ttl)
+    except NodeUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        answer = json.loads(result)
+        if ok:
+            return int(answer["changed"])
+        text = str(answer["error"])
+    except (ValueError, KeyError, TypeError):
+        raise CommandError(f"{action} {queue_id}: the owning node answered {result!r}") from None
+    raise (UnknownMessage if answer.get("unknown") else CommandError)(text)
+
+
+async def node_command(services: OperatorView, action: str, target: str) -> tuple[bool, str]:
+    """A queue or destination action another node left for this one (relay.cluster.node.Node.serve_commands)."""
+    if action in DESTINATION_ACTIONS:
+        try:
+            return True, json.dumps({"domain": destination_command(services, action, target)})
+        except CommandError as exc:
+            return False, json.dumps({"error": str(exc), "unknown": False})
+    try:
+        changed = await _local_queue_command(services, action, int(target))
+    except UnknownMessage as exc:
+        return False, json.dumps({"error": str(exc), "unknown": True})
+    except (CommandError, ValueError, StoreError, SpoolError) as exc:
+        return False, json.dumps({"error": str(exc), "unknown": False})
+    return True, json.dumps({"changed": changed})
+
+
+async def _local_queue_command(services: OperatorView, action: str, queue_id: int) -> int:
     if action not in QUEUE_ACTIONS:
         raise CommandError(f"action: expected one of {', '.join(QUEUE_ACTIONS)}, got {action!r}")
     scheduler = _scheduler(services)
@@ -368,6 +430,21 @@ def destination_command(services: OperatorView, action: str, target: str) -> str
     if not is_domain(domain):
         raise CommandError(f"target: expected a destination domain, got {target!r}")
     _scheduler(services).pause(domain, action == "pause")  # the scheduler publishes QueueChanged
+    return domain
+
+
+async def destination_everywhere(services: OperatorView, action: str, target: str) -> str:
+    """``pause | resume`` on this node at once, and on every other running node (each has its own
+    scheduler) through the commands it polls: in effect cluster-wide within a second. The domain."""
+    domain = destination_command(services, action, target)
+    try:
+        rows = await services.store.list_nodes()
+        now = time.time()
+        for row in rows:
+            if row.number != services.node.number and node_state(row, now, services.cfg.node.lease_ttl) == "running":
+                await services.store.add_node_command(row.number, action, domain)
+    except StoreError as exc:  # this node is paused; say the others may not be
+        raise CommandError(f"{action} {domain}: done on node {services.node.name} only ({exc})") from None
     return domain
 
 
@@ -422,6 +499,7 @@ __all__ = [
     "UnknownMessage",
     "build_snapshot",
     "destination_command",
+    "destination_everywhere",
     "execute",
     "handle_frame",
     "queue_command",

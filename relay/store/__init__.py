@@ -41,11 +41,12 @@ __all__ = [
 _SQLITE = "sqlite:///"
 
 
-def open_store(url: str, *, busy_timeout: float = 5.0, clock: Clock = time.time) -> Store:
+def open_store(url: str, *, busy_timeout: float = 5.0, clock: Clock = time.time, pool_size: int = 4) -> Store:
     """Open (creating and migrating) the store named by ``url``.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``;
-    ``postgresql://user:password@host:port/dbname`` (libpq's URI: any of its parameters may follow).
+    ``postgresql://user:password@host:port/dbname`` (libpq's URI: any of its parameters may follow);
+    ``pool_size``: PostgreSQL connections this process keeps (SQLite has one).
     """
     if url.startswith(_SQLITE):
         path = url[len(_SQLITE) :]
@@ -55,5 +56,5 @@ def open_store(url: str, *, busy_timeout: float = 5.0, clock: Clock = time.time)
     if url.startswith(("postgresql://", "postgres://")):
         from relay.store.postgres import PostgresStore  # psycopg is loaded only by those who use it
 
-        return PostgresStore.open(url, busy_timeout=busy_timeout, clock=clock)
+        return PostgresStore.open(url, busy_timeout=busy_timeout, clock=clock, pool_size=pool_size)
     raise UnsupportedStore(f"unsupported store URL {url!r} (expected sqlite:///path or postgresql://...)")

@@ -96,6 +96,18 @@ class AsyncStore:
 
     spool_mark = _op(Store.spool_mark)
 
+    # nodes (relay.cluster)
+    register_node = _op(Store.register_node)
+    node_heartbeat = _op(Store.node_heartbeat)
+    list_nodes = _op(Store.list_nodes)
+    take_lease = _op(Store.take_lease)
+    release_lease = _op(Store.release_lease)
+    lease_holder = _op(Store.lease_holder)
+    add_node_command = _op(Store.add_node_command)
+    pending_node_commands = _op(Store.pending_node_commands)
+    finish_node_command = _op(Store.finish_node_command)
+    get_node_command = _op(Store.get_node_command)
+
     # idempotency, retention
     get_idempotent = _op(Store.get_idempotent)
     put_idempotent = _op(Store.put_idempotent)

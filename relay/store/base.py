@@ -61,6 +61,8 @@ from relay.store.rows import (
     MessageRow,
     MessageStatus,
     NewAttempt,
+    NodeCommand,
+    NodeRow,
     OutboxEvent,
     ReputationCount,
     SendCount,
@@ -575,14 +577,14 @@ class Store:
             marks = [op for op in ops if isinstance(op, SpoolMark)]
             if marks:  # in the same transaction as the rows it vouches for
                 m = marks[-1]
-                c.execute('INSERT INTO spool_mark (id, segment, "offset", updated_at) VALUES (1, ?, ?, ?)'
-                          ' ON CONFLICT (id) DO UPDATE SET segment = excluded.segment,'
+                c.execute('INSERT INTO spool_marks (node, segment, "offset", updated_at) VALUES (?, ?, ?, ?)'
+                          ' ON CONFLICT (node) DO UPDATE SET segment = excluded.segment,'
                           ' "offset" = excluded."offset", updated_at = excluded.updated_at',
-                          (m.segment, m.offset, m.at))
+                          (m.node, m.segment, m.offset, m.at))
 
-    def spool_mark(self) -> tuple[int, int] | None:
-        """How far this store has caught up with the spool log; None before the first mark."""
-        row = self._one('SELECT segment, "offset" FROM spool_mark WHERE id = 1', ())
+    def spool_mark(self, node: int = 1) -> tuple[int, int] | None:
+        """How far this store has caught up with the node's spool log; None before the first mark."""
+        row = self._one('SELECT segment, "offset" FROM spool_marks WHERE node = ?', (node,))
         return (int(row["segment"]), int(row["offset"])) if row else None
 
     def get_message(self, message_id: int) -> MessageRow | None:
@@ -1032,6 +1034,78 @@ class Store:
         return (int(row["lo"]), int(row["hi"])) if row is not None else (0, 0)
 
 
+    # -- nodes (relay.cluster) -----------------------------------------------------------------
+
+    def register_node(self, name: str, host: str, pid: int) -> NodeRow:
+        """The node called ``name``, (re)started now: a known name keeps its number, a new one gets the
+        lowest number never used (numbers are queue-id spaces: never reused by another name)."""
+        now = self._clock()
+        with self._db.write() as c:
+            row = c.execute("SELECT number FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                top = _first(c.execute("SELECT COALESCE(MAX(number), 0) AS n FROM nodes"))
+                c.execute("INSERT INTO nodes (number, name, host, pid, started_at, heartbeat_at)"
+                          " VALUES (?, ?, ?, ?, ?, ?)", (int(top["n"]) + 1, name, host, pid, now, now))
+            else:
+                c.execute("UPDATE nodes SET host = ?, pid = ?, started_at = ?, heartbeat_at = ?, stopped_at = NULL"
+                          " WHERE name = ?", (host, pid, now, now, name))
+            return _node(_first(c.execute("SELECT * FROM nodes WHERE name = ?", (name,))))
+
+    def node_heartbeat(self, number: int, stats: str, *, stopped: bool = False) -> None:
+        now = self._clock()
+        with self._db.write() as c:
+            c.execute("UPDATE nodes SET heartbeat_at = ?, stats = ?, stopped_at = ? WHERE number = ?",
+                      (now, stats, now if stopped else None, number))
+
+    def list_nodes(self) -> list[NodeRow]:
+        return [_node(r) for r in self._all("SELECT * FROM nodes ORDER BY number")]
+
+    def take_lease(self, name: str, holder: str, ttl: float) -> float | None:
+        """Take or renew the lease ``name`` for ``ttl`` seconds: its expiry, or None while another
+        holder's lease runs. Atomic across nodes (one write transaction)."""
+        now = self._clock()
+        with self._db.write() as c:
+            row = c.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row["holder"] != holder and float(row["expires_at"]) > now:
+                return None
+            c.execute("INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name)"
+                      " DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+                      (name, holder, now + ttl))
+            return now + ttl
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        with self._db.write() as c:
+            return c.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder)).rowcount > 0
+
+    def lease_holder(self, name: str) -> str | None:
+        row = self._one("SELECT holder FROM leases WHERE name = ? AND expires_at > ?", (name, self._clock()))
+        return str(row["holder"]) if row else None
+
+    def add_node_command(self, node: int, action: str, target: str) -> int:
+        with self._db.write() as c:
+            cur = c.execute("INSERT INTO node_commands (node, action, target, created_at) VALUES (?, ?, ?, ?)"
+                            " RETURNING id", (node, action, target, self._clock()))
+            return int(_first(cur)["id"])
+
+    def pending_node_commands(self, node: int, limit: int = 50) -> list[NodeCommand]:
+        rows = self._all("SELECT * FROM node_commands WHERE node = ? AND done_at IS NULL ORDER BY id LIMIT ?",
+                         (node, limit))
+        return [_node_command(r) for r in rows]
+
+    def finish_node_command(self, command_id: int, ok: bool, result: str) -> None:
+        with self._db.write() as c:
+            c.execute("UPDATE node_commands SET done_at = ?, ok = ?, result = ? WHERE id = ?",
+                      (self._clock(), int(ok), result, command_id))
+
+    def get_node_command(self, command_id: int) -> NodeCommand | None:
+        row = self._one("SELECT * FROM node_commands WHERE id = ?", (command_id,))
+        return _node_command(row) if row else None
+
+    def purge_node_commands(self, older_than: float) -> int:
+        with self._db.write() as c:
+            return c.execute("DELETE FROM node_commands WHERE created_at < ?", (older_than,)).rowcount
+
+
 # -- helpers ----------------------------------------------------------------------------------
 
 
@@ -1145,6 +1219,21 @@ def _message(row: Row) -> MessageRow:
 
 def _attempt(row: Row) -> Attempt:
     return Attempt(**{**dict(row), "tls": bool(row["tls"])})
+
+
+def _node(row: Row) -> NodeRow:
+    stopped = row["stopped_at"]
+    return NodeRow(number=int(row["number"]), name=str(row["name"]), host=str(row["host"]), pid=int(row["pid"]),
+                   started_at=float(row["started_at"]), heartbeat_at=float(row["heartbeat_at"]),
+                   stopped_at=None if stopped is None else float(stopped), stats=str(row["stats"]))
+
+
+def _node_command(row: Row) -> NodeCommand:
+    ok, done = row["ok"], row["done_at"]
+    return NodeCommand(id=int(row["id"]), node=int(row["node"]), action=str(row["action"]),
+                       target=str(row["target"]), created_at=float(row["created_at"]),
+                       done_at=None if done is None else float(done), ok=None if ok is None else bool(ok),
+                       result=None if row["result"] is None else str(row["result"]))
 
 
 def _label(row: Row) -> LabelRow:

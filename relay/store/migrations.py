@@ -323,6 +323,51 @@ CREATE TABLE firehose_cursor (
 ) WITHOUT ROWID;
 """
 
+# Issue 17 (nodes): every relay process is a node with its own spool. ``nodes``: the registry (a name
+# keeps its number, which is the node's queue-id space and its spool mark), heartbeats and a small
+# JSON snapshot each node writes for the operator plane. ``leases``: cluster-wide jobs run by one
+# holder at a time. ``node_commands``: an operator action for the node that owns the message.
+# ``spool_marks``: how far the store has caught up with each node's spool (``spool_mark`` was one row;
+# its row becomes node 1's, the single node a relay had before).
+_V11 = """
+CREATE TABLE nodes (
+    number       INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    stopped_at   REAL,
+    stats        TEXT NOT NULL DEFAULT '{}'
+);
+
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE node_commands (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    node       INTEGER NOT NULL,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    done_at    REAL,
+    ok         INTEGER,
+    result     TEXT
+);
+CREATE INDEX node_commands_pending ON node_commands(node, done_at);
+
+CREATE TABLE spool_marks (
+    node       INTEGER PRIMARY KEY,
+    segment    INTEGER NOT NULL,
+    "offset"   INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+INSERT INTO spool_marks (node, segment, "offset", updated_at) SELECT id, segment, "offset", updated_at FROM spool_mark;
+"""
+
 # Issue 17 (one relay, whatever the number of nodes): budget leases behind the rate caps (relay.reputation.limiter),
 # one row per (window scope, subject, bucket, holder): a holder is one RateLimiter instance, a node's process;
 # ``granted`` units reserved of which ``used`` are spent; past ``expires_at`` only ``used`` counts. Claims of
@@ -368,6 +413,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (8, _V8),
     (9, _V9),
     (10, _V10),
+    (11, _V11),
     (12, _V12),
 ]
 

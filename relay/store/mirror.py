@@ -64,9 +64,10 @@ class StatusMirror:
 
     def __init__(
         self, writer: StatusWriter, *, clock: Callable[[], float] = time.time, count_outcomes: bool = False,
-        store_mark: Position | None = None,
+        store_mark: Position | None = None, node: int = 1,
     ) -> None:
         self._writer = writer
+        self._node = node  # whose spool this mirrors: the store keeps one mark per node
         self._count_outcomes = count_outcomes  # also write reputation counters (Reputation(outcomes_in_store))
         # A store that never had a mark (first start, or one from before the mirror) has counted the
         # outcomes already in the log its own way: the first replay must not count them again.
@@ -78,7 +79,7 @@ class StatusMirror:
         now = self._clock()
         ops = ops_for(changes, now, count_outcomes=self._count_outcomes and self._recount)
         self._recount = True
-        ops.append(SpoolMark(position[0], position[1], now))
+        ops.append(SpoolMark(position[0], position[1], now, self._node))
         self._writer.submit_nowait(ops)
         self._position = position
 

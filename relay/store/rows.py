@@ -222,6 +222,7 @@ class SpoolMark:
     segment: int
     offset: int
     at: float
+    node: int = 1  # whose spool (relay.cluster: each node has its own)
 
 
 # IdempotentResponse as a write: inserted if absent (the first response for a key wins).
@@ -300,6 +301,34 @@ class StsPolicyRow:
     policy: str
     fetched_at: float
     expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One relay process in the registry (relay.cluster): ``number`` is its queue-id space and spool mark."""
+
+    number: int
+    name: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None
+    stats: str = "{}"  # JSON: what the node last reported of itself (queue depth, counters)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCommand:
+    """An operator action for the node that owns its target (relay.cluster.commands)."""
+
+    id: int
+    node: int
+    action: str
+    target: str
+    created_at: float
+    done_at: float | None = None
+    ok: bool | None = None
+    result: str | None = None
 
 
 # Budget leases behind the rate caps (relay.reputation.limiter, issue 17). A scope is one window family:

@@ -25,7 +25,7 @@ from relay.delivery.transport import SmtpTransport
 from relay.net.egress import Egress
 from relay.smtp.client import TlsPolicy
 from tests.peers.knot import KnotServer
-from tests.peers.postfixmx import PostfixMx
+from tests.peers.postfix import PostfixMx
 from tests.peers.smtpsink import SmtpSink
 from tests.peers.unbound import UnboundServer
 

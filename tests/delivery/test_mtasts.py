@@ -27,7 +27,7 @@ from relay.dns.checks import DnsLookup
 from relay.net.egress import Egress
 from relay.smtp.client import TlsPolicy
 from tests.peers.knot import KnotServer
-from tests.peers.postfixmx import PostfixMx
+from tests.peers.postfix import PostfixMx
 from tests.peers.smtpsink import SmtpSink
 
 DOMAINS = ["good.test", "wrongmx.test", "badcert.test", "testing.test", "nofetch.test", "big.test", "notls.test"]

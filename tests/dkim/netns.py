@@ -105,7 +105,8 @@ def _inside(spec_path: Path) -> None:
     resolv = base / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.1\noptions timeout:2 attempts:2\n")
     subprocess.run([require("mount"), "--bind", str(resolv), "/etc/resolv.conf"], check=True)
-    knot_module._free_port = lambda: 53  # port 53 of this namespace's own loopback: free, ours alone
+    # Port 53 of this namespace's own loopback: free, ours alone. (knot.py binds what free_port returns.)
+    knot_module.free_port = lambda *, udp=False: 53  # type: ignore[attr-defined]
     results: dict[str, dict[str, object]] = {}
     with knot_module.KnotServer(base / "knot", spec["zones"]):
         for name, job in spec["jobs"].items():

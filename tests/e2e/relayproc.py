@@ -45,6 +45,8 @@ class RelayProcess:
     extra_toml: str = ""
     shutdown_grace: float = 3.0
     dev: bool = False  # `atmos serve --dev --config F`: generated secrets and TLS in state_dir
+    workers: int = 1  # `--workers N` (one node unless a test is about nodes)
+    node_name: str = "e2e"  # [node] name: worker i is node "e2e-i", its spool state/spool/e2e-i
     smtp_toml: str = ""  # more [smtp] keys (the table itself is written here)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
@@ -63,6 +65,10 @@ class RelayProcess:
     def state_dir(self) -> Path:
         return self.base / "state"
 
+    def spool_dir(self, worker: int = 1) -> Path:
+        """Node ``worker``'s spool (relay.cluster.layout)."""
+        return self.state_dir / "spool" / f"{self.node_name}-{worker}"
+
     def write_config(self) -> None:
         self.config_path.write_text(
             f'operator_domain = "relay.test"\nstate_dir = "{self.state_dir}"\n'
@@ -80,6 +86,7 @@ class RelayProcess:
             # Every peer a test brings (sink MX, webhook receiver, local PDS) listens on loopback, which
             # relay.net.egress refuses by default: this one test-only setting lets them in.
             + ("" if "[testing]" in self.extra_toml else '[testing]\nallow_loopback_peers = true\n')
+            + ("" if "[node]" in self.extra_toml else f'[node]\nname = "{self.node_name}"\n')
         )
 
     def limits_toml(self) -> str:
@@ -106,7 +113,8 @@ class RelayProcess:
             self.write_config()
         self.output = []
         self.proc = subprocess.Popen(
-            [*ATMOS, "serve", *(["--dev"] if self.dev else []), "--config", str(self.config_path)], cwd=self.base, env=self.full_env(),
+            [*ATMOS, "serve", *(["--dev"] if self.dev else []), "--workers", str(self.workers),
+             "--config", str(self.config_path)], cwd=self.base, env=self.full_env(),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + timeout

@@ -452,7 +452,7 @@ def test_a_submitted_body_that_embeds_spool_records_never_becomes_one(
             client.sendmail(f"a@{DOMAIN}", ["y@example.org"], b"From: a@" + DOMAIN.encode() + b"\r\n\r\nafter\r\n")
     finally:
         proc.stop(signal.SIGKILL)
-    spool_dir = proc.state_dir / "spool"
+    spool_dir = proc.spool_dir()
     assert stat.S_IMODE((spool_dir / "record.key").stat().st_mode) == 0o600
     [seg] = sorted(spool_dir.glob("seg-*.log"))
     blob = bytearray(seg.read_bytes())

@@ -29,7 +29,7 @@ import pytest
 
 from tests.e2e.conftest import DID, DOMAIN, HANDLE, Member
 from tests.e2e.relayproc import RelayProcess, TLSFiles
-from tests.inbound.postfix import BouncingPostfix
+from tests.peers.postfix import BouncingPostfix
 from tests.peers.require import require
 from tests.peers.smtpsink import SinkMessage, SmtpSink
 

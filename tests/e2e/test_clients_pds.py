@@ -22,7 +22,8 @@ import pytest
 
 from tests.e2e.relayproc import RelayProcess, TLSFiles
 from tests.e2e.test_clients import delivered, parsed, sink  # noqa: F401  (the sink fixture)
-from tests.localpds.fixture import NODE, PDS_DIR, free_port, pds_installed
+from tests.localpds.fixture import NODE, PDS_DIR, pds_installed
+from tests.peers.ports import free_port
 from tests.peers.require import missing
 from tests.peers.smtpsink import SmtpSink
 

@@ -208,7 +208,7 @@ def test_sigterm_mid_burst_then_restart_delivers_each_once(tmp_path: Path, tls_f
             assert r.status_code == 200
     assert relay.stop(signal.SIGTERM) == 0
     delivered = {s for s in subjects if sink_has(sink, s)}
-    log = SpoolLog.open_readonly(relay.state_dir / "spool")
+    log = SpoolLog.open_readonly(relay.spool_dir())
     queued = {dict(m.envelope.attrs)["subject"] for m in log.live()}
     assert delivered.isdisjoint(queued) and delivered | queued == set(subjects)
     assert queued and delivered, f"SIGTERM did not land mid-burst ({len(delivered)} delivered)"

@@ -18,7 +18,7 @@ import pytest
 from tests.e2e.conftest import DID, DOMAIN, HANDLE, Member
 from tests.e2e.relayproc import RelayProcess, TLSFiles
 from tests.e2e.test_clients import delivered, nodemailer, rfc5322, sink  # noqa: F401
-from tests.inbound.postfix import BouncingPostfix
+from tests.peers.postfix import BouncingPostfix
 from tests.peers.require import require
 from tests.peers.smtpsink import SmtpSink
 

@@ -33,7 +33,7 @@ DOMAIN = "durable.example.com"
 
 
 def spool_by_message_id(relay: RelayProcess) -> dict[str, list[bytes]]:
-    log = SpoolLog.open_readonly(relay.state_dir / "spool")
+    log = SpoolLog.open_readonly(relay.spool_dir())
     found: dict[str, list[bytes]] = collections.defaultdict(list)
     for queued in log.live():
         data = log.read_data(queued.queue_id)
@@ -114,7 +114,7 @@ class Clients:
 
 def verify(relay: RelayProcess, acked: dict[str, bytes]) -> None:
     by_mid = spool_by_message_id(relay)
-    log = SpoolLog.open_readonly(relay.state_dir / "spool")
+    log = SpoolLog.open_readonly(relay.spool_dir())
     for key, sent in acked.items():
         if key.startswith("http:"):
             queued = log.get(int(key[5:]))
@@ -229,7 +229,7 @@ def test_idempotency_key_replays_after_kill9(tmp_path: Path, tls_files: TLSFiles
         for acc in firsts[n]["accepted"]:  # and the status rows exist, as the spool says
             st = httpx.get(f"{relay.http}/v1/messages/{acc['messageId']}", headers=headers, timeout=10)
             assert st.status_code == 200 and st.json()["status"] in ("accepted", "deferred"), st.text
-    log = SpoolLog.open_readonly(relay.state_dir / "spool")
+    log = SpoolLog.open_readonly(relay.spool_dir())
     assert len(list(log.live())) == 3  # one message per key, never a second copy
     relay.stop()
 
@@ -280,7 +280,7 @@ def test_sigterm_answers_every_http_request_it_spooled(tmp_path: Path, tls_files
             t.join(timeout=30)
         relay.stop()
     assert len(answered) > 12
-    log = SpoolLog.open_readonly(relay.state_dir / "spool")
+    log = SpoolLog.open_readonly(relay.spool_dir())
     spooled = {email.message_from_bytes(log.read_data(m.queue_id))["Subject"] for m in log.live()}
     assert set(answered) <= spooled
     assert [s for s in cut if s in spooled] == []  # no spooled message without its answer
@@ -321,5 +321,5 @@ def test_full_disk_pauses_deliveries_and_tells_healthz(tmp_path: Path, tls_files
             time.sleep(0.2)
         assert send("after").status_code == 200
         assert relay.stop() == 0
-        log = SpoolLog.open_readonly(relay.state_dir / "spool")
+        log = SpoolLog.open_readonly(relay.spool_dir())
         assert len(list(log.live())) == 21  # everything acknowledged is still queued, nothing lost

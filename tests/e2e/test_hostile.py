@@ -153,7 +153,7 @@ def test_latin1_subject_is_stored_and_shown_and_survives_restart(
     assert relay.stop() == 0
     with sqlite3.connect(relay.state_dir / "relay.db") as db:
         db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-        db.execute("DELETE FROM spool_mark")
+        db.execute("DELETE FROM spool_marks")
     relay.start()
     assert_alive(relay)
     status = httpx.get(f"{relay.http}/v1/messages/{message_id}", headers=auth(member), timeout=10)
@@ -161,7 +161,7 @@ def test_latin1_subject_is_stored_and_shown_and_survives_restart(
     # The message itself keeps its bytes: what is queued is what was submitted.
     from spool import SpoolLog
 
-    queued = SpoolLog.open_readonly(relay.state_dir / "spool")
+    queued = SpoolLog.open_readonly(relay.spool_dir())
     queue_id = next(m.queue_id for m in queued.live() if message_id in m.rcpt_ids)
     assert b"Subject: caf\xe9 cr\xe8me\r\n" in queued.read_data(queue_id)
 

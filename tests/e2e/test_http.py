@@ -42,7 +42,7 @@ def test_send_accepts_and_spools_before_200(relay: RelayProcess, member: Member)
     ids = [a["messageId"] for a in out["accepted"]]
     assert all(isinstance(i, int) for i in ids) and ids[1] == ids[0] + 1
     # The 200 means durable: the message is already in the spool on disk.
-    log = SpoolLog.open_readonly(relay.state_dir / "spool")
+    log = SpoolLog.open_readonly(relay.spool_dir())
     queued = log.get(ids[0])
     assert queued is not None
     msg = email.message_from_bytes(log.read_data(ids[0]), policy=policy.default)

@@ -14,7 +14,7 @@ from relay.delivery.dsn import FailedRecipient, build_dsn
 from relay.delivery.sink import CaptureSink
 from relay.inbound import srs
 from tests.inbound.conftest import DID, FORWARD_TO, NOFORWARD_DOMAIN, OPERATOR, SECRET, Rig
-from tests.inbound.postfix import BouncingPostfix
+from tests.peers.postfix import BouncingPostfix
 
 ORIGINAL = (
     "From: Alice <alice@member.example>\r\n"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.peers.ports import free_port
 from tests.peers.require import missing
 
 PDS_DIR = Path(__file__).resolve().parent
@@ -44,13 +44,6 @@ class LocalPds:
     pid: int
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def pds_installed() -> bool:
     return NODE.exists() and (PDS_DIR / "node_modules/@atproto/pds").is_dir()
 
@@ -73,8 +66,14 @@ def local_pds(probe_tls: ProbeTls) -> Iterator[LocalPds]:
         missing(f"local PDS not installed: run {PDS_DIR / 'install.sh'} (or scripts/install-test-peers)")
     env = dict(os.environ, NODE_EXTRA_CA_CERTS=str(probe_tls.ca_pem), LOOPBACK_HOSTS=PROBE_HOST)
     ports = [str(free_port()) for _ in range(3)]
-    proc = subprocess.Popen([str(NODE), "start-pds.mjs", *ports], cwd=PDS_DIR, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(NODE), "start-pds.mjs", *ports],
+        cwd=PDS_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline()

@@ -16,7 +16,8 @@ from quart_trio import QuartTrio
 from relay.config import Config, IdentityConfig, TestingConfig
 from relay.oauth import OAuthClient, client_from_config
 from relay.store.aio import AsyncStore
-from tests.localpds.fixture import PROBE_HOST, LocalPds, ProbeTls, free_port
+from tests.localpds.fixture import PROBE_HOST, LocalPds, ProbeTls
+from tests.peers.ports import free_port
 from web import auth
 
 

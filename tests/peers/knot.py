@@ -29,7 +29,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -45,6 +44,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
+from tests.peers.ports import free_port
 from tests.peers.require import require
 
 _DEFAULT_TTL = 300
@@ -57,21 +57,6 @@ Zones = Mapping[str, Sequence[str]]
 def require_knot() -> tuple[str, str]:
     """(knotd, knotc) paths; the test stops when Knot is not installed (tests/peers/require.py)."""
     return require("knotd", package="knot"), require("knotc", package="knot")
-
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now (Knot listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port for Knot on 127.0.0.1")
 
 
 def _origin(zone: str) -> str:
@@ -88,8 +73,9 @@ class KnotServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, base: Path, zones: Zones | None = None, *, servfail: Sequence[str] = (),
-                 signed: Sequence[str] = ()) -> None:
+    def __init__(
+        self, base: Path, zones: Zones | None = None, *, servfail: Sequence[str] = (), signed: Sequence[str] = ()
+    ) -> None:
         self.knotd, self.knotc = require_knot()
         self.base = Path(base)
         self.port = 0
@@ -132,7 +118,7 @@ class KnotServer:
             self._write_zone(origin, records)
         last_error = ""
         for _ in range(3):  # another process may grab the free port between our probe and knotd's bind
-            self.port = _free_port()
+            self.port = free_port(udp=True)
             self._write_config()
             self._spawn()
             try:
@@ -242,9 +228,10 @@ class KnotServer:
     def _write_config(self, without: str | None = None) -> None:
         user = self._user()
         zones = "".join(
-            f"  - domain: {origin}\n" + ("    dnssec-signing: on\n    dnssec-policy: atmos-test\n"
-                                         if origin in self.signed else "")
-            for origin in self._zones if origin != without
+            f"  - domain: {origin}\n"
+            + ("    dnssec-signing: on\n    dnssec-policy: atmos-test\n" if origin in self.signed else "")
+            for origin in self._zones
+            if origin != without
         )
         if zones:
             zones = "zone:\n" + zones
@@ -341,7 +328,10 @@ template:
     def _knotc(self, *args: str, check: bool = True) -> str:
         result = subprocess.run(
             [self.knotc, "-c", str(self.config), "-t", "5", "-b", *args],
-            capture_output=True, text=True, timeout=15, check=False,
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
         )
         if result.returncode != 0 and check:
             raise RuntimeError(f"knotc {' '.join(args)} failed: {result.stdout}{result.stderr}\n{self.log()}")
@@ -376,8 +366,12 @@ template:
                 rcode = answer.rcode()
                 if records is None and rcode == dns.rcode.SERVFAIL:
                     return
-                if (records is not None and rcode == dns.rcode.NOERROR and answer.answer
-                        and (serial is None or _serial(answer) >= serial)):
+                if (
+                    records is not None
+                    and rcode == dns.rcode.NOERROR
+                    and answer.answer
+                    and (serial is None or _serial(answer) >= serial)
+                ):
                     return  # signing may bump the serial (Knot's serial-policy), hence ">="
             except dns.exception.Timeout:
                 pass

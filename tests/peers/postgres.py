@@ -31,7 +31,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.peers.knot import _free_port
+from tests.peers.ports import free_port
 from tests.peers.require import missing
 
 _READY_TIMEOUT = 30.0
@@ -83,14 +83,31 @@ class PostgresServer:
     def start(self) -> None:
         initdb = postgres_bin("initdb")
         postgres = postgres_bin("postgres")
-        subprocess.run([*self._as, initdb, "-D", str(self.data), "-U", _USER, "--auth=trust", "--no-locale",
-                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True, cwd=self.base)
-        self.port = _free_port()
+        subprocess.run(
+            [
+                *self._as,
+                initdb,
+                "-D",
+                str(self.data),
+                "-U",
+                _USER,
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=self.base,
+        )
+        self.port = free_port()
         settings = {**_SETTINGS, "port": str(self.port), "unix_socket_directories": str(self.base)}
         args = [a for k, v in settings.items() for a in ("-c", f"{k}={v}")]
         log = open(self.log_path, "wb")  # noqa: SIM115  (closed with the process, in stop)
-        self.proc = subprocess.Popen([*self._as, postgres, "-D", str(self.data), *args], stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=self.base)  # a directory its user may enter
+        self.proc = subprocess.Popen(
+            [*self._as, postgres, "-D", str(self.data), *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.base
+        )  # a directory its user may enter
         log.close()
         deadline = time.monotonic() + _READY_TIMEOUT
         while True:
@@ -158,6 +175,10 @@ def postgres_clean_url(postgres_migrated: str) -> Iterator[str]:
     """The session's migrated database, emptied after the test (schema_version kept)."""
     yield postgres_migrated
     with psycopg.connect(postgres_migrated, autocommit=True) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename != 'schema_version'")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename != 'schema_version'"
+            )
+        ]
         conn.execute("TRUNCATE {} RESTART IDENTITY CASCADE".format(", ".join(tables)))

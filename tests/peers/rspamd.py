@@ -77,8 +77,10 @@ def _write_config(base: Path) -> Path:
         "override.d/worker-fuzzy.inc": "enabled = false;\n",
         "override.d/logging.inc": f'type = "file";\nfilename = "{base}/rspamd.log";\nlevel = "info";\n',
         # Knot on this namespace's loopback is the only DNS; no hyperscan compile (slow, and not needed).
-        "local.d/options.inc": ('dns {\n  nameserver = ["127.0.0.1:53"];\n  timeout = 1s;\n  retransmits = 1;\n}\n'
-                                "disable_hyperscan = true;\nlocal_addrs = [];\n"),
+        "local.d/options.inc": (
+            'dns {\n  nameserver = ["127.0.0.1:53"];\n  timeout = 1s;\n  retransmits = 1;\n}\n'
+            "disable_hyperscan = true;\nlocal_addrs = [];\n"
+        ),
         "local.d/fuzzy_check.conf": "enabled = false;\n",
         "local.d/redis.conf": "",
     }
@@ -93,9 +95,21 @@ def _inside(spec_path: Path) -> None:
     for sub in ("run", "db", "log"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     local = _write_config(base)
-    argv = [spec["rspamd"], "-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf",
-            f"--var=LOCAL_CONFDIR={local}", f"--var=RUNDIR={base / 'run'}", f"--var=DBDIR={base / 'db'}",
-            f"--var=LOGDIR={base / 'log'}"]
+    argv = [
+        spec["rspamd"],
+        "-f",
+        "-i",
+        "-u",
+        "root",
+        "-g",
+        "root",
+        "-c",
+        "/etc/rspamd/rspamd.conf",
+        f"--var=LOCAL_CONFDIR={local}",
+        f"--var=RUNDIR={base / 'run'}",
+        f"--var=DBDIR={base / 'db'}",
+        f"--var=LOGDIR={base / 'log'}",
+    ]
     with (base / "stdout.log").open("wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     try:
@@ -136,8 +150,7 @@ def _log(base: Path) -> str:
 
 
 def _check(item: dict[str, str]) -> dict[str, Any]:
-    headers = {"IP": item["ip"], "Helo": item["helo"], "From": item["mail_from"], "Rcpt": item["rcpt"],
-               "Pass": "all"}
+    headers = {"IP": item["ip"], "Helo": item["helo"], "From": item["mail_from"], "Rcpt": item["rcpt"], "Pass": "all"}
     if item.get("hostname"):
         headers["Hostname"] = item["hostname"]
     data = Path(item["file"]).read_bytes()

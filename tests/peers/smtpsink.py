@@ -34,6 +34,7 @@ from types import TracebackType
 
 import pytest
 
+from tests.peers.ports import free_port
 from tests.peers.require import require
 
 _READY_TIMEOUT = 5.0
@@ -44,13 +45,6 @@ _HEADER = re.compile(rb"(X-[A-Za-z-]+): (.*)")
 def require_smtp_sink() -> str:
     """The path of Postfix's smtp-sink; the test stops when it is not installed (tests/peers/require.py)."""
     return require("smtp-sink", package="postfix")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -83,7 +77,7 @@ class SmtpSink:
     def start(self) -> SmtpSink:
         self.dump_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # the free port may be taken between the probe and smtp-sink's bind
-            self.port = _free_port()
+            self.port = free_port()
             # -u is required when running as root (it names the user to switch to), refused otherwise.
             user = ["-u", "root"] if os.geteuid() == 0 else []
             argv = [

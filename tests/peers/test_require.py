@@ -15,7 +15,7 @@ from tests.peers.require import find, require
 
 ROOT = Path(__file__).resolve().parents[2]
 
-INNER = '''
+INNER = """
 import pytest
 from tests.peers.require import require, missing
 
@@ -32,7 +32,7 @@ def test_fine():
 @pytest.mark.xfail(reason="an expected failure is not a skip", strict=True)
 def test_xfail():
     raise AssertionError("expected")
-'''
+"""
 
 
 def _run_inner(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
@@ -42,9 +42,24 @@ def _run_inner(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[st
         env["CI"] = ci
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "tests.peers.require", "-p", "no:cacheprovider",
-         str(tmp_path / "test_inner.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rA",
+            "-p",
+            "tests.peers.require",
+            "-p",
+            "no:cacheprovider",
+            str(tmp_path / "test_inner.py"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

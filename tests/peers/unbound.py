@@ -31,7 +31,8 @@ import dns.message
 import dns.query
 import pytest
 
-from tests.peers.knot import KnotServer, _free_port
+from tests.peers.knot import KnotServer
+from tests.peers.ports import free_port
 from tests.peers.require import require
 
 _READY_TIMEOUT = 10.0
@@ -64,11 +65,12 @@ class UnboundServer:
         os.chmod(self.base, 0o755)
         last = ""
         for _ in range(3):
-            self.port = _free_port()
+            self.port = free_port(udp=True)
             self._write_config()
             with self.log_path.open("ab") as log:
-                self.proc = subprocess.Popen([self.unbound, "-d", "-c", str(self.config)],
-                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                self.proc = subprocess.Popen(
+                    [self.unbound, "-d", "-c", str(self.config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                )
             try:
                 self._wait_ready()
                 return self

@@ -1,96 +1,70 @@
-"""What several nodes sharing one store rely on (issue 17), over two connections on both backends:
-budget leases never exceed a limit, an Idempotency-Key is claimed once, a status change is counted."""
+"""The node registry, leases, node commands and per-node spool marks (relay.cluster), on both backends."""
 
 from __future__ import annotations
 
-from relay.reputation.policy import lease_size
-from relay.store.rows import LeaseAsk, LeaseReport
+from relay.store.base import Store
+from relay.store.rows import SpoolMark
 
-from .conftest import DID_A, Opener
-
-HOUR = 3600
-H = 1_700_002_800  # an hour bucket
-NOW = H + 60.0
+from .conftest import FakeClock, Opener
 
 
-def ask(used: int, need: int = 1, *, caps: tuple[tuple[int, int], ...] = ((H, 5),)) -> LeaseAsk:
-    return LeaseAsk("domain", "new.example", H, caps, used, need)
+def test_a_name_keeps_its_number_and_numbers_are_never_reused(store: Store, clock: FakeClock) -> None:
+    a = store.register_node("mx1-1", "mx1", 100)
+    b = store.register_node("mx1-2", "mx1", 101)
+    assert (a.number, b.number) == (1, 2)
+    clock.advance(30)
+    again = store.register_node("mx1-1", "mx1", 200)  # a restart: new pid, same number
+    assert again.number == 1 and again.pid == 200 and again.started_at == clock.now and again.stopped_at is None
+    assert store.register_node("mx2-1", "mx2", 300).number == 3
+    assert [n.name for n in store.list_nodes()] == ["mx1-1", "mx1-2", "mx2-1"]
 
 
-def test_leases_of_two_holders_never_exceed_the_limit(open_backend: Opener) -> None:
-    a, b = open_backend(), open_backend()
-    used = {"a": 0, "b": 0}
-    admitted = 0
-    for i in range(10):  # alternating; each holder always asks for the one unit it needs
-        name, store = ("a", a) if i % 2 == 0 else ("b", b)
-        [grant] = store.lease_budget(name, [ask(used[name])], NOW, 10.0, lease_size)
-        if grant.units:
-            assert grant.units == 1  # 1/8 of at most 5 left: the need itself
-            used[name] += 1
-            admitted += 1
-    assert admitted == 5 and used == {"a": 3, "b": 2}
-    assert a.lease_totals([("domain", "new.example", H, H)], NOW) == [{H: 5}]
+def test_heartbeat_records_stats_and_a_clean_stop(store: Store, clock: FakeClock) -> None:
+    node = store.register_node("n-1", "h", 1)
+    clock.advance(2)
+    store.node_heartbeat(node.number, '{"queue_messages": 3}')
+    [row] = store.list_nodes()
+    assert row.heartbeat_at == clock.now and row.stats == '{"queue_messages": 3}' and row.stopped_at is None
+    store.node_heartbeat(node.number, "{}", stopped=True)
+    assert store.list_nodes()[0].stopped_at == clock.now
+    assert store.register_node("n-1", "h", 2).stopped_at is None  # started again
 
 
-def test_a_lease_is_sized_by_what_is_left_and_counts_the_daily_window(open_backend: Opener) -> None:
-    a, b = open_backend(), open_backend()
-    caps = ((H, 100), (H - 23 * HOUR, 120))  # hourly 100, daily 120
-    # 40 spent an hour ago by holder b (reported: its lease is returned down to them).
-    b.report_leases("b", [LeaseReport("domain", "new.example", H - HOUR, 40, False)], NOW, 10.0)
-    [grant] = a.lease_budget("a", [ask(0, caps=caps)], NOW, 10.0, lease_size)
-    assert grant.units == 10  # 80 left in the day: 1/8 of them
-    assert grant.totals == {H - HOUR: 40, H: 10}
-    [refused] = b.lease_budget("b", [ask(0, 71, caps=caps)], NOW, 10.0, lease_size)
-    assert refused.units == 0  # 40 + 10 + 71 > 120
-    [grant] = b.lease_budget("b", [ask(0, 70, caps=caps)], NOW, 10.0, lease_size)
-    assert grant.units == 70
+def test_a_lease_has_one_holder_until_it_expires_or_is_released(open_backend: Opener, clock: FakeClock) -> None:
+    one, two = open_backend(clock=clock), open_backend(clock=clock)  # two nodes, two connections
+    assert one.take_lease("jobs", "a", 10.0) == clock.now + 10
+    assert two.take_lease("jobs", "b", 10.0) is None
+    clock.advance(5)
+    assert one.take_lease("jobs", "a", 10.0) == clock.now + 10  # renewed
+    assert two.lease_holder("jobs") == "a"
+    clock.advance(9.9)
+    assert two.take_lease("jobs", "b", 10.0) is None  # still a's
+    clock.advance(0.2)
+    assert two.take_lease("jobs", "b", 10.0) == clock.now + 10  # a's expired: b takes it
+    assert one.take_lease("jobs", "a", 10.0) is None
+    assert not one.release_lease("jobs", "a")  # only the holder releases
+    assert two.release_lease("jobs", "b")
+    assert one.lease_holder("jobs") is None
+    assert one.take_lease("jobs", "a", 10.0) is not None
 
 
-def test_all_or_nothing_and_an_expired_lease_counts_only_what_was_spent(open_backend: Opener) -> None:
-    a, b = open_backend(), open_backend()
-    member = LeaseAsk("member", DID_A, H, ((H, 100),), 0, 1)
-    grants = a.lease_budget("a", [ask(0), member], NOW, 10.0, lease_size)
-    assert [g.units for g in grants] == [1, 12]  # 1 of the domain's 5, 12 of the member's 100
-    # b wants 5 of the domain: only 4 are left, so b gets none of the member's budget either
-    grants = b.lease_budget("b", [ask(0, 5), LeaseAsk("member", DID_A, H, ((H, 100),), 0, 5)], NOW, 10.0,
-                            lease_size)
-    assert [g.units for g in grants] == [0, 0]
-    # a dies: after its TTL its 11 unused member units are free again, the 1 it spent still counts
-    [grant] = b.lease_budget("b", [LeaseAsk("member", DID_A, H, ((H, 100),), 0, 99)], NOW + 10.0, 10.0, lease_size)
-    assert grant.units == 99 and grant.totals == {H: 100}
-    # a renewing after that revives nothing: the expired lease keeps counting its spent units only
-    assert a.report_leases("a", [LeaseReport("member", DID_A, H, 1, True)], NOW + 11, 10.0) == [False]
-    assert b.lease_totals([("member", DID_A, H, H)], NOW + 11) == [{H: 100}]
+def test_node_commands_wait_for_their_node_and_carry_the_answer(store: Store, clock: FakeClock) -> None:
+    first = store.add_node_command(2, "hold", "1099511627777")
+    store.add_node_command(3, "hold", "5")
+    pending = store.pending_node_commands(2)
+    assert [(c.id, c.action, c.target, c.done_at) for c in pending] == [(first, "hold", "1099511627777", None)]
+    clock.advance(1)
+    store.finish_node_command(first, True, '{"changed": 1}')
+    done = store.get_node_command(first)
+    assert done is not None and done.ok is True and done.result == '{"changed": 1}' and done.done_at == clock.now
+    assert store.pending_node_commands(2) == []
+    clock.advance(100)
+    assert store.purge_node_commands(clock.now - 50) == 2
+    assert store.get_node_command(first) is None
 
 
-def test_one_claim_wins_and_the_other_gets_its_answer(open_backend: Opener) -> None:
-    a, b = open_backend(), open_backend()
-    a.create_member(DID_A)
-    assert a.claim_idempotent(DID_A, "k1", "node-a", "h1", NOW, 30.0, 0.0).state == "mine"
-    busy = b.claim_idempotent(DID_A, "k1", "node-b", "h1", NOW, 30.0, 0.0)
-    assert (busy.state, busy.request_hash) == ("busy", "h1")
-    assert a.put_idempotent(DID_A, "k1", "h1", 200, '{"ok": 1}', NOW)
-    assert a.release_idempotent(DID_A, "k1", "node-a")
-    stored = b.claim_idempotent(DID_A, "k1", "node-b", "h1", NOW + 1, 30.0, 0.0)
-    assert stored.state == "stored" and stored.response is not None
-    assert (stored.response.status_code, stored.response.response_json) == (200, '{"ok": 1}')
-    # an answer older than ``stored_after`` is no answer: the key is claimed afresh
-    assert b.claim_idempotent(DID_A, "k1", "node-b", "h1", NOW + 1, 30.0, NOW + 0.5).state == "mine"
-
-
-def test_a_dead_nodes_claim_is_taken_over_after_its_ttl(open_backend: Opener) -> None:
-    a, b = open_backend(), open_backend()
-    assert a.claim_idempotent(DID_A, "k2", "node-a", "h1", NOW, 30.0, 0.0).state == "mine"
-    assert b.claim_idempotent(DID_A, "k2", "node-b", "h1", NOW + 29, 30.0, 0.0).state == "busy"
-    assert b.claim_idempotent(DID_A, "k2", "node-b", "h1", NOW + 30, 30.0, 0.0).state == "mine"
-    assert not a.release_idempotent(DID_A, "k2", "node-a")  # no longer a's to release
-    assert a.claim_idempotent(DID_A, "k2", "node-a", "h1", NOW + 31, 30.0, 0.0).state == "busy"
-
-
-def test_a_status_change_moves_the_change_counter_for_every_connection(open_backend: Opener) -> None:
-    a, b = open_backend(), open_backend()
-    a.create_member(DID_A)
-    before = b.change_seq("member_status")
-    a.set_member_status(DID_A, "suspended", "automatic: test")
-    assert b.change_seq("member_status") == before + 1
-    assert [m.did for m in b.suspended_members()] == [DID_A]
+def test_each_node_has_its_own_spool_mark(store: Store) -> None:
+    store.apply_batch([SpoolMark(3, 100, 1.0, node=1)])
+    store.apply_batch([SpoolMark(7, 10, 1.0, node=2)])
+    store.apply_batch([SpoolMark(4, 0, 2.0, node=1)])
+    assert store.spool_mark(1) == (4, 0) and store.spool_mark(2) == (7, 10) and store.spool_mark(3) is None

@@ -5,10 +5,12 @@ pytest runs Trio tests through pytest-trio, so no asyncio plugin is needed here)
 
 from __future__ import annotations
 
+import dataclasses
+
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
-from relay.events import Command, CommandResult, Delivery, Event, QueueChanged, Snapshot
+from relay.events import Command, CommandResult, Delivery, Event, NodeInfo, Nodes, QueueChanged, Snapshot
 from tests.tui.fixtures import ALICE, NOW, SNAPSHOT, SPAMMY, item
 from tests.tui.helpers import FakeRelay, run, screen_text, wait_for
 from tui.app import ConsoleApp
@@ -217,5 +219,20 @@ def test_disconnect_shows_state_and_restart_reconnects() -> None:
                 await shows(pilot, "Queue 1  In flight 0")
             finally:
                 await relay2.stop()
+
+    run(scenario())
+
+
+def test_overview_shows_every_node() -> None:
+    nodes = (NodeInfo("mx1-1", "running", True, 0.3, queue_messages=6), NodeInfo("mx1-2", "running", False, 0.5,
+                                                                                  queue_messages=4))
+
+    async def scenario() -> None:
+        async with FakeRelay(dataclasses.replace(SNAPSHOT, node="mx1-1", nodes=nodes), ts=NOW) as relay:
+            app = make_app(relay)
+            async with app.run_test(size=SIZE, notifications=True) as pilot:
+                await shows(pilot, "Nodes ▸mx1-1 q6 · mx1-2 q4  total q10")
+                await relay.broadcast(Nodes(nodes=(nodes[0], NodeInfo("mx1-2", "silent", False, 40.0))))
+                await shows(pilot, "Nodes ▸mx1-1 q6 · mx1-2 silent  total q6")
 
     run(scenario())

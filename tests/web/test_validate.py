@@ -189,3 +189,23 @@ def test_any_address_string_is_refused_by_name_or_composes_without_injection(val
         names = [line.split(b":", 1)[0].lower() for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
         assert names.count(b"to") == 1 and names.count(b"cc") == 1 and b"bcc" not in names  # no header injected
         assert b"\n" not in raw.replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize(("content", "cte", "charset"), [
+    (b"name,city\nZoe,Koeln\n", "7bit", None),  # ASCII text: as it is, LF made CRLF
+    ("Grüße aus Köln\r\nline with bare \r inside\n".encode(), "quoted-printable", "utf-8"),
+    ("東京の天気は晴れです。\n".encode() * 20, "base64", "utf-8"),  # quoted-printable would triple it
+    (b"caf\xe9 latin-1\n", "quoted-printable", None),  # not UTF-8: no charset is claimed
+    (b"x" * 1200 + b"\n", "quoted-printable", None),  # a line over 998 octets is not 7bit (RFC 5322 §2.1.1)
+])
+def test_text_attachments_go_as_text(content: bytes, cte: str, charset: str | None) -> None:
+    req = parse(attachments=[{"filename": "notes.txt", "content": base64.b64encode(content).decode(),
+                              "contentType": "text/plain"}])
+    raw = compose(req)  # type: ignore[arg-type]
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n")) and b"\n" not in raw.replace(b"\r\n", b"")
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    _, part = list(msg.iter_parts())
+    assert part["Content-Transfer-Encoding"] == cte and part.get_content_charset() == charset
+    assert part.get_filename() == "notes.txt" and part.get_content_disposition() == "attachment"
+    canonical = content.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # RFC 2046 §4.1.1
+    assert part.get_payload(decode=True) == (content if cte == "base64" else canonical)

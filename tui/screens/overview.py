@@ -77,7 +77,10 @@ class OverviewScreen(ConsoleScreen):
         )
         if state.dropped_subscribers:
             line2.append(f" · {state.dropped_subscribers} dropped", style="red")
-        return Text("\n").join([line1, line2])
+        lines = [line1, line2]
+        if len(state.nodes) > 1:  # several nodes: the figures above are this stream's node's own
+            lines.append(_nodes(state))
+        return Text("\n").join(lines)
 
     @staticmethod
     def _gauges(state: State) -> Text:
@@ -106,3 +109,16 @@ class OverviewScreen(ConsoleScreen):
         if not top:
             return Text("(no deferred recipients)", style="grey50")
         return Text("\n").join(Text.assemble((f"{n:>5} ", "yellow"), shorten(reason, 68)) for reason, n in top)
+
+
+def _nodes(state: State) -> Text:
+    line = Text.assemble(("Nodes ", "bold"))
+    running = [n for n in state.nodes if n.state == "running"]
+    for i, n in enumerate(state.nodes):
+        if i:
+            line.append(" · ")
+        style = "green" if n.state == "running" else ("grey50" if n.state == "stopped" else "red")
+        line.append(("▸" if n.node == state.node else "") + n.node, style=f"bold {style}" if n.jobs else style)
+        line.append(f" q{number(n.queue_messages)}" if n.state == "running" else f" {n.state}")
+    line.append(f"  total q{number(sum(n.queue_messages for n in running))}", style="bold")
+    return line

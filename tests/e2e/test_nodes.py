@@ -1,0 +1,168 @@
+"""Several nodes, one relay (issue 17): the real ``atmos serve --workers 2`` on SQLite, and two separate
+``atmos serve`` processes ("machines") on one real PostgreSQL.
+
+Mail in these tests goes to a closed loopback port (relayproc's default relayhost), so every accepted
+message stays deferred in the spool of the node that took it: which node that is follows from its
+queue id (relay.cluster.identity.owner).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from relay.cluster.identity import owner
+from tests.e2e.conftest import DID, DOMAIN, HANDLE
+from tests.e2e.relayproc import RelayProcess, TLSFiles
+from tests.peers.postgres import postgres_server, postgres_url  # noqa: F401  (registers the fixtures)
+
+ADMIN = {"Authorization": "Bearer admin-token-" + "x" * 20}  # relayproc's ATMOS_ADMIN_TOKEN
+T = TypeVar("T")
+
+
+def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.1)
+
+
+def send(http: str, key: str, subject: str) -> int:
+    """One /v1/send on a new connection (so the kernel may hand it to any node): the message id."""
+    r = httpx.post(f"{http}/v1/send", headers={"Authorization": f"Bearer {key}", "X-Atmos-DID": DID},
+                   json={"from": f"hello@{DOMAIN}", "to": "rcpt@example.org", "subject": subject, "text": "hi"},
+                   timeout=20)
+    assert r.status_code == 200, r.text
+    message_id: int = r.json()["accepted"][0]["messageId"]
+    return message_id
+
+
+def nodes(http: str) -> dict[str, dict[str, Any]]:
+    body = httpx.get(f"{http}/admin/api/nodes", headers=ADMIN, timeout=10).json()
+    return {n["node"]: n for n in body["nodes"]}
+
+
+def queue_action(http: str, queue_id: int, action: str) -> dict[str, Any]:
+    r = httpx.post(f"{http}/admin/api/queue/{queue_id}/{action}", headers=ADMIN, timeout=20)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def stored_status(http: str, queue_id: int) -> str:
+    r = httpx.get(f"{http}/admin/api/queue/{queue_id}", headers=ADMIN, timeout=10)
+    assert r.status_code == 200, r.text
+    status: str = r.json()["store"][0]["status"]
+    return status
+
+
+def test_two_workers_share_the_ports_and_survive_a_kill(tmp_path: Path, tls_files: TLSFiles) -> None:
+    relay = RelayProcess(base=tmp_path, tls=tls_files, workers=2)
+    relay.write_config()
+    key = relay.enroll(DID, DOMAIN, HANDLE)["api_key"]
+    relay.start(timeout=60)
+    try:
+        assert json.loads(relay.output[-1].split(" ", 1)[1])["nodes"] == ["e2e-1", "e2e-2"]
+        # Both nodes take connections from the one set of listening sockets, each with its own id range.
+        accepted: list[int] = []
+
+        def both_took_some() -> bool:
+            accepted.append(send(relay.http, key, f"spread-{len(accepted)}"))
+            return {owner(i) for i in accepted} == {1, 2}
+
+        eventually(both_took_some, "messages accepted by both nodes", timeout=60)
+        answered = {httpx.get(f"{relay.http}/healthz", timeout=10).json()["node"] for _ in range(60)}
+        assert answered <= {"e2e-1", "e2e-2"} and answered, answered
+        before = nodes(relay.http)
+        assert {n["state"] for n in before.values()} == {"running"}
+        assert sum(n["jobs"] for n in before.values()) == 1  # one node runs the cluster's periodic jobs
+
+        # A queue action reaches the owner of the message, whichever node the request lands on.
+        target = next(i for i in accepted if owner(i) == 1)
+
+        def hold_from_the_other_node() -> dict[str, Any] | None:
+            answer = queue_action(relay.http, target, "hold")
+            assert answer["changed"] == 1, answer  # released again below whenever the owner answered
+            if answer["node"] == "e2e-2":
+                return answer
+            assert queue_action(relay.http, target, "release")["changed"] == 1
+            return None
+
+        eventually(hold_from_the_other_node, "a hold answered by the node that does not hold the message")
+        assert eventually(lambda: stored_status(relay.http, target) == "held", "the hold in the store")
+
+        # kill -9 of one worker: the parent restarts it, its spool is recovered, nothing acknowledged lost.
+        victim = before["e2e-1"]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        later = eventually(lambda: (n := nodes(relay.http))["e2e-1"]["pid"] != victim
+                           and n["e2e-1"]["state"] == "running" and n, "node e2e-1 restarted", timeout=60)
+        assert later["e2e-2"]["pid"] == before["e2e-2"]["pid"]  # the other node served on meanwhile
+        queued = {m["queue_id"]: m for m in relay.admin("queue", "list")}
+        assert set(accepted) <= set(queued), sorted(set(accepted) - set(queued))
+        assert {queued[i]["node"] for i in accepted} == {"e2e-1", "e2e-2"}
+        assert [r["state"] for r in queued[target]["recipients"]] == ["held"]  # recovered as it was
+        assert eventually(lambda: queue_action(relay.http, target, "release")["changed"] == 1, "release")
+        assert relay.admin("nodes")[0]["node"] == "e2e-1"
+    finally:
+        rc = relay.stop(timeout=60)
+    assert rc == 0, "".join(relay.output[-30:])
+    assert not (relay.state_dir / "run.json").exists()
+
+
+def test_two_machines_on_one_postgresql(tmp_path: Path, tls_files: TLSFiles, postgres_url: str) -> None:  # noqa: F811
+    store = f'[store]\nurl = "{postgres_url}"\n'
+    a = RelayProcess(base=tmp_path / "a", tls=tls_files, extra_toml=store, node_name="alpha")
+    b = RelayProcess(base=tmp_path / "b", tls=tls_files, extra_toml=store, node_name="beta")
+    for relay in (a, b):
+        relay.base.mkdir()
+        relay.write_config()
+    key = a.enroll(DID, DOMAIN, HANDLE)["api_key"]
+    a.start(timeout=60)
+    try:
+        # The keys every machine must share (README: several machines): copied before the second starts.
+        for shared in ("dkim", "labeler", "oauth"):
+            shutil.copytree(a.state_dir / shared, b.state_dir / shared)
+        b.start(timeout=60)
+        try:
+            # The member enrolled through one machine sends through both.
+            on_a, on_b = send(a.http, key, "via-alpha"), send(b.http, key, "via-beta")
+            assert owner(on_a) != owner(on_b)
+            seen = nodes(a.http)
+            assert {"alpha-1", "beta-1"} <= set(seen) and seen["beta-1"]["state"] == "running"
+            # A message queued on machine A is held and released through machine B's admin API.
+            assert queue_action(b.http, on_a, "hold") == {"queue_id": on_a, "action": "hold", "changed": 1,
+                                                          "node": "beta-1"}
+            assert eventually(lambda: stored_status(b.http, on_a) == "held", "the hold, seen from B")
+            assert queue_action(b.http, on_a, "release")["changed"] == 1
+            # Pausing a destination on one machine pauses it on every running node.
+            r = httpx.post(f"{a.http}/admin/api/destinations/Example.org/pause", headers=ADMIN, timeout=10)
+            assert r.status_code == 200 and r.json()["domain"] == "example.org", r.text
+            assert eventually(lambda: "example.org" in httpx.get(f"{b.http}/admin/api/queue", headers=ADMIN,
+                                                                  timeout=10).json()["stats"]["paused_destinations"],
+                              "the pause on machine B")
+            # /metrics on either machine shows both nodes.
+            metrics = httpx.get(f"{b.http}/metrics", timeout=10).text
+            assert 'atmos_node_up{node="alpha-1"} 1.0' in metrics and 'atmos_node_up{node="beta-1"} 1.0' in metrics
+            assert "atmos_cluster_nodes_running 2.0" in metrics
+        finally:
+            assert b.stop(timeout=60) == 0
+        # A stopped machine is shown as stopped, and asking it to act is refused at once with its name.
+        assert eventually(lambda: nodes(a.http)["beta-1"]["state"] == "stopped", "beta-1 stopped")
+        r = httpx.post(f"{a.http}/admin/api/queue/{on_b}/hold", headers=ADMIN, timeout=20)
+        assert r.status_code == 400 and "beta-1" in r.text and "not running" in r.text, r.text
+    finally:
+        if a.proc is not None and a.proc.poll() is None:
+            a.stop(timeout=60)
