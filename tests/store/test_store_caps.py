@@ -1,5 +1,5 @@
 """Rate caps, Idempotency-Key and suspension across nodes sharing one store (issue 17), over two connections
-budget leases never exceed a limit, an Idempotency-Key is claimed once, a status change is counted."""
+on both backends: budget leases never exceed a limit, a key is claimed once, a status change is counted."""
 
 from __future__ import annotations
 
