@@ -175,9 +175,11 @@ def document(cfg: Config, server_url: str) -> dict[str, Any]:
             "responses": {"200": _json(_obj(["recipient", "removed"], {"recipient": _STR, "removed": _BOOL}),
                                        "removed"), **member_errors, **_errors(404)}}},
         "/healthz": {"get": {"summary": "Whether the relay takes mail, and spool figures", "responses": {
-            "200": _json(_obj(["status"], {"status": {"const": "ok"}, "spool": {"type": "object"}}), "taking mail"),
-            "503": _json(_obj(["status", "reasons"], {"status": {"const": "refusing"}, "reasons": {
-                "type": "array", "items": _STR}, "spool": {"type": "object"}}), "refusing mail, with the reasons")}}},
+            "200": _json(_obj(["status", "node"], {"status": {"const": "ok"}, "node": _STR,
+                                                   "spool": {"type": "object"}}), "taking mail (node: which answered)"),
+            "503": _json(_obj(["status", "reasons", "node"], {
+                "status": {"const": "refusing"}, "node": _STR, "reasons": {"type": "array", "items": _STR},
+                "spool": {"type": "object"}}), "refusing mail, with the reasons")}}},
         "/member/status": {"get": {"summary": "Standing, budgets, labels", "security": _MEMBER_AUTH, "responses": {
             "200": _json(_obj(["did", "status", "domains", "standing", "labels"], {
                 "did": _STR, "handle": _NULL_STR, "status": {"enum": ["active", "suspended"]},
@@ -222,22 +224,38 @@ def document(cfg: Config, server_url: str) -> dict[str, Any]:
         "/admin/api/queue": {"get": {
             "summary": "Live spool messages", "security": _ADMIN_AUTH,
             "parameters": [{"name": "state", "in": "query", "schema": _STR}],
-            "responses": {"200": _json(_obj(["messages", "stats"], {
+            "responses": {"200": _json(_obj(["node", "messages", "stats"], {
+                "node": _STR,
                 "messages": {"type": "array", "items": {"$ref": "#/components/schemas/QueuedMessage"}},
-                "stats": {"type": "object"}}), "the queue"), **_errors(400, 401)}}},
+                "stats": {"type": "object"}}), "the queue of the node that answered"), **_errors(400, 401)}}},
         "/admin/api/queue/{queueId}": {"get": {
             "summary": "One queued message and its store rows", "security": _ADMIN_AUTH,
             "parameters": [{"name": "queueId", "in": "path", "required": True, "schema": _INT}],
-            "responses": {"200": _json(_obj(["queued", "store"], {
+            "responses": {"200": _json(_obj(["node", "owner", "queued", "store"], {
+                "node": _STR, "owner": _INT,
                 "queued": {"oneOf": [{"$ref": "#/components/schemas/QueuedMessage"}, {"type": "null"}]},
-                "store": {"type": "array"}}), "found"), **_errors(400, 401, 404)}}},
+                "store": {"type": "array"}}),
+                "found (queued: null when another node holds it; owner: the number of that node)"),
+                **_errors(400, 401, 404)}}},
         "/admin/api/queue/{queueId}/{action}": {"post": {
             "summary": "retry | hold | release | delete", "security": _ADMIN_AUTH,
             "parameters": [{"name": "queueId", "in": "path", "required": True, "schema": _INT},
                            {"name": "action", "in": "path", "required": True,
                             "schema": {"enum": ["retry", "hold", "release", "delete"]}}],
-            "responses": {"200": _json(_obj(["queue_id", "action", "changed"], {
-                "queue_id": _INT, "action": _STR, "changed": _INT}), "done"), **_errors(400, 401, 404)}}},
+            "responses": {"200": _json(_obj(["queue_id", "action", "changed", "node"], {
+                "queue_id": _INT, "action": _STR, "changed": _INT, "node": _STR}),
+                "done (by the node holding the message; node: the one that answered)"), **_errors(400, 401, 404)}}},
+        "/admin/api/nodes": {"get": {
+            "summary": "Every node of the relay and the running ones' totals", "security": _ADMIN_AUTH,
+            "responses": {"200": _json(_obj(["node", "nodes", "totals"], {
+                "node": _STR, "totals": {"type": "object"},
+                "nodes": {"type": "array", "items": _obj(
+                    ["node", "number", "host", "pid", "state", "jobs", "started_at", "heartbeat_age_seconds"],
+                    {"node": _STR, "number": _INT, "host": _STR, "pid": _INT,
+                     "state": {"enum": ["running", "stopped", "silent"]}, "jobs": _BOOL, "started_at": _NUM,
+                     "heartbeat_age_seconds": _NUM, "queue_messages": _INT, "queue_recipients": _INT,
+                     "spool_bytes": _INT, "in_flight": _INT, "accepted": _INT, "delivered": _INT,
+                     "deferred": _INT, "bounced": _INT})}}), "the nodes"), **_errors(400, 401)}}},
         "/admin/api/destinations/{domain}/{action}": {"post": {
             "summary": "Pause or resume delivery to a destination domain", "security": _ADMIN_AUTH,
             "parameters": [{"name": "domain", "in": "path", "required": True, "schema": _STR},

@@ -181,6 +181,7 @@ class Labeler:
         self._requested: set[str] = set()
         self._request_all = False
         self._wake = trio.Event()
+        self._looping = False  # the periodic loop runs here (on the node holding the jobs lease)
 
     # ---- identity ----
 
@@ -344,9 +345,18 @@ class Labeler:
     # ---- hooks ----
 
     async def on_domain_change(self, row: Domain, report: DomainReport) -> None:
-        """``DomainVerifier.on_change``: re-label the domain's member with this report."""
+        """``DomainVerifier.on_change``: re-label the domain's member with this report. Where the periodic
+        loop does not run (a node that does not hold the jobs lease, relay.cluster.node) the check is
+        done here and now: a check a member asked for on any node labels within seconds. (Two nodes
+        labelling one member at once is harmless: ``_apply`` diffs and writes in one store transaction.)"""
         self._fresh[row.domain] = report
-        self.request_check(row.did)
+        if self._looping:
+            self.request_check(row.did)
+            return
+        try:
+            await self.check_member(row.did)
+        except Exception:  # the periodic check is the safety net
+            log.exception("labeler: re-check of %s after its domain changed failed", row.did)
 
     def request_check(self, did: str | None = None) -> None:
         if did is None:
@@ -370,6 +380,13 @@ class Labeler:
         lab = self.cfg.labeler
         poll = min(lab.pending, lab.recheck_interval)
         task_status.started()
+        self._looping = True
+        try:
+            await self._loop(poll)
+        finally:
+            self._looping = False
+
+    async def _loop(self, poll: float) -> None:
         while True:
             wake = self._wake = trio.Event()
             requested, self._requested = self._requested, set()

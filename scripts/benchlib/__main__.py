@@ -41,12 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.peers.ports import free_port
+
 from . import delivery, httpgen, idle, smtpgen, smtpsource
 from .common import (
     MAIL_FROM,
     RCPT_TO,
     RunResult,
-    free_port,
     log,
     make_cert,
     median_run,
@@ -241,7 +242,7 @@ class Bench:
             why = smtpgen.probe(self.smtp_job(False, False))
             if why:
                 self.postfix_skip["tls"] = self.postfix_skip["reuse"] = f"probe failed: {why}"
-                log(f"Postfix STARTTLS+AUTH probe failed: {why}\n{self.postfix.maillog_tail()}")
+                log(f"Postfix STARTTLS+AUTH probe failed: {why}\n{self.postfix.maillog(15)}")
         for side, skips in (("relay", self.ours_skip), ("Postfix", self.postfix_skip)):
             for name, why in sorted(skips.items()):
                 if name in self.only and name != "idle":

@@ -1,15 +1,17 @@
-"""Small shared pieces: free ports, a self-signed cert, run results, process memory and CPU."""
+"""Small shared pieces: a self-signed cert, run results, process memory and CPU. Free ports and "is the
+SMTP server up" are the test peers' (tests/peers/ports.py), as is the private Postfix."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.peers.require import find
 
 BENCH_DOMAIN = "bench.example"
 MAIL_FROM = f"a@{BENCH_DOMAIN}"
@@ -24,29 +26,9 @@ def log(msg: str) -> None:
     print(f"[bench {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    """A free loopback port, picked by binding port 0 (for programs that cannot bind port 0 themselves)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_banner(host: str, port: int, timeout: float) -> str:
-    """Connect until an SMTP server answers with its 220 greeting (bounded by ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=2) as s:
-                data = s.recv(512).decode("latin-1")
-                if data.startswith("220"):
-                    s.sendall(b"QUIT\r\n")
-                    return data.strip()
-                last = data
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise RuntimeError(f"no SMTP greeting from {host}:{port} within {timeout:.0f}s ({last})")
+def tool(name: str) -> str:
+    """A Postfix program's path (Debian installs them in /usr/sbin, which a non-root PATH may lack)."""
+    return find(name) or f"/usr/sbin/{name}"
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:

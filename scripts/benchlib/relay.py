@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .common import BENCH_DOMAIN, free_port, log
+from tests.peers.ports import free_port
+from tests.peers.process import terminate
+
+from .common import BENCH_DOMAIN, log
 
 BENCH_DID = "did:plc:benchbenchbenchbenchbenc"
 BIG = 1_000_000_000  # rate limits and warming caps out of the way: the bench measures the accept path
@@ -210,17 +212,9 @@ plc_url = "http://{self.dead_dns}"
         return str(self.ready["http"][0])
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                log("relay did not exit 20 s after SIGTERM; killing it")
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
+        proc, self.proc = self.proc, None
+        if terminate(proc, grace=20):
+            log("relay did not exit 20 s after SIGTERM; killed it")
 
 
 def _tail(text: str, lines: int) -> str:

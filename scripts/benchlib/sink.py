@@ -8,17 +8,17 @@ by the generator carry ``X-Bench-Seq: <n>`` (see ``smtpgen``), which ties each a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import re
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import free_port, wait_for_banner
-from .postfix import _tool
+from tests.peers.ports import free_port, wait_for_banner
+from tests.peers.process import terminate
+
+from .common import tool
 
 SEQ_HEADER = b"X-Bench-Seq:"
 _SEQ_RE = re.compile(rb"^X-Bench-Seq: *(\d+)\r?$", re.MULTILINE)
@@ -47,7 +47,7 @@ class SmtpSink:
 
     def start(self) -> SmtpSink:
         self.base.mkdir(parents=True, exist_ok=True)
-        cmd = [_tool("smtp-sink"), "-u", "nobody"]
+        cmd = [tool("smtp-sink"), "-u", "nobody"]
         if self.dump:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
             pw = pwd.getpwnam("nobody")
@@ -61,8 +61,8 @@ class SmtpSink:
                 cmd, stdout=subprocess.DEVNULL, stderr=errlog, stdin=subprocess.DEVNULL, start_new_session=True
             )
         try:
-            wait_for_banner("127.0.0.1", self.port, 10)
-        except RuntimeError:
+            wait_for_banner(self.port, 10, alive=self.alive)
+        except TimeoutError:
             self.stop()
             raise
         return self
@@ -120,14 +120,5 @@ class SmtpSink:
         return out
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(5)
-        self.proc = None
+        proc, self.proc = self.proc, None
+        terminate(proc)

@@ -6,8 +6,7 @@ import resource
 import subprocess
 import time
 
-from .common import MESSAGE_BYTES, RunResult
-from .postfix import _tool
+from .common import MESSAGE_BYTES, RunResult, tool
 
 
 def run(
@@ -22,7 +21,7 @@ def run(
 ) -> RunResult:
     """``smtp-source -s CONC -m N -l 2048``; it stops at the first refused message (exit 1)."""
     cmd = [
-        _tool("smtp-source"),
+        tool("smtp-source"),
         "-c",
         "-s",
         str(concurrency),

@@ -4,13 +4,12 @@ MX (smtp-sink behind it shows what arrived), and a plain smtp-sink is an MX with
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trio
@@ -26,6 +25,7 @@ from relay.delivery.transport import SmtpTransport
 from relay.dns.checks import DnsLookup
 from relay.net.egress import Egress
 from relay.smtp.client import TlsPolicy
+from tests.peers.httpd import QuietHandler, serving
 from tests.peers.knot import KnotServer
 from tests.peers.postfix import PostfixMx
 from tests.peers.smtpsink import SmtpSink
@@ -57,28 +57,17 @@ class Peers:
     client_ca: ssl.SSLContext
 
 
-def _https(site: Site, ca: trustme.CA) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
+def _https(site: Site, ca: trustme.CA) -> contextlib.AbstractContextManager[int]:
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             host = self.headers.get("Host", "")
             site.requests.append(host)
             status, ctype, body = site.policies.get(host, (404, "text/plain", b"no policy here\n"))
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_body(body, ctype, status)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert(*(f"mta-sts.{d}" for d in DOMAINS)).configure_cert(ctx)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    site.port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serving(Handler, tls=ctx)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +87,8 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     zones["good.test"].append('_mta-sts TXT "some other text"')
     zones["slow.test"] = ["mta-sts A 127.0.0.1", '_mta-sts TXT "v=STSv1; id=1"']
     zones["private.test"] = ["@ MX 10 mx", "mx A 127.0.0.1", "mta-sts A 10.0.0.1", '_mta-sts TXT "v=STSv1; id=1"']
-    server = _https(site, ca)
+    https = contextlib.ExitStack()
+    site.port = https.enter_context(_https(site, ca))
     knot = KnotServer(tmp_path_factory.mktemp("knot"), zones).start()
     sink = SmtpSink(tmp_path_factory.mktemp("sink")).start()
     plain = SmtpSink(tmp_path_factory.mktemp("plain")).start()
@@ -116,8 +106,7 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
         plain.stop()
         sink.stop()
         knot.stop()
-        server.shutdown()
-        server.server_close()
+        https.close()
 
 
 class Recorded:

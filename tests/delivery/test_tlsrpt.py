@@ -9,9 +9,7 @@ import email.policy
 import gzip
 import json
 import ssl
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -31,6 +29,7 @@ from relay.delivery.tlsrpt import (
 from relay.dns.checks import DnsLookup
 from relay.store import open_store
 from relay.store.aio import AsyncStore
+from tests.peers.httpd import QuietHandler, serving
 from tests.peers.knot import KnotServer, knot_fixture  # noqa: F401
 
 DAY = "2026-12-01"
@@ -140,7 +139,7 @@ def collector(tmp_path: Path) -> Iterator[tuple[int, list[tuple[str, bytes]], ss
     ca = trustme.CA()
     received: list[tuple[str, bytes]] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             received.append((self.headers.get("Content-Type", ""), self.rfile.read(length)))
@@ -148,19 +147,12 @@ def collector(tmp_path: Path) -> Iterator[tuple[int, list[tuple[str, bytes]], ss
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("localhost").configure_cert(ctx)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     client = ssl.create_default_context()
     ca.configure_trust(client)
-    yield server.server_address[1], received, client
-    server.shutdown()
-    server.server_close()
+    with serving(Handler, tls=ctx) as port:
+        yield port, received, client
 
 
 @pytest.mark.trio

@@ -9,9 +9,7 @@ import os
 import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from relay.config import Config, DnsConfig, SmtpConfig, TestingConfig, TlsConfig
 from relay.dns.checks import DnsLookup
 from relay.mail.operatorkey import OperatorKeys
 from relay.operator.doctor import diagnose
+from tests.peers.httpd import QuietHandler, serving
 from tests.peers.knot import KnotServer, knot_fixture  # noqa: F401
 
 DOMAIN = "relay.test"
@@ -35,26 +34,14 @@ def ca() -> trustme.CA:
 
 @pytest.fixture(scope="module")
 def policy_server(ca: trustme.CA) -> Iterator[int]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
-            body = b"version: STSv1\r\nmode: enforce\r\nmx: relay.test\r\nmax_age: 604800\r\n"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_body(b"version: STSv1\r\nmode: enforce\r\nmx: relay.test\r\nmax_age: 604800\r\n", "text/plain")
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert(f"mta-sts.{DOMAIN}").configure_cert(ctx)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with serving(Handler, tls=ctx) as port:
+        yield port
 
 
 def _cert(ca: trustme.CA, tmp: Path, name: str, days: int) -> Path:

@@ -275,8 +275,9 @@ def test_postfix_smarthost_with_sasl(relay: RelayProcess, member: Member, sink: 
     passwd = postfix.base / "sasl_passwd"
     relayhost = f"[{relay.submission[0]}]:{relay.submission[1]}"
     ca = postfix.base / "ca.pem"
+    postfix.relayhost = relayhost
     postfix.extra_main = (
-        f"relayhost = {relayhost}\ntransport_maps =\nsmtp_sasl_auth_enable = yes\n"
+        "smtp_sasl_auth_enable = yes\n"
         f"smtp_sasl_password_maps = texthash:{passwd}\nsmtp_sasl_security_options = noanonymous\n"
         f"smtp_tls_security_level = encrypt\nsmtp_tls_CAfile = {ca}\n")
     try:

@@ -9,12 +9,8 @@ member Ed25519, operator; each verified by dkimpy), and without a List-Unsubscri
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
 from collections.abc import Iterator
-from typing import Any
 
 import dkim
 import httpx
@@ -22,9 +18,7 @@ import pytest
 
 from tests.e2e.relayproc import RelayProcess, TLSFiles
 from tests.e2e.test_clients import delivered, parsed, sink  # noqa: F401  (the sink fixture)
-from tests.localpds.fixture import NODE, PDS_DIR, pds_installed
-from tests.peers.ports import free_port
-from tests.peers.require import missing
+from tests.localpds.fixture import LocalPds, start_pds
 from tests.peers.smtpsink import SmtpSink
 
 PDS_MEMBER = "did:plc:pdsoperatoraaaaaaaaaaaaa"
@@ -45,35 +39,15 @@ def relay(tmp_path_factory: pytest.TempPathFactory, tls_files: TLSFiles,
 
 
 @pytest.fixture(scope="module")
-def pds(relay: RelayProcess, tls_files: TLSFiles) -> Iterator[dict[str, Any]]:
-    if not pds_installed():
-        missing(f"local PDS not installed: run {PDS_DIR / 'install.sh'} (or scripts/install-test-peers)")
+def pds(relay: RelayProcess, tls_files: TLSFiles) -> Iterator[LocalPds]:
     key = relay.enrolled["api_key"]  # type: ignore[attr-defined]
     r = httpx.put(f"{relay.http}/member/category", json={"domain": PDS_DOMAIN, "category": "transactional"},
                   headers={"Authorization": f"Bearer {key}", "X-Atmos-DID": PDS_MEMBER}, timeout=10)
     assert r.status_code == 200, r.text
     host, port = relay.submission
-    env = dict(os.environ, NODE_EXTRA_CA_CERTS=str(tls_files.ca_pem),
-               PDS_EMAIL_SMTP_URL=f"smtp://{PDS_MEMBER}:{key}@{host}:{port}",
-               PDS_EMAIL_FROM_ADDRESS=f"noreply@{PDS_DOMAIN}")
-    proc = subprocess.Popen([str(NODE), "start-pds.mjs", *(str(free_port()) for _ in range(3))], cwd=PDS_DIR,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"local PDS failed to start (rc={proc.wait(timeout=10)}): {proc.stderr.read()[-2000:]}")
-        yield json.loads(line)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+    with start_pds(tls_files.ca_pem, PDS_EMAIL_SMTP_URL=f"smtp://{PDS_MEMBER}:{key}@{host}:{port}",
+                   PDS_EMAIL_FROM_ADDRESS=f"noreply@{PDS_DOMAIN}") as started:
+        yield started
 
 
 def dns_records(relay: RelayProcess) -> dict[bytes, bytes]:
@@ -84,13 +58,13 @@ def dns_records(relay: RelayProcess) -> dict[bytes, bytes]:
 
 
 def test_pds_password_reset_and_confirmation_arrive_signed_without_unsubscribe(
-        relay: RelayProcess, pds: dict[str, Any], sink: SmtpSink) -> None:  # noqa: F811
-    r = httpx.post(f"{pds['pdsUrl']}/xrpc/com.atproto.server.requestPasswordReset",
+        relay: RelayProcess, pds: LocalPds, sink: SmtpSink) -> None:  # noqa: F811
+    r = httpx.post(f"{pds.pds_url}/xrpc/com.atproto.server.requestPasswordReset",
                    json={"email": "alice@example.com"}, timeout=30)
     assert r.status_code == 200, r.text
-    session = httpx.post(f"{pds['pdsUrl']}/xrpc/com.atproto.server.createSession",
-                         json={"identifier": pds["handle"], "password": pds["password"]}, timeout=30).json()
-    r = httpx.post(f"{pds['pdsUrl']}/xrpc/com.atproto.server.requestEmailConfirmation",
+    session = httpx.post(f"{pds.pds_url}/xrpc/com.atproto.server.createSession",
+                         json={"identifier": pds.handle, "password": pds.password}, timeout=30).json()
+    r = httpx.post(f"{pds.pds_url}/xrpc/com.atproto.server.requestEmailConfirmation",
                    headers={"Authorization": f"Bearer {session['accessJwt']}"}, timeout=30)
     assert r.status_code == 200, r.text
     txt = dns_records(relay)

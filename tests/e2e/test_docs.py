@@ -119,7 +119,7 @@ def run_postfix_sample(code: str, member: Member, mta: SmtpSink, tls_files: TLSF
                           .replace("atmos_your-api-key", member.key) + "\n")
         main = "\n".join(lines).replace("/etc/postfix/sasl_passwd", str(passwd))
         # localhost is the relay's public name here; this Postfix resolves names with the system resolver.
-        postfix.extra_main = main + "\ntransport_maps =\nsmtp_tls_CAfile = " + str(tls_files.ca_pem) + "\n"
+        postfix.extra_main = main + "\nsmtp_tls_CAfile = " + str(tls_files.ca_pem) + "\n"
         postfix.start()
         try:
             with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as s:

@@ -127,6 +127,8 @@ def test_admin_api_matches_the_document(check: Checker, member: Member) -> None:
     check.call("GET", "/admin/api/snapshot", 200, headers=ADMIN)
     check.call("GET", "/admin/api/tls-reports", 200, headers=ADMIN)
     check.call("GET", "/admin/api/tls-reports", 400, path="/admin/api/tls-reports?limit=lots", headers=ADMIN)
+    nodes = check.call("GET", "/admin/api/nodes", 200, headers=ADMIN).json()
+    assert [n["node"] for n in nodes["nodes"]] == [nodes["node"]] and nodes["totals"]["nodes_running"] == 1
 
 
 def test_every_json_route_of_the_app_is_documented(spec: dict[str, Any]) -> None:

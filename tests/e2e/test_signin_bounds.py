@@ -9,30 +9,25 @@ concurrent sign-ins from one address are capped.
 
 from __future__ import annotations
 
-import gzip
-import http.server
 import json
-import socketserver
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.relayproc import RelayProcess, TLSFiles
+from tests.peers.hostilehttp import HostileHandler
+from tests.peers.httpd import serving
 
 EVIL_DID = "did:plc:evilaaaaaaaaaaaaaaaaaaaa"
 EVIL_DOC_DID = "did:plc:evildocaaaaaaaaaaaaaaaaa"  # its DID document is the hostile answer
 
 
-class Evil(http.server.BaseHTTPRequestHandler):
-    mode = "forever"  # forever | drip | huge-length | gzip-bomb
-
-    def log_message(self, *args: Any) -> None:
-        pass
+class Evil(HostileHandler):
+    drip_every = 0.5
 
     def do_GET(self) -> None:
         port = self.server.server_address[1]
@@ -40,7 +35,7 @@ class Evil(http.server.BaseHTTPRequestHandler):
         if self.path == "/.well-known/atproto-did" and host.startswith("handle-"):
             self._hostile()
         elif self.path == "/.well-known/atproto-did":
-            self._send((EVIL_DOC_DID if host.startswith("document-") else EVIL_DID).encode(), "text/plain")
+            self.send_body((EVIL_DOC_DID if host.startswith("document-") else EVIL_DID).encode(), "text/plain")
         elif self.path == f"/{EVIL_DOC_DID}":
             self._hostile()
         elif self.path == f"/{EVIL_DID}":
@@ -49,61 +44,20 @@ class Evil(http.server.BaseHTTPRequestHandler):
                    + [f"at://{handle}"],
                    "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer",
                                 "serviceEndpoint": f"http://127.0.0.1:{port}"}]}
-            self._send(json.dumps(doc).encode(), "application/json")
+            self.send_body(json.dumps(doc).encode(), "application/json")
         elif self.path == "/.well-known/oauth-protected-resource":
             self._hostile()
         else:
             self.send_error(404)
 
-    def _send(self, body: bytes, kind: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
     def _hostile(self) -> None:
-        mode = Evil.mode
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        if mode == "gzip-bomb":  # 10 KiB on the wire, 10 MiB decoded
-            bomb = gzip.compress(b'{"authorization_servers": ["' + b"a" * (10 << 20) + b'"]}')
-            self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(bomb)))
-            self.end_headers()
-            self.wfile.write(bomb)
-            return
-        if mode == "huge-length":
-            self.send_header("Content-Length", str(10 << 30))
-            self.end_headers()
-            self.wfile.write(b'{"authorization_servers": ["')
-            return
-        self.end_headers()  # no length: the body ends when the connection does (never)
-        self.wfile.write(b'{"authorization_servers": ["http://127.0.0.1/')
-        try:
-            while True:
-                if mode == "drip":
-                    self.wfile.write(b"a")
-                    self.wfile.flush()
-                    time.sleep(0.5)
-                else:
-                    self.wfile.write(b"a" * 65536)
-        except OSError:
-            return  # the relay hung up: that is the point
-
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
+        self.send_hostile(b'{"authorization_servers": ["http://127.0.0.1/', b'"]}')
 
 
 @pytest.fixture(scope="module")
 def evil() -> Iterator[str]:
-    server = Server(("127.0.0.1", 0), Evil)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(Evil) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from atproto_identity.did.resolvers.web_resolver import DidWebResolver
 
 from relay.mail.dkimkeys import zone_txt
 from tests.e2e.relayproc import RelayProcess, TLSFiles, make_tls
+from tests.peers.httpd import QuietHandler, serving
 from tests.peers.knot import KnotServer
 
 DOMAIN = "member.example.net"
@@ -36,17 +35,17 @@ LABELER = "did:web:labeler.test"
 
 @dataclass
 class FakePds:
-    server: ThreadingHTTPServer
+    port: int
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  # rkey -> value
     fetches: int = 0
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def did(self) -> str:
-        return f"did:web:127.0.0.1%3A{self.server.server_address[1]}"
+        return f"did:web:127.0.0.1%3A{self.port}"
 
 
 def attestation(domain: str = DOMAIN, **over: Any) -> dict[str, Any]:
@@ -59,17 +58,9 @@ def attestation(domain: str = DOMAIN, **over: Any) -> dict[str, Any]:
 def pds() -> Iterator[FakePds]:
     state: dict[str, FakePds] = {}
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_body(json.dumps(body).encode(), "application/json", code)
 
         def do_GET(self) -> None:
             fake = state["pds"]
@@ -90,13 +81,9 @@ def pds() -> Iterator[FakePds]:
             else:
                 self.reply(404, {"error": "NotFound"})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state["pds"] = FakePds(server)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state["pds"]
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as port:
+        state["pds"] = FakePds(port)
+        yield state["pds"]
 
 
 def zone_lines(records: list[dict[str, Any]], selector_x: bool = True) -> list[str]:

@@ -9,20 +9,16 @@ honest record as before.
 
 from __future__ import annotations
 
-import gzip
-import http.server
 import json
-import socketserver
-import threading
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import trio
 
 from relay.labeler.service import get_record
 from relay.net.egress import Egress
+from tests.peers.hostilehttp import HostileHandler
+from tests.peers.httpd import serving
 
 DID = "did:plc:recordaaaaaaaaaaaaaaaaaa"
 LOOPBACK = Egress(allow_loopback=True, allow_http=True)  # the hostile PDS is a loopback test peer
@@ -34,60 +30,21 @@ CAP = 16 * 1024
 pytestmark = pytest.mark.filterwarnings(r"ignore:Async generator 'httpx\._:ResourceWarning")
 
 
-class HostilePds(http.server.BaseHTTPRequestHandler):
-    mode = "forever"  # forever | huge-length | gzip-bomb | drip | honest
-
-    def log_message(self, *args: Any) -> None:
-        pass
+class HostilePds(HostileHandler):
+    mode = "forever"  # one of MODES, or "honest"
 
     def do_GET(self) -> None:
-        mode = HostilePds.mode
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        if mode == "honest":
+        if HostilePds.mode == "honest":
             body = json.dumps({"uri": "at://x", "value": {"domain": "mail.example.com"}}).encode()
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        if mode == "gzip-bomb":  # a few KiB on the wire, 10 MiB decoded
-            bomb = gzip.compress(b'{"value": "' + b"a" * (10 << 20) + b'"}')
-            self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(bomb)))
-            self.end_headers()
-            self.wfile.write(bomb)
-            return
-        if mode == "huge-length":
-            self.send_header("Content-Length", str(10 << 30))
-            self.end_headers()
-            self.wfile.write(b'{"value": "')
-            return
-        self.end_headers()  # no length: the body ends when the connection does (never)
-        try:
-            self.wfile.write(b'{"value": "')
-            while True:
-                if mode == "drip":
-                    self.wfile.write(b"a")
-                    self.wfile.flush()
-                    time.sleep(0.2)
-                else:
-                    self.wfile.write(b"a" * 65536)
-        except OSError:
-            return  # the reader hung up: that is the point
-
-
-class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
+            self.send_body(body, "application/json")
+        else:
+            self.send_hostile(b'{"value": "', b'"}')
 
 
 @pytest.fixture(scope="module")
 def pds() -> Iterator[str]:
-    server = Server(("127.0.0.1", 0), HostilePds)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(HostilePds) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize(("mode", "deadline", "says"), [

@@ -1,13 +1,16 @@
 """Session fixtures for a local atproto network (PLC + PDS on loopback): ../shared/notes/local-pds.md.
 
-``local_pds`` starts ``start-pds.mjs`` under Node 22 on free ports, reads its JSON line and stops it by
-PID. The PDS trusts only ``probe_ca`` (``NODE_EXTRA_CA_CERTS`` is overridden, not appended), and its
-loopback guard resolves nothing but localhost and ``PROBE_HOST``, so no DNS query leaves the machine.
+``start_pds`` starts ``start-pds.mjs`` under Node 22 on free ports, reads its JSON line and stops it by
+PID: the one way to run the PDS. ``local_pds`` is the session's (it trusts only ``probe_ca``:
+``NODE_EXTRA_CA_CERTS`` is overridden, not appended, and its loopback guard resolves nothing but
+localhost and ``PROBE_HOST``, so no DNS query leaves the machine); tests/e2e/test_clients_pds.py starts
+one of its own that sends mail through the relay.
 Missing PDS install: skip locally, fail under ``CI=true``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -19,6 +22,7 @@ import pytest
 import trustme
 
 from tests.peers.ports import free_port
+from tests.peers.process import terminate
 from tests.peers.require import missing
 
 PDS_DIR = Path(__file__).resolve().parent
@@ -60,16 +64,18 @@ def probe_tls(tmp_path_factory: pytest.TempPathFactory) -> ProbeTls:
     return files
 
 
-@pytest.fixture(scope="session")
-def local_pds(probe_tls: ProbeTls) -> Iterator[LocalPds]:
+@contextlib.contextmanager
+def start_pds(ca_pem: Path, **env: str) -> Iterator[LocalPds]:
+    """``start-pds.mjs`` (PLC, PDS and its stub on three free ports) until the block ends. The PDS trusts
+    ``ca_pem`` alone; ``env`` adds to its environment (``LOOPBACK_HOSTS``, ``PDS_EMAIL_SMTP_URL``,
+    ``PDS_EMAIL_FROM_ADDRESS``: see start-pds.mjs). A missing install stops the test (tests/peers/require.py)."""
     if not pds_installed():
         missing(f"local PDS not installed: run {PDS_DIR / 'install.sh'} (or scripts/install-test-peers)")
-    env = dict(os.environ, NODE_EXTRA_CA_CERTS=str(probe_tls.ca_pem), LOOPBACK_HOSTS=PROBE_HOST)
     ports = [str(free_port()) for _ in range(3)]
     proc = subprocess.Popen(
         [str(NODE), "start-pds.mjs", *ports],
         cwd=PDS_DIR,
-        env=env,
+        env=dict(os.environ, NODE_EXTRA_CA_CERTS=str(ca_pem), **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -83,12 +89,13 @@ def local_pds(probe_tls: ProbeTls) -> Iterator[LocalPds]:
         info = json.loads(line)
         yield LocalPds(info["plcUrl"], info["pdsUrl"], info["did"], info["handle"], info["password"], info["pid"])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, grace=10)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@pytest.fixture(scope="session")
+def local_pds(probe_tls: ProbeTls) -> Iterator[LocalPds]:
+    with start_pds(probe_tls.ca_pem, LOOPBACK_HOSTS=PROBE_HOST) as pds:
+        yield pds

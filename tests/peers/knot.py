@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import signal
 import subprocess
 import tempfile
 import time
@@ -45,6 +44,7 @@ import dns.rdatatype
 import pytest
 
 from tests.peers.ports import free_port
+from tests.peers.process import terminate
 from tests.peers.require import require
 
 _DEFAULT_TTL = 300
@@ -388,14 +388,7 @@ template:
 
     def _kill(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
 
 
 def _serial(answer: dns.message.Message) -> int:

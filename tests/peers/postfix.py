@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.peers.ports import free_port, wait_for_banner
-from tests.peers.require import missing
+from tests.peers.require import find, missing
 
 _MASTER_TAIL = """\
 pickup    unix  n       -       n       60      1       pickup
@@ -41,6 +41,7 @@ trace     unix  -       -       n       -       0       bounce
 verify    unix  -       -       n       -       1       verify
 flush     unix  n       -       n       1000?   0       flush
 proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
 smtp      unix  -       -       n       -       -       smtp
 relay     unix  -       -       n       -       -       smtp
 showq     unix  n       -       n       -       -       showq
@@ -60,14 +61,9 @@ _BANNER_TIMEOUT = 45.0
 _ATTEMPTS = 3
 
 
-def _tool(name: str) -> str | None:
-    path = shutil.which(name) or f"/usr/sbin/{name}"
-    return path if os.access(path, os.X_OK) else None
-
-
 def require_postfix() -> str:
     reason = None
-    if _tool("postfix") is None or _tool("postconf") is None:
+    if find("postfix") is None or find("postconf") is None:
         reason = "Postfix is not installed: run scripts/install-test-peers (Debian package postfix)"
     elif os.geteuid() != 0:
         reason = "a private Postfix instance needs root (postfix -c DIR start)"
@@ -78,27 +74,41 @@ def require_postfix() -> str:
             reason = "no 'postfix' system user"
     if reason is not None:
         missing(reason)
-    postfix = _tool("postfix")
+    postfix = find("postfix")
     assert postfix is not None
     return postfix
 
 
 class PrivatePostfix:
-    """One private instance; subclasses say what its main.cf holds (``_main_cf``).
+    """One private instance; subclasses say what its main.cf holds (``_main_cf``) and, when it listens
+    on more than one port, its smtpd services (``listeners``, ``_services``). scripts/bench's Postfix is
+    one too (scripts/benchlib/postfix.py).
 
-    Lives in its own ``mkdtemp`` directory under /tmp (the ``postfix`` user must be able to reach it,
-    which pytest's 0700 tmp_path does not allow), removed by ``stop``.
+    Lives in ``base`` when given (its owner removes it), else in its own ``mkdtemp`` directory under /tmp
+    (the ``postfix`` user must be able to reach it, which pytest's 0700 tmp_path does not allow), removed
+    by ``stop``. ``postfix``: the program, when the caller has found it (else ``require_postfix``).
     """
 
-    def __init__(self, routes: dict[str, int], *, hostname: str) -> None:
-        self.postfix = require_postfix()
-        self.base = Path(tempfile.mkdtemp(prefix="atmos-postfix-"))
+    listeners = 1  # smtpd ports, on fresh free ports at each try: ``ports``; ``port`` is the first
+
+    def __init__(
+        self, routes: dict[str, int], *, hostname: str, base: Path | None = None, postfix: str | None = None
+    ) -> None:
+        self.postfix = postfix or require_postfix()
+        self.owns_base = base is None
+        self.base = Path(tempfile.mkdtemp(prefix="atmos-postfix-")) if base is None else base
         self.conf = self.base / "conf"
         self.routes = routes
         self.hostname = hostname
+        self.relayhost = ""  # main.cf relayhost: where mail for a domain not in ``routes`` goes
+        self.ports: list[int] = []
         self.port = 0
         self.started = False
         self.extra_main = ""  # main.cf lines appended last (Postfix: a later entry overrides an earlier one)
+
+    def _services(self) -> str:
+        """master.cf's smtpd lines, one service on each of ``ports``."""
+        return f"127.0.0.1:{self.port} inet n - n - - smtpd\n"
 
     def _main_cf(self) -> str:
         raise NotImplementedError
@@ -109,6 +119,8 @@ class PrivatePostfix:
     def _common_main_cf(self) -> str:
         b = self.base
         transport = ", ".join(f"{dom}=smtp:[127.0.0.1]:{port}" for dom, port in self.routes.items())
+        # An empty inline table is an error to Postfix ("need inline:{name=value...}"): no routes, no map.
+        transport_maps = f"inline:{{ {transport} }}" if transport else ""
         return f"""\
 compatibility_level = 3.6
 queue_directory = {b}/queue
@@ -124,8 +136,8 @@ mydestination =
 local_recipient_maps =
 alias_maps =
 alias_database =
-relayhost =
-transport_maps = inline:{{ {transport} }}
+relayhost = {self.relayhost}
+transport_maps = {transport_maps}
 smtp_dns_support_level = disabled
 smtp_host_lookup = native
 smtp_tls_security_level = none
@@ -147,16 +159,18 @@ delay_warning_time = 0
         self._prepare()
         failures = []
         for _ in range(_ATTEMPTS):
-            self.port = free_port()
+            self.ports = [free_port() for _ in range(self.listeners)]
+            self.port = self.ports[0]
             (self.conf / "main.cf").write_text(self._common_main_cf() + self._main_cf() + self.extra_main)
-            (self.conf / "master.cf").write_text(f"127.0.0.1:{self.port} inet n - n - - smtpd\n" + _MASTER_TAIL)
+            (self.conf / "master.cf").write_text(self._services() + _MASTER_TAIL)
             res = subprocess.run(
                 [self.postfix, "-c", str(self.conf), "start"], capture_output=True, text=True, timeout=60, check=False
             )
             self.started = True
             if res.returncode == 0:
                 try:
-                    wait_for_banner(self.port, _BANNER_TIMEOUT, alive=self._master_alive)
+                    for port in self.ports:
+                        wait_for_banner(port, _BANNER_TIMEOUT, alive=self._master_alive)
                     return self
                 except TimeoutError as e:
                     failures.append(f"{e}\n{self.maillog()}")
@@ -185,7 +199,8 @@ delay_warning_time = 0
         try:
             self._stop()
         finally:
-            shutil.rmtree(self.base, ignore_errors=True)
+            if self.owns_base:
+                shutil.rmtree(self.base, ignore_errors=True)
 
     def _stop(self) -> None:
         if not self.started:

@@ -32,6 +32,7 @@ import psycopg
 import pytest
 
 from tests.peers.ports import free_port
+from tests.peers.process import terminate
 from tests.peers.require import missing
 
 _READY_TIMEOUT = 30.0
@@ -133,13 +134,7 @@ class PostgresServer:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: "smart" shutdown, children end with it
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, grace=10)  # SIGTERM: "smart" shutdown, children end with it
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -35,6 +34,7 @@ from types import TracebackType
 import pytest
 
 from tests.peers.ports import free_port
+from tests.peers.process import terminate
 from tests.peers.require import require
 
 _READY_TIMEOUT = 5.0
@@ -115,14 +115,7 @@ class SmtpSink:
 
     def _kill(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
 
     def __enter__(self) -> SmtpSink:
         return self.start()

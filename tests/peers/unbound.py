@@ -19,7 +19,6 @@ Skips (or fails under CI=true) when Unbound is missing: run scripts/install-test
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +32,7 @@ import pytest
 
 from tests.peers.knot import KnotServer
 from tests.peers.ports import free_port
+from tests.peers.process import terminate
 from tests.peers.require import require
 
 _READY_TIMEOUT = 10.0
@@ -145,14 +145,7 @@ stub-zone:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
 
 
 @pytest.fixture(name="unbound")

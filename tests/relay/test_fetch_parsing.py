@@ -3,9 +3,7 @@ real HTTP server, and the hostile-input wrappers (relay.mail.parsing) behind the
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -14,33 +12,22 @@ from relay.delivery.dsn import DsnParseError, parse_dsn
 from relay.inbound.arf import ArfParseError, is_arf, parse_arf
 from relay.mail.parsing import parse_untrusted, report_type
 from relay.net.fetch import FetchError, get_object
+from tests.peers.httpd import QuietHandler, serving
 
 PAGES = {"/ok": (200, b'{"id": "x"}'), "/list": (200, b"[1, 2]"), "/text": (200, b"<html>"),
          "/gone": (404, b'{"error": "nope"}'), "/deep": (200, b"[" * 100_000)}
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     def do_GET(self) -> None:
         status, body = PAGES[self.path]
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.send_body(body, "application/json", status)
 
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(Handler) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.trio

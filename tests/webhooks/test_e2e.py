@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from relay.mail.unsubscribe import make_token
 from relay.members.webhooks import SIGNATURE_HEADER, verify_signature
 from tests.e2e.relayproc import RelayProcess, make_tls
+from tests.peers.httpd import QuietHandler, serving
 
 DID = "did:plc:webhookaaaaaaaaaaaaaaaaa"
 DOMAIN = "mail.hooks.example.com"
@@ -55,8 +56,8 @@ class Receiver:
         raise AssertionError(f"timed out; received {[r.event for r in got]}")
 
 
-def serve(receiver: Receiver) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
+def serve(receiver: Receiver) -> contextlib.AbstractContextManager[int]:
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             with receiver.lock:
@@ -67,13 +68,7 @@ def serve(receiver: Receiver) -> ThreadingHTTPServer:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    return server
+    return serving(Handler)
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +86,9 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     rec = Receiver()
-    server = serve(rec)
-    yield rec
-    server.shutdown()
-    server.server_close()
+    with serve(rec) as port:
+        rec.url = f"http://127.0.0.1:{port}/hook"
+        yield rec
 
 
 def auth(relay: RelayProcess) -> dict[str, str]:
@@ -214,7 +208,7 @@ def test_a_hanging_endpoint_delays_only_its_member(relay: RelayProcess, receiver
     release = threading.Event()
     hung: list[bytes] = []
 
-    class Hanging(BaseHTTPRequestHandler):
+    class Hanging(QuietHandler):
         def do_POST(self) -> None:
             hung.append(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
             release.wait(60)  # longer than the relay's 10 s timeout: every POST to it times out
@@ -222,38 +216,31 @@ def test_a_hanging_endpoint_delays_only_its_member(relay: RelayProcess, receiver
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    slow = ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
-    slow.daemon_threads = True
-    threading.Thread(target=slow.serve_forever, daemon=True).start()
-    try:
-        other_key = relay.enroll(OTHER_DID, OTHER_DOMAIN)["api_key"]
-        other = {"Authorization": f"Bearer {other_key}", "X-Atmos-DID": OTHER_DID}
-        assert register(relay, {"url": f"http://127.0.0.1:{slow.server_address[1]}/hook"}).status_code == 200
-        r = httpx.put(f"{relay.http}/member/webhook", headers=other, json={"url": receiver.url}, timeout=10)
-        assert r.status_code == 200, r.text
-        for i in range(20):  # 40 events (accepted, deferred): more than the relay's 16 webhook workers
-            send(relay, f"reader{i}@example.org")
-        deadline = time.monotonic() + 10
-        while not hung:  # the first member's endpoint is being held
-            assert time.monotonic() < deadline, "the hanging endpoint was never called"
-            time.sleep(0.05)
-        started = time.monotonic()
-        r = httpx.post(f"{relay.http}/v1/send", headers=other, timeout=10,
-                       json={"from": f"hello@{OTHER_DOMAIN}", "to": "friend@example.org", "subject": "Hi",
-                             "text": "Hello"})
-        assert r.status_code == 200, r.text
-        message_id = r.json()["accepted"][0]["messageId"]
-        # Well under the 10 s the first member's POSTs each take to time out: not waiting behind them.
-        got = receiver.wait_for(lambda g: any(x.event["type"] == "accepted" for x in g), timeout=5.0)
-        assert time.monotonic() - started < 5.0
-        assert {x.event["data"]["message_id"] for x in got if x.event["type"] == "accepted"} == {message_id}
-        # One lane per member, one POST at a time: the first member's 40 events wait for its own endpoint
-        # (a second POST at most, if the first timed out meanwhile), not in 16 workers' worth of slots.
-        assert len(hung) <= 2, len(hung)
-    finally:
-        release.set()
-        slow.shutdown()
-        slow.server_close()
+    with serving(Hanging) as slow_port:
+        try:
+            other_key = relay.enroll(OTHER_DID, OTHER_DOMAIN)["api_key"]
+            other = {"Authorization": f"Bearer {other_key}", "X-Atmos-DID": OTHER_DID}
+            assert register(relay, {"url": f"http://127.0.0.1:{slow_port}/hook"}).status_code == 200
+            r = httpx.put(f"{relay.http}/member/webhook", headers=other, json={"url": receiver.url}, timeout=10)
+            assert r.status_code == 200, r.text
+            for i in range(20):  # 40 events (accepted, deferred): more than the relay's 16 webhook workers
+                send(relay, f"reader{i}@example.org")
+            deadline = time.monotonic() + 10
+            while not hung:  # the first member's endpoint is being held
+                assert time.monotonic() < deadline, "the hanging endpoint was never called"
+                time.sleep(0.05)
+            started = time.monotonic()
+            r = httpx.post(f"{relay.http}/v1/send", headers=other, timeout=10,
+                           json={"from": f"hello@{OTHER_DOMAIN}", "to": "friend@example.org", "subject": "Hi",
+                                 "text": "Hello"})
+            assert r.status_code == 200, r.text
+            message_id = r.json()["accepted"][0]["messageId"]
+            # Well under the 10 s the first member's POSTs each take to time out: not waiting behind them.
+            got = receiver.wait_for(lambda g: any(x.event["type"] == "accepted" for x in g), timeout=5.0)
+            assert time.monotonic() - started < 5.0
+            assert {x.event["data"]["message_id"] for x in got if x.event["type"] == "accepted"} == {message_id}
+            # One lane per member, one POST at a time: the first member's 40 events wait for its own endpoint
+            # (a second POST at most, if the first timed out meanwhile), not in 16 workers' worth of slots.
+            assert len(hung) <= 2, len(hung)
+        finally:
+            release.set()  # the held handlers end before the server shuts down
