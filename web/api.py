@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import time
 from functools import partial
 from typing import Any
@@ -21,7 +22,7 @@ from relay.errors import AuthRequired, InvalidDid, InvalidRequest, PayloadTooLar
 from relay.members.auth import Principal
 from relay.operator.health import refusals
 from relay.reputation import RateLimitExceeded, Reputation
-from relay.store.base import StoreError
+from relay.store.base import IdempotentResponse, StoreError
 from relay.store.mirror import IDEMPOTENCY_KEY, REJECTED, REQUEST_HASH, send_response
 from spool import SpoolError
 from web.compose import compose
@@ -31,6 +32,11 @@ from web.validate import parse_send_request
 log = logging.getLogger("web.api")
 blueprint = Blueprint("api", __name__)
 IDEMPOTENCY_TTL = 24 * 3600
+# Across nodes (issue 17) a key is claimed in the store before its request sends: a claim lives CLAIM_TTL s
+# (a node that died mid-request loses it then), a duplicate waits up to CLAIM_WAIT s for the answer.
+CLAIM_TTL = 30.0
+CLAIM_WAIT = 5.0
+CLAIM_POLL = 0.05
 BATCH_MAX = 100  # messages per POST /v1/send/batch
 _idem_locks: dict[tuple[str, str], trio.Lock] = {}
 
@@ -106,7 +112,13 @@ async def _send_keyed(svc: Services, principal: Principal) -> Response:
 async def _send_idempotent(svc: Services, principal: Principal, key: str) -> Response:
     """The key and the request hash travel in the spooled message's envelope, and the stored answer
     is derived from it (relay.store.mirror): it exists exactly when the message does, also after a
-    crash, and no store failure after the accept can turn a sent message into a 500 (issue 14)."""
+    crash, and no store failure after the accept can turn a sent message into a 500 (issue 14).
+
+    Several nodes (issue 17): before sending, the request claims (did, key) in the store
+    (``Store.claim_idempotent``). A duplicate that finds another node's live claim polls the store for
+    the stored answer and replays it; still in progress after ``CLAIM_WAIT`` s it is answered 409
+    ``IDEMPOTENCY_KEY_IN_PROGRESS`` (retry later). The claim is dropped once the answer is stored (or the
+    request failed: a retry must be able to send); a node that dies keeps it until ``CLAIM_TTL``."""
     body = await request.get_data(cache=True, as_text=False)
     digest = hashlib.sha256(body if isinstance(body, bytes) else body.encode()).hexdigest()
     prior = await svc.store.get_idempotent(principal.did, key)
@@ -114,23 +126,67 @@ async def _send_idempotent(svc: Services, principal: Principal, key: str) -> Res
         await svc.writer.flush()  # an accept a moment ago may still be on its way to the store
         prior = await svc.store.get_idempotent(principal.did, key)
     if prior is not None and prior.created_at > time.time() - IDEMPOTENCY_TTL:
-        if prior.request_hash != digest:
-            resp = jsonify({"error": "Idempotency-Key was already used with a different request body",
-                            "code": "IDEMPOTENCY_KEY_REUSED"})
-            resp.status_code = 422
+        return _replay(prior, digest)
+    holder = secrets.token_hex(8)
+    deadline = trio.current_time() + CLAIM_WAIT
+    while True:
+        now = time.time()
+        claim = await svc.store.claim_idempotent(principal.did, key, holder, digest, now, CLAIM_TTL,
+                                                 now - IDEMPOTENCY_TTL)
+        if claim.state == "mine":
+            break
+        if claim.response is not None:
+            return _replay(claim.response, digest)
+        if claim.request_hash != digest:
+            return _reused()
+        if trio.current_time() >= deadline:
+            resp = jsonify({"error": "a request with this Idempotency-Key is still in progress; retry later",
+                            "code": "IDEMPOTENCY_KEY_IN_PROGRESS"})
+            resp.status_code = 409
+            resp.headers["Retry-After"] = "1"
             return resp
-        resp = Response(prior.response_json, status=prior.status_code, content_type="application/json")
-        resp.headers["Idempotent-Replayed"] = "true"
+        await trio.sleep(CLAIM_POLL)
+    keep_claim = False
+    try:
+        resp, spooled = await _send(svc, principal, idempotency=(key, digest))
+        if resp.status_code == 200 and not spooled:
+            # Nothing was spooled (every recipient refused), so there is no envelope to carry the key:
+            # remember the answer here. Errors are not remembered: fixing the input and retrying must work.
+            try:
+                await svc.store.put_idempotent(principal.did, key, digest, resp.status_code,
+                                               (await resp.get_data(as_text=True)), time.time())
+            except StoreError:
+                log.exception("could not remember Idempotency-Key %r of %s (nothing was spooled)", key,
+                              principal.did)
+                keep_claim = True  # keep the claim: until it expires a duplicate waits rather than sends
+        elif spooled:
+            # The answer reaches the store with the message's row (relay.store.mirror): only then may the
+            # claim go, or a duplicate on another node would find neither and send again.
+            with trio.move_on_after(CLAIM_TTL / 2) as waited:
+                await svc.writer.flush()
+            keep_claim = waited.cancelled_caught  # not yet stored: the claim keeps duplicates waiting
         return resp
-    resp, spooled = await _send(svc, principal, idempotency=(key, digest))
-    if resp.status_code == 200 and not spooled:
-        # Nothing was spooled (every recipient refused), so there is no envelope to carry the key:
-        # remember the answer here. Errors are not remembered: fixing the input and retrying must work.
-        try:
-            await svc.store.put_idempotent(principal.did, key, digest, resp.status_code,
-                                           (await resp.get_data(as_text=True)), time.time())
-        except StoreError:
-            log.exception("could not remember Idempotency-Key %r of %s (nothing was spooled)", key, principal.did)
+    finally:
+        if not keep_claim:
+            with trio.CancelScope(shield=True):
+                try:
+                    await svc.store.release_idempotent(principal.did, key, holder)
+                except StoreError as exc:  # the claim expires by itself
+                    log.warning("Idempotency-Key claim %r of %s not released: %s", key, principal.did, exc)
+
+
+def _replay(prior: IdempotentResponse, digest: str) -> Response:
+    if prior.request_hash != digest:
+        return _reused()
+    resp = Response(prior.response_json, status=prior.status_code, content_type="application/json")
+    resp.headers["Idempotent-Replayed"] = "true"
+    return resp
+
+
+def _reused() -> Response:
+    resp = jsonify({"error": "Idempotency-Key was already used with a different request body",
+                    "code": "IDEMPOTENCY_KEY_REUSED"})
+    resp.status_code = 422
     return resp
 
 

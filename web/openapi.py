@@ -29,6 +29,8 @@ ERRORS: list[tuple[str, int, bool, str]] = [
     ("DOMAIN_MISMATCH", 403, False, "from is not on a verified domain of this DID"),
     ("FORBIDDEN", 403, False, "the key of one DID cannot read another's data"),
     ("NOT_FOUND", 404, False, "no such message, suppression, webhook or queued message"),
+    ("IDEMPOTENCY_KEY_IN_PROGRESS", 409, True, "a request with the same Idempotency-Key is still being handled "
+                                                "(perhaps by another node); retry after Retry-After seconds"),
     ("PAYLOAD_TOO_LARGE", 413, False, "body over limits.json_body, attachments over limits.attachment_bytes, "
                                       "or the composed message over limits.message_size"),
     ("IDEMPOTENCY_KEY_REUSED", 422, False, "the Idempotency-Key was used with a different body"),
@@ -140,7 +142,7 @@ def document(cfg: Config, server_url: str) -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "$ref": "#/components/schemas/SendRequest"}}}},
             "responses": {"200": _json({"$ref": "#/components/schemas/SendResult"}, "accepted (durable)"),
-                          **member_errors, **_errors(413, 422, 429, 503, 507)}}},
+                          **member_errors, **_errors(409, 413, 422, 429, 503, 507)}}},
         "/v1/send/batch": {"post": {
             "summary": f"Send up to {BATCH_MAX} messages, one result each", "security": _MEMBER_AUTH,
             "requestBody": {"required": True, "content": {"application/json": {"schema": {

@@ -131,7 +131,9 @@ async def run_relay(
         bus, metrics = EventBus(), RelayMetrics()
         # Rate counters and suspensions; delivery outcomes are counted by the mirror; automatic
         # suspensions and complaints go onto the event stream.
-        reputation = Reputation.from_config(store, cfg, outcomes_in_store=True, **reputation_hooks(bus))
+        # Budget leases are held under this node's name (relay.reputation.limiter: caps exact across nodes).
+        reputation = Reputation.from_config(store, cfg, outcomes_in_store=True, node=identity.name,
+                                            **reputation_hooks(bus))
         sink, relayhost = None, cfg.delivery.relayhost
         if bound.capture:
             sink = CaptureSink(cfg.state_path / "captured", hostname="capture.localhost", ssl_context=tls)

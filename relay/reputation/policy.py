@@ -10,8 +10,11 @@ Windows, and why they are built from buckets:
 - The **daily** window is the sum of the last 24 hour buckets (the current one and the 23 before it),
   a sliding window that moves by the hour: recipients sent in the 10:00-11:00 bucket stop counting
   at 10:00 the next day, so the budget refills hour by hour, not all at once at midnight.
-- The **relay-wide** window is the current clock minute (memory only: it protects the shared IP now,
-  there is nothing to remember across a restart).
+- The **relay-wide** window is the current clock minute.
+
+Several nodes, one relay (issue 17): the counts behind every window are budget leases in the store
+(relay.reputation.limiter); ``lease_scopes`` names what a set of windows leases and ``lease_size``
+how much a node takes at a time.
 
 Limits, all configurable (``[limits]``): each sending domain warms up through ``warming_tiers``
 ``(from day, per hour, per day)``, counted on that domain alone; day 0 is the first 24 h after the
@@ -43,6 +46,14 @@ DAY = 86400
 LAST_TIER_DAYS = 7
 
 LimitKind: TypeAlias = Literal["relay-minute", "domain-hourly", "domain-daily", "member-hourly", "member-daily"]
+ScopeName: TypeAlias = Literal["relay", "domain", "member"]  # relay.store.rows.LeaseScope
+LeaseKey: TypeAlias = tuple[ScopeName, str, int]  # (scope, subject, bucket start)
+
+# A node leases at most 1/LEASE_SHARE of what is left of a window at a time (and at most LEASE_MAX units):
+# far from the limit one store transaction covers many sends, near it every send asks the store, so any
+# number of nodes together admit exactly the limit.
+LEASE_SHARE = 8
+LEASE_MAX = 100
 
 
 def hour_bucket(t: float) -> int:
@@ -173,6 +184,26 @@ def _daily(kind: LimitKind, subject: str, limit: int, hours: Mapping[int, int], 
     counted = sorted((b, n) for b, n in hours.items() if first <= b <= h and n > 0)
     used = sum(n for _, n in counted)
     return Window(kind, subject, limit, used, DAY, tuple((b + DAY, n) for b, n in counted), h + HOUR, tier, day)
+
+
+def lease_scopes(wins: list[Window] | tuple[Window, ...]) -> dict[LeaseKey, tuple[tuple[int, int], ...]]:
+    """The budgets ``wins`` draw on: (scope, subject, current bucket) -> each window's (first bucket, limit).
+
+    A window counts the buckets of its scope from its first to the current one: the relay's minute
+    buckets (one), a domain's or a member's hour buckets (one hourly, 24 daily), so the hourly and daily
+    windows of one subject share one lease per hour."""
+    out: dict[LeaseKey, tuple[tuple[int, int], ...]] = {}
+    for w in wins:
+        scope: ScopeName = ("relay" if w.kind == "relay-minute" else
+                            "domain" if w.kind.startswith("domain") else "member")
+        key = (scope, w.subject, int(w.ends_at) - (MINUTE if scope == "relay" else HOUR))
+        out[key] = (*out.get(key, ()), (int(w.ends_at) - w.period, w.limit))
+    return out
+
+
+def lease_size(need: int, available: int) -> int:
+    """Units to lease when ``need`` are wanted now and ``available`` are left in the tightest window."""
+    return max(need, min(LEASE_MAX, available // LEASE_SHARE))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,14 @@ One object, one owner task tree (``run``). Everything it counts is kept in memor
 store in batches (hourly aggregates, ``relay.store`` tables ``send_counters``, ``reputation_counts``,
 ``member_totals``); nothing here puts a transaction on the accept path or in the delivery loop.
 
-- Accept path: ``acquire``/``release``/``check`` (relay.reputation.limiter) and ``is_suspended`` (an
-  in-memory view of suspended members, refreshed from the store every few seconds and at once when
-  this process suspends someone or sees a member authenticate as active).
+- Accept path: ``acquire``/``release``/``check`` (relay.reputation.limiter: budget leases, exact across
+  every node sharing the store) and ``is_suspended`` (an in-memory view of suspended members). Every
+  ``poll_interval`` (0.25 s) the view reads one row, the store's ``member_status`` change counter (bumped
+  in the transaction of every suspension or lift, automatic or ``atmos admin``, by any node); when it
+  moved, the suspended members (an indexed query). So a suspension made anywhere takes effect on every
+  node within a second, at the cost of one primary-key read per node per poll; a full re-read also
+  runs every ``refresh_interval`` s, and the view changes at once when this process suspends someone
+  or sees a member authenticate as active.
 - Outcomes, one method per event and caller: the scheduler calls the synchronous ``sent``/``bounced``
   (the ``DeliveryEvents`` protocol: never blocks, the follow-up is queued); the inbound listener awaits
   ``bounce``/``complaint`` (relay.inbound's ``InboundEvents``: the follow-up is done before it replies).
@@ -39,8 +44,8 @@ from relay.reputation.limiter import Clock, Grant, RateLimiter
 from relay.reputation.policy import DAY, HOUR, Window, age_days, hour_bucket
 from relay.reputation.suspension import Verdict, evaluate, normalize_class, window_first_bucket
 from relay.store.aio import AsyncStore
-from relay.store.base import REPUTATION_RETENTION, NotFound, StoreError
-from relay.store.rows import MemberStatus, MemberTotal, ReputationCount, ReputationKind
+from relay.store.base import REPUTATION_RETENTION, NotFound, Store, StoreError
+from relay.store.rows import Member, MemberStatus, MemberTotal, ReputationCount, ReputationKind
 
 log = logging.getLogger("relay.reputation")
 
@@ -69,7 +74,9 @@ class Reputation:
         *,
         clock: Clock = time.time,
         flush_interval: float = 2.0,
-        refresh_interval: float = 5.0,
+        refresh_interval: float = 30.0,
+        poll_interval: float = 0.25,
+        node: str = "",
         purge_interval: float = 3600.0,
         suppress_complainers: bool = True,
         outcomes_in_store: bool = False,
@@ -79,9 +86,11 @@ class Reputation:
         self._store = store
         self.suspension = suspension
         self._clock = clock
-        self.limiter = RateLimiter(store, limits, clock=clock, flush_interval=flush_interval)
+        self.limiter = RateLimiter(store, limits, clock=clock, flush_interval=flush_interval, node=node)
         self.flush_interval = flush_interval
         self.refresh_interval = refresh_interval
+        self.poll_interval = poll_interval
+        self._seen_seq: int | None = None  # the member_status change counter at the last refresh
         self.purge_interval = purge_interval
         self.suppress_complainers = suppress_complainers  # a complaint means "stop mailing me"
         # True: the status mirror (relay.store.mirror) writes the delivery outcomes' counters in the same
@@ -121,7 +130,9 @@ class Reputation:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_ups)
+                nursery.start_soon(self.limiter.keep_leases)
                 nursery.start_soon(self._every, self.flush_interval, self.flush)
+                nursery.start_soon(self._every, self.poll_interval, self.poll)
                 nursery.start_soon(self._every, self.refresh_interval, self.refresh)
                 nursery.start_soon(self._every, self.purge_interval, self.purge)
                 task_status.started()
@@ -129,6 +140,7 @@ class Reputation:
             with trio.move_on_after(5, shield=True):
                 try:
                     await self.flush()
+                    await self.limiter.return_leases()
                 except StoreError as exc:
                     log.error("reputation counters not written at shutdown: %s", exc)
 
@@ -159,14 +171,30 @@ class Reputation:
                 self._totals[tkey] += n
             raise
 
-    async def refresh(self) -> None:
-        """Re-read who is suspended (the operator may suspend or lift from another process).
-
-        A member whose status this process changed while the read was in flight keeps the newer
-        in-memory state: the read may predate that change.
-        """
+    async def poll(self) -> None:
+        """Re-read who is suspended if the store's member_status change counter moved (one row read)."""
         started = self._generation
-        members = await self._store.suspended_members()
+        seen = self._seen_seq
+
+        def read(s: Store) -> tuple[int, list[Member] | None]:
+            seq = s.change_seq("member_status")  # before the members: a change after it is seen next time
+            return seq, (s.suspended_members() if seq != seen else None)
+
+        seq, members = await self._store.call(read)
+        if members is not None:
+            self._apply(members, started)
+        self._seen_seq = seq
+
+    async def refresh(self) -> None:
+        """Re-read who is suspended (the operator may suspend or lift from another process or node)."""
+        started = self._generation
+        seq = await self._store.change_seq("member_status")
+        self._apply(await self._store.suspended_members(), started)
+        self._seen_seq = seq
+
+    def _apply(self, members: list[Member], started: int) -> None:
+        """The stored suspended set, except for members whose status this process changed while the read
+        was in flight: they keep the newer in-memory state (the read may predate that change)."""
         stored = {m.did: m.suspension_reason or "" for m in members}
         for did in self._suspended.keys() | stored.keys():
             if self._changed.get(did, 0) > started:
@@ -365,6 +393,7 @@ class Reputation:
         for d in domains:
             start = d.verified_at or d.created_at
             self.limiter.set_domain_start(d.domain, start)
+            await self.limiter.refresh(did, d.domain)  # every node's units, not only this one's
             wins = self.limiter.windows_for(did, d.domain, start, now)
             entries.append(report.domain_budget(d, wins, now, age_days(start, now)))
         sends, bounces, complaints = self.standing(did)

@@ -112,6 +112,8 @@ class AsyncStore:
     get_idempotent = _op(Store.get_idempotent)
     put_idempotent = _op(Store.put_idempotent)
     purge_idempotent = _op(Store.purge_idempotent)
+    claim_idempotent = _op(Store.claim_idempotent)
+    release_idempotent = _op(Store.release_idempotent)
     purge = _op(Store.purge)
 
     # reputation counters
@@ -122,6 +124,12 @@ class AsyncStore:
     message_counts_for = _op(Store.message_counts_for)
     suspended_members = _op(Store.suspended_members)
     purge_counters = _op(Store.purge_counters)
+
+    # budget leases, change counters (issue 17: several nodes, one relay)
+    lease_budget = _op(Store.lease_budget)
+    report_leases = _op(Store.report_leases)
+    lease_totals = _op(Store.lease_totals)
+    change_seq = _op(Store.change_seq)
 
     # web sessions
     put_web_session = _op(Store.put_web_session)

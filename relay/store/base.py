@@ -47,9 +47,14 @@ from relay.store.rows import (
     DkimState,
     Domain,
     DomainState,
+    IdempotencyClaim,
     IdempotentResponse,
     InboundTlsReport,
     LabelRow,
+    LeaseAsk,
+    LeaseGrant,
+    LeaseReport,
+    LeaseScope,
     Member,
     MemberStatus,
     MemberTotal,
@@ -151,6 +156,31 @@ INSERT INTO member_totals (did, kind, count) VALUES (?, ?, ?)
 ON CONFLICT (did, kind) DO UPDATE SET count = member_totals.count + excluded.count
 """
 
+# A lease counts its granted units while live, its used units once expired (a crashed holder's unused
+# reserve is free again after the TTL; what it spent still counts).
+_COUNTED = "CASE WHEN expires_at > ? THEN granted ELSE used END"
+_LEASE_TOTALS = f"""
+SELECT bucket_start, SUM({_COUNTED}) AS n FROM rate_leases
+WHERE scope = ? AND subject = ? AND bucket_start >= ? AND bucket_start <= ? GROUP BY bucket_start
+"""
+# The holder's lease handed back down to what it spent (expires_at now: only ``used`` counts from here on).
+_RETURN_LEASE = """
+INSERT INTO rate_leases (scope, subject, bucket_start, holder, granted, used, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (scope, subject, bucket_start, holder) DO UPDATE SET
+    granted = excluded.granted, used = excluded.used, expires_at = excluded.expires_at
+"""
+# Renewed while live (a holder that spent more than it was granted, ``consume``, is counted for all of it);
+# an expired lease is not revived (its units may be someone else's now): it keeps counting ``used`` only.
+_RENEW_LEASE = """
+INSERT INTO rate_leases (scope, subject, bucket_start, holder, granted, used, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (scope, subject, bucket_start, holder) DO UPDATE SET
+    used = excluded.used,
+    granted = CASE WHEN rate_leases.expires_at > ? AND rate_leases.granted > excluded.used
+                   THEN rate_leases.granted ELSE excluded.used END,
+    expires_at = CASE WHEN rate_leases.expires_at > ? THEN excluded.expires_at ELSE rate_leases.expires_at END
+RETURNING expires_at
+"""
+
 _TERMINAL = "status IN ({})".format(", ".join(f"'{s}'" for s in TERMINAL_STATUSES))
 
 
@@ -230,6 +260,7 @@ class Store:
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no member {did}")
+            _bump(c, "member_status")  # in the same transaction: a node that sees the new seq sees the status
             return _member(_first(c.execute("SELECT * FROM members WHERE did = ?", (did,))))
 
     # -- domains ------------------------------------------------------------------------------
@@ -424,6 +455,78 @@ class Store:
             c.execute("INSERT INTO daily_counts (scope, key, day, count) VALUES (?, ?, ?, 1)"
                       " ON CONFLICT (scope, key, day) DO UPDATE SET count = daily_counts.count + 1", (scope, key, day))
             return True
+
+    # -- budget leases (relay.reputation.limiter, issue 17) -------------------------------------
+
+    def lease_budget(
+        self, holder: str, asks: Sequence[LeaseAsk], now: float, ttl: float, size: Callable[[int, int], int]
+    ) -> list[LeaseGrant]:
+        """Lease rate budget for every ask, all or nothing, in one write transaction (atomic across
+        processes and machines: relay.store.db).
+
+        Each ask first hands ``holder``'s lease on its bucket back down to ``ask.used`` (reporting what it
+        spent). Then, if every ask's ``need`` fits each of its caps (every holder's counted units in the
+        cap's buckets, plus ``need``, at most the limit), each gets ``size(need, available)`` units (clamped
+        to [need, available]), ``need`` of them spent at once, live until ``now + ttl``; the grant is a
+        conditional UPDATE that re-counts the other holders, so no interleaving can let the leases of a
+        window exceed its limit. Otherwise nothing is granted (``units`` 0 everywhere)."""
+        with self._db.write() as c:
+            counted: list[dict[int, int]] = []
+            room: list[int] = []
+            for a in asks:
+                c.execute(_RETURN_LEASE, (a.scope, a.subject, a.bucket, holder, a.used, a.used, now))
+                totals = _lease_totals(c, a.scope, a.subject, min(f for f, _ in a.caps), a.bucket, now)
+                counted.append(totals)
+                room.append(min(limit - sum(n for b, n in totals.items() if b >= first) for first, limit in a.caps))
+            if any(free < a.need for a, free in zip(asks, room, strict=True)):
+                return [LeaseGrant(a.scope, a.subject, a.bucket, 0, now, t) for a, t in zip(asks, counted, strict=True)]
+            out = []
+            for a, free, totals in zip(asks, room, counted, strict=True):
+                units = max(a.need, min(free, size(a.need, free)))
+                guard = " AND ".join(
+                    f"(SELECT COALESCE(SUM({_COUNTED}), 0) FROM rate_leases WHERE scope = ? AND subject = ?"
+                    " AND bucket_start >= ? AND bucket_start <= ? AND holder != ?) + ? <= ?" for _ in a.caps)
+                params: list[object] = [a.used + units, a.used + a.need, now + ttl,
+                                        a.scope, a.subject, a.bucket, holder]
+                for first, limit in a.caps:
+                    params += [now, a.scope, a.subject, first, a.bucket, holder, a.used + units, limit]
+                cur = c.execute("UPDATE rate_leases SET granted = ?, used = ?, expires_at = ? WHERE scope = ?"
+                                f" AND subject = ? AND bucket_start = ? AND holder = ? AND {guard}", params)
+                if cur.rowcount != 1:  # unreachable under the write lock: roll the whole request back
+                    raise StoreError(f"lease on {a.scope} {a.subject} would exceed its limit")
+                totals = dict(totals)
+                totals[a.bucket] = totals.get(a.bucket, 0) + units
+                out.append(LeaseGrant(a.scope, a.subject, a.bucket, units, now + ttl, totals))
+            return out
+
+    def report_leases(self, holder: str, reports: Sequence[LeaseReport], now: float, ttl: float) -> list[bool]:
+        """Write what ``holder`` spent of its leases; renew those it keeps (``keep``), hand the unused units of
+        the others back. One flag per report: the lease is still live (False: it had expired, its unused
+        units may be another holder's now, so the holder must lease again)."""
+        live: list[bool] = []
+        with self._db.write() as c:
+            for r in reports:
+                if not r.keep:
+                    c.execute(_RETURN_LEASE, (r.scope, r.subject, r.bucket, holder, r.used, r.used, now))
+                    live.append(False)
+                    continue
+                row = _first(c.execute(_RENEW_LEASE, (r.scope, r.subject, r.bucket, holder, r.used, r.used, now + ttl,
+                                                      now, now)))
+                live.append(float(row["expires_at"]) > now)
+        return live
+
+    def lease_totals(
+        self, keys: Sequence[tuple[LeaseScope, str, int, int]], now: float
+    ) -> list[dict[int, int]]:
+        """Counted units per bucket of each (scope, subject, first bucket, last bucket), every holder's."""
+        with self._db.read() as c:
+            return [_lease_totals(c, scope, subject, first, last, now) for scope, subject, first, last in keys]
+
+    def change_seq(self, name: str) -> int:
+        """The change counter ``name`` ('member_status': bumped by every ``set_member_status``); 0 before the
+        first change. Polling it is one primary-key read: nodes learn of a change within their poll interval."""
+        row = self._one("SELECT seq FROM change_counters WHERE name = ?", (name,))
+        return int(row["seq"]) if row is not None else 0
 
     # -- API keys -----------------------------------------------------------------------------
 
@@ -669,7 +772,39 @@ class Store:
 
     def purge_idempotent(self, older_than: float) -> int:
         with self._db.write() as c:
+            c.execute("DELETE FROM idempotency_claims WHERE expires_at < ?", (older_than,))
             return c.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,)).rowcount
+
+    def claim_idempotent(
+        self, did: str, key: str, holder: str, request_hash: str, now: float, ttl: float, stored_after: float
+    ) -> IdempotencyClaim:
+        """Claim (did, key) for one request before it sends, across every node sharing the store.
+
+        'stored' with the answer when one was stored after ``stored_after``; else 'mine' when the claim is
+        new, or taken over from a holder whose claim expired (a node that died mid-request), live until
+        ``now + ttl``; else 'busy' with the live claim's request hash."""
+        with self._db.write() as c:
+            row = c.execute("SELECT * FROM idempotency WHERE did = ? AND key = ? AND created_at > ?",
+                            (did, key, stored_after)).fetchone()
+            if row is not None:
+                return IdempotencyClaim("stored", IdempotentResponse(**dict(row)))
+            cur = c.execute(
+                "INSERT INTO idempotency_claims (did, key, holder, request_hash, expires_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (did, key) DO UPDATE SET holder = excluded.holder,"
+                " request_hash = excluded.request_hash, expires_at = excluded.expires_at"
+                " WHERE idempotency_claims.expires_at <= ?", (did, key, holder, request_hash, now + ttl, now))
+            if cur.rowcount == 1:
+                return IdempotencyClaim("mine")
+            other = _first(c.execute("SELECT request_hash FROM idempotency_claims WHERE did = ? AND key = ?",
+                                     (did, key)))
+            return IdempotencyClaim("busy", request_hash=str(other["request_hash"]))
+
+    def release_idempotent(self, did: str, key: str, holder: str) -> bool:
+        """Drop ``holder``'s claim (its answer is stored, or it failed and a retry must be able to send)."""
+        with self._db.write() as c:
+            cur = c.execute("DELETE FROM idempotency_claims WHERE did = ? AND key = ? AND holder = ?",
+                            (did, key, holder))
+            return cur.rowcount > 0
 
     # -- retention ----------------------------------------------------------------------------
 
@@ -741,7 +876,8 @@ class Store:
         with self._db.write() as c:
             n = c.execute("DELETE FROM send_counters WHERE bucket_start < ?", (now - SEND_COUNTER_RETENTION,))
             m = c.execute("DELETE FROM reputation_counts WHERE bucket_start < ?", (now - REPUTATION_RETENTION,))
-            return int(n.rowcount) + int(m.rowcount)
+            leases = c.execute("DELETE FROM rate_leases WHERE bucket_start < ?", (now - SEND_COUNTER_RETENTION,))
+            return int(n.rowcount) + int(m.rowcount) + int(leases.rowcount)
 
 
     # -- web sessions -------------------------------------------------------------------------
@@ -980,6 +1116,16 @@ def _updated(c: Conn, cur: Result, domain: str) -> Row:
     if cur.rowcount == 0:
         raise NotFound(f"no domain {domain}")
     return _first(c.execute("SELECT * FROM domains WHERE domain = ?", (domain,)))
+
+
+def _lease_totals(c: Conn, scope: str, subject: str, first: int, last: int, now: float) -> dict[int, int]:
+    rows = c.execute(_LEASE_TOTALS, (now, scope, subject, first, last)).fetchall()
+    return {int(r["bucket_start"]): int(r["n"]) for r in rows if int(r["n"])}
+
+
+def _bump(c: Conn, name: str) -> None:
+    c.execute("INSERT INTO change_counters (name, seq) VALUES (?, 1)"
+              " ON CONFLICT (name) DO UPDATE SET seq = change_counters.seq + 1", (name,))
 
 
 def _first(result: Result) -> Row:

@@ -368,6 +368,41 @@ CREATE TABLE spool_marks (
 INSERT INTO spool_marks (node, segment, "offset", updated_at) SELECT id, segment, "offset", updated_at FROM spool_mark;
 """
 
+# Issue 17 (one relay, whatever the number of nodes): budget leases behind the rate caps (relay.reputation.limiter),
+# one row per (window scope, subject, bucket, holder): a holder is one RateLimiter instance, a node's process;
+# ``granted`` units reserved of which ``used`` are spent; past ``expires_at`` only ``used`` counts. Claims of
+# an Idempotency-Key while its first request runs (web.api). A change counter per kind of change, so every
+# node sees a suspension within a second by reading one row.
+_V12 = """
+CREATE TABLE rate_leases (
+    scope        TEXT NOT NULL CHECK (scope IN ('relay', 'domain', 'member')),
+    subject      TEXT NOT NULL,
+    bucket_start INTEGER NOT NULL,
+    holder       TEXT NOT NULL,
+    granted      INTEGER NOT NULL,
+    used         INTEGER NOT NULL,
+    expires_at   REAL NOT NULL,
+    PRIMARY KEY (scope, subject, bucket_start, holder)
+) WITHOUT ROWID;
+CREATE INDEX rate_leases_bucket ON rate_leases(bucket_start);
+
+CREATE TABLE idempotency_claims (
+    did          TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    holder       TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    expires_at   REAL NOT NULL,
+    PRIMARY KEY (did, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_claims_expires ON idempotency_claims(expires_at);
+
+CREATE TABLE change_counters (
+    name TEXT PRIMARY KEY,
+    seq  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX members_status ON members(status);
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
@@ -379,6 +414,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (9, _V9),
     (10, _V10),
     (11, _V11),
+    (12, _V12),
 ]
 
 LATEST = max(version for version, _ in MIGRATIONS)

@@ -329,3 +329,59 @@ class NodeCommand:
     done_at: float | None = None
     ok: bool | None = None
     result: str | None = None
+
+
+# Budget leases behind the rate caps (relay.reputation.limiter, issue 17). A scope is one window family:
+# the relay's minute, a sending domain's hours, a member's hours.
+LeaseScope: TypeAlias = Literal["relay", "domain", "member"]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseAsk:
+    """Lease ``need`` or more units of ``(scope, subject)`` in ``bucket`` for one holder.
+
+    ``caps``: (first bucket, limit) of each window of the scope; the window counts the buckets from its
+    first to ``bucket``. ``used``: what the holder has spent of its lease on that bucket so far (its lease
+    is first handed back down to that, then the new one granted on top).
+    """
+
+    scope: LeaseScope
+    subject: str
+    bucket: int
+    caps: tuple[tuple[int, int], ...]
+    used: int
+    need: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """What ``Store.lease_budget`` answered for one ask: ``units`` leased (0 when refused: then nothing of
+    the whole request was), and the scope's counted units per bucket after it (every holder's)."""
+
+    scope: LeaseScope
+    subject: str
+    bucket: int
+    units: int
+    expires_at: float
+    totals: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReport:
+    """A holder's spent units on one lease; ``keep`` renews it, else its unused units go back."""
+
+    scope: LeaseScope
+    subject: str
+    bucket: int
+    used: int
+    keep: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """``Store.claim_idempotent``: ``state`` 'stored' (``response`` is the stored answer), 'mine' (the caller
+    holds the claim and sends), or 'busy' (another holder's live claim; ``request_hash`` is its body's)."""
+
+    state: Literal["stored", "mine", "busy"]
+    response: IdempotentResponse | None = None
+    request_hash: str = ""

@@ -8,6 +8,8 @@ import trio
 
 from relay.store.aio import AsyncStore
 from relay.store.sqlite import SqliteStore
+from tests.peers.postgres import postgres_clean_url, postgres_migrated, postgres_server, postgres_url  # noqa: F401
+from tests.store.conftest import backend, open_backend, store_url  # noqa: F401  (two nodes on either backend)
 
 T0 = 1_699_999_200.0  # a whole hour (2023-11-14T22:00:00Z): domains are verified here, day 0 starts
 DID = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"

@@ -110,7 +110,7 @@ async def test_release_gives_budget_back(store: AsyncStore, autojump_clock: trio
 
 @pytest.mark.trio
 async def test_counters_survive_a_restart(
-    sync_store: SqliteStore, db_path: Path, autojump_clock: trio.testing.MockClock
+    sync_store: SqliteStore, db_path: Path, thread_clock: trio.testing.MockClock
 ) -> None:
     clock = trio_clock(T0 + 60)
     limiter = RateLimiter(AsyncStore(sync_store), LimitsConfig(), clock=clock, flush_interval=1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ import pytest
 import trio
 from quart.typing import TestClientProtocol as QuartClient
 
+import web.api
 from relay.accept.acceptor import Acceptor
 from relay.app.services import Services
 from relay.config import Config, LimitsConfig
@@ -251,3 +254,65 @@ async def test_send_is_rate_limited_with_headers(env: Env) -> None:
     assert resp.status_code == 200 and resp.headers["RateLimit-Remaining"] == "2"
     status, body = await answer(await env.client.get("/member/status", headers=auth()))
     assert body["totals"]["accepted"] == 4
+
+
+SEND_BODY = json.dumps({"from": f"a@{DOMAIN}", "to": ["a@dest.example"], "text": "hi"}).encode()
+SEND_HASH = hashlib.sha256(SEND_BODY).hexdigest()
+
+
+async def keyed_send(env: Env, key: str, body: bytes = SEND_BODY) -> Any:
+    return await env.client.post("/v1/send", data=body,
+                                 headers={**auth(), "Idempotency-Key": key, "Content-Type": "application/json"})
+
+
+@pytest.fixture
+def other_node(sync_store: SqliteStore, tmp_path: Path) -> Iterator[SqliteStore]:
+    """A second connection to the same store file: another node of the relay."""
+    store = SqliteStore.open(str(tmp_path / "relay.db"))
+    yield store
+    store.close()
+
+
+@pytest.mark.trio
+async def test_an_idempotency_key_in_progress_on_another_node_is_waited_for_and_replayed(
+    env: Env, other_node: SqliteStore
+) -> None:
+    now = time.time()
+    assert other_node.claim_idempotent(DID, "k-1", "node-b", SEND_HASH, now, 30.0, 0.0).state == "mine"
+
+    async def other_node_answers() -> None:
+        await trio.sleep(0.2)
+        other_node.put_idempotent(DID, "k-1", SEND_HASH, 200, '{"accepted": ["a@dest.example"], "node": "b"}')
+        other_node.release_idempotent(DID, "k-1", "node-b")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_node_answers)
+        resp = await keyed_send(env, "k-1")
+    status, body = await answer(resp)
+    assert (status, body["node"]) == (200, "b") and resp.headers["Idempotent-Replayed"] == "true"
+    assert env.store.counts_by_status()["accepted"] == 0  # this node sent nothing
+
+
+@pytest.mark.trio
+async def test_an_idempotency_key_still_in_progress_after_the_wait_is_409(
+    env: Env, other_node: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(web.api, "CLAIM_WAIT", 0.2)
+    assert other_node.claim_idempotent(DID, "k-2", "node-b", SEND_HASH, time.time(), 30.0, 0.0).state == "mine"
+    resp = await keyed_send(env, "k-2")
+    status, body = await answer(resp)
+    assert (status, body["code"], resp.headers["Retry-After"]) == (409, "IDEMPOTENCY_KEY_IN_PROGRESS", "1")
+    other = json.dumps({"from": f"a@{DOMAIN}", "to": ["b@dest.example"], "text": "hi"}).encode()
+    status, body = await answer(await keyed_send(env, "k-2", other))  # another body under that key: at once
+    assert (status, body["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
+    assert env.store.counts_by_status()["accepted"] == 0
+
+
+@pytest.mark.trio
+async def test_a_keyed_send_releases_its_claim_once_the_answer_is_stored(env: Env, other_node: SqliteStore) -> None:
+    status, body = await answer(await keyed_send(env, "k-3"))
+    assert status == 200, body
+    # another node now finds the stored answer, not a claim
+    claim = other_node.claim_idempotent(DID, "k-3", "node-b", SEND_HASH, time.time(), 30.0, 0.0)
+    assert claim.state == "stored" and claim.response is not None
+    assert json.loads(claim.response.response_json)["accepted"] == body["accepted"]
