@@ -70,7 +70,7 @@ def run(root: Path, work: Path, cert: Path, key: Path, *, conc: int, duration: f
                 p.wait_drained(60)
             got: list[RunResult] = [RunResult(skipped="not run")] * len(peers)
 
-            def load(i: int, peer: RelayPeer) -> None:
+            def load(i: int, peer: RelayPeer, got: list[RunResult] = got) -> None:
                 host, port = peer.submission
                 job = smtpgen.SmtpJob(host, port, BENCH_DID, peer.api_key, MAIL_FROM, RCPT_TO, reuse=True,
                                       duration=duration)
