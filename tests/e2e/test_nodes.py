@@ -166,3 +166,26 @@ def test_two_machines_on_one_postgresql(tmp_path: Path, tls_files: TLSFiles, pos
     finally:
         if a.proc is not None and a.proc.poll() is None:
             a.stop(timeout=60)
+
+
+def test_two_workers_on_sqlite_hold_the_warming_cap_together(tmp_path: Path, tls_files: TLSFiles) -> None:
+    # The default warming tiers (relayproc lifts every cap a test does not set): 5 recipients an hour.
+    relay = RelayProcess(base=tmp_path, tls=tls_files, workers=2,
+                         extra_toml="[limits]\nwarming_tiers = [[0, 5, 20], [7, 10, 50]]\n")
+    relay.write_config()
+    key = relay.enroll(DID, DOMAIN, HANDLE)["api_key"]
+    relay.start(timeout=60)
+    try:
+        codes: list[int] = []
+        took: set[str] = set()
+        for n in range(40):  # new connections: the kernel hands them to either node
+            took.add(httpx.get(f"{relay.http}/healthz", timeout=10).json()["node"])
+            r = httpx.post(f"{relay.http}/v1/send", headers={"Authorization": f"Bearer {key}", "X-Atmos-DID": DID},
+                           json={"from": f"hello@{DOMAIN}", "to": f"r{n}@example.org", "subject": f"cap-{n}",
+                                 "text": "hi"}, timeout=20)
+            codes.append(r.status_code)
+            assert r.status_code in (200, 429), r.text
+        assert codes.count(200) == 5, codes
+        assert took == {"e2e-1", "e2e-2"}, took  # both nodes served, and together they admitted 5
+    finally:
+        assert relay.stop(timeout=60) == 0
