@@ -255,12 +255,12 @@ async def run_publisher(
                 if now - last_warming >= warming_every and services.reputation is not None:
                     last_warming = now
                     bus.publish(Warming(domains=await warming_state(services)))
-                if now - last_nodes >= nodes_every:
-                    last_nodes = now
-                    bus.publish(Nodes(nodes=await node_infos(services)))
             if now - last_heartbeat >= heartbeat_every:
                 last_heartbeat = now
                 bus.publish(Heartbeat(dropped_subscribers=bus.dropped))
+            if bus.subscribers and now - last_nodes >= nodes_every:
+                last_nodes = now  # after the heartbeat: a slow store read must not delay it
+                bus.publish(Nodes(nodes=await node_infos(services)))
         except Exception:  # a bug here must never take the relay's root nursery down
             log.exception("event publisher tick failed")
         if deadline < trio.current_time() - tick:

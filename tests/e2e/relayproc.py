@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,3 +185,27 @@ class RelayProcess:
             self._drainer = None
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+@contextlib.contextmanager
+def two_machines(base: Path, tls: TLSFiles, extra_toml: str, member: tuple[str, str, str],
+                 ) -> Iterator[tuple[RelayProcess, RelayProcess, str]]:
+    """Two relays ("machines" alpha and beta, one node each) on the store ``extra_toml`` names, the
+    ``member`` (did, domain, handle) enrolled through alpha: (alpha, beta, its API key). Beta starts with alpha's key files, as the README
+    tells an operator to copy them to a second machine. Whatever still runs at the end is stopped."""
+    a = RelayProcess(base=base / "a", tls=tls, extra_toml=extra_toml, node_name="alpha")
+    b = RelayProcess(base=base / "b", tls=tls, extra_toml=extra_toml, node_name="beta")
+    for relay in (a, b):
+        relay.base.mkdir()
+        relay.write_config()
+    key = a.enroll(*member)["api_key"]
+    try:
+        a.start(timeout=60)
+        for shared in ("dkim", "labeler", "oauth"):
+            shutil.copytree(a.state_dir / shared, b.state_dir / shared)
+        b.start(timeout=60)
+        yield a, b, key
+    finally:
+        for relay in (b, a):
+            if relay.proc is not None and relay.proc.poll() is None:
+                relay.stop(timeout=60)

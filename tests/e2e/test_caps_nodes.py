@@ -5,7 +5,6 @@ store ends an SMTP session already open on the other machine at its next MAIL FR
 
 from __future__ import annotations
 
-import shutil
 import smtplib
 import ssl
 import time
@@ -15,7 +14,7 @@ import httpx
 
 from relay.store import open_store
 from tests.e2e.conftest import DID, DOMAIN, HANDLE
-from tests.e2e.relayproc import RelayProcess, TLSFiles
+from tests.e2e.relayproc import TLSFiles, two_machines
 from tests.peers.postgres import postgres_server, postgres_url  # noqa: F401  (registers the fixtures)
 
 
@@ -30,46 +29,31 @@ def test_warming_cap_and_suspension_across_two_machines(
 ) -> None:
     # The default warming tiers (relayproc lifts every cap a test does not set).
     store = f'[store]\nurl = "{postgres_url}"\n[limits]\nwarming_tiers = [[0, 5, 20], [7, 10, 50]]\n'
-    a = RelayProcess(base=tmp_path / "a", tls=tls_files, extra_toml=store, node_name="alpha")
-    b = RelayProcess(base=tmp_path / "b", tls=tls_files, extra_toml=store, node_name="beta")
-    for relay in (a, b):
-        relay.base.mkdir()
-        relay.write_config()
-    key = a.enroll(DID, DOMAIN, HANDLE)["api_key"]
-    a.start(timeout=60)
-    try:
-        for shared in ("dkim", "labeler", "oauth"):  # the keys every machine shares (README: several machines)
-            shutil.copytree(a.state_dir / shared, b.state_dir / shared)
-        b.start(timeout=60)
-        try:
-            # A fresh domain: 5 recipients an hour, wherever the sends arrive (here alternating machines).
-            answers = [send((a, b)[n % 2].http, key, n) for n in range(10)]
-            codes = [r.status_code for r in answers]
-            assert codes.count(200) == 5 and codes.count(429) == 5, [r.text for r in answers]
-            refused = answers[codes.index(429)].json()
-            assert refused["code"] == "RATE_LIMITED" and refused["limit"]["name"] == "domain-hourly", refused
+    with two_machines(tmp_path, tls_files, store, (DID, DOMAIN, HANDLE)) as (a, b, key):
+        # A fresh domain: 5 recipients an hour, wherever the sends arrive (here alternating machines).
+        answers = [send((a, b)[n % 2].http, key, n) for n in range(10)]
+        codes = [r.status_code for r in answers]
+        assert codes.count(200) == 5 and codes.count(429) == 5, [r.text for r in answers]
+        refused = answers[codes.index(429)].json()
+        assert refused["code"] == "RATE_LIMITED" and refused["limit"]["name"] == "domain-hourly", refused
 
-            # An SMTP session open on machine B; the member is suspended through the store (as `atmos admin`
-            # on any machine would): B's next MAIL FROM in that session is refused.
-            s = smtplib.SMTP(*b.submission, timeout=10)
-            try:
-                s.starttls(context=client_ctx)
-                s.login(HANDLE, key)
-                with open_store(postgres_url) as admin:
-                    admin.set_member_status(DID, "suspended", "operator: e2e")
-                deadline = time.monotonic() + 10
-                while True:  # bounded by the deadline; the relay's own bound is 1 s (tests/reputation)
-                    code, reply = s.mail(f"hello@{DOMAIN}")
-                    if code != 250:
-                        break
-                    s.rset()
-                    assert time.monotonic() < deadline, "the suspension never reached machine B"
-                    time.sleep(0.1)
-                assert (code, b"operator: e2e" in reply) == (521, True), reply
-            finally:
-                s.close()
+        # An SMTP session open on machine B; the member is suspended through the store (as `atmos admin`
+        # on any machine would): B's next MAIL FROM in that session is refused.
+        s = smtplib.SMTP(*b.submission, timeout=10)
+        try:
+            s.starttls(context=client_ctx)
+            s.login(HANDLE, key)
+            with open_store(postgres_url) as admin:
+                admin.set_member_status(DID, "suspended", "operator: e2e")
+            deadline = time.monotonic() + 10
+            while True:  # bounded by the deadline; the relay's own bound is 1 s (tests/reputation)
+                code, reply = s.mail(f"hello@{DOMAIN}")
+                if code != 250:
+                    break
+                s.rset()
+                assert time.monotonic() < deadline, "the suspension never reached machine B"
+                time.sleep(0.1)
+            assert (code, b"operator: e2e" in reply) == (521, True), reply
         finally:
-            assert b.stop(timeout=60) == 0
-    finally:
-        if a.proc is not None and a.proc.poll() is None:
-            a.stop(timeout=60)
+            s.close()
+        assert b.stop(timeout=60) == 0

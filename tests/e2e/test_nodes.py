@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ import pytest
 
 from relay.cluster.identity import owner
 from tests.e2e.conftest import DID, DOMAIN, HANDLE
-from tests.e2e.relayproc import RelayProcess, TLSFiles
+from tests.e2e.relayproc import RelayProcess, TLSFiles, two_machines
 from tests.peers.postgres import postgres_server, postgres_url  # noqa: F401  (registers the fixtures)
 
 ADMIN = {"Authorization": "Bearer admin-token-" + "x" * 20}  # relayproc's ATMOS_ADMIN_TOKEN
@@ -124,48 +123,32 @@ def test_two_workers_share_the_ports_and_survive_a_kill(tmp_path: Path, tls_file
 
 def test_two_machines_on_one_postgresql(tmp_path: Path, tls_files: TLSFiles, postgres_url: str) -> None:  # noqa: F811
     store = f'[store]\nurl = "{postgres_url}"\n'
-    a = RelayProcess(base=tmp_path / "a", tls=tls_files, extra_toml=store, node_name="alpha")
-    b = RelayProcess(base=tmp_path / "b", tls=tls_files, extra_toml=store, node_name="beta")
-    for relay in (a, b):
-        relay.base.mkdir()
-        relay.write_config()
-    key = a.enroll(DID, DOMAIN, HANDLE)["api_key"]
-    a.start(timeout=60)
-    try:
-        # The keys every machine must share (README: several machines): copied before the second starts.
-        for shared in ("dkim", "labeler", "oauth"):
-            shutil.copytree(a.state_dir / shared, b.state_dir / shared)
-        b.start(timeout=60)
-        try:
-            # The member enrolled through one machine sends through both.
-            on_a, on_b = send(a.http, key, "via-alpha"), send(b.http, key, "via-beta")
-            assert owner(on_a) != owner(on_b)
-            seen = nodes(a.http)
-            assert {"alpha-1", "beta-1"} <= set(seen) and seen["beta-1"]["state"] == "running"
-            # A message queued on machine A is held and released through machine B's admin API.
-            assert queue_action(b.http, on_a, "hold") == {"queue_id": on_a, "action": "hold", "changed": 1,
-                                                          "node": "beta-1"}
-            assert eventually(lambda: stored_status(b.http, on_a) == "held", "the hold, seen from B")
-            assert queue_action(b.http, on_a, "release")["changed"] == 1
-            # Pausing a destination on one machine pauses it on every running node.
-            r = httpx.post(f"{a.http}/admin/api/destinations/Example.org/pause", headers=ADMIN, timeout=10)
-            assert r.status_code == 200 and r.json()["domain"] == "example.org", r.text
-            assert eventually(lambda: "example.org" in httpx.get(f"{b.http}/admin/api/queue", headers=ADMIN,
-                                                                  timeout=10).json()["stats"]["paused_destinations"],
-                              "the pause on machine B")
-            # /metrics on either machine shows both nodes.
-            metrics = httpx.get(f"{b.http}/metrics", timeout=10).text
-            assert 'atmos_node_up{node="alpha-1"} 1.0' in metrics and 'atmos_node_up{node="beta-1"} 1.0' in metrics
-            assert "atmos_cluster_nodes_running 2.0" in metrics
-        finally:
-            assert b.stop(timeout=60) == 0
+    with two_machines(tmp_path, tls_files, store, (DID, DOMAIN, HANDLE)) as (a, b, key):
+        # The member enrolled through one machine sends through both.
+        on_a, on_b = send(a.http, key, "via-alpha"), send(b.http, key, "via-beta")
+        assert owner(on_a) != owner(on_b)
+        seen = nodes(a.http)
+        assert {"alpha-1", "beta-1"} <= set(seen) and seen["beta-1"]["state"] == "running"
+        # A message queued on machine A is held and released through machine B's admin API.
+        assert queue_action(b.http, on_a, "hold") == {"queue_id": on_a, "action": "hold", "changed": 1,
+                                                      "node": "beta-1"}
+        assert eventually(lambda: stored_status(b.http, on_a) == "held", "the hold, seen from B")
+        assert queue_action(b.http, on_a, "release")["changed"] == 1
+        # Pausing a destination on one machine pauses it on every running node.
+        r = httpx.post(f"{a.http}/admin/api/destinations/Example.org/pause", headers=ADMIN, timeout=10)
+        assert r.status_code == 200 and r.json()["domain"] == "example.org", r.text
+        assert eventually(lambda: "example.org" in httpx.get(f"{b.http}/admin/api/queue", headers=ADMIN,
+                                                              timeout=10).json()["stats"]["paused_destinations"],
+                          "the pause on machine B")
+        # /metrics on either machine shows both nodes.
+        metrics = httpx.get(f"{b.http}/metrics", timeout=10).text
+        assert 'atmos_node_up{node="alpha-1"} 1.0' in metrics and 'atmos_node_up{node="beta-1"} 1.0' in metrics
+        assert "atmos_cluster_nodes_running 2.0" in metrics
+        assert b.stop(timeout=60) == 0
         # A stopped machine is shown as stopped, and asking it to act is refused at once with its name.
         assert eventually(lambda: nodes(a.http)["beta-1"]["state"] == "stopped", "beta-1 stopped")
         r = httpx.post(f"{a.http}/admin/api/queue/{on_b}/hold", headers=ADMIN, timeout=20)
         assert r.status_code == 400 and "beta-1" in r.text and "not running" in r.text, r.text
-    finally:
-        if a.proc is not None and a.proc.poll() is None:
-            a.stop(timeout=60)
 
 
 def test_two_workers_on_sqlite_hold_the_warming_cap_together(tmp_path: Path, tls_files: TLSFiles) -> None:

@@ -21,7 +21,7 @@ from trio_websocket import open_websocket_url
 
 from relay.accept.acceptor import Acceptor
 from relay.app.services import Services
-from relay.config import Config, LimitsConfig, SuspensionConfig
+from relay.config import Config, LimitsConfig, NodeConfig, SuspensionConfig
 from relay.delivery.retry import Outcome, OutcomeKind
 from relay.delivery.scheduler import AttemptResult, Scheduler, SchedulerConfig
 from relay.events import (
@@ -54,6 +54,7 @@ from relay.operator.metrics import RelayMetrics
 from relay.reputation import Reputation
 from relay.store.aio import AsyncStore
 from relay.store.mirror import StatusMirror
+from relay.store.rows import NodeRow
 from relay.store.sqlite import SqliteStore
 from relay.store.writer import StatusWriter
 from spool import Spool, State
@@ -226,8 +227,13 @@ async def test_publisher_cadence(autojump_clock: trio.testing.MockClock) -> None
     counters = SimpleNamespace(accepted_messages=0)
     scheduler = SimpleNamespace(delivered=0, in_flight=2)
     spool = SimpleNamespace(live=lambda: iter(()))
+    class OneNode:  # the store's node registry: this node alone, holding the jobs lease
+        async def call(self, fn: Any) -> Any:
+            return [NodeRow(1, "local", "h", 1, 0.0, trio.current_time(), None, '{"queue_messages": 2}')], "local"
+
     services: Any = SimpleNamespace(bus=bus, metrics=RelayMetrics(), acceptor=counters, scheduler=scheduler,
-                                    spool=spool, reputation=None)
+                                    spool=spool, reputation=None, store=OneNode(),
+                                    cfg=SimpleNamespace(node=NodeConfig(lease_ttl=1e12)))
     got: list[tuple[float, str]] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(run_publisher, services)
@@ -243,6 +249,7 @@ async def test_publisher_cadence(autojump_clock: trio.testing.MockClock) -> None
     ticks = [t for t, kind in got if kind == "queue_depth"]
     assert ticks[:3] == [1.0, 2.0, 3.0]
     assert [t for t, kind in got if kind == "heartbeat"] == [5.0, 10.0]
+    assert [t for t, kind in got if kind == "nodes"] == [2.0, 4.0, 6.0, 8.0, 10.0]  # every 2 s, to t=12
     rates = [e for e in got if e[1] == "throughput"]
     assert len(rates) == len(ticks)
     a, d = services.metrics.throughput.rates()
@@ -301,7 +308,8 @@ async def test_http_queue_routes_and_commands_answer_alike(rig: Rig) -> None:
         assert r.status_code == 400 and r.json()["error"] == \
             "action: expected one of retry, hold, release, delete, got 'pause'"
         r = await http.post(f"/admin/api/queue/{queue_id}/hold")
-        assert r.status_code == 200 and r.json() == {"queue_id": queue_id, "action": "hold", "changed": 1}
+        assert r.status_code == 200 and r.json() == {"queue_id": queue_id, "action": "hold", "changed": 1,
+                                                      "node": "local"}
 
 
 @pytest.mark.trio
