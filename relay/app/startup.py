@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import ssl
+from dataclasses import dataclass
 from typing import Any
 
 from relay.app import devsetup
@@ -15,7 +17,7 @@ from relay.config import Config
 from relay.labeler import LabelerKey
 from relay.labeler.service import key_path as labeler_key_path
 from relay.mail.operatorkey import OperatorKeys
-from relay.oauth import client_from_config
+from relay.oauth import ClientKeys
 from relay.store.base import Store
 
 log = logging.getLogger("relay.app.supervisor")
@@ -35,15 +37,23 @@ def as_running(cfg: Config, bound: Bound) -> Config:
     return cfg
 
 
-def prepare_state(cfg: Config, store: Store) -> dict[str, Any] | None:
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    tls: ssl.SSLContext
+    labeler_key: LabelerKey
+    demo: dict[str, Any] | None  # the dev demo member's credentials
+
+
+def prepare_state(cfg: Config, store: Store) -> Prepared:
     """The blocking first-start work, done once before anything serves: the dev TLS certificate, the
     operator DKIM key, the labeler and OAuth client keys, the dev demo member (bcrypt, DKIM keys). A
-    ``--workers`` parent does it before it starts the nodes, so they never race to create a key."""
-    server_context(cfg)
+    ``--workers`` parent does it before it starts the nodes, so they never race to create a key; a node
+    uses what it returns."""
+    tls = server_context(cfg)
     OperatorKeys(cfg.state_path, cfg.secret_key).current()
-    LabelerKey.load_or_create(labeler_key_path(cfg))
-    client_from_config(cfg)
-    return devsetup.ensure_demo_member(cfg, store) if cfg.dev else None
+    labeler_key = LabelerKey.load_or_create(labeler_key_path(cfg))
+    ClientKeys.load_or_create(cfg.state_path / "oauth")  # what client_from_config loads
+    return Prepared(tls, labeler_key, devsetup.ensure_demo_member(cfg, store) if cfg.dev else None)
 
 
 def announce_ready(cfg: Config, bound: Bound, demo: dict[str, Any] | None) -> None:
@@ -74,4 +84,4 @@ def announce_ready(cfg: Config, bound: Bound, demo: dict[str, Any] | None) -> No
     log.info("ready: %s", bound.as_json())
 
 
-__all__ = ["announce_ready", "as_running", "dev_capture", "prepare_state"]
+__all__ = ["Prepared", "announce_ready", "as_running", "dev_capture", "prepare_state"]

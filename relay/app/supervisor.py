@@ -42,7 +42,6 @@ from relay.accept.submission import SubmissionHandler
 from relay.app.listeners import Sockets, inherited
 from relay.app.services import Bound, Services
 from relay.app.startup import announce_ready, as_running, dev_capture, prepare_state
-from relay.app.tlscert import server_context
 from relay.cluster.identity import machine_name, worker_name
 from relay.cluster.layout import adopt_legacy_spool
 from relay.cluster.node import Node, register
@@ -62,9 +61,8 @@ from relay.dns.checks import DnsLookup
 from relay.dns.verifier import DomainVerifier
 from relay.inbound.handler import InboundHandler
 from relay.inbound.service import make_inbound_server
-from relay.labeler import Labeler, LabelerKey
+from relay.labeler import Labeler
 from relay.labeler.firehose import Firehose
-from relay.labeler.service import key_path as labeler_key_path
 from relay.mail.operatorkey import OperatorKeys
 from relay.members.apikey import ApiKeyCache
 from relay.members.auth import Authenticator
@@ -110,10 +108,9 @@ async def run_relay(
         listeners = sockets.listeners()
         bound = sockets.bound(cfg.dev, identity.name)
         cfg = as_running(cfg, bound)
-        demo = await store.call(partial(prepare_state, cfg))
-        tls = await trio.to_thread.run_sync(server_context, cfg)
+        prepared = await store.call(partial(prepare_state, cfg))
+        tls, labeler_key, demo = prepared.tls, prepared.labeler_key, prepared.demo
         operator = OperatorKeys(cfg.state_path, cfg.secret_key)
-        labeler_key = await trio.to_thread.run_sync(LabelerKey.load_or_create, labeler_key_path(cfg))
         oauth = await trio.to_thread.run_sync(partial(client_from_config, cfg, store=store))
 
         # 2. Construct every service, then freeze Services: nothing is attached to a running service.

@@ -91,7 +91,7 @@ class WorkerSupervisor:
             self.sockets = Sockets.bind(self.cfg, capture=dev_capture(self.cfg))
             bound = self.sockets.bound(self.cfg.dev, "")
             cfg = as_running(self.cfg, bound)
-            demo = prepare_state(cfg, store)
+            demo = prepare_state(cfg, store).demo
         finally:
             store.close()
         for w in self.workers:

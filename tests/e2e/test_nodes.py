@@ -8,9 +8,11 @@ queue id (relay.cluster.identity.owner).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,8 +87,22 @@ def test_two_workers_share_the_ports_and_survive_a_kill(tmp_path: Path, tls_file
         eventually(both_took_some, "messages accepted by both nodes", timeout=60)
         answered = {httpx.get(f"{relay.http}/healthz", timeout=10).json()["node"] for _ in range(60)}
         assert answered <= {"e2e-1", "e2e-2"} and answered, answered
+        # A stranger: the node list and queue actions need the admin token, and garbage on the shared SMTP
+        # ports (spread over both nodes) ends those connections only.
+        for headers, status in (({}, 400), ({"Authorization": "Bearer wrong"}, 401)):  # AUTH_REQUIRED / AUTH_FAILED
+            assert httpx.get(f"{relay.http}/admin/api/nodes", headers=headers, timeout=10).status_code == status
+            assert httpx.post(f"{relay.http}/admin/api/queue/{accepted[0]}/hold", headers=headers,
+                              timeout=10).status_code == status
+        for _ in range(20):
+            with socket.create_connection(relay.submission, timeout=10) as sock:
+                sock.recv(512)
+                sock.sendall(b"\xff\xfe\x00EHLO \x80\x81\r\n" + b"A" * 70000 + b"\r\nQUIT\r\n")
+                with contextlib.suppress(OSError):
+                    while sock.recv(65536):
+                        pass
         before = nodes(relay.http)
         assert {n["state"] for n in before.values()} == {"running"}
+        assert {n["pid"] for n in before.values()} == {n["pid"] for n in nodes(relay.http).values()}
         assert sum(n["jobs"] for n in before.values()) == 1  # one node runs the cluster's periodic jobs
 
         # A queue action reaches the owner of the message, whichever node the request lands on.
