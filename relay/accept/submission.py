@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
 from relay.accept.acceptor import Acceptor
 from relay.accept.category import TRANSACTIONAL
 from relay.accept.intake import admit, end_if_regenerated, suppression_flags
@@ -24,13 +26,22 @@ from relay.store.aio import AsyncStore
 
 log = logging.getLogger("relay.accept.submission")
 
+# A regenerated API key ends the sessions that used the old one within this many seconds (issue 17:
+# "key regeneration takes effect on every node within 1 s"). The stored hash is read at AUTH and with
+# the suppression flags at the end of every DATA, so no message is ever accepted under an old key;
+# MAIL FROM reads it only when neither happened this long ago, which saves a reused session one store
+# hop (a worker-thread wake-up and a SQLite read) per message.
+KEY_RECHECK = 1.0
+
 
 class SubmissionHandler:
     def __init__(
         self, auth: Authenticator, store: AsyncStore, acceptor: Acceptor, *, reputation: Reputation | None = None,
         header_limit: int = HEADER_LIMIT,
         hostname: str = "localhost",
+        key_recheck: float = KEY_RECHECK,
     ) -> None:
+        self._key_recheck = key_recheck
         self._header_limit = header_limit  # limits.header_size
         self._hostname = hostname  # the "by" of the Received: field
         self._auth = auth
@@ -45,19 +56,25 @@ class SubmissionHandler:
         principal = await self._auth.authenticate(username, password, peer=session.peer[0])
         session.did = principal.did
         session.extra["principal"] = principal
+        session.extra["key_checked"] = trio.current_time()  # authenticate() just read the stored hash
         if self._reputation is not None:
             self._reputation.note_member_status(principal.did, "active")  # the store just said so
         log.info("auth ok did=%s peer=%s", principal.did, session.peer[0])
         return Reply(235, "2.7.0", "authentication succeeded")
 
-    async def _key_still_current(self, principal: Principal) -> None:
+    async def _key_still_current(self, session: Session, principal: Principal) -> None:
         """A regenerated key ends the sessions that authenticated with the old one, in every process
-        (the stored hash is the truth; ``atmos admin`` or another node may have changed it)."""
+        (the stored hash is the truth; ``atmos admin`` or another node may have changed it), at the
+        first MAIL FROM more than ``key_recheck`` seconds after the last read (see KEY_RECHECK)."""
+        checked = session.extra.get("key_checked")
+        if isinstance(checked, float) and trio.current_time() - checked < self._key_recheck:
+            return
         end_if_regenerated(principal, await self._store.get_api_key_hash(principal.did))
+        session.extra["key_checked"] = trio.current_time()
 
     async def on_mail(self, session: Session, address: str, params: dict[str, str]) -> Reply:
         principal = _principal(session)
-        await self._key_still_current(principal)
+        await self._key_still_current(session, principal)
         if not address:
             # A null reverse-path is for bounces (RFC 5321 §4.5.5); members never send those.
             raise InvalidRequest("null sender <> is not allowed on submission")
@@ -88,6 +105,7 @@ class SubmissionHandler:
         # The key check and every recipient's suppression flag in one store hop, before the headers are
         # read (the category is only known then; the flags are not used when the mail is transactional).
         flags = await suppression_flags(self._store, principal, session.rcpts, recheck_key=True)
+        session.extra["key_checked"] = trio.current_time()
         assert session.mail_from is not None
         mail_from, sender_domain = session.mail_from, _sender_domain(session)
         check_header_from(principal, data, self._header_limit)

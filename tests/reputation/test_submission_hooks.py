@@ -53,7 +53,7 @@ async def rcpts(handler: SubmissionHandler, s: Session, n: int) -> None:
 
 @pytest.mark.trio
 async def test_rcpt_over_the_warming_cap_is_451_and_mail_from_of_a_suspended_member_521(
-    store: AsyncStore, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    store: AsyncStore, tmp_path: Path
 ) -> None:
     rep = Reputation(store, LimitsConfig(warming_tiers=((0, 3, 5),)), SuspensionConfig(), clock=trio_clock(T0 + 60))
     await rep.load()
@@ -139,7 +139,8 @@ async def test_a_regenerated_key_ends_sessions_that_used_the_old_one(store: Asyn
         await nursery.start(spool.run)
         writer = StatusWriter(store)
         await nursery.start(writer.run)
-        handler = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer))
+        handler = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer),
+                                    key_recheck=0.0)
         s = session()
         assert (await handler.on_mail(s, f"a@{DOMAIN}", {})).code == 250
         await store.set_api_key_hash(DID, "a-new-hash")  # regenerated (here, or by another process)
@@ -148,6 +149,32 @@ async def test_a_regenerated_key_ends_sessions_that_used_the_old_one(store: Asyn
         assert (ended.value.smtp_reply.code, ended.value.smtp_reply.enhanced) == (421, "4.7.0")
         with pytest.raises(KeyRegenerated):
             await handler.on_message(s, MESSAGE)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_mail_from_rereads_the_key_once_its_last_read_is_older_than_the_window(
+    store: AsyncStore, tmp_path: Path
+) -> None:
+    """The stored hash is re-read at MAIL FROM only after ``key_recheck`` seconds; DATA always re-reads it,
+    so a message is never accepted under a regenerated key, even inside the window."""
+    async with trio.open_nursery() as nursery:
+        spool = Spool(tmp_path / "spool")
+        await nursery.start(spool.run)
+        writer = StatusWriter(store)
+        await nursery.start(writer.run)
+        handler = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer),
+                                    key_recheck=60.0)
+        s = session()
+        assert (await handler.on_mail(s, f"a@{DOMAIN}", {})).code == 250  # first read, at t
+        await store.set_api_key_hash(DID, "a-new-hash")
+        assert (await handler.on_mail(s, f"a@{DOMAIN}", {})).code == 250  # inside the window: not re-read
+        s.mail_from, s.rcpts = f"a@{DOMAIN}", ["r@dest.example"]
+        with pytest.raises(KeyRegenerated):
+            await handler.on_message(s, MESSAGE)  # DATA re-reads it, window or not
+        s.extra["key_checked"] -= 61.0  # the last read is now older than the window
+        with pytest.raises(KeyRegenerated):
+            await handler.on_mail(s, f"a@{DOMAIN}", {})  # the window is over: MAIL FROM re-reads it
         nursery.cancel_scope.cancel()
 
 
