@@ -451,6 +451,10 @@ class RateLimiter:
         """Recipients accepted from ``did`` in hour buckets from ``first_bucket`` (by this node, or loaded)."""
         return sum(n for hours in self._hours.get(did, {}).values() for b, n in hours.items() if b >= first_bucket)
 
+    def unflushed_sends(self, did: str, first_bucket: int) -> int:
+        """Recipients of ``did`` counted here since the last ``flush`` (not in the store yet)."""
+        return sum(n for (d, _, b), n in self._pending.items() if d == did and b >= first_bucket)
+
     def relay_minute(self) -> int:
         """Relay-wide recipients this minute, as this node sees them."""
         return self._used("relay", "relay").get(minute_bucket(self._clock()), 0)

@@ -339,7 +339,24 @@ class Reputation:
         recent = [c for b, c in self._recent.get(did, {}).items() if b >= first]
         return (self.limiter.sends_since(did, first), sum(c[0] for c in recent), sum(c[1] for c in recent))
 
+    async def cluster_standing(self, did: str) -> tuple[int, int, int]:
+        """``standing`` over every node: with several nodes each one sees only its share of a member's
+        sends and bounces, so a bad sender spread over N nodes would reach ``min_sends`` (and be judged)
+        only after N times the volume. The store holds every node's counters (flushed each
+        ``flush_interval``; outcomes written by the status mirror at once) plus what this node counted since
+        its last flush; its own view is the floor of each figure (a mirror write still in flight)."""
+        first = window_first_bucket(self._clock(), self.suspension.window)
+        first = max(first, self._lifted.get(did, first))
+        stored = await self._store.member_standing(did, first)
+        unflushed = [self.limiter.unflushed_sends(did, first), 0, 0]
+        for (d, _, b, kind, _), n in self._pending.items():
+            if d == did and b >= first and kind != "sent":
+                unflushed[1 if kind == "bounce" else 2] += n
+        local = self.standing(did)
+        return tuple(max(s + u, own) for s, u, own in zip(stored, unflushed, local, strict=True))  # type: ignore[return-value]
+
     def verdict(self, did: str) -> Verdict | None:
+        """The verdict on this node's own view (``cluster_standing`` is what ``_judge`` uses)."""
         sends, bounces, complaints = self.standing(did)
         return evaluate(sends=sends, bounces=bounces, complaints=complaints, cfg=self.suspension)
 
@@ -362,14 +379,15 @@ class Reputation:
     async def _judge(self, did: str) -> None:
         if did in self._suspended or did in self._suspending:
             return
-        verdict = self.verdict(did)
-        if verdict is None:
-            return
-        self._suspending.add(did)
+        self._suspending.add(did)  # one judge of a member at a time: the reads below await the store
         try:
+            sends, bounces, complaints = await self.cluster_standing(did)
+            verdict = evaluate(sends=sends, bounces=bounces, complaints=complaints, cfg=self.suspension)
+            if verdict is None or did in self._suspended:  # or suspended meanwhile (seen by the poll)
+                return
             await self._store.set_member_status(did, "suspended", verdict.reason)
         except NotFound:
-            log.error("cannot suspend unknown member %s (%s)", did, verdict.reason)
+            log.error("cannot suspend unknown member %s", did)
             return
         finally:
             self._suspending.discard(did)
@@ -396,7 +414,7 @@ class Reputation:
             await self.limiter.refresh(did, d.domain)  # every node's units, not only this one's
             wins = self.limiter.windows_for(did, d.domain, start, now)
             entries.append(report.domain_budget(d, wins, now, age_days(start, now)))
-        sends, bounces, complaints = self.standing(did)
+        sends, bounces, complaints = await self.cluster_standing(did)
         cfg = self.suspension
         return {
             "did": did,

@@ -121,6 +121,7 @@ class AsyncStore:
     send_counts_since = _op(Store.send_counts_since)
     reputation_counts_since = _op(Store.reputation_counts_since)
     member_totals = _op(Store.member_totals)
+    member_standing = _op(Store.member_standing)
     message_counts_for = _op(Store.message_counts_for)
     suspended_members = _op(Store.suspended_members)
     purge_counters = _op(Store.purge_counters)

@@ -858,6 +858,18 @@ class Store:
         rows = self._all(sql + " ORDER BY bucket_start, domain, kind, klass", params)
         return [ReputationCount(**dict(r)) for r in rows]
 
+    def member_standing(self, did: str, bucket_start: int) -> tuple[int, int, int]:
+        """(recipients accepted, bounces, complaints) of ``did`` in hour buckets from ``bucket_start``,
+        as every node has written them (send_counters and reputation_counts are shared by the nodes)."""
+        with self._db.read() as c:
+            sent = c.execute("SELECT COALESCE(SUM(count), 0) AS n FROM send_counters"
+                             " WHERE did = ? AND bucket_start >= ?", (did, bucket_start)).fetchone()
+            rows = c.execute("SELECT kind, COALESCE(SUM(count), 0) AS n FROM reputation_counts"
+                             " WHERE did = ? AND bucket_start >= ? AND kind != 'sent' GROUP BY kind",
+                             (did, bucket_start)).fetchall()
+        kinds = {str(r["kind"]): int(r["n"]) for r in rows}
+        return int(sent["n"]) if sent is not None else 0, kinds.get("bounce", 0), kinds.get("complaint", 0)
+
     def member_totals(self, did: str) -> dict[str, int]:
         rows = self._all("SELECT kind, count FROM member_totals WHERE did = ?", (did,))
         return {str(r["kind"]): int(r["count"]) for r in rows}

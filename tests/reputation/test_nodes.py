@@ -165,3 +165,39 @@ async def test_a_suspension_on_one_node_is_seen_by_the_other_within_a_second(
             while rep.is_suspended(DID):  # noqa: ASYNC110
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_bad_sender_spread_over_two_nodes_is_judged_on_the_cluster_wide_figures(
+    open_backend: Opener,
+) -> None:
+    """30 sends and 2 hard bounces on each node: each node alone sees 2/30 (6.7 %), over the 5 % rate but
+    its own sends would count only once the other node's are in the store. The figures judged are every
+    node's: after a flush on each, a bounce on either node judges 60 sends and 5 bounces (8.3 %)."""
+    clock = trio_clock(T0 + 600)
+    a_store, b_store = open_backend(clock=lambda: T0), open_backend()
+    enroll(a_store)
+    cfg = SuspensionConfig(min_sends=50)  # neither node alone reaches it: 30 sends each
+    big = LimitsConfig(hourly=10_000, daily=100_000, relay_per_minute=100_000)
+    a = Reputation(AsyncStore(a_store), big, cfg, clock=clock, node="a")
+    b = Reputation(AsyncStore(b_store), big, cfg, clock=clock, node="b")
+    await a.load()
+    await b.load()
+    for i, rep in enumerate((a, b)):
+        rep.consume(DID, DOMAIN, 30)
+        for j in range(2):
+            await rep.bounce(DID, 100 + 10 * i + j, f"u{i}{j}@dest.example", "hard", "550 5.1.1", domain=DOMAIN)
+    assert not a.is_suspended(DID) and not b.is_suspended(DID)  # each node judged its own 30 sends: below 50
+    assert a.standing(DID) == (30, 2, 0)
+    await a.flush()
+    await b.flush()
+    assert await b.cluster_standing(DID) == (60, 4, 0)
+    await b.bounce(DID, 200, "late@dest.example", "hard", "550 5.1.1", domain=DOMAIN)
+    assert b.is_suspended(DID)
+    assert b_store.get_member(DID).status == "suspended"  # type: ignore[union-attr]
+    reason = b.suspension_reason(DID) or ""
+    assert reason.startswith("automatic: 5 bounces in 24 h of 60 sends"), reason
+    # The status page shows the cluster's figures too, once b has flushed its last bounce.
+    await b.flush()
+    standing = (await a.member_status(DID))["standing"]
+    assert (standing["sends"], standing["bounces"]) == (60, 5)
