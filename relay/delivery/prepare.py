@@ -120,12 +120,16 @@ class Preparer:
             return self._operator_key
 
 
-# Signing runs in a worker thread: the private-key operations (two RSA-2048 signatures, ~330 µs each
-# on this machine kind, and one Ed25519) run in OpenSSL through ``cryptography``, which releases the
-# GIL, and hashlib releases it while hashing a body over 2 KiB (RFC 6376 §3.4 canonicalization is the
-# only Python part). Measured: two threads signing reach 1.55x one thread's rate, and a thread spinning
-# in Python beside a signing one keeps its full speed. So the event loop keeps serving sessions while a
-# message is signed, for the price of one thread hop (~30 µs of the loop's time), and a 10 MiB message
-# never holds the loop.
+# Hashing and canonicalizing the body (RFC 6376 §3.4) costs ~linear time in its size: a 10 MiB message
+# would hold the event loop for a good part of a second, so big ones are signed in a worker thread.
+# Small ones stay here. cryptography releases the GIL for the RSA/Ed25519 operations, but measured
+# in scripts/bench (reused connections, one node) signing every message in a thread cost 30-40 % of the
+# throughput: the worker's Python part (canonicalization) and the event loop then hand the GIL back and
+# forth (each hand-off waits for the switch interval), which costs more than the signing itself.
+_THREAD_SIGN_BYTES = 128 << 10
+
+
 async def _signed(data: bytes, keys: Sequence[SigningKey]) -> bytes:
+    if len(data) < _THREAD_SIGN_BYTES:
+        return sign(data, keys)
     return await trio.to_thread.run_sync(sign, data, keys)
