@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,19 @@ async def rcpts(handler: SubmissionHandler, s: Session, n: int) -> None:
         reply = await handler.on_rcpt(s, address, {})
         assert reply.code == 250
         s.rcpts.append(address)  # what the server does after a 2xx
+
+
+@asynccontextmanager
+async def key_handler(store: AsyncStore, tmp_path: Path, *, key_recheck: float) -> AsyncIterator[SubmissionHandler]:
+    """A SubmissionHandler over a running spool and status writer (the key-regeneration tests)."""
+    async with trio.open_nursery() as nursery:
+        spool = Spool(tmp_path / "spool")
+        await nursery.start(spool.run)
+        writer = StatusWriter(store)
+        await nursery.start(writer.run)
+        yield SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer),
+                                key_recheck=key_recheck)
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.trio
@@ -134,13 +148,7 @@ async def test_a_session_cancelled_after_the_commit_gets_its_250_and_keeps_its_g
 
 @pytest.mark.trio
 async def test_a_regenerated_key_ends_sessions_that_used_the_old_one(store: AsyncStore, tmp_path: Path) -> None:
-    async with trio.open_nursery() as nursery:
-        spool = Spool(tmp_path / "spool")
-        await nursery.start(spool.run)
-        writer = StatusWriter(store)
-        await nursery.start(writer.run)
-        handler = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer),
-                                    key_recheck=0.0)
+    async with key_handler(store, tmp_path, key_recheck=0.0) as handler:
         s = session()
         assert (await handler.on_mail(s, f"a@{DOMAIN}", {})).code == 250
         await store.set_api_key_hash(DID, "a-new-hash")  # regenerated (here, or by another process)
@@ -149,7 +157,6 @@ async def test_a_regenerated_key_ends_sessions_that_used_the_old_one(store: Asyn
         assert (ended.value.smtp_reply.code, ended.value.smtp_reply.enhanced) == (421, "4.7.0")
         with pytest.raises(KeyRegenerated):
             await handler.on_message(s, MESSAGE)
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.trio
@@ -158,13 +165,7 @@ async def test_mail_from_rereads_the_key_once_its_last_read_is_older_than_the_wi
 ) -> None:
     """The stored hash is re-read at MAIL FROM only after ``key_recheck`` seconds; DATA always re-reads it,
     so a message is never accepted under a regenerated key, even inside the window."""
-    async with trio.open_nursery() as nursery:
-        spool = Spool(tmp_path / "spool")
-        await nursery.start(spool.run)
-        writer = StatusWriter(store)
-        await nursery.start(writer.run)
-        handler = SubmissionHandler(Authenticator(store, ApiKeyCache()), store, Acceptor(spool, writer),
-                                    key_recheck=60.0)
+    async with key_handler(store, tmp_path, key_recheck=60.0) as handler:
         s = session()
         assert (await handler.on_mail(s, f"a@{DOMAIN}", {})).code == 250  # first read, at t
         await store.set_api_key_hash(DID, "a-new-hash")
@@ -175,7 +176,6 @@ async def test_mail_from_rereads_the_key_once_its_last_read_is_older_than_the_wi
         s.extra["key_checked"] -= 61.0  # the last read is now older than the window
         with pytest.raises(KeyRegenerated):
             await handler.on_mail(s, f"a@{DOMAIN}", {})  # the window is over: MAIL FROM re-reads it
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.trio
